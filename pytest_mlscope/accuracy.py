@@ -1,0 +1,115 @@
+"""Accuracy metrics and output comparison: dataset top-k, golden outputs, cross-framework agreement.
+
+Pure numpy, no I/O: the worker loads the arrays and hands them here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pytest_mlscope.protocol import AccuracyCheck, AccuracyReport
+
+if TYPE_CHECKING:
+    from pytest_mlscope.manifest import AccuracySpec
+
+
+def postprocess(outputs: np.ndarray, steps: Sequence[str]) -> np.ndarray:
+    x = np.asarray(outputs, dtype=np.float64)
+    for step in steps:
+        if step == "softmax":
+            shifted = x - x.max(axis=-1, keepdims=True)
+            e = np.exp(shifted)
+            x = e / e.sum(axis=-1, keepdims=True)
+        elif step == "sigmoid":
+            x = 1.0 / (1.0 + np.exp(-x))
+    return x
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    scores = np.asarray(scores).reshape(len(labels), -1)
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=1)))
+
+
+def top1_match(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a).reshape(len(a), -1)
+    b = np.asarray(b).reshape(len(b), -1)
+    return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
+
+
+def _closeness(
+    name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float
+) -> tuple[bool, float, str]:
+    if actual.shape != expected.shape:
+        return False, float("nan"), f"{name}: shape {actual.shape} != expected {expected.shape}"
+    diff = np.abs(actual - expected)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    excess = diff - (atol + rtol * np.abs(expected))
+    ok = bool(np.all(excess <= 0))
+    worst = int(np.argmax(excess)) if diff.size else 0
+    detail = f"max |diff| {max_abs:.3g} (atol {atol:g}, rtol {rtol:g})"
+    if not ok:
+        index = np.unravel_index(worst, diff.shape)
+        detail += (
+            f"; worst at {tuple(int(i) for i in index)}: got {actual[index]:.6g}, "
+            f"expected {expected[index]:.6g}"
+        )
+    return ok, max_abs, detail
+
+
+def assess(
+    spec: AccuracySpec,
+    outputs: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    reference: np.ndarray | None = None,
+    reference_name: str | None = None,
+    golden: np.ndarray | None = None,
+) -> AccuracyReport:
+    """Every accuracy check the manifest asks for, each with its value and a readable detail."""
+    checks: list[AccuracyCheck] = []
+    top1 = top5 = None
+    if labels is not None:
+        top1 = topk_accuracy(outputs, labels, 1)
+        top5 = topk_accuracy(outputs, labels, 5)
+    for k, target, value in ((1, spec.top1, top1), (5, spec.top5, top5)):
+        if target is None:
+            continue
+        if value is None:
+            checks.append(
+                AccuracyCheck(name=f"top{k}", passed=False, detail="the dataset has no labels")
+            )
+        else:
+            checks.append(
+                AccuracyCheck(
+                    name=f"top{k}",
+                    passed=value >= target.min,
+                    value=value,
+                    detail=f"top-{k} {value:.4f} (min {target.min:g}) on {len(labels)} samples",
+                )
+            )
+    if spec.golden is not None and golden is not None:
+        ok, max_abs, detail = _closeness(
+            "golden", outputs, golden, spec.golden.atol, spec.golden.rtol
+        )
+        checks.append(AccuracyCheck(name="golden", passed=ok, value=max_abs, detail=detail))
+    if spec.agreement is not None and reference is not None:
+        agreement = spec.agreement
+        match = top1_match(outputs, reference) if outputs.shape == reference.shape else 0.0
+        ok, max_abs, detail = _closeness(
+            "agreement", outputs, reference, agreement.atol, agreement.rtol
+        )
+        checks.append(
+            AccuracyCheck(
+                name="agreement",
+                passed=ok and match >= agreement.top1_match,
+                value=max_abs,
+                detail=f"vs {reference_name or agreement.reference}: top-1 match {match:.3f} "
+                f"(min {agreement.top1_match:g}), {detail}",
+            )
+        )
+    return AccuracyReport(checks=checks, samples=len(outputs), top1=top1, top5=top5)

@@ -1,0 +1,372 @@
+"""The ``mlscope`` command: check manifests, show this host, and read the results database.
+
+Everything here reads through the same modules the plugin uses (manifest loader, host facts,
+:class:`~pytest_mlscope.store.Store`), so what the command shows is what a test session saw.
+SQLAlchemy is imported only by the subcommands that open the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_mlscope.errors import ManifestError, MlscopeError
+
+if TYPE_CHECKING:
+    from pytest_mlscope.store import ResultRecord, RunRecord, Store
+
+# Exit statuses: 1 means "what you asked about is not right" (an invalid manifest); 2 means the
+# command could not do its job (no database, unknown run), as argparse uses for usage errors.
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_ERROR = 2
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
+) -> str:
+    """Columns padded to their widest cell; columns in ``right`` (numbers) right-aligned."""
+    widths = [len(title) for title in header]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def _number(value: float | None) -> str:
+    """About three significant digits without exponents: 1234, 123, 12.3, 1.23, 0.456."""
+    if value is None or math.isnan(value):
+        return "-"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _ms(seconds: float | None) -> str:
+    return _number(None if seconds is None else seconds * 1e3)
+
+
+def _local_time(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "no results"
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    width = max(len(key) for key, _ in pairs) + 1
+    return "\n".join(f"{key + ':':<{width}} {value}".rstrip() for key, value in pairs)
+
+
+# -- validate ------------------------------------------------------------------------------------
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from pytest_mlscope.manifest import load_manifest, manifest_files
+
+    missing = [path for path in args.paths if not Path(path).exists()]
+    for path in missing:
+        print(f"{path}: no such file or directory")
+    files = manifest_files(path for path in args.paths if Path(path).exists())
+    if not files and not missing:
+        print(f"no manifests (*.yaml, *.yml) under {', '.join(args.paths)}")
+        return EXIT_INVALID
+    invalid = problems = 0
+    for path in files:
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            invalid += 1
+            problems += len(exc.problems)
+            for problem in exc.problems:
+                print(problem)
+            continue
+        frameworks = _plural(len(manifest.framework), "framework")
+        print(f"ok  {_shown_path(path)} ({manifest.name}: {frameworks})")
+    summary = f"{_plural(len(files), 'manifest')}, {invalid} invalid"
+    if problems:
+        summary += f" ({_plural(problems, 'problem')})"
+    if missing:
+        summary += f", {_plural(len(missing), 'path')} not found"
+    print(summary)
+    return EXIT_INVALID if invalid or missing else EXIT_OK
+
+
+# -- hw ------------------------------------------------------------------------------------------
+
+
+def cmd_hw(args: argparse.Namespace) -> int:
+    from pytest_mlscope.hardware import current_host
+
+    host = current_host()
+    if args.json:
+        print(json.dumps(host.fingerprint(), indent=2, sort_keys=True))
+        return EXIT_OK
+    gpus = [
+        f"{gpu.name} ({gpu.memory_gb} GiB, compute capability {gpu.compute_capability}, "
+        f"driver {gpu.driver})"
+        for gpu in host.gpus
+    ]
+    pairs = [
+        ("hostname", host.hostname),
+        ("arch", host.arch),
+        ("os", host.os),
+        ("cpu", host.cpu_model),
+        ("cores", f"{host.physical_cores} physical, {host.logical_cores} logical"),
+        ("memory", f"{host.memory_gb} GiB"),
+        ("cpu flags", str(len(host.cpu_flags))),
+        ("python", host.python),
+        ("gpus", "; ".join(gpus) or "none"),
+    ]
+    pairs += [
+        (name, version)
+        for name, version in sorted(host.packages.items(), key=lambda kv: kv[0].lower())
+    ]
+    print(_pairs(pairs))
+    return EXIT_OK
+
+
+# -- runs and show -------------------------------------------------------------------------------
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from pytest_mlscope.manifest import load_manifest
+    from pytest_mlscope.session import MlscopeSession, Settings
+
+    manifest = load_manifest(args.manifest, require_files=False)
+    settings = Settings(
+        rootdir=Path.cwd(),
+        manifest_paths=[],
+        runtime="inprocess",
+        cache_dir=Path(args.cache).resolve() if args.cache else None,
+    )
+    session = MlscopeSession(settings)
+    try:
+        path = session.write_golden(manifest, args.framework)
+    finally:
+        session.close()
+    print(
+        f"wrote {_shown_path(path)} "
+        f"({manifest.name}, outputs of {args.framework or 'the reference framework'})"
+    )
+    return EXIT_OK
+
+
+def _open_store(location: str | None) -> Store:
+    from pytest_mlscope.store import Store, default_location
+
+    # Reading never creates: a wrong --db must say so rather than show an empty database.
+    return Store.from_location(location or default_location(), create=False)
+
+
+def _git_text(run: RunRecord) -> str:
+    if not run.git_commit and not run.git_branch:
+        return "-"
+    text = (run.git_commit or "no commit")[:10]
+    if run.git_branch:
+        text += f" on {run.git_branch}"
+    if run.git_dirty:
+        text += " (dirty)"
+    return text
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        runs = store.runs(limit=args.limit)
+        if not runs:
+            print(f"no runs in {store.url}")
+            return EXIT_OK
+    rows = [
+        [
+            run.id[:12],
+            _local_time(run.started_at),
+            run.status,
+            (run.git_commit or "-")[:10],
+            run.git_branch or "-",
+            run.hostname or "-",
+            _counts(run.counts),
+        ]
+        for run in runs
+    ]
+    header = ["id", "started", "status", "commit", "branch", "host", "results"]
+    print(_table(header, rows))
+    return EXIT_OK
+
+
+def _cold_start_ms(result: ResultRecord) -> str:
+    if result.cold_start is None:
+        return "-"
+    return _ms(result.cold_start.load_s + result.cold_start.first_inference_s)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        run = store.get_run(args.run)
+        results = store.results(run.id)
+        location = store.url
+    host = run.host
+    host_text = " · ".join(
+        str(part)
+        for part in (
+            run.hostname,
+            host.get("cpu_model"),
+            f"{host.get('physical_cores', '?')} cores",
+            f"{host.get('memory_gb', '?')} GiB",
+        )
+        if part
+    )
+    finished = f", finished {_local_time(run.finished_at)}" if run.finished_at else ""
+    header = [
+        ("run", run.id),
+        ("started", _local_time(run.started_at) + finished),
+        ("status", f"{run.status} ({_counts(run.counts)})"),
+        ("git", _git_text(run)),
+        ("host", host_text or "-"),
+        ("database", location),
+    ]
+    if run.tags:
+        header.append(("tags", ", ".join(f"{k}={v}" for k, v in sorted(run.tags.items()))))
+    print(_pairs(header))
+    if not results:
+        print("\nno results recorded")
+        return EXIT_OK
+    rows = []
+    for result in results:
+        summary = result.summary
+        rows.append(
+            [
+                result.item_id,
+                result.outcome,
+                result.accuracy.headline() if result.accuracy else "-",
+                _ms(summary.median if summary else None),
+                _ms(summary.p99 if summary else None),
+                _number(summary.throughput if summary else None),
+                _cold_start_ms(result),
+            ]
+        )
+    columns = [
+        "item",
+        "outcome",
+        "accuracy",
+        "median ms",
+        "p99 ms",
+        "throughput /s",
+        "cold start ms",
+    ]
+    print()
+    print(_table(columns, rows, right={3, 4, 5, 6}))
+    failures = [r for r in results if r.outcome in ("failed", "error") and r.message]
+    if failures:
+        print()
+        for result in failures:
+            lines = result.message.strip().splitlines() if result.message else []
+            print(f"{result.outcome.upper()} {result.item_id}: {lines[0] if lines else ''}")
+            for extra in lines[1:]:
+                print(f"    {extra}")
+    return EXIT_OK
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlscope",
+        description="Check model manifests and read pytest-mlscope's results database.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate", help="check manifests and print every problem with file:line:key"
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
+    validate.set_defaults(handler=cmd_validate)
+
+    hw = commands.add_parser("hw", help="show what this host has (CPU, memory, GPUs, packages)")
+    hw.add_argument("--json", action="store_true", help="print the stored fingerprint as JSON")
+    hw.set_defaults(handler=cmd_hw)
+
+    db_help = "database file or SQLAlchemy URL (default: $MLSCOPE_DB, else .mlscope/results.db)"
+    runs = commands.add_parser("runs", help="list recorded runs, newest first")
+    runs.add_argument("--db", metavar="LOCATION", help=db_help)
+    runs.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="runs to list (default 20)"
+    )
+    runs.set_defaults(handler=cmd_runs)
+
+    show = commands.add_parser("show", help="show one run's results")
+    show.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
+    show.add_argument("--db", metavar="LOCATION", help=db_help)
+    show.set_defaults(handler=cmd_show)
+
+    golden = commands.add_parser(
+        "golden", help="write a manifest's golden outputs from one framework (review the diff)"
+    )
+    golden.add_argument("manifest", metavar="MANIFEST", help="the manifest whose golden to write")
+    golden.add_argument(
+        "--framework", help="whose outputs become the golden (default: the agreement reference)"
+    )
+    golden.add_argument(
+        "--cache", metavar="DIR", help="artifact cache (default .mlscope/artifacts)"
+    )
+    golden.set_defaults(handler=cmd_golden)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mlscope``; returns the exit status (0 ok, 1 invalid manifests, 2 error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except MlscopeError as exc:
+        print(f"mlscope: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

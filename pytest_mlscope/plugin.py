@@ -1,0 +1,324 @@
+"""pytest hooks: options, markers, collection of manifests, the ``mlscope_eval`` fixture, summary.
+
+Every pytest run in an environment with the plugin installed imports this module, so it imports
+nothing heavy: no framework, no SQLAlchemy, not even pydantic until ``--mlscope`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.protocol import Cell, EvaluationResult
+    from pytest_mlscope.session import MlscopeSession
+
+SESSION_KEY = pytest.StashKey["MlscopeSession"]()
+
+KNOWN_FRAMEWORKS = ("torch", "onnxruntime", "tensorflow", "tensorrt", "caffe", "mxnet")
+DEVICES = ("cpu", "gpu")
+SCENARIOS = ("single_stream", "offline")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mlscope", "ML model accuracy and performance (pytest-mlscope)")
+    group.addoption("--mlscope", action="store_true", help="collect and evaluate model manifests")
+    group.addoption(
+        "--mlscope-manifests",
+        action="append",
+        metavar="PATH",
+        help="manifest file or directory (repeatable; default: ini mlscope_manifests)",
+    )
+    group.addoption(
+        "--mlscope-runtime",
+        choices=("subprocess", "inprocess"),
+        help="where workers run (default: ini mlscope_runtime, else subprocess)",
+    )
+    group.addoption(
+        "--mlscope-db", metavar="URL", help="results database: a path or SQLAlchemy URL"
+    )
+    group.addoption("--mlscope-cache", metavar="DIR", help="artifact cache directory")
+    group.addoption(
+        "--mlscope-timeout", type=float, metavar="S", help="per-item worker timeout in seconds"
+    )
+    group.addoption("--mlscope-warmup", type=int, metavar="N", help="override warm-up calls")
+    group.addoption("--mlscope-min-count", type=int, metavar="N", help="override min samples")
+    group.addoption(
+        "--mlscope-min-duration", type=float, metavar="S", help="override min timing seconds"
+    )
+    group.addoption(
+        "--mlscope-max-duration", type=float, metavar="S", help="override max timing seconds"
+    )
+    parser.addini("mlscope_manifests", "manifest files or directories", type="paths", default=[])
+    parser.addini(
+        "mlscope_runtime", "default runtime (subprocess, inprocess)", default="subprocess"
+    )
+    parser.addini("mlscope_db", "results database (path or SQLAlchemy URL)", default="")
+    parser.addini("mlscope_cache", "artifact cache directory", default="")
+    parser.addini("mlscope_timeout", "per-item worker timeout in seconds", default="")
+    parser.addini(
+        "mlscope_predictors",
+        "extra predictors, one 'name = module:Class' per line",
+        type="linelist",
+        default=[],
+    )
+
+
+def _predictors(config: pytest.Config) -> dict[str, str]:
+    found = {}
+    for line in config.getini("mlscope_predictors"):
+        name, sep, target = line.partition("=")
+        if not sep or ":" not in target:
+            raise pytest.UsageError(
+                f"mlscope_predictors: expected 'name = module:Class', got {line!r}"
+            )
+        found[name.strip()] = target.strip()
+    return found
+
+
+def _register_marker(config: pytest.Config, name: str, text: str) -> None:
+    config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _register_marker(config, "mlscope", "an item collected from a pytest-mlscope manifest")
+    for name in (*KNOWN_FRAMEWORKS, *_predictors(config)):
+        _register_marker(config, name, f"pytest-mlscope items on the {name} framework")
+    for name in DEVICES:
+        _register_marker(config, name, f"pytest-mlscope items on {name}")
+    for name in SCENARIOS:
+        _register_marker(config, name, f"pytest-mlscope items in the {name} scenario")
+    if not config.getoption("mlscope"):
+        return
+    from pytest_mlscope.session import MlscopeSession, Settings
+
+    rootdir = Path(config.rootpath)
+    cli_paths = config.getoption("mlscope_manifests")
+    if cli_paths:
+        manifest_paths = [Path(p).resolve() for p in cli_paths]
+    else:
+        manifest_paths = [Path(p).resolve() for p in config.getini("mlscope_manifests")]
+    measure = {
+        key: value
+        for key, value in (
+            ("warmup", config.getoption("mlscope_warmup")),
+            ("min_count", config.getoption("mlscope_min_count")),
+            ("min_duration_s", config.getoption("mlscope_min_duration")),
+            ("max_duration_s", config.getoption("mlscope_max_duration")),
+        )
+        if value is not None
+    }
+    timeout = config.getoption("mlscope_timeout") or config.getini("mlscope_timeout") or None
+    cache = config.getoption("mlscope_cache") or config.getini("mlscope_cache") or None
+    settings = Settings(
+        rootdir=rootdir,
+        manifest_paths=manifest_paths,
+        runtime=config.getoption("mlscope_runtime") or config.getini("mlscope_runtime"),
+        db=config.getoption("mlscope_db") or config.getini("mlscope_db") or None,
+        cache_dir=Path(cache).resolve() if cache else None,
+        timeout=float(timeout) if timeout else None,
+        predictors=_predictors(config),
+        measure_overrides=measure,
+        pytest_args=list(config.invocation_params.args),
+    )
+    config.stash[SESSION_KEY] = MlscopeSession(settings)
+    # With no paths on the command line, the manifests join whatever pytest collects anyway.
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args.extend(str(p) for p in manifest_paths if p.exists())
+
+
+def _session(config: pytest.Config) -> MlscopeSession | None:
+    return config.stash.get(SESSION_KEY, None)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    session = _session(parent.config)
+    if session is None or file_path.suffix not in (".yaml", ".yml"):
+        return None
+    resolved = file_path.resolve()
+    for root in session.settings.manifest_paths:
+        if resolved == root or resolved.is_relative_to(root):
+            return ManifestFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ManifestFile(pytest.File):
+    """A manifest: one test item per cell, or one collection error naming file:line:key."""
+
+    def collect(self) -> Iterator[MlscopeItem]:
+        from pytest_mlscope.cells import expand, skip_reason
+        from pytest_mlscope.errors import ManifestError
+        from pytest_mlscope.manifest import load_manifest
+
+        session = _session(self.config)
+        assert session is not None
+        try:
+            manifest = load_manifest(self.path)
+            session.register(manifest)
+        except ManifestError as exc:
+            raise self.CollectError(str(exc)) from None
+        reasons: dict[tuple[str, str], str | None] = {}
+        for cell in expand(manifest):
+            _register_marker(self.config, cell.framework, f"items on {cell.framework}")
+            item = MlscopeItem.from_parent(self, name=cell.id, manifest=manifest, cell=cell)
+            for marker in ("mlscope", cell.framework, cell.device, cell.scenario):
+                item.add_marker(marker)
+            key = (cell.framework, cell.device)
+            if key not in reasons:
+                reasons[key] = skip_reason(
+                    manifest, cell, session.host, session.settings.predictors
+                )
+            if reasons[key]:
+                item.add_marker(pytest.mark.skip(reason=reasons[key]))
+            yield item
+
+
+class MlscopeItem(pytest.Item):
+    def __init__(self, *, manifest: Manifest, cell: Cell, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.manifest = manifest
+        self.cell = cell
+
+    def runtest(self) -> None:
+        from pytest_mlscope.errors import AccuracyFailed
+
+        session = _session(self.config)
+        assert session is not None
+        result = session.evaluate(self.manifest, self.cell)
+        self.stash[RESULT_KEY] = result
+        for key, value in _properties(result).items():
+            self.user_properties.append((key, value))
+        if not result.accuracy.passed:
+            lines = [f"{c.name}: {c.detail}" for c in result.accuracy.failures]
+            raise AccuracyFailed("accuracy missed its target:\n  " + "\n  ".join(lines))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        from pytest_mlscope.errors import MlscopeError
+
+        if isinstance(excinfo.value, MlscopeError):
+            return f"{self.cell.id}: {type(excinfo.value).__name__}: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"mlscope {self.cell.id}"
+
+
+RESULT_KEY = pytest.StashKey["EvaluationResult"]()
+
+
+def _properties(result: EvaluationResult) -> dict[str, object]:
+    """JUnit properties: the headline numbers of an item, in milliseconds and items/s."""
+    props: dict[str, object] = {
+        "mlscope_framework_version": result.predictor.version,
+        "mlscope_accuracy": result.accuracy.headline(),
+        "mlscope_cold_start_ms": round(
+            (result.cold_start.load_s + result.cold_start.first_inference_s) * 1e3, 3
+        ),
+    }
+    if result.summary:
+        props.update(
+            mlscope_median_ms=round(result.summary.median * 1e3, 4),
+            mlscope_p99_ms=round(result.summary.p99 * 1e3, 4),
+            mlscope_throughput=round(result.summary.throughput, 2),
+            mlscope_samples=result.summary.count,
+        )
+    return props
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Recorded from reports, not from runtest, so skips and setup errors are stored too.
+    item = _ITEMS.get(report.nodeid)
+    if item is None:
+        return
+    session = _session(item.config)
+    if session is None:
+        return
+    if report.when == "call":
+        outcome = "passed" if report.passed else "failed"
+    elif report.skipped and report.when == "setup":
+        outcome = "skipped"
+    elif report.failed:
+        outcome = "error"
+    else:
+        return
+    message = None
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+    elif report.failed:
+        message = report.longreprtext
+    session.record(item.cell, outcome, item.stash.get(RESULT_KEY, None), message)
+
+
+_ITEMS: dict[str, MlscopeItem] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _ITEMS.clear()
+    _ITEMS.update({i.nodeid: i for i in items if isinstance(i, MlscopeItem)})
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = _session(session.config)
+    if state is not None:
+        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+        state.close("incomplete" if interrupted else "complete")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = _session(config)
+    if state is None or not state.records:
+        return
+    from pytest_mlscope.report.terminal import summary_lines
+
+    terminalreporter.write_sep("=", "mlscope")
+    for line in summary_lines(state):
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResult]:
+    """Evaluate a bundled or project manifest from a hand-written test.
+
+    ``mlscope_eval("alexnet", framework="onnxruntime", batch_size=1)`` returns the
+    :class:`~pytest_mlscope.protocol.EvaluationResult` (accuracy, latency summary, raw samples,
+    cold start), and stores it with the session's run. Measurement settings (``min_count``,
+    ``min_duration_s``, ``max_duration_s``, ``warmup``) may be passed as keywords.
+    """
+    session = _session(request.config)
+    if session is None:
+        pytest.skip("mlscope_eval evaluates models only under pytest --mlscope")
+
+    def evaluate(
+        model: str,
+        framework: str,
+        batch_size: int = 1,
+        device: str = "cpu",
+        scenario: str = "single_stream",
+        **measure: float,
+    ) -> EvaluationResult:
+        from pytest_mlscope.cells import skip_reason
+        from pytest_mlscope.protocol import Cell
+
+        manifest = session.manifest(model)
+        manifest.framework_spec(framework)  # a clear KeyError for a framework it does not list
+        cell = Cell(
+            model=model,
+            framework=framework,
+            device=device,
+            batch_size=batch_size,
+            scenario=scenario,  # type: ignore[arg-type]
+        )
+        reason = skip_reason(manifest, cell, session.host, session.settings.predictors)
+        if reason:
+            pytest.skip(reason)
+        result = session.evaluate(manifest, cell, **measure)
+        outcome = "passed" if result.accuracy.passed else "failed"
+        session.record(cell, outcome, result, f"evaluated by {request.node.nodeid}")
+        return result
+
+    return evaluate

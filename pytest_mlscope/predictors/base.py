@@ -1,0 +1,136 @@
+"""The predictor interface and its registry.
+
+A predictor wraps one framework behind load / prepare_input / predict / to_numpy / close / info.
+Only ``predict`` is timed, so everything a framework's own minimal inference loop would do once
+(building a feed dict, wrapping an array as a tensor) belongs in ``prepare_input``. Predictor
+modules import their framework inside methods, never at import time: the registry and the plugin
+look at predictor classes without paying for torch or ONNX Runtime.
+
+Third parties add a framework with an entry point in the ``mlscope.predictors`` group, or a
+project adds one in its ini (``mlscope_predictors = name = module:Class``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from importlib import metadata
+from typing import Any, ClassVar
+
+import numpy as np
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from pytest_mlscope.errors import StackUnavailable
+from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+
+ENTRY_POINT_GROUP = "mlscope.predictors"
+
+# Used when the package's own entry points are not installed (running from a source tree).
+BUILTIN = {
+    "torch": "pytest_mlscope.predictors.torch:TorchPredictor",
+    "onnxruntime": "pytest_mlscope.predictors.onnxruntime:OnnxRuntimePredictor",
+}
+
+
+class Predictor(ABC):
+    """One framework's way to load a model artifact and run a batch."""
+
+    name: ClassVar[str]
+    # Artifact formats this predictor loads, preferred first (e.g. "onnx", "torch_state_dict").
+    formats: ClassVar[tuple[str, ...]]
+    # Distributions that provide the framework; the first installed one gives the version.
+    distributions: ClassVar[tuple[str, ...]] = ()
+    # The pytest-mlscope extra that installs it, for the skip reason.
+    extra: ClassVar[str | None] = None
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    @abstractmethod
+    def load(self, artifact: ArtifactRef) -> None:
+        """Load the (already verified) artifact; timed as the cold start."""
+
+    def prepare_input(self, batch: np.ndarray) -> Any:
+        """Turn a numpy batch into what ``predict`` takes. Not timed."""
+        return batch
+
+    @abstractmethod
+    def predict(self, prepared: Any) -> Any:
+        """Run one batch. The only call inside a timing sample."""
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        """The first output as a numpy array. Not timed."""
+        return np.asarray(output)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model; the default keeps nothing to release."""
+
+    @abstractmethod
+    def info(self) -> PredictorInfo: ...
+
+    @classmethod
+    def installed_version(cls) -> str | None:
+        for distribution in cls.distributions:
+            try:
+                return metadata.version(distribution)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+
+def registered_predictors(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Framework name -> "module:Class", from built-ins, entry points, then the project's ini."""
+    found = dict(BUILTIN)
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found[entry.name] = entry.value
+    found.update(extra or {})
+    return found
+
+
+def predictor_class(name: str, extra: dict[str, str] | None = None) -> type[Predictor]:
+    registry = registered_predictors(extra)
+    target = registry.get(name)
+    if target is None:
+        known = ", ".join(sorted(registry))
+        raise StackUnavailable(
+            f"no predictor for framework {name!r} (known: {known}); register one with an "
+            f"entry point in the {ENTRY_POINT_GROUP!r} group or the mlscope_predictors ini option"
+        )
+    module_name, _, attribute = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise StackUnavailable(f"predictor {name!r} ({target}) cannot be imported: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Predictor)):
+        raise StackUnavailable(f"predictor {name!r} ({target}) is not a Predictor subclass")
+    return cls
+
+
+def framework_unavailable(
+    name: str, version: str | None, device: str, extra: dict[str, str] | None = None
+) -> str | None:
+    """Why this environment cannot run a framework, or None. Imports no framework."""
+    try:
+        cls = predictor_class(name, extra)
+    except StackUnavailable as exc:
+        return str(exc)
+    if device not in cls.devices:
+        return (
+            f"the {name} predictor does not run on {device} (it runs on {', '.join(cls.devices)})"
+        )
+    if not cls.distributions:
+        return None
+    installed = cls.installed_version()
+    if installed is None:
+        hint = f": pip install pytest-mlscope[{cls.extra}]" if cls.extra else ""
+        return f"{name} is not installed{hint}"
+    if version:
+        try:
+            ok = SpecifierSet(version).contains(Version(installed), prereleases=True)
+        except InvalidVersion:
+            ok = False
+        if not ok:
+            return f"{name} {installed} is installed, the manifest asks for {name}{version}"
+    return None

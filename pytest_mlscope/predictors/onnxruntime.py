@@ -1,0 +1,61 @@
+"""ONNX Runtime predictor: CPU execution provider, full graph optimizations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pytest_mlscope.errors import ArtifactError
+from pytest_mlscope.predictors.base import Predictor
+from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+
+
+class OnnxRuntimePredictor(Predictor):
+    name = "onnxruntime"
+    formats = ("onnx",)
+    distributions = ("onnxruntime", "onnxruntime-gpu")
+    extra = "onnxruntime"
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        self.session: Any = None
+        self.input_name = ""
+
+    def load(self, artifact: ArtifactRef) -> None:
+        import onnxruntime as ort
+
+        if artifact.format != "onnx":
+            raise ArtifactError(
+                f"{artifact.path}: onnxruntime cannot load format {artifact.format!r}"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            artifact.path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self._threads = options.intra_op_num_threads
+
+    def prepare_input(self, batch: np.ndarray) -> Any:
+        return {self.input_name: np.ascontiguousarray(batch)}
+
+    def predict(self, prepared: Any) -> Any:
+        return self.session.run(None, prepared)
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        return np.asarray(output[0])
+
+    def close(self) -> None:
+        self.session = None
+
+    def info(self) -> PredictorInfo:
+        import onnxruntime as ort
+
+        providers = self.session.get_providers() if self.session is not None else []
+        return PredictorInfo(
+            framework=self.name,
+            version=ort.__version__,
+            device=self.device,
+            details={"providers": providers, "intra_op_threads": self._threads or "default"},
+        )

@@ -1,0 +1,79 @@
+"""PyTorch predictor: eval mode, ``torch.inference_mode``, CPU (GPU comes with the CUDA stack)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from pytest_mlscope.errors import ArtifactError
+from pytest_mlscope.predictors.base import Predictor
+from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+
+
+class TorchPredictor(Predictor):
+    name = "torch"
+    formats = ("torch_state_dict", "torch_export")
+    distributions = ("torch",)
+    extra = "torch"
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        self.module: Any = None
+
+    def load(self, artifact: ArtifactRef) -> None:
+        import torch
+
+        if artifact.format == "torch_state_dict":
+            target = str(artifact.metadata.get("module", ""))
+            module_name, _, attribute = target.partition(":")
+            if not module_name or not attribute:
+                raise ArtifactError(
+                    f"{artifact.path}: a torch_state_dict artifact needs metadata "
+                    "'module' = 'package.module:Class'"
+                )
+            factory = getattr(importlib.import_module(module_name), attribute)
+            kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]
+            module = factory(**kwargs)
+            # weights_only: a state dict never needs arbitrary unpickling.
+            state = torch.load(artifact.path, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        elif artifact.format == "torch_export":
+            module = torch.export.load(artifact.path).module()
+        else:
+            raise ArtifactError(f"{artifact.path}: torch cannot load format {artifact.format!r}")
+        if hasattr(module, "eval"):
+            module.eval()
+        self.module = module
+        self._inference_mode = torch.inference_mode
+
+    def prepare_input(self, batch: np.ndarray) -> Any:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(batch))
+
+    def predict(self, prepared: Any) -> Any:
+        with self._inference_mode():
+            return self.module(prepared)
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        return output.detach().cpu().numpy()
+
+    def close(self) -> None:
+        self.module = None
+
+    def info(self) -> PredictorInfo:
+        import torch
+
+        return PredictorInfo(
+            framework=self.name,
+            version=torch.__version__,
+            device=self.device,
+            details={
+                "intra_op_threads": torch.get_num_threads(),
+                "inter_op_threads": torch.get_num_interop_threads(),
+            },
+        )

@@ -1,0 +1,169 @@
+"""The typed, versioned documents that cross the worker boundary and go to the store.
+
+The worker protocol is coarse: one :class:`EvaluationRequest` in, one :class:`WorkerReply` out,
+with bulky arrays (outputs) written as files in a shared work directory. The same documents are
+used in-process, over a subprocess pipe and inside a container, so the host never changes what is
+measured. ``PROTOCOL_VERSION`` changes whenever a field changes meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cell(_Document):
+    """One point of the evaluation grid: model × framework × device × batch size × scenario."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    framework: str
+    device: str = "cpu"
+    batch_size: int = 1
+    scenario: Literal["single_stream", "offline"] = "single_stream"
+
+    @property
+    def param_id(self) -> str:
+        return f"{self.framework}-{self.device}-bs{self.batch_size}-{self.scenario}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}[{self.param_id}]"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class MeasureOptions(_Document):
+    warmup: int = 5
+    min_count: int = 50
+    min_duration_s: float = 2.0
+    max_duration_s: float = 60.0
+
+
+class ArtifactRef(_Document):
+    """A model file the worker loads, with the checksum it must have."""
+
+    format: str
+    path: str
+    sha256: str
+    metadata: dict[str, object] = {}
+    # Who recorded the checksum (a manifest line, the cache's record), for the mismatch message.
+    expected_by: str = ""
+
+
+class EvaluationRequest(_Document):
+    version: int = PROTOCOL_VERSION
+    cell: Cell
+    manifest_path: str
+    artifact: ArtifactRef
+    measure: MeasureOptions
+    work_dir: str
+    # Outputs of the reference framework on the same inputs (npz), for the agreement check.
+    reference_outputs: str | None = None
+    # Where to write this cell's accuracy-pass outputs (npz), so other items can agree with it.
+    save_outputs: str | None = None
+    # Extra predictors named in the project's ini (name -> "module:Class"), beside entry points.
+    predictors: dict[str, str] = {}
+    accuracy_only: bool = False
+    # Run only these accuracy checks (None: all the manifest asks for); writing goldens runs none.
+    checks: list[str] | None = None
+
+
+class Summary(_Document):
+    """Latency statistics in seconds; throughput in items (not batches) per second."""
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    median: float
+    p90: float
+    p99: float
+    max: float
+    median_ci_low: float
+    median_ci_high: float
+    throughput: float
+    batch_size: int
+
+
+class ColdStart(_Document):
+    load_s: float
+    first_inference_s: float
+
+
+class AccuracyCheck(_Document):
+    name: str
+    passed: bool
+    value: float | None = None
+    detail: str = ""
+
+
+class AccuracyReport(_Document):
+    checks: list[AccuracyCheck] = []
+    samples: int = 0
+    top1: float | None = None
+    top5: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def check(self, name: str) -> AccuracyCheck | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    @property
+    def failures(self) -> list[AccuracyCheck]:
+        return [c for c in self.checks if not c.passed]
+
+    def headline(self) -> str:
+        """A short text for tables: top-1 when known, else the checks that ran."""
+        if self.top1 is not None:
+            text = f"top1={self.top1:.3f}"
+        elif self.checks:
+            text = ",".join(c.name for c in self.checks)
+        else:
+            return "-"
+        return text if self.passed else f"FAIL {text}"
+
+
+class PredictorInfo(_Document):
+    framework: str
+    version: str
+    device: str
+    details: dict[str, object] = {}
+
+
+class EvaluationResult(_Document):
+    version: int = PROTOCOL_VERSION
+    cell: Cell
+    predictor: PredictorInfo
+    artifact_sha256: str
+    cold_start: ColdStart
+    accuracy: AccuracyReport
+    summary: Summary | None = None
+    samples_ns: list[int] = Field(default_factory=list)
+    outputs_path: str | None = None
+    worker_pid: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def median_ms(self) -> float:
+        return self.summary.median * 1e3 if self.summary else math.nan
+
+
+class WorkerReply(_Document):
+    version: int = PROTOCOL_VERSION
+    ok: bool
+    result: EvaluationResult | None = None
+    error: str | None = None
+    error_type: str | None = None

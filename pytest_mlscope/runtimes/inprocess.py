@@ -1,0 +1,17 @@
+"""The in-process runtime: fastest to start, no isolation; for debugging and unit tests."""
+
+from __future__ import annotations
+
+from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult
+from pytest_mlscope.runtimes.base import Runtime, unwrap
+
+
+class InProcessRuntime(Runtime):
+    name = "inprocess"
+
+    def evaluate(
+        self, request: EvaluationRequest, timeout: float | None = None
+    ) -> EvaluationResult:
+        from pytest_mlscope.worker import handle
+
+        return unwrap(handle(request))

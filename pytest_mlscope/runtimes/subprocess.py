@@ -1,0 +1,155 @@
+"""The subprocess runtime: one worker process per software stack, reused across items.
+
+A worker that dies or hangs fails only the item it was on: the error carries the exit status and
+the tail of the worker's stderr, and the next item starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pytest_mlscope.errors import WorkerCrashed, WorkerTimeout
+from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, WorkerReply
+from pytest_mlscope.runtimes.base import Runtime, unwrap
+
+STDERR_TAIL_LINES = 30
+START_TIMEOUT_S = 120.0
+
+
+def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class SubprocessRuntime(Runtime):
+    name = "subprocess"
+    _counter = itertools.count(1)
+
+    def __init__(
+        self,
+        work_dir: Path,
+        python: str = sys.executable,
+        python_path: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.python = python
+        self.python_path = python_path or []
+        self.env = env or {}
+        self.process: subprocess.Popen[str] | None = None
+        self.stderr_path: Path | None = None
+        self.started = 0
+
+    def describe(self) -> str:
+        return f"subprocess ({self.python})"
+
+    def _start(self) -> subprocess.Popen[str]:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = self.work_dir / f"worker-{os.getpid()}-{next(self._counter)}.stderr"
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        if self.python_path:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [*self.python_path, *filter(None, [env.get("PYTHONPATH")])]
+            )
+        with open(self.stderr_path, "w") as stderr:
+            process = subprocess.Popen(
+                [self.python, "-m", "pytest_mlscope.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                start_new_session=True,  # Ctrl-C in the terminal is handled by us, not the worker
+            )
+        self.started += 1
+        self.process = process
+        reply = self._read_reply(process, START_TIMEOUT_S, what="start")
+        if reply.error_type != "ready":
+            self._kill()
+            raise WorkerCrashed(f"worker sent {reply!r} instead of its ready line")
+        return process
+
+    def _read_reply(
+        self, process: subprocess.Popen[str], timeout: float | None, what: str
+    ) -> WorkerReply:
+        assert process.stdout is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not selector.select(remaining):
+                self._kill()
+                raise WorkerTimeout(
+                    f"worker (pid {process.pid}) gave no answer to {what} within {timeout:g} s "
+                    f"and was killed; its stderr ends with:\n{_tail(self.stderr_path)}"  # type: ignore[arg-type]
+                )
+        line = process.stdout.readline()
+        if not line:
+            code = process.wait(timeout=10)
+            self.process = None
+            raise WorkerCrashed(
+                f"worker (pid {process.pid}) died during {what}: {_exit_description(code)}; "
+                f"its stderr ends with:\n{_tail(self.stderr_path) or '(empty)'}"  # type: ignore[arg-type]
+            )
+        return WorkerReply.model_validate_json(line)
+
+    def evaluate(
+        self, request: EvaluationRequest, timeout: float | None = None
+    ) -> EvaluationResult:
+        process = self.process
+        if process is None or process.poll() is not None:
+            process = self._start()
+        assert process.stdin is not None
+        try:
+            process.stdin.write(request.model_dump_json() + "\n")
+            process.stdin.flush()
+        except BrokenPipeError:
+            self.process = None
+            code = process.wait(timeout=10)
+            raise WorkerCrashed(
+                f"worker (pid {process.pid}) was gone before {request.cell.id}: "
+                f"{_exit_description(code)}"
+            ) from None
+        return unwrap(self._read_reply(process, timeout, what=request.cell.id))
+
+    def _kill(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if process.stdin:
+                process.stdin.close()
+            process.wait(timeout=10)
+        except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+            self.process = process
+            self._kill()

@@ -1,0 +1,283 @@
+"""What one ``pytest --mlscope`` session accumulates: manifests, runtimes, the run in the store.
+
+The plugin keeps one :class:`MlscopeSession` in ``config.stash`` and hands every stage to it; it is
+plain Python and can be driven without pytest. Each result is written to the store as soon as its
+item ends, so a crash later in the session never loses it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlscope.errors import EvaluationFailed, ManifestError, MlscopeError
+from pytest_mlscope.protocol import Cell, EvaluationRequest, EvaluationResult, MeasureOptions
+
+if TYPE_CHECKING:
+    from pytest_mlscope.hardware import Host
+    from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.runtimes import Runtime
+    from pytest_mlscope.store import Store
+
+
+@dataclass
+class Settings:
+    """Everything a session needs from the command line and ini, resolved to plain values."""
+
+    rootdir: Path
+    manifest_paths: list[Path]
+    runtime: str = "subprocess"
+    db: str | None = None
+    cache_dir: Path | None = None
+    timeout: float | None = None
+    predictors: dict[str, str] = field(default_factory=dict)
+    measure_overrides: dict[str, float] = field(default_factory=dict)
+    python_path: list[str] = field(default_factory=list)
+    pytest_args: list[str] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.rootdir / ".mlscope"
+
+    @property
+    def db_location(self) -> str:
+        return self.db or os.environ.get("MLSCOPE_DB") or str(self.state_dir / "results.db")
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.cache_dir or Path(
+            os.environ.get("MLSCOPE_CACHE") or self.state_dir / "artifacts"
+        )
+
+
+@dataclass
+class Record:
+    """One item's outcome, kept for the terminal summary."""
+
+    cell: Cell
+    outcome: str
+    result: EvaluationResult | None = None
+    message: str | None = None
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+class MlscopeSession:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manifests: dict[str, Manifest] = {}
+        self.records: list[Record] = []
+        self._runtimes: dict[str, Runtime] = {}
+        self._store: Store | None = None
+        self._run_id: str | None = None
+        self._cache: Any = None
+        self._scanned = False
+        token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.work_dir = settings.state_dir / "work" / token
+
+    # -- manifests ------------------------------------------------------------------------------
+
+    def register(self, manifest: Manifest) -> None:
+        """Add a collected manifest; two files may not claim the same model name."""
+        known = self.manifests.get(manifest.name)
+        if known is not None and known.path != manifest.path:
+            raise ManifestError(
+                [
+                    f"{manifest.where('name')}: name: {manifest.name!r} is already the name of "
+                    f"{known.where('name')}"
+                ]
+            )
+        self.manifests[manifest.name] = manifest
+
+    def manifest(self, name: str) -> Manifest:
+        """A manifest by model name, loading the configured manifest paths if not collected."""
+        if name not in self.manifests and not self._scanned:
+            from pytest_mlscope.manifest import load_manifest, manifest_files
+
+            self._scanned = True
+            for path in manifest_files(self.settings.manifest_paths):
+                try:
+                    manifest = load_manifest(path)
+                except ManifestError:
+                    continue  # reported when that file is collected or validated
+                self.manifests.setdefault(manifest.name, manifest)
+        if name not in self.manifests:
+            where = ", ".join(str(p) for p in self.settings.manifest_paths) or "(none configured)"
+            raise MlscopeError(f"no manifest named {name!r} in {where}")
+        return self.manifests[name]
+
+    @property
+    def host(self) -> Host:
+        from pytest_mlscope.hardware import current_host
+
+        return current_host()
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def measure_options(self, manifest: Manifest, **overrides: float) -> MeasureOptions:
+        performance = manifest.performance
+        values: dict[str, Any] = {
+            "warmup": performance.warmup,
+            "min_count": performance.min_count,
+            "min_duration_s": performance.min_duration_s,
+            "max_duration_s": performance.max_duration_s,
+        }
+        values.update(self.settings.measure_overrides)
+        values.update(overrides)
+        values["max_duration_s"] = max(values["max_duration_s"], values["min_duration_s"])
+        values["warmup"] = int(values["warmup"])
+        values["min_count"] = int(values["min_count"])
+        return MeasureOptions(**values)
+
+    def runtime(self, cell: Cell) -> Runtime:
+        """One runtime per software stack; every framework on the host shares the host stack."""
+        from pytest_mlscope.runtimes import make_runtime
+
+        key = self.settings.runtime
+        if key not in self._runtimes:
+            python_path = [str(self.settings.rootdir), *self.settings.python_path]
+            self._runtimes[key] = make_runtime(key, self.work_dir / "workers", python_path)
+        return self._runtimes[key]
+
+    def _artifact(self, manifest: Manifest, framework: str) -> Any:
+        from pytest_mlscope.predictors import predictor_class
+        from pytest_mlscope.zoo.cache import ArtifactCache
+
+        if self._cache is None:
+            self._cache = ArtifactCache(self.settings.artifact_dir)
+        formats = predictor_class(framework, self.settings.predictors).formats
+        return self._cache.for_framework(manifest, framework, formats)
+
+    def _reference_path(self, manifest: Manifest) -> Path | None:
+        agreement = manifest.accuracy.agreement
+        if agreement is None:
+            return None
+        return self.work_dir / "reference" / f"{_safe(manifest.name)}-{agreement.reference}.npz"
+
+    def _ensure_reference(self, manifest: Manifest) -> Path:
+        """The reference framework's outputs, computed by an accuracy-only pass if no item did."""
+        path = self._reference_path(manifest)
+        assert path is not None and manifest.accuracy.agreement is not None
+        if path.exists():
+            return path
+        reference = manifest.accuracy.agreement.reference
+        from pytest_mlscope.cells import skip_reason
+
+        cell = Cell(model=manifest.name, framework=reference, device="cpu", batch_size=1)
+        reason = skip_reason(manifest, cell, self.host, self.settings.predictors)
+        if reason:
+            raise EvaluationFailed(
+                f"the agreement reference {reference} cannot run here, so agreement cannot be "
+                f"checked: {reason}"
+            )
+        request = self._request(manifest, cell, accuracy_only=True, save_outputs=path)
+        try:
+            self.runtime(cell).evaluate(request, self.settings.timeout)
+        except MlscopeError as exc:
+            raise EvaluationFailed(f"the agreement reference {reference} failed: {exc}") from exc
+        return path
+
+    def _request(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        *,
+        accuracy_only: bool = False,
+        save_outputs: Path | None = None,
+        reference: Path | None = None,
+        checks: list[str] | None = None,
+        **overrides: float,
+    ) -> EvaluationRequest:
+        return EvaluationRequest(
+            cell=cell,
+            manifest_path=str(manifest.path),
+            artifact=self._artifact(manifest, cell.framework),
+            measure=self.measure_options(manifest, **overrides),
+            work_dir=str(self.work_dir),
+            reference_outputs=str(reference) if reference else None,
+            save_outputs=str(save_outputs) if save_outputs else None,
+            predictors=self.settings.predictors,
+            accuracy_only=accuracy_only,
+            checks=checks,
+        )
+
+    def evaluate(self, manifest: Manifest, cell: Cell, **overrides: float) -> EvaluationResult:
+        """Accuracy and timing for one cell, in the cell's runtime."""
+        agreement = manifest.accuracy.agreement
+        save = reference = None
+        if agreement is not None:
+            if cell.framework == agreement.reference:
+                candidate = self._reference_path(manifest)
+                save = candidate if candidate and not candidate.exists() else None
+            else:
+                reference = self._ensure_reference(manifest)
+        request = self._request(manifest, cell, save_outputs=save, reference=reference, **overrides)
+        return self.runtime(cell).evaluate(request, self.settings.timeout)
+
+    def write_golden(self, manifest: Manifest, framework: str | None = None) -> Path:
+        """Store a framework's outputs as the manifest's golden file (an explicit, reviewed act)."""
+        golden = manifest.accuracy.golden
+        if golden is None:
+            raise MlscopeError(f"{manifest.where('accuracy')}: accuracy.golden is not set")
+        agreement = manifest.accuracy.agreement
+        framework = framework or (agreement.reference if agreement else manifest.framework[0].name)
+        manifest.framework_spec(framework)
+        path = manifest.resolve(golden.path)
+        cell = Cell(model=manifest.name, framework=framework, device="cpu", batch_size=1)
+        request = self._request(manifest, cell, accuracy_only=True, save_outputs=path, checks=[])
+        self.runtime(cell).evaluate(request, self.settings.timeout)
+        return path
+
+    # -- results --------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            from pytest_mlscope.store import Store
+
+            self._store = Store.from_location(self.settings.db_location)
+        return self._store
+
+    @property
+    def run_id(self) -> str:
+        """The run, started in the store when the first result arrives."""
+        if self._run_id is None:
+            from pytest_mlscope.store import git_info
+
+            self._run_id = self.store.start_run(
+                host=self.host.fingerprint(),
+                git=git_info(self.settings.rootdir),
+                pytest_args=self.settings.pytest_args,
+            )
+        return self._run_id
+
+    @property
+    def started(self) -> bool:
+        return self._run_id is not None
+
+    def record(
+        self,
+        cell: Cell,
+        outcome: str,
+        result: EvaluationResult | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.records.append(Record(cell, outcome, result, message))
+        self.store.record_result(
+            self.run_id, cell=cell, outcome=outcome, result=result, message=message
+        )
+
+    def close(self, status: str = "complete") -> None:
+        for runtime in self._runtimes.values():
+            runtime.close()
+        self._runtimes.clear()
+        if self._store is not None:
+            if self._run_id is not None:
+                self._store.finish_run(self._run_id, status)
+            self._store.close()

@@ -1,0 +1,549 @@
+"""The results database: every run and every cell's result, raw samples included.
+
+SQLAlchemy Core only, with portable column types, so the same tables live in a local SQLite file
+(the default) or a PostgreSQL server a team shares. This is the one place that opens the database;
+the plugin and the ``mlscope`` command both go through :class:`Store`. The schema carries a
+version so an older pytest-mlscope refuses a database written by a newer one instead of
+misreading it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from pytest_mlscope.errors import MlscopeError
+from pytest_mlscope.protocol import (
+    AccuracyReport,
+    Cell,
+    ColdStart,
+    EvaluationResult,
+    PredictorInfo,
+    Summary,
+)
+
+SCHEMA_VERSION = 1
+
+RUN_STATUSES = ("running", "complete", "incomplete")
+OUTCOMES = ("passed", "failed", "error", "skipped")
+
+# Long enough to ride out another pytest process (xdist worker, parallel CI job) committing.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+GIT_TIMEOUT_S = 10
+
+
+class StoreError(MlscopeError):
+    """The results database cannot be opened, or a run asked for is not in it."""
+
+
+metadata = sa.MetaData()
+
+# One row, pinned by its primary key so two processes creating the schema at once cannot
+# leave two version rows behind.
+schema_version_table = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+runs_table = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("git_commit", sa.String(64), nullable=True),
+    sa.Column("git_branch", sa.Text, nullable=True),
+    sa.Column("git_dirty", sa.Boolean, nullable=True),
+    sa.Column("host", sa.JSON, nullable=False),
+    sa.Column("hostname", sa.String(255), nullable=False, index=True),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("pytest_args", sa.JSON, nullable=False),
+)
+
+# none_as_null: a missing document is SQL NULL, not the JSON text 'null', so queries can test it.
+_NullableJSON = sa.JSON(none_as_null=True)
+
+results_table = sa.Table(
+    "results",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("item_id", sa.Text, nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("framework", sa.String(255), nullable=False),
+    sa.Column("device", sa.String(32), nullable=False),
+    sa.Column("batch_size", sa.Integer, nullable=False),
+    sa.Column("scenario", sa.String(32), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("framework_version", sa.String(255), nullable=True),
+    sa.Column("artifact_sha256", sa.String(64), nullable=True),
+    sa.Column("summary", _NullableJSON, nullable=True),
+    sa.Column("samples_ns", sa.JSON, nullable=False),
+    sa.Column("accuracy", _NullableJSON, nullable=True),
+    sa.Column("cold_start", _NullableJSON, nullable=True),
+    sa.Column("predictor", _NullableJSON, nullable=True),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class GitInfo:
+    commit: str | None
+    branch: str | None
+    dirty: bool | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One pytest session as stored, with how many of its items ended in each outcome."""
+
+    id: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    git_commit: str | None
+    git_branch: str | None
+    git_dirty: bool | None
+    hostname: str
+    host: dict[str, Any]
+    tags: dict[str, str]
+    pytest_args: list[str]
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One cell's stored result; documents are parsed back into the protocol's types.
+
+    ``summary``, ``accuracy``, ``cold_start`` and ``predictor`` are None when the item never
+    reached an evaluation (skipped, or an error before the worker answered).
+    """
+
+    id: int
+    run_id: str
+    item_id: str
+    cell: Cell
+    outcome: str
+    message: str | None
+    framework_version: str | None
+    artifact_sha256: str | None
+    summary: Summary | None
+    samples_ns: list[int]
+    accuracy: AccuracyReport | None
+    cold_start: ColdStart | None
+    predictor: PredictorInfo | None
+    recorded_at: datetime
+
+
+def default_location() -> str:
+    """``$MLSCOPE_DB`` when set, else ``.mlscope/results.db`` under the current directory.
+
+    Made absolute here so a location stays the same file whatever directory it is used from.
+    """
+    configured = os.environ.get("MLSCOPE_DB", "").strip()
+    if configured:
+        return configured
+    return str(Path.cwd() / ".mlscope" / "results.db")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite keeps no offset: values are written in UTC and come back naive.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _sqlite_file(url: sa.URL) -> Path | None:
+    """The file behind a SQLite URL; None for in-memory databases and other backends."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _enable_sqlite_concurrency(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets `mlscope runs` read while a test session writes, and the busy timeout makes
+    # concurrent writers (xdist workers) wait for each other instead of failing "locked".
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+class Store:
+    """A results database opened at a SQLAlchemy URL, its schema created or checked."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open ``url``; with ``create=False`` a missing SQLite file is an error, not a new DB.
+
+        The CLI opens with ``create=False`` so a typo in ``--db`` is reported instead of
+        silently showing an empty, freshly created database.
+        """
+        try:
+            parsed = sa.make_url(url)
+        except sa_exc.ArgumentError as exc:
+            raise StoreError(f"not a database URL: {url!r} ({exc})") from None
+        self.url: str = parsed.render_as_string(hide_password=True)
+        path = _sqlite_file(parsed)
+        if path is not None and not path.exists():
+            if not create:
+                raise StoreError(f"no results database at {path}; run pytest --mlscope first")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._engine = sa.create_engine(parsed)
+        except ImportError as exc:
+            raise StoreError(
+                f"cannot open results database {self.url}: its driver is not installed ({exc})"
+            ) from None
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(self._engine, "connect", _enable_sqlite_concurrency)
+        try:
+            self._prepare_schema()
+        except sa_exc.SQLAlchemyError as exc:
+            self._engine.dispose()
+            reason = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot open results database {self.url}: {reason}") from None
+        except StoreError:
+            self._engine.dispose()
+            raise
+
+    @classmethod
+    def from_location(cls, location: str | os.PathLike[str], *, create: bool = True) -> Store:
+        """Open a location as users write it: a URL (``postgresql://…``) or a plain file path."""
+        text = os.fspath(location)
+        if "://" in text:
+            return cls(text, create=create)
+        path = Path(text).expanduser().resolve()
+        return cls(f"sqlite:///{path}", create=create)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- schema ----------------------------------------------------------------------------------
+
+    def _stored_version(self, connection: sa.Connection) -> int | None:
+        if not sa.inspect(connection).has_table(schema_version_table.name):
+            return None
+        return connection.execute(
+            sa.select(schema_version_table.c.version).where(schema_version_table.c.id == 1)
+        ).scalar_one_or_none()
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"results database {self.url} has schema version {version}, newer than the "
+                f"{SCHEMA_VERSION} this pytest-mlscope understands; upgrade pytest-mlscope"
+            )
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"results database {self.url} has schema version {version}, older than "
+                f"{SCHEMA_VERSION}, and no migration from it is known"
+            )
+
+    def _prepare_schema(self) -> None:
+        with self._engine.connect() as connection:
+            version = self._stored_version(connection)
+        if version is not None:
+            self._check_version(version)
+            return
+        try:
+            with self._engine.begin() as connection:
+                metadata.create_all(connection)
+                connection.execute(
+                    sa.insert(schema_version_table).values(id=1, version=SCHEMA_VERSION)
+                )
+        except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.ProgrammingError):
+            # Another process may have created the schema between our check and our create;
+            # then what it wrote is what counts. Otherwise the error is real.
+            with self._engine.connect() as connection:
+                version = self._stored_version(connection)
+            if version is None:
+                raise
+            self._check_version(version)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        host: dict[str, Any],
+        git: GitInfo | None = None,
+        tags: dict[str, str] | None = None,
+        pytest_args: list[str] | None = None,
+    ) -> str:
+        """Record a session as 'running' before any item runs, so a crash still leaves a trace."""
+        run_id = uuid.uuid4().hex
+        with self._engine.begin() as connection:
+            connection.execute(
+                sa.insert(runs_table).values(
+                    id=run_id,
+                    started_at=_now(),
+                    finished_at=None,
+                    status="running",
+                    git_commit=git.commit if git else None,
+                    git_branch=git.branch if git else None,
+                    git_dirty=git.dirty if git else None,
+                    host=host,
+                    hostname=str(host.get("hostname") or ""),
+                    tags=dict(tags or {}),
+                    pytest_args=list(pytest_args or []),
+                )
+            )
+        return run_id
+
+    def record_result(
+        self,
+        run_id: str,
+        *,
+        cell: Cell,
+        outcome: str,
+        result: EvaluationResult | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Store one item's result, committed at once so a later crash never loses it."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        values: dict[str, Any] = {
+            "run_id": run_id,
+            "item_id": cell.id,
+            "model": cell.model,
+            "framework": cell.framework,
+            "device": cell.device,
+            "batch_size": cell.batch_size,
+            "scenario": cell.scenario,
+            "outcome": outcome,
+            "message": message,
+            "framework_version": None,
+            "artifact_sha256": None,
+            "summary": None,
+            "samples_ns": [],
+            "accuracy": None,
+            "cold_start": None,
+            "predictor": None,
+            "recorded_at": _now(),
+        }
+        if result is not None:
+            values.update(
+                framework_version=result.predictor.version,
+                artifact_sha256=result.artifact_sha256,
+                summary=result.summary.model_dump() if result.summary else None,
+                samples_ns=[int(sample) for sample in result.samples_ns],
+                accuracy=result.accuracy.model_dump(),
+                cold_start=result.cold_start.model_dump(),
+                predictor=result.predictor.model_dump(mode="json"),
+            )
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(sa.insert(results_table).values(**values))
+        except sa_exc.IntegrityError:
+            raise StoreError(f"cannot record {cell.id}: no run {run_id} in {self.url}") from None
+
+    def finish_run(self, run_id: str, status: str = "complete") -> None:
+        """Close a run; 'incomplete' marks a session that was interrupted or had errors."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        with self._engine.begin() as connection:
+            updated = connection.execute(
+                sa.update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(finished_at=_now(), status=status)
+            )
+        if updated.rowcount == 0:
+            raise StoreError(f"no run {run_id} in {self.url}")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        """The most recent runs, newest first, each with its result counts by outcome."""
+        query = (
+            sa.select(runs_table)
+            .order_by(runs_table.c.started_at.desc(), runs_table.c.id)
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+            counts = self._counts(connection, [row["id"] for row in rows])
+        return [_run_record(row, counts.get(row["id"], {})) for row in rows]
+
+    def get_run(self, run_id_or_prefix: str) -> RunRecord:
+        """The run whose id starts with the given text; refused when none or several match."""
+        prefix = run_id_or_prefix.strip().lower()
+        if not prefix:
+            raise StoreError("expected a run id or a prefix of one, got an empty string")
+        query = (
+            sa.select(runs_table)
+            .where(runs_table.c.id.startswith(prefix, autoescape=True))
+            .order_by(runs_table.c.started_at.desc())
+            .limit(6)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+            if not rows:
+                raise StoreError(f"no run matches {run_id_or_prefix!r} in {self.url}")
+            if len(rows) > 1:
+                shown = ", ".join(row["id"] for row in rows[:5])
+                more = " and more" if len(rows) > 5 else ""
+                raise StoreError(
+                    f"run prefix {run_id_or_prefix!r} is ambiguous: it matches {shown}{more}; "
+                    f"give more characters"
+                )
+            row = rows[0]
+            counts = self._counts(connection, [row["id"]])
+        return _run_record(row, counts.get(row["id"], {}))
+
+    def results(self, run_id: str) -> list[ResultRecord]:
+        """A run's results in the order they were recorded."""
+        query = (
+            sa.select(results_table)
+            .where(results_table.c.run_id == run_id)
+            .order_by(results_table.c.id)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [_result_record(row) for row in rows]
+
+    def close(self) -> None:
+        """Release pooled connections (and with them SQLite's file handles)."""
+        self._engine.dispose()
+
+    @staticmethod
+    def _counts(connection: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, int]]:
+        if not run_ids:
+            return {}
+        query = (
+            sa.select(results_table.c.run_id, results_table.c.outcome, sa.func.count())
+            .where(results_table.c.run_id.in_(run_ids))
+            .group_by(results_table.c.run_id, results_table.c.outcome)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for run_id, outcome, count in connection.execute(query):
+            counts.setdefault(run_id, {})[outcome] = count
+        # Outcomes in their usual reading order, whatever order the database returned them in.
+        order = {outcome: i for i, outcome in enumerate(OUTCOMES)}
+        return {
+            run_id: dict(sorted(by_outcome.items(), key=lambda kv: order.get(kv[0], len(order))))
+            for run_id, by_outcome in counts.items()
+        }
+
+
+def _run_record(row: sa.RowMapping, counts: dict[str, int]) -> RunRecord:
+    started_at = _aware(row["started_at"])
+    assert started_at is not None
+    return RunRecord(
+        id=row["id"],
+        started_at=started_at,
+        finished_at=_aware(row["finished_at"]),
+        status=row["status"],
+        git_commit=row["git_commit"],
+        git_branch=row["git_branch"],
+        git_dirty=row["git_dirty"],
+        hostname=row["hostname"],
+        host=dict(row["host"] or {}),
+        tags=dict(row["tags"] or {}),
+        pytest_args=list(row["pytest_args"] or []),
+        counts=counts,
+    )
+
+
+def _result_record(row: sa.RowMapping) -> ResultRecord:
+    recorded_at = _aware(row["recorded_at"])
+    assert recorded_at is not None
+    return ResultRecord(
+        id=row["id"],
+        run_id=row["run_id"],
+        item_id=row["item_id"],
+        cell=Cell(
+            model=row["model"],
+            framework=row["framework"],
+            device=row["device"],
+            batch_size=row["batch_size"],
+            scenario=row["scenario"],
+        ),
+        outcome=row["outcome"],
+        message=row["message"],
+        framework_version=row["framework_version"],
+        artifact_sha256=row["artifact_sha256"],
+        summary=Summary.model_validate(row["summary"]) if row["summary"] is not None else None,
+        samples_ns=[int(sample) for sample in row["samples_ns"] or []],
+        accuracy=(
+            AccuracyReport.model_validate(row["accuracy"]) if row["accuracy"] is not None else None
+        ),
+        cold_start=(
+            ColdStart.model_validate(row["cold_start"]) if row["cold_start"] is not None else None
+        ),
+        predictor=(
+            PredictorInfo.model_validate(row["predictor"]) if row["predictor"] is not None else None
+        ),
+        recorded_at=recorded_at,
+    )
+
+
+# -- git -----------------------------------------------------------------------------------------
+
+
+def _git(path: str | os.PathLike[str], *args: str) -> str | None:
+    """Output of one git command, or None when it fails for any reason."""
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock while the user works.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    try:
+        completed = subprocess.run(
+            ["git", "-C", os.fspath(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            env=env,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if completed.returncode != 0:
+        return None
+    return completed.stdout.strip()
+
+
+def git_info(path: str | os.PathLike[str]) -> GitInfo | None:
+    """Commit, branch and dirtiness of the checkout at ``path``; None outside a git checkout.
+
+    Never raises: a missing or broken git must not stop a test session from recording results.
+    """
+    if _git(path, "rev-parse", "--is-inside-work-tree") != "true":
+        return None
+    commit = _git(path, "rev-parse", "--verify", "-q", "HEAD") or None
+    # symbolic-ref rather than `rev-parse --abbrev-ref`: it names the branch of a repository
+    # with no commit yet, and fails (None) on a detached HEAD instead of answering "HEAD".
+    branch = _git(path, "symbolic-ref", "--short", "-q", "HEAD") or None
+    # Untracked files are left out: the results database and other outputs a session writes
+    # would otherwise mark every run dirty.
+    status = _git(path, "status", "--porcelain", "--untracked-files=no")
+    return GitInfo(commit=commit, branch=branch, dirty=None if status is None else bool(status))

@@ -1,0 +1,193 @@
+"""The evaluation a runtime hosts: verify and load the artifact, an accuracy pass, a timing pass.
+
+Run as ``python -m pytest_mlscope.worker`` it serves requests, one JSON line in and one JSON
+line out, until its input closes; with ``--request FILE --reply FILE`` it evaluates one request.
+The in-process runtime calls :func:`handle` directly, so what is measured never depends on the
+host. Framework output printed to stdout cannot corrupt the protocol: the worker moves the
+protocol to a private descriptor and points fd 1 at stderr before any framework is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from pytest_mlscope.errors import MlscopeError
+from pytest_mlscope.protocol import (
+    ColdStart,
+    EvaluationRequest,
+    EvaluationResult,
+    WorkerReply,
+)
+
+_PREPARED_CACHE: dict[tuple[str, float], object] = {}
+
+
+def _prepared(manifest_path: str, manifest: object) -> object:
+    """Preprocessed data per manifest file (and its mtime), reused across a worker's items."""
+    from pytest_mlscope.data import prepare
+
+    key = (manifest_path, os.stat(manifest_path).st_mtime)
+    if key not in _PREPARED_CACHE:
+        _PREPARED_CACHE.clear()  # one manifest at a time: items arrive grouped by model
+        _PREPARED_CACHE[key] = prepare(manifest)  # type: ignore[arg-type]
+    return _PREPARED_CACHE[key]
+
+
+def _golden(spec: object, manifest: object, output_name: str) -> np.ndarray | None:
+    golden = spec.golden  # type: ignore[attr-defined]
+    if golden is None:
+        return None
+    path = manifest.resolve(golden.path)  # type: ignore[attr-defined]
+    with np.load(path, allow_pickle=False) as archive:
+        key = output_name if output_name in archive else archive.files[0]
+        return np.asarray(archive[key], dtype=np.float64)
+
+
+def evaluate(request: EvaluationRequest) -> EvaluationResult:
+    from pytest_mlscope.accuracy import assess, postprocess
+    from pytest_mlscope.manifest import load_manifest
+    from pytest_mlscope.measure import time_calls
+    from pytest_mlscope.predictors import predictor_class
+    from pytest_mlscope.stats import summarize
+    from pytest_mlscope.zoo.cache import verify
+
+    started = time.perf_counter()
+    cell = request.cell
+    manifest = load_manifest(request.manifest_path, require_files=False)
+    data = _prepared(request.manifest_path, manifest)
+    predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
+
+    verify(request.artifact)
+    before = time.perf_counter()
+    predictor.load(request.artifact)
+    load_s = time.perf_counter() - before
+    try:
+        batches = [predictor.prepare_input(b) for b in data.batches(cell.batch_size)]  # type: ignore[attr-defined]
+        before = time.perf_counter()
+        first = predictor.predict(batches[0])
+        first_inference_s = time.perf_counter() - before
+        del first
+
+        # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
+        raw = np.concatenate([predictor.to_numpy(predictor.predict(b)) for b in batches])
+        output_spec = manifest.outputs[0]
+        outputs = postprocess(raw[: len(data)], output_spec.postprocess)  # type: ignore[arg-type]
+        if request.save_outputs:
+            Path(request.save_outputs).parent.mkdir(parents=True, exist_ok=True)
+            np.savez(request.save_outputs, **{output_spec.name: outputs})
+        reference = None
+        if request.reference_outputs:
+            with np.load(request.reference_outputs, allow_pickle=False) as archive:
+                reference = np.asarray(archive[archive.files[0]], dtype=np.float64)
+        spec = manifest.accuracy
+        if request.checks is not None:
+            spec = spec.model_copy(
+                update={
+                    k: None
+                    for k in ("top1", "top5", "golden", "agreement")
+                    if k not in request.checks
+                }
+            )
+        accuracy = assess(
+            spec,
+            outputs,
+            data.labels,  # type: ignore[attr-defined]
+            reference=reference,
+            golden=_golden(spec, manifest, output_spec.name),
+        )
+
+        # Timing pass: the predictor call alone, on inputs prepared beforehand.
+        summary, samples = None, []
+        if not request.accuracy_only:
+            inputs = batches[:1] if cell.scenario == "single_stream" else batches
+            timing = time_calls(predictor.predict, inputs, request.measure)
+            samples = timing.samples_ns
+            summary = summarize(samples, cell.batch_size)
+            if cell.scenario == "offline":
+                # Offline throughput is items over the time spent in the model, all batches.
+                throughput = cell.batch_size * len(samples) / (sum(samples) / 1e9)
+                summary = summary.model_copy(update={"throughput": throughput})
+        info = predictor.info()
+    finally:
+        predictor.close()
+    return EvaluationResult(
+        cell=cell,
+        predictor=info,
+        artifact_sha256=request.artifact.sha256,
+        cold_start=ColdStart(load_s=load_s, first_inference_s=first_inference_s),
+        accuracy=accuracy,
+        summary=summary,
+        samples_ns=samples,
+        outputs_path=request.save_outputs,
+        worker_pid=os.getpid(),
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def handle(request: EvaluationRequest) -> WorkerReply:
+    """Evaluate, turning any exception into a reply: a broken item never takes the worker down."""
+    try:
+        return WorkerReply(ok=True, result=evaluate(request))
+    except MlscopeError as exc:
+        return WorkerReply(ok=False, error=str(exc), error_type=type(exc).__name__)
+    except Exception as exc:
+        return WorkerReply(
+            ok=False,
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+            error_type=type(exc).__name__,
+        )
+
+
+def _protocol_stream() -> IO[str]:
+    """Keep the real stdout for replies; send everything else written to fd 1 to stderr."""
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8")
+
+
+def serve(stdin: IO[str], out: IO[str]) -> None:
+    out.write(WorkerReply(ok=True, error_type="ready").model_dump_json() + "\n")
+    out.flush()
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = EvaluationRequest.model_validate_json(line)
+        except ValueError as exc:
+            reply = WorkerReply(ok=False, error=f"bad request: {exc}", error_type="BadRequest")
+        else:
+            reply = handle(request)
+        out.write(reply.model_dump_json() + "\n")
+        out.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_mlscope.worker")
+    parser.add_argument("--request", help="evaluate one request from this JSON file")
+    parser.add_argument("--reply", help="write the reply here (default: stdout)")
+    args = parser.parse_args(argv)
+    out = _protocol_stream()
+    if args.request:
+        reply = handle(EvaluationRequest.model_validate_json(Path(args.request).read_text()))
+        text = reply.model_dump_json()
+        if args.reply:
+            Path(args.reply).write_text(text)
+        else:
+            out.write(text + "\n")
+        return 0 if reply.ok else 1
+    serve(sys.stdin, out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

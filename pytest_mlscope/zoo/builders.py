@@ -1,0 +1,120 @@
+"""Builders for the bundled models: each writes its artifacts into a directory it is given.
+
+A builder is the one thing a manifest may execute (``model.source.builder``). It is called as
+``builder(out_dir, seed=..., **params)`` and returns the artifacts it wrote, one per format. Every
+build is deterministic for a given seed on a given machine; weights come from numpy's PCG64 stream,
+which is the same on every platform, rather than from torch's CPU RNG.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BuiltArtifact:
+    format: str
+    filename: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _seeded_init(module: Any, seed: int) -> None:
+    """He-normal weights and zero biases from a platform-independent numpy stream."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, parameter in module.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+                continue
+            fan_in = int(np.prod(parameter.shape[1:]))
+            values = rng.standard_normal(parameter.shape, dtype=np.float32)
+            values *= np.float32(np.sqrt(2.0 / fan_in))
+            parameter.copy_(torch.from_numpy(values))
+
+
+def _export_onnx(module: Any, example: Any, path: Path) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript-based exporter: deterministic, fast, and needs no onnxscript.
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+        )
+
+
+def _save_torch(module: Any, path: Path, factory: str, kwargs: dict[str, Any]) -> BuiltArtifact:
+    import torch
+
+    torch.save(module.state_dict(), path)
+    return BuiltArtifact("torch_state_dict", path.name, {"module": factory, "kwargs": kwargs})
+
+
+def alexnet(out_dir: Path, *, seed: int = 0, num_classes: int = 1000) -> list[BuiltArtifact]:
+    """AlexNet with seeded random weights: a torch state dict and an ONNX export."""
+    import torch
+
+    from pytest_mlscope.zoo.models import AlexNet
+
+    model = AlexNet(num_classes=num_classes).eval()
+    _seeded_init(model, seed)
+    kwargs = {"num_classes": num_classes}
+    torch_artifact = _save_torch(
+        model, out_dir / "alexnet.pt", "pytest_mlscope.zoo.models:AlexNet", kwargs
+    )
+    _export_onnx(model, torch.zeros(1, 3, 224, 224), out_dir / "alexnet.onnx")
+    return [torch_artifact, BuiltArtifact("onnx", "alexnet.onnx")]
+
+
+def digits_cnn(
+    out_dir: Path, *, seed: int = 0, epochs: int = 40, learning_rate: float = 3e-3
+) -> list[BuiltArtifact]:
+    """Train the digits CNN on the fixed training split; single-threaded for determinism."""
+    import torch
+
+    from pytest_mlscope.data import digits_split
+    from pytest_mlscope.zoo.models import DigitsCNN
+
+    x_train, y_train, _, _ = digits_split()
+    x = torch.from_numpy((x_train / np.float32(16.0))[:, None, :, :].copy())
+    y = torch.from_numpy(y_train)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # reductions in a fixed order: the same weights on every run
+    try:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        model = DigitsCNN()
+        _seeded_init(model, seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), 32):
+                index = order[start : start + 32]
+                optimizer.zero_grad()
+                loss = loss_fn(model(x[index]), y[index])
+                loss.backward()
+                optimizer.step()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
+    torch_artifact = _save_torch(
+        model, out_dir / "digits_cnn.pt", "pytest_mlscope.zoo.models:DigitsCNN", {}
+    )
+    _export_onnx(model, torch.zeros(1, 1, 8, 8), out_dir / "digits_cnn.onnx")
+    return [torch_artifact, BuiltArtifact("onnx", "digits_cnn.onnx")]

@@ -1,0 +1,433 @@
+"""The results database, on real SQLite files."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_mlscope.protocol import (
+    AccuracyCheck,
+    AccuracyReport,
+    Cell,
+    ColdStart,
+    EvaluationResult,
+    PredictorInfo,
+    Summary,
+)
+from pytest_mlscope.store import (
+    SCHEMA_VERSION,
+    GitInfo,
+    Store,
+    StoreError,
+    default_location,
+    git_info,
+)
+
+HOST = {"hostname": "bench-01", "arch": "x86_64", "cpu_model": "Test CPU", "memory_gb": 31.2}
+CELL = Cell(model="alexnet", framework="onnxruntime", batch_size=8)
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_result(cell: Cell = CELL, samples_ns: list[int] | None = None) -> EvaluationResult:
+    samples = samples_ns if samples_ns is not None else [1_200_000, 1_250_000, 1_300_000]
+    return EvaluationResult(
+        cell=cell,
+        predictor=PredictorInfo(
+            framework=cell.framework,
+            version="1.17.3",
+            device=cell.device,
+            details={"providers": ["CPUExecutionProvider"], "threads": 4},
+        ),
+        artifact_sha256="ab" * 32,
+        cold_start=ColdStart(load_s=0.25, first_inference_s=0.0125),
+        accuracy=AccuracyReport(
+            checks=[AccuracyCheck(name="top1", passed=True, value=0.981, detail=">= 0.97")],
+            samples=360,
+            top1=0.981,
+            top5=1.0,
+        ),
+        summary=Summary(
+            count=len(samples),
+            mean=1.25e-3,
+            std=4.1e-5,
+            min=1.2e-3,
+            median=1.25e-3,
+            p90=1.29e-3,
+            p99=1.3e-3,
+            max=1.3e-3,
+            median_ci_low=1.22e-3,
+            median_ci_high=1.28e-3,
+            throughput=6400.0,
+            batch_size=cell.batch_size,
+        ),
+        samples_ns=samples,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "results.db"
+
+
+@pytest.fixture
+def store(db_path: Path):
+    with Store.from_location(db_path) as opened:
+        yield opened
+
+
+def test_a_plain_path_opens_a_sqlite_file_and_creates_its_directory(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "results.db"
+    with Store.from_location(path) as store:
+        assert path.is_file()
+        assert store.url == f"sqlite:///{path.resolve()}"
+
+
+def test_sqlite_database_is_in_wal_mode(store: Store, db_path: Path) -> None:
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_url_hides_the_password() -> None:
+    with pytest.raises(StoreError) as caught:
+        # No server listens on port 1; the URL still has to be shown without its password.
+        Store("postgresql+psycopg://alice:s3cret@127.0.0.1:1/results")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_new_run_is_running_with_its_host_git_and_tags(store: Store) -> None:
+    git = GitInfo(commit="0123456789abcdef0123456789abcdef01234567", branch="main", dirty=True)
+    run_id = store.start_run(
+        host=HOST, git=git, tags={"ci": "nightly"}, pytest_args=["--mlscope", "-k", "alexnet"]
+    )
+    run = store.get_run(run_id)
+    assert len(run_id) == 32
+    assert run.status == "running"
+    assert run.finished_at is None
+    assert run.started_at.tzinfo is not None
+    assert (run.git_commit, run.git_branch, run.git_dirty) == (git.commit, "main", True)
+    assert run.hostname == "bench-01"
+    assert run.host == HOST
+    assert run.tags == {"ci": "nightly"}
+    assert run.pytest_args == ["--mlscope", "-k", "alexnet"]
+    assert run.counts == {}
+
+
+def test_a_run_without_git_stores_none(store: Store) -> None:
+    run = store.get_run(store.start_run(host=HOST))
+    assert (run.git_commit, run.git_branch, run.git_dirty) == (None, None, None)
+    assert run.tags == {}
+    assert run.pytest_args == []
+
+
+def test_finish_run_sets_status_and_time(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    store.finish_run(run_id, "incomplete")
+    run = store.get_run(run_id)
+    assert run.status == "incomplete"
+    assert run.finished_at is not None
+    assert run.finished_at >= run.started_at
+
+
+def test_finishing_an_unknown_run_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="no run deadbeef"):
+        store.finish_run("deadbeef")
+
+
+def test_an_unknown_status_is_refused(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    with pytest.raises(ValueError, match="status must be one of"):
+        store.finish_run(run_id, "done")
+
+
+def test_a_second_run_is_added_not_replaced(db_path: Path) -> None:
+    with Store.from_location(db_path) as store:
+        first = store.start_run(host=HOST)
+        store.record_result(first, cell=CELL, outcome="passed", result=make_result())
+        store.finish_run(first)
+    with Store.from_location(db_path) as store:
+        second = store.start_run(host=HOST)
+        store.record_result(second, cell=CELL, outcome="failed", message="slower")
+        store.finish_run(second)
+        runs = store.runs()
+        assert [run.id for run in runs] == [second, first]
+        assert runs[0].counts == {"failed": 1}
+        assert runs[1].counts == {"passed": 1}
+        assert len(store.results(first)) == 1
+
+
+def test_runs_are_listed_newest_first_up_to_the_limit(store: Store) -> None:
+    ids = [store.start_run(host=HOST) for _ in range(4)]
+    assert [run.id for run in store.runs(limit=3)] == ids[::-1][:3]
+
+
+def test_counts_are_by_outcome_in_reading_order(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    for outcome in ["skipped", "failed", "passed", "passed", "error"]:
+        store.record_result(run_id, cell=CELL, outcome=outcome)
+    (run,) = store.runs()
+    assert list(run.counts.items()) == [("passed", 2), ("failed", 1), ("error", 1), ("skipped", 1)]
+    assert run.total == 5
+
+
+def test_results_come_back_in_insertion_order_with_documents_parsed(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    cells = [
+        Cell(model="alexnet", framework="torch", batch_size=1),
+        Cell(model="alexnet", framework="onnxruntime", batch_size=8, scenario="offline"),
+        Cell(model="digits_cnn", framework="torch", device="gpu"),
+    ]
+    original = make_result(cells[1])
+    store.record_result(run_id, cell=cells[0], outcome="skipped", message="needs a GPU")
+    store.record_result(run_id, cell=cells[1], outcome="passed", result=original)
+    store.record_result(run_id, cell=cells[2], outcome="error", message="worker crashed")
+
+    results = store.results(run_id)
+    assert [r.cell for r in results] == cells
+    assert [r.item_id for r in results] == [c.id for c in cells]
+    assert results[1].item_id == "alexnet[onnxruntime-cpu-bs8-offline]"
+    assert [r.outcome for r in results] == ["skipped", "passed", "error"]
+
+    stored = results[1]
+    assert stored.summary == original.summary
+    assert stored.accuracy == original.accuracy
+    assert stored.accuracy is not None and stored.accuracy.headline() == "top1=0.981"
+    assert stored.cold_start == original.cold_start
+    assert stored.predictor == original.predictor
+    assert stored.framework_version == "1.17.3"
+    assert stored.artifact_sha256 == "ab" * 32
+    assert stored.message is None
+
+
+def test_an_item_without_evaluation_keeps_its_message_and_no_documents(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    store.record_result(run_id, cell=CELL, outcome="skipped", message="needs arch ppc64le")
+    (result,) = store.results(run_id)
+    assert result.message == "needs arch ppc64le"
+    assert result.summary is None
+    assert result.accuracy is None
+    assert result.cold_start is None
+    assert result.predictor is None
+    assert result.samples_ns == []
+    assert result.framework_version is None
+
+
+def test_samples_round_trip_exactly(store: Store) -> None:
+    # Values past 2**53 would be rounded by any path through a float.
+    samples = [1, 999, 1_234_567_891, 2**53 + 1, 2**62 + 12345, *range(10_000, 20_000)]
+    run_id = store.start_run(host=HOST)
+    store.record_result(run_id, cell=CELL, outcome="passed", result=make_result(samples_ns=samples))
+    (result,) = store.results(run_id)
+    assert result.samples_ns == samples
+    assert all(type(sample) is int for sample in result.samples_ns)
+
+
+def test_a_summary_with_nan_round_trips_on_sqlite(store: Store) -> None:
+    # One sample has no spread: the worker reports std as NaN, and it must come back as NaN.
+    result = make_result(samples_ns=[1_000_000])
+    assert result.summary is not None
+    summary = result.summary.model_copy(update={"std": math.nan, "count": 1})
+    result = result.model_copy(update={"summary": summary})
+    run_id = store.start_run(host=HOST)
+    store.record_result(run_id, cell=CELL, outcome="passed", result=result)
+    (stored,) = store.results(run_id)
+    assert stored.summary is not None and math.isnan(stored.summary.std)
+
+
+def test_an_unknown_outcome_is_refused(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        store.record_result(run_id, cell=CELL, outcome="xfailed")
+
+
+def test_a_result_for_an_unknown_run_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="no run nosuchrun"):
+        store.record_result("nosuchrun", cell=CELL, outcome="passed")
+
+
+def test_results_survive_a_crash_before_finish_run(db_path: Path) -> None:
+    # A real crash: the writing process dies with os._exit, never closing or finishing anything.
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pytest_mlscope.protocol import Cell
+        from pytest_mlscope.store import Store
+
+        store = Store.from_location({str(db_path)!r})
+        run_id = store.start_run(host={{"hostname": "crashy"}})
+        cell = Cell(model="alexnet", framework="torch")
+        store.record_result(run_id, cell=cell, outcome="passed")
+        store.record_result(run_id, cell=cell, outcome="failed", message="too slow")
+        print(run_id, flush=True)
+        os._exit(3)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), *sys.path])}
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert completed.returncode == 3, completed.stderr
+    run_id = completed.stdout.strip()
+
+    with Store.from_location(db_path) as store:
+        run = store.get_run(run_id)
+        assert run.status == "running"
+        assert run.finished_at is None
+        assert run.counts == {"passed": 1, "failed": 1}
+        assert [r.message for r in store.results(run_id)] == [None, "too slow"]
+
+
+def test_a_run_is_found_by_a_unique_prefix(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    assert store.get_run(run_id[:6]).id == run_id
+    assert store.get_run(run_id.upper()).id == run_id
+
+
+def test_run_prefix_that_matches_two_runs_is_refused(store: Store) -> None:
+    # Seventeen hex ids cannot all start with different digits: at least two share one.
+    by_first_digit: dict[str, list[str]] = {}
+    for _ in range(17):
+        run_id = store.start_run(host=HOST)
+        by_first_digit.setdefault(run_id[0], []).append(run_id)
+    prefix, shared = next((d, ids) for d, ids in by_first_digit.items() if len(ids) > 1)
+    with pytest.raises(StoreError) as caught:
+        store.get_run(prefix)
+    message = str(caught.value)
+    assert f"run prefix {prefix!r} is ambiguous" in message
+    for run_id in shared[-5:]:  # the newest five are named
+        assert run_id in message
+
+
+def test_an_empty_run_prefix_is_refused(store: Store) -> None:
+    store.start_run(host=HOST)
+    with pytest.raises(StoreError, match="empty"):
+        store.get_run("  ")
+
+
+def test_run_prefix_that_matches_nothing_is_refused_with_the_database(
+    store: Store, db_path: Path
+) -> None:
+    store.start_run(host=HOST)
+    with pytest.raises(StoreError) as caught:
+        store.get_run("zz")
+    assert "no run matches 'zz'" in str(caught.value)
+    assert str(db_path) in str(caught.value)
+
+
+def test_like_wildcards_in_a_prefix_match_nothing(store: Store) -> None:
+    store.start_run(host=HOST)
+    with pytest.raises(StoreError, match="no run matches"):
+        store.get_run("%")
+    with pytest.raises(StoreError, match="no run matches"):
+        store.get_run("_")
+
+
+def test_newer_schema_version_is_refused(db_path: Path) -> None:
+    Store.from_location(db_path).close()
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError) as caught:
+        Store.from_location(db_path)
+    message = str(caught.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert "upgrade pytest-mlscope" in message
+
+
+def test_reopening_keeps_one_schema_version_row(db_path: Path) -> None:
+    for _ in range(3):
+        Store.from_location(db_path).close()
+    with sqlite3.connect(db_path) as connection:
+        rows = connection.execute("SELECT version FROM schema_version").fetchall()
+    assert rows == [(SCHEMA_VERSION,)]
+
+
+def test_opening_without_create_refuses_a_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "results.db"
+    with pytest.raises(StoreError, match=r"no results database at .*; run pytest --mlscope first"):
+        Store.from_location(missing, create=False)
+    assert not missing.parent.exists()
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    path.write_bytes(b"this is not sqlite, just some text that is long enough" * 10)
+    with pytest.raises(StoreError, match="cannot open results database"):
+        Store.from_location(path)
+
+
+def test_a_malformed_url_is_refused() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        Store("::not a url::")
+
+
+def test_default_location_follows_mlscope_db(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLSCOPE_DB", raising=False)
+    assert default_location() == str(tmp_path / ".mlscope" / "results.db")
+    monkeypatch.setenv("MLSCOPE_DB", "postgresql://ci@db/results")
+    assert default_location() == "postgresql://ci@db/results"
+
+
+# -- git -----------------------------------------------------------------------------------------
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def bounded_git(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    # Keep git from finding a repository above tmp_path, whatever the machine's layout.
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    return repo
+
+
+@needs_git
+def test_git_info_outside_a_checkout_is_none(bounded_git: Path) -> None:
+    assert git_info(bounded_git) is None
+
+
+def test_git_info_of_a_missing_directory_is_none(tmp_path: Path) -> None:
+    assert git_info(tmp_path / "does-not-exist") is None
+
+
+@needs_git
+def test_git_info_reports_commit_branch_and_dirtiness(bounded_git: Path) -> None:
+    repo = bounded_git
+    _git(repo, "init", "-q", "-b", "trunk")
+    empty = git_info(repo)
+    assert empty == GitInfo(commit=None, branch="trunk", dirty=False)
+
+    (repo / "model.txt").write_text("v1\n")
+    _git(repo, "add", "model.txt")
+    _git(repo, "commit", "-q", "-m", "first")
+    clean = git_info(repo)
+    assert clean is not None
+    assert clean.commit is not None and len(clean.commit) == 40
+    assert (clean.branch, clean.dirty) == ("trunk", False)
+
+    (repo / "untracked.db").write_text("results")
+    assert git_info(repo) == clean  # untracked outputs do not make a checkout dirty
+    (repo / "model.txt").write_text("v2\n")
+    assert git_info(repo) == GitInfo(commit=clean.commit, branch="trunk", dirty=True)
+
+    _git(repo, "checkout", "-q", "--detach")
+    detached = git_info(repo)
+    assert detached is not None and detached.branch is None
