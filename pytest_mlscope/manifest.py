@@ -601,6 +601,11 @@ def _semantic_problems(
             yield problem(key, f"expected an existing file, got {relative!r} (no such file)")
 
 
+def _line_number(problem: str) -> int:
+    match = re.match(r"manifest .*?:(\d+): ", problem)
+    return int(match.group(1)) if match else 0
+
+
 def load_manifest(path: str | Path, *, require_files: bool = True) -> Manifest:
     """Load and validate one manifest; raise ManifestError listing every problem found.
 
@@ -638,7 +643,8 @@ def load_manifest(path: str | Path, *, require_files: bool = True) -> Manifest:
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(list(_validation_problems(exc, data, source))) from None
+        problems = list(_validation_problems(exc, data, source))
+        raise ManifestError(sorted(problems, key=_line_number)) from None
     manifest._source = source
     problems = list(_semantic_problems(manifest, source, require_files))
     if problems:

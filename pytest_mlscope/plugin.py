@@ -204,7 +204,11 @@ class MlscopeItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"mlscope {self.cell.id}"
+        # The line of this cell's framework entry: where a skip or failure is best fixed.
+        names = [spec.name for spec in self.manifest.framework]
+        where = self.manifest.where("framework", names.index(self.cell.framework))
+        line = int(where.rsplit(":", 1)[1]) - 1
+        return self.path, line, f"mlscope {self.cell.id}"
 
 
 RESULT_KEY = pytest.StashKey["EvaluationResult"]()

@@ -1,0 +1,54 @@
+"""Shared fixtures for the plugin's own tests: real manifests, one artifact cache per test session.
+
+Artifacts (AlexNet is ~250 MB per format) are built once per test session into a temporary cache
+that every test, and every pytester-driven inner session (through MLSCOPE_CACHE), reuses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_mlscope.manifest import Manifest, load_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFESTS = REPO / "manifests"
+
+
+def requires_ci(reason: str) -> None:
+    """Skip on a laptop, but never under CI=true: there a missing service is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(autouse=True)
+def _shared_artifact_cache(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSCOPE_CACHE", str(artifact_dir))
+    monkeypatch.delenv("MLSCOPE_DB", raising=False)
+
+
+@pytest.fixture
+def manifest_dir(tmp_path: Path) -> Path:
+    """A copy of the bundled manifests (and goldens) that a test may edit."""
+    target = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def alexnet_manifest() -> Manifest:
+    return load_manifest(MANIFESTS / "alexnet.yaml")
+
+
+@pytest.fixture(scope="session")
+def digits_manifest() -> Manifest:
+    return load_manifest(MANIFESTS / "digits_cnn.yaml")

@@ -1,0 +1,314 @@
+"""The plugin end to end: pytest inside pytest (pytester), real frameworks, a real SQLite file."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_mlscope.store import Store
+
+pytest_plugins = ("pytester",)
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = ("--mlscope-min-count", "3", "--mlscope-min-duration", "0", "--mlscope-warmup", "1")
+
+
+def _digits_only(directory: Path) -> Path:
+    target = directory / "manifests"
+    target.mkdir()
+    shutil.copy(REPO / "manifests" / "digits_cnn.yaml", target)
+    return target
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *QUICK, *args)
+
+
+def _db(pytester: pytest.Pytester) -> Store:
+    return Store.from_location(pytester.path / ".mlscope" / "results.db", create=False)
+
+
+def test_bundled_suite_passes_on_both_frameworks_and_is_stored(pytester: pytest.Pytester) -> None:
+    shutil.copytree(REPO / "manifests", pytester.path / "manifests")
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-v")
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(
+        [
+            "*alexnet?torch-cpu-bs1-single_stream? PASSED*",
+            "*alexnet?onnxruntime-cpu-bs8-offline? PASSED*",
+            "*digits_cnn?onnxruntime-cpu-bs8-single_stream? PASSED*",
+            "*= mlscope =*",
+            "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms",
+            "run * stored in sqlite:///*results.db",
+        ]
+    )
+    store = _db(pytester)
+    (run,) = store.runs()
+    assert run.status == "complete"
+    results = store.results(run.id)
+    assert {r.outcome for r in results} == {"passed"}
+    assert len(results) == 12
+    digits = [r for r in results if r.cell.model == "digits_cnn"]
+    assert {r.cell.framework for r in digits} == {"torch", "onnxruntime"}
+    for record in digits:
+        assert record.accuracy is not None and record.accuracy.top1 is not None
+        assert record.accuracy.top1 >= 0.97
+    onnx_alexnet = [r for r in results if r.cell.id == "alexnet[onnxruntime-cpu-bs1-single_stream]"]
+    checks = {c.name: c.passed for c in onnx_alexnet[0].accuracy.checks}  # type: ignore[union-attr]
+    assert checks == {"golden": True, "agreement": True}
+    for record in results:
+        assert record.summary is not None and record.summary.count >= 3
+        assert len(record.samples_ns) == record.summary.count
+    store.close()
+
+
+def test_a_second_session_adds_a_second_run(pytester: pytest.Pytester) -> None:
+    _digits_only(pytester.path)
+    _run(pytester, "--mlscope-manifests", "manifests", "-k", "bs1").assert_outcomes(passed=2)
+    _run(pytester, "--mlscope-manifests", "manifests", "-k", "bs1").assert_outcomes(passed=2)
+    store = _db(pytester)
+    runs = store.runs()
+    assert len(runs) == 2
+    assert all(len(store.results(run.id)) == 2 for run in runs)
+    store.close()
+
+
+def test_items_have_readable_ids_and_select_by_marker_and_keyword(
+    pytester: pytest.Pytester,
+) -> None:
+    _digits_only(pytester.path)
+    collected = _run(pytester, "--mlscope-manifests", "manifests", "--collect-only", "-q")
+    collected.stdout.fnmatch_lines(
+        [
+            "manifests/digits_cnn.yaml::digits_cnn[[]torch-cpu-bs1-single_stream[]]",
+            "manifests/digits_cnn.yaml::digits_cnn[[]torch-cpu-bs8-single_stream[]]",
+            "manifests/digits_cnn.yaml::digits_cnn[[]torch-cpu-bs8-offline[]]",
+            "manifests/digits_cnn.yaml::digits_cnn[[]onnxruntime-cpu-bs1-single_stream[]]",
+            "6 tests collected*",
+        ]
+    )
+    by_marker = _run(
+        pytester, "--mlscope-manifests", "manifests", "--strict-markers", "-m", "not torch",
+        "--collect-only", "-q",
+    )
+    by_marker.stdout.fnmatch_lines(["3/6 tests collected (3 deselected)*"])
+    assert "torch-cpu" not in by_marker.stdout.str()
+    by_keyword = _run(
+        pytester, "--mlscope-manifests", "manifests", "-k", "onnxruntime and offline",
+        "--collect-only", "-q",
+    )
+    by_keyword.stdout.fnmatch_lines(["*digits_cnn[[]onnxruntime-cpu-bs8-offline[]]", "1/6 *"])
+
+
+def test_manifest_paths_from_ini_join_the_default_collection(pytester: pytest.Pytester) -> None:
+    _digits_only(pytester.path)
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = _run(pytester, "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*digits_cnn*", "test_plain.py::test_plain", "7 tests collected*"])
+
+
+def test_without_the_flag_manifests_are_not_collected(pytester: pytest.Pytester) -> None:
+    _digits_only(pytester.path)
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "manifests", "test_plain.py")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / ".mlscope").exists()
+
+
+def test_a_framework_version_the_host_lacks_is_skipped_with_the_reason(
+    pytester: pytest.Pytester,
+) -> None:
+    manifests = _digits_only(pytester.path)
+    path = manifests / "digits_cnn.yaml"
+    path.write_text(path.read_text().replace('version: ">=1.17"', 'version: ">=99"'))
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-rs", "-k", "bs1")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED*onnxruntime * is installed, the manifest asks for onnxruntime>=99"]
+    )
+
+
+def test_a_framework_that_is_not_installed_is_skipped_with_the_install_hint(
+    pytester: pytest.Pytester,
+) -> None:
+    manifests = _digits_only(pytester.path)
+    pytester.makepyfile(
+        absent=textwrap.dedent(
+            """
+            from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
+
+            class AbsentPredictor(OnnxRuntimePredictor):
+                name = "absent"
+                distributions = ("absent-framework-dist",)
+                extra = "absent"
+            """
+        )
+    )
+    pytester.makeini("[pytest]\nmlscope_predictors =\n    absent = absent:AbsentPredictor\n")
+    path = manifests / "digits_cnn.yaml"
+    path.write_text(path.read_text().replace("  - name: onnxruntime", "  - name: absent"))
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-rs", "-m", "absent")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED*absent is not installed: pip install pytest-mlscope[[]absent[]]"]
+    )
+    store = _db(pytester)
+    (run,) = store.runs()
+    assert {r.outcome for r in store.results(run.id)} == {"skipped"}
+    store.close()
+
+
+def test_an_invalid_manifest_is_a_collection_error_with_file_line_and_key(
+    pytester: pytest.Pytester,
+) -> None:
+    manifests = _digits_only(pytester.path)
+    text = (manifests / "digits_cnn.yaml").read_text()
+    bad = text.replace("batch_sizes: [1, 8]", "batch_sizes: eight").replace(
+        "name: digits_cnn", "name: broken\nflavour: vanilla"
+    )
+    (manifests / "broken.yaml").write_text(bad)
+    line = bad.splitlines().index("  batch_sizes: eight") + 1
+    result = _run(pytester, "--mlscope-manifests", "manifests", "--collect-only")
+    result.stdout.fnmatch_lines(
+        [
+            "*manifest */broken.yaml:3: flavour: unknown key 'flavour'*",
+            f"*manifest */broken.yaml:{line}: performance.batch_sizes: expected a list of "
+            'positive integers, got "eight"',
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+    result.assert_outcomes(errors=1)
+
+
+def test_an_accuracy_miss_fails_the_item_and_is_stored_as_failed(
+    pytester: pytest.Pytester,
+) -> None:
+    manifests = _digits_only(pytester.path)
+    path = manifests / "digits_cnn.yaml"
+    path.write_text(path.read_text().replace("top1: {min: 0.97}", "top1: {min: 0.9999}"))
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-k", "torch and bs1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*AccuracyFailed: accuracy missed its target:*", "*top1: top-1 0.9*(min 0.9999)*"])
+    store = _db(pytester)
+    (run,) = store.runs()
+    (record,) = store.results(run.id)
+    assert record.outcome == "failed" and "min 0.9999" in (record.message or "")
+    assert record.summary is not None  # the timing ran and is kept even though accuracy failed
+    store.close()
+
+
+FAULTY = """
+import os
+import sys
+import time
+
+from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
+
+
+class CrashPredictor(OnnxRuntimePredictor):
+    name = "crashy"
+
+    def predict(self, prepared):
+        if len(next(iter(prepared.values()))) == 8:
+            print("crashy: about to exit hard", file=sys.stderr, flush=True)
+            os._exit(3)
+        return super().predict(prepared)
+
+
+class HangPredictor(OnnxRuntimePredictor):
+    name = "hangs"
+
+    def predict(self, prepared):
+        if len(next(iter(prepared.values()))) == 8:
+            time.sleep(600)
+        return super().predict(prepared)
+"""
+
+
+def _faulty_suite(pytester: pytest.Pytester, framework: str) -> None:
+    manifests = _digits_only(pytester.path)
+    pytester.makepyfile(faulty=FAULTY)
+    pytester.makeini(
+        "[pytest]\nmlscope_predictors =\n"
+        "    crashy = faulty:CrashPredictor\n    hangs = faulty:HangPredictor\n"
+    )
+    path = manifests / "digits_cnn.yaml"
+    text = path.read_text().replace(
+        '  - name: torch\n    version: ">=2.2"\n', f"  - name: {framework}\n"
+    )
+    text = text.replace("reference: torch", "reference: onnxruntime")
+    path.write_text(text)
+
+
+def test_a_worker_that_dies_fails_only_its_item_and_a_fresh_worker_runs_the_next(
+    pytester: pytest.Pytester,
+) -> None:
+    _faulty_suite(pytester, "crashy")
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-v")
+    result.assert_outcomes(passed=4, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*digits_cnn?crashy-cpu-bs1-single_stream? PASSED*",
+            "*digits_cnn?crashy-cpu-bs8-single_stream? FAILED*",
+            "*digits_cnn?crashy-cpu-bs8-offline? FAILED*",
+            "*digits_cnn?onnxruntime-cpu-bs1-single_stream? PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*WorkerCrashed: worker (pid *) died during *: exit status 3*", "crashy: about to exit hard"]
+    )
+    store = _db(pytester)
+    (run,) = store.runs()
+    outcomes = {r.cell.id: r.outcome for r in store.results(run.id)}
+    assert len(outcomes) == 6
+    assert outcomes["digits_cnn[crashy-cpu-bs8-single_stream]"] == "failed"
+    assert outcomes["digits_cnn[onnxruntime-cpu-bs8-single_stream]"] == "passed"
+    store.close()
+
+
+def test_a_hung_worker_is_killed_at_the_timeout_and_the_next_item_passes(
+    pytester: pytest.Pytester,
+) -> None:
+    _faulty_suite(pytester, "hangs")
+    result = _run(
+        pytester, "--mlscope-manifests", "manifests", "--mlscope-timeout", "20",
+        "-k", "bs8-single_stream",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*WorkerTimeout: worker (pid *) gave no answer to*within 20 s*"])
+
+
+def test_hand_written_tests_evaluate_through_the_fixture(pytester: pytest.Pytester) -> None:
+    _digits_only(pytester.path)
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+    pytester.makepyfile(
+        test_hand=textwrap.dedent(
+            """
+            def test_digits_on_onnxruntime(mlscope_eval):
+                result = mlscope_eval(
+                    "digits_cnn", framework="onnxruntime", batch_size=8,
+                    min_count=5, min_duration_s=0,
+                )
+                assert result.accuracy.passed
+                assert result.accuracy.top1 >= 0.97
+                assert result.summary.count >= 5
+                assert result.summary.batch_size == 8
+                assert result.predictor.framework == "onnxruntime"
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", "test_hand.py")
+    result.assert_outcomes(passed=1)
+    store = _db(pytester)
+    (run,) = store.runs()
+    (record,) = store.results(run.id)
+    assert record.cell.id == "digits_cnn[onnxruntime-cpu-bs8-single_stream]"
+    store.close()
+    without_flag = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "test_hand.py")
+    without_flag.assert_outcomes(skipped=1)
+    without_flag.stdout.fnmatch_lines(["*mlscope_eval evaluates models only under pytest --mlscope"])
