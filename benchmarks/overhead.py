@@ -58,6 +58,7 @@ class Case:
     batch_size: int
     rounds: int
     round_s: float  # wall time each side of one round aims for
+    blocks: int  # alternating stretches per side within a round
 
 
 @dataclass(frozen=True)
@@ -73,18 +74,18 @@ FULL = Plan(
     loop_samples=200_000,
     loop_rounds=7,
     cases=(
-        Case("alexnet", 1, rounds=5, round_s=1.0),
-        Case("digits_cnn", 1, rounds=7, round_s=0.5),
-        Case("digits_cnn", 8, rounds=7, round_s=0.5),
+        Case("alexnet", 1, rounds=5, round_s=1.0, blocks=5),
+        Case("digits_cnn", 1, rounds=7, round_s=0.5, blocks=10),
+        Case("digits_cnn", 8, rounds=7, round_s=0.5, blocks=10),
     ),
 )
 QUICK = Plan(
     loop_samples=50_000,
     loop_rounds=3,
     cases=(
-        Case("alexnet", 1, rounds=2, round_s=0.3),
-        Case("digits_cnn", 1, rounds=3, round_s=0.15),
-        Case("digits_cnn", 8, rounds=3, round_s=0.15),
+        Case("alexnet", 1, rounds=2, round_s=0.3, blocks=2),
+        Case("digits_cnn", 1, rounds=3, round_s=0.15, blocks=4),
+        Case("digits_cnn", 8, rounds=3, round_s=0.15, blocks=4),
     ),
 )
 
@@ -217,7 +218,8 @@ class TorchOwnLoop:
 
         module_class = {"alexnet": AlexNet, "digits_cnn": DigitsCNN}[model]
         self.module = module_class(**dict(artifact.metadata.get("kwargs", {}) or {}))
-        self.module.load_state_dict(torch.load(artifact.path, map_location="cpu", weights_only=True))
+        state = torch.load(artifact.path, map_location="cpu", weights_only=True)
+        self.module.load_state_dict(state)
         self.module.eval()
 
     def run(self, batch: Any, n: int, warmup: int) -> list[int]:
@@ -267,11 +269,29 @@ class OrtOwnLoop:
         return samples
 
 
+def measure_inference_mode_cost(samples: int) -> float:
+    """ns to enter and leave ``torch.inference_mode()`` once: what the torch predictor pays per
+    call and the own loop pays once, to read the torch rows against (a fixed cost, so it weighs
+    most on the fastest model)."""
+    import torch
+
+    inference_mode = torch.inference_mode
+    clock = time.perf_counter_ns
+    costs = []
+    for _ in range(5):
+        start = clock()
+        for _ in range(samples):
+            with inference_mode():
+                pass
+        costs.append((clock() - start) / samples)
+    return statistics.median(costs)
+
+
 OWN_LOOPS = {"torch": TorchOwnLoop, "onnxruntime": OrtOwnLoop}
 
 
 def _mlscope_samples(predictor: Any, prepared: Any, n: int, warmup: int) -> list[int]:
-    # A fixed count, no duration floor: both sides of a round then do the same work.
+    # A fixed count, no duration floor: both sides of a block then do the same work.
     options = MeasureOptions(
         warmup=warmup, min_count=n, min_duration_s=0.0, max_duration_s=max(60.0, n * 1.0)
     )
@@ -283,9 +303,11 @@ def compare_latency(
 ) -> list[LatencyComparison]:
     """The same model and input timed through the predictor and through the framework's own loop.
 
-    Both sides get the same warm-up and the same sample count in a round (sized from a calibration
-    so a round lasts about ``round_s``); which side runs first alternates from round to round.
-    The per-round ratio of medians cancels whatever the machine did during that round.
+    A round is ``blocks`` short stretches per side, alternating mlscope/own in an ABBA order, so a
+    burst of load from a neighbour (seconds long on a shared box) lands on both sides instead of
+    deciding the round. Every block gets the same warm-up and sample count on both sides (sized
+    from a calibration so a round lasts about ``round_s`` per side); the per-round ratio of medians
+    over the round's pooled samples then cancels whatever the machine did during that round.
     """
     from pytest_mlscope.predictors import predictor_class
 
@@ -297,28 +319,31 @@ def compare_latency(
         for case in cases:
             batch = data.batches(case.batch_size)[0]
             prepared = predictor.prepare_input(batch)
-            # Calibrate on the own loop: a short warm run, then size rounds from its median.
-            probe = own.run(batch, n=5, warmup=5)
+            # Calibrate on the own loop: a short warm run, then size blocks from its median.
+            probe = own.run(batch, n=3, warmup=3)
+            probe = own.run(batch, n=max(3, int(0.1 / (statistics.median(probe) / 1e9))), warmup=0)
             per_call_s = statistics.median(probe) / 1e9
-            probe = own.run(batch, n=max(5, int(0.1 / per_call_s)), warmup=0)
-            per_call_s = statistics.median(probe) / 1e9
-            n = max(20, int(case.round_s / per_call_s))
-            warmup = max(3, n // 10)
+            n = max(3, round(case.round_s / case.blocks / per_call_s))
+            # Re-warm after the other side ran: its weights and threads displaced ours.
+            warmup = max(1, n // 10)
             comparison = LatencyComparison(
                 model=manifest.name,
                 framework=framework,
                 batch_size=case.batch_size,
-                samples_per_round=n,
+                samples_per_round=n * case.blocks,
             )
             for index in range(case.rounds):
-                sides = ("mlscope", "own") if index % 2 == 0 else ("own", "mlscope")
-                for side in sides:
-                    if side == "mlscope":
-                        samples = _mlscope_samples(predictor, prepared, n, warmup)
-                        comparison.mlscope_ns.append(statistics.median(samples))
-                    else:
-                        samples = own.run(batch, n, warmup)
-                        comparison.own_ns.append(statistics.median(samples))
+                pooled: dict[str, list[int]] = {"mlscope": [], "own": []}
+                for block in range(case.blocks):
+                    first_mlscope = (index + (block + 1) // 2) % 2 == 0  # ABBA ABBA ...
+                    for side in ("mlscope", "own") if first_mlscope else ("own", "mlscope"):
+                        if side == "mlscope":
+                            samples = _mlscope_samples(predictor, prepared, n, warmup)
+                        else:
+                            samples = own.run(batch, n, warmup)
+                        pooled[side].extend(samples)
+                comparison.mlscope_ns.append(statistics.median(pooled["mlscope"]))
+                comparison.own_ns.append(statistics.median(pooled["own"]))
                 _progress(
                     f"{manifest.name} bs{case.batch_size} {framework} round {index + 1}/"
                     f"{case.rounds}: mlscope {_duration(comparison.mlscope_ns[-1])}, own "
@@ -479,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     facts = machine()
     loop = measure_loop_overhead(plan.loop_samples, plan.loop_rounds)
     comparisons = measure_latencies(plan.cases, args.cache)
+    facts["inference_mode_ns"] = measure_inference_mode_cost(plan.loop_samples // 10)
     facts["load_average_end"] = list(os.getloadavg())
 
     rows = loop_rows(loop) + latency_rows(comparisons)
@@ -486,12 +512,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Plan: {'quick' if args.quick else 'full'}; timing loop {plan.loop_rounds} rounds × "
         f"{plan.loop_samples} samples; latencies "
-        + ", ".join(f"{c.model} bs{c.batch_size} {c.rounds} × {c.round_s} s" for c in plan.cases)
+        + ", ".join(
+            f"{c.model} bs{c.batch_size} {c.rounds} rounds × {c.round_s} s per side "
+            f"in {c.blocks} alternating blocks"
+            for c in plan.cases
+        )
         + "; medians of per-round figures, range across rounds in brackets"
     )
     print(
         f"A no-op call reads as {_duration(statistics.median(loop.noop_sample_ns))} "
-        "inside time_calls (the clock's own cost, included in every sample)."
+        "inside time_calls (the clock's own cost, included in every sample); entering and "
+        f"leaving torch.inference_mode() costs {_duration(facts['inference_mode_ns'])}, paid per "
+        "call by the torch predictor and once by the own loop."
     )
     print()
     print(markdown_table(rows))

@@ -427,12 +427,16 @@ def _parse(path: Path, text: str, source: ManifestSource) -> tuple[Any, list[str
 # Phrases for keys whose expected value is better said in the user's words than pydantic's.
 _EXPECTED = {
     ("performance", "batch_sizes"): "a list of positive integers",
+    ("performance", "batch_sizes", "*"): "a positive integer",
     ("performance", "scenarios"): "a list of scenarios (single_stream, offline)",
+    ("performance", "scenarios", "*"): "a scenario (single_stream or offline)",
     ("inputs", "*", "shape"): "a list of positive integers (batch excluded)",
+    ("inputs", "*", "shape", "*"): "a positive integer (one dimension, batch excluded)",
     ("framework",): "a list of frameworks, each a mapping with a 'name'",
     ("framework", "*", "devices"): "a list of devices (cpu, gpu)",
-    ("model", "sha256", "*"): "a sha256 hex digest (64 lowercase hex characters)",
-    ("model", "source", "builder", "builder"): "an importable 'module:callable'",
+    ("framework", "*", "devices", "*"): "a device (cpu or gpu)",
+    ("model", "sha256"): "a sha256 hex digest (64 lowercase hex characters, quoted)",
+    ("model", "source", "builder"): "an importable 'module:callable'",
     ("name",): "a name of lowercase letters, digits and underscores",
     ("framework", "*", "name"): "a name of lowercase letters, digits and underscores",
 }

@@ -43,7 +43,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--mlscope-cache", metavar="DIR", help="artifact cache directory")
     group.addoption(
-        "--mlscope-timeout", type=float, metavar="S", help="per-item worker timeout in seconds"
+        "--mlscope-timeout",
+        type=float,
+        metavar="S",
+        help="per-item worker timeout in seconds (default: ini mlscope_timeout, 600; 0: none)",
     )
     group.addoption("--mlscope-warmup", type=int, metavar="N", help="override warm-up calls")
     group.addoption("--mlscope-min-count", type=int, metavar="N", help="override min samples")
@@ -59,7 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("mlscope_db", "results database (path or SQLAlchemy URL)", default="")
     parser.addini("mlscope_cache", "artifact cache directory", default="")
-    parser.addini("mlscope_timeout", "per-item worker timeout in seconds", default="")
+    parser.addini("mlscope_timeout", "per-item worker timeout in seconds (0: none)", default="600")
     parser.addini(
         "mlscope_predictors",
         "extra predictors, one 'name = module:Class' per line",
@@ -112,7 +115,9 @@ def pytest_configure(config: pytest.Config) -> None:
         )
         if value is not None
     }
-    timeout = config.getoption("mlscope_timeout") or config.getini("mlscope_timeout") or None
+    timeout = config.getoption("mlscope_timeout")
+    if timeout is None:
+        timeout = float(config.getini("mlscope_timeout") or 0)
     cache = config.getoption("mlscope_cache") or config.getini("mlscope_cache") or None
     settings = Settings(
         rootdir=rootdir,
@@ -120,7 +125,7 @@ def pytest_configure(config: pytest.Config) -> None:
         runtime=config.getoption("mlscope_runtime") or config.getini("mlscope_runtime"),
         db=config.getoption("mlscope_db") or config.getini("mlscope_db") or None,
         cache_dir=Path(cache).resolve() if cache else None,
-        timeout=float(timeout) if timeout else None,
+        timeout=timeout if timeout and timeout > 0 else None,
         predictors=_predictors(config),
         measure_overrides=measure,
         pytest_args=list(config.invocation_params.args),

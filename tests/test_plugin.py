@@ -10,8 +10,6 @@ import pytest
 
 from pytest_mlscope.store import Store
 
-pytest_plugins = ("pytester",)
-
 REPO = Path(__file__).resolve().parent.parent
 QUICK = ("--mlscope-min-count", "3", "--mlscope-min-duration", "0", "--mlscope-warmup", "1")
 
@@ -91,14 +89,25 @@ def test_items_have_readable_ids_and_select_by_marker_and_keyword(
         ]
     )
     by_marker = _run(
-        pytester, "--mlscope-manifests", "manifests", "--strict-markers", "-m", "not torch",
-        "--collect-only", "-q",
+        pytester,
+        "--mlscope-manifests",
+        "manifests",
+        "--strict-markers",
+        "-m",
+        "not torch",
+        "--collect-only",
+        "-q",
     )
     by_marker.stdout.fnmatch_lines(["3/6 tests collected (3 deselected)*"])
     assert "torch-cpu" not in by_marker.stdout.str()
     by_keyword = _run(
-        pytester, "--mlscope-manifests", "manifests", "-k", "onnxruntime and offline",
-        "--collect-only", "-q",
+        pytester,
+        "--mlscope-manifests",
+        "manifests",
+        "-k",
+        "onnxruntime and offline",
+        "--collect-only",
+        "-q",
     )
     by_keyword.stdout.fnmatch_lines(["*digits_cnn[[]onnxruntime-cpu-bs8-offline[]]", "1/6 *"])
 
@@ -193,7 +202,9 @@ def test_an_accuracy_miss_fails_the_item_and_is_stored_as_failed(
     path.write_text(path.read_text().replace("top1: {min: 0.97}", "top1: {min: 0.9999}"))
     result = _run(pytester, "--mlscope-manifests", "manifests", "-k", "torch and bs1")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*AccuracyFailed: accuracy missed its target:*", "*top1: top-1 0.9*(min 0.9999)*"])
+    result.stdout.fnmatch_lines(
+        ["*AccuracyFailed: accuracy missed its target:*", "*top1: top-1 0.9*(min 0.9999)*"]
+    )
     store = _db(pytester)
     (run,) = store.runs()
     (record,) = store.results(run.id)
@@ -260,7 +271,10 @@ def test_a_worker_that_dies_fails_only_its_item_and_a_fresh_worker_runs_the_next
         ]
     )
     result.stdout.fnmatch_lines(
-        ["*WorkerCrashed: worker (pid *) died during *: exit status 3*", "crashy: about to exit hard"]
+        [
+            "*WorkerCrashed: worker (pid *) died during *: exit status 3*",
+            "crashy: about to exit hard",
+        ]
     )
     store = _db(pytester)
     (run,) = store.runs()
@@ -276,8 +290,13 @@ def test_a_hung_worker_is_killed_at_the_timeout_and_the_next_item_passes(
 ) -> None:
     _faulty_suite(pytester, "hangs")
     result = _run(
-        pytester, "--mlscope-manifests", "manifests", "--mlscope-timeout", "20",
-        "-k", "bs8-single_stream",
+        pytester,
+        "--mlscope-manifests",
+        "manifests",
+        "--mlscope-timeout",
+        "20",
+        "-k",
+        "bs8-single_stream",
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*WorkerTimeout: worker (pid *) gave no answer to*within 20 s*"])
@@ -311,4 +330,6 @@ def test_hand_written_tests_evaluate_through_the_fixture(pytester: pytest.Pytest
     store.close()
     without_flag = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "test_hand.py")
     without_flag.assert_outcomes(skipped=1)
-    without_flag.stdout.fnmatch_lines(["*mlscope_eval evaluates models only under pytest --mlscope"])
+    without_flag.stdout.fnmatch_lines(
+        ["*mlscope_eval evaluates models only under pytest --mlscope"]
+    )
