@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_mlscope.errors import ManifestError, MlscopeError
+from pytest_mlscope.report.terminal import RESULT_COLUMNS, RESULT_NUMBERS, result_row, table
 
 if TYPE_CHECKING:
-    from pytest_mlscope.store import ResultRecord, RunRecord, Store
+    from pytest_mlscope.store import RunRecord, Store
 
 # Exit statuses: 1 means "what you asked about is not right" (an invalid manifest); 2 means the
 # command could not do its job (no database, unknown run), as argparse uses for usage errors.
@@ -29,44 +29,6 @@ EXIT_ERROR = 2
 
 
 # -- formatting ----------------------------------------------------------------------------------
-
-
-def _table(
-    header: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int] = ()
-) -> str:
-    """Columns padded to their widest cell; columns in ``right`` (numbers) right-aligned."""
-    widths = [len(title) for title in header]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(header), rule, *(line(row) for row in rows)])
-
-
-def _number(value: float | None) -> str:
-    """About three significant digits without exponents: 1234, 123, 12.3, 1.23, 0.456."""
-    if value is None or math.isnan(value):
-        return "-"
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 10:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
-
-
-def _ms(seconds: float | None) -> str:
-    return _number(None if seconds is None else seconds * 1e3)
 
 
 def _local_time(moment: datetime | None) -> str:
@@ -224,14 +186,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for run in runs
     ]
     header = ["id", "started", "status", "commit", "branch", "host", "results"]
-    print(_table(header, rows))
+    print(table(header, rows))
     return EXIT_OK
-
-
-def _cold_start_ms(result: ResultRecord) -> str:
-    if result.cold_start is None:
-        return "-"
-    return _ms(result.cold_start.load_s + result.cold_start.first_inference_s)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -265,31 +221,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not results:
         print("\nno results recorded")
         return EXIT_OK
-    rows = []
-    for result in results:
-        summary = result.summary
-        rows.append(
-            [
-                result.item_id,
-                result.outcome,
-                result.accuracy.headline() if result.accuracy else "-",
-                _ms(summary.median if summary else None),
-                _ms(summary.p99 if summary else None),
-                _number(summary.throughput if summary else None),
-                _cold_start_ms(result),
-            ]
-        )
-    columns = [
-        "item",
-        "outcome",
-        "accuracy",
-        "median ms",
-        "p99 ms",
-        "throughput /s",
-        "cold start ms",
-    ]
+    rows = [result_row(r.item_id, r.outcome, r.accuracy, r.summary, r.cold_start) for r in results]
     print()
-    print(_table(columns, rows, right={3, 4, 5, 6}))
+    print(table(RESULT_COLUMNS, rows, RESULT_NUMBERS))
     failures = [r for r in results if r.outcome in ("failed", "error") and r.message]
     if failures:
         print()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlscope.cli import _number, main
+from pytest_mlscope.cli import main
 from pytest_mlscope.protocol import (
     AccuracyCheck,
     AccuracyReport,
@@ -21,6 +21,7 @@ from pytest_mlscope.protocol import (
     PredictorInfo,
     Summary,
 )
+from pytest_mlscope.report.terminal import number as _number
 from pytest_mlscope.store import GitInfo, Store
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +318,7 @@ def test_show_prints_the_header_table_and_failure_messages(
 
     table_start = lines.index(next(line for line in lines if line.startswith("item")))
     header = lines[table_start]
-    for title in ("outcome", "accuracy", "median ms", "p99 ms", "throughput /s", "cold start ms"):
+    for title in ("outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms"):
         assert title in header
     rows = lines[table_start + 2 : table_start + 5]
     torch_row, ort_row, gpu_row = (row.split() for row in rows)
@@ -368,7 +369,7 @@ def test_show_of_an_unknown_run_is_one_line_on_stderr_and_exit_2(
 
 def test_numbers_have_about_three_significant_digits() -> None:
     assert [_number(v) for v in (1234.5, 123.4, 12.34, 1.234, 0.4561, 0.04561)] == [
-        "1234",
+        "1,234",
         "123",
         "12.3",
         "1.23",

@@ -1,70 +1,99 @@
-"""The table printed at the end of a ``pytest --mlscope`` session."""
+"""Plain-text tables: the end-of-session summary and the ``mlscope`` command's listings.
+
+One table layout and one set of number formats, so a run reads the same in the pytest summary
+and in ``mlscope show``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pytest_mlscope.protocol import AccuracyReport, ColdStart, Summary
     from pytest_mlscope.session import MlscopeSession
 
+RESULT_COLUMNS = ("item", "outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms")
+RESULT_NUMBERS = {3, 4, 5, 6}
 
-def format_ms(seconds: float | None) -> str:
-    if seconds is None:
+
+def number(value: float | None) -> str:
+    """About three significant digits without exponents: 1234, 123, 12.3, 1.23, 0.456."""
+    if value is None or math.isnan(value):
         return "-"
-    ms = seconds * 1e3
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
 
 
-def format_rate(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+def ms(seconds: float | None) -> str:
+    return number(None if seconds is None else seconds * 1e3)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> Iterator[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = (
-            str(v).rjust(w) if i in right else str(v).ljust(w)
-            for i, (v, w) in enumerate(zip(row, widths, strict=True))
-        )
-        return "  ".join(cells).rstrip()
-
-    yield line(header)
+def table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: Collection[int] = (),
+    rule: bool = True,
+) -> str:
+    """Columns padded to their widest cell; columns in ``right`` (numbers) right-aligned."""
+    widths = [len(title) for title in header]
     for row in rows:
-        yield line(row)
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(header)]
+    if rule:
+        lines.append("  ".join("-" * width for width in widths))
+    lines.extend(line(row) for row in rows)
+    return "\n".join(lines)
+
+
+def result_row(
+    item_id: str,
+    outcome: str,
+    accuracy: AccuracyReport | None,
+    summary: Summary | None,
+    cold_start: ColdStart | None,
+) -> list[str]:
+    """One row under RESULT_COLUMNS."""
+    return [
+        item_id,
+        outcome,
+        accuracy.headline() if accuracy else "-",
+        ms(summary.median if summary else None),
+        ms(summary.p99 if summary else None),
+        number(summary.throughput if summary else None),
+        ms(cold_start.load_s + cold_start.first_inference_s) if cold_start else "-",
+    ]
 
 
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
-    header = ("item", "outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms")
     rows = []
     for record in session.records:
         result = record.result
-        summary = result.summary if result else None
-        cold = (
-            format_ms(result.cold_start.load_s + result.cold_start.first_inference_s)
-            if result
-            else "-"
-        )
         rows.append(
-            (
+            result_row(
                 record.cell.id,
                 record.outcome,
-                result.accuracy.headline() if result else "-",
-                format_ms(summary.median if summary else None),
-                format_ms(summary.p99 if summary else None),
-                format_rate(summary.throughput if summary else None),
-                cold,
+                result.accuracy if result else None,
+                result.summary if result else None,
+                result.cold_start if result else None,
             )
         )
-    yield from table(header, rows, right={3, 4, 5, 6})
+    yield from table(RESULT_COLUMNS, rows, RESULT_NUMBERS).splitlines()
     if session.started:
         yield f"run {session.run_id} stored in {session.store.url}"
