@@ -30,9 +30,16 @@ def _db(pytester: pytest.Pytester) -> Store:
 
 
 def test_bundled_suite_passes_on_both_frameworks_and_is_stored(pytester: pytest.Pytester) -> None:
+    """The quick start: manifests and hand-written tests, configured as in this repo."""
     shutil.copytree(REPO / "manifests", pytester.path / "manifests")
-    result = _run(pytester, "--mlscope-manifests", "manifests", "-v")
-    result.assert_outcomes(passed=12)
+    shutil.copytree(REPO / "test_suites", pytester.path / "test_suites")
+    pytester.makepyprojecttoml(
+        "[tool.pytest.ini_options]\n"
+        'testpaths = ["test_suites"]\n'
+        'mlscope_manifests = ["manifests"]\n'
+    )
+    result = _run(pytester, "-v")
+    result.assert_outcomes(passed=14)
     result.stdout.fnmatch_lines(
         [
             "*alexnet?torch-cpu-bs1-single_stream? PASSED*",
@@ -48,13 +55,14 @@ def test_bundled_suite_passes_on_both_frameworks_and_is_stored(pytester: pytest.
     assert run.status == "complete"
     results = store.results(run.id)
     assert {r.outcome for r in results} == {"passed"}
-    assert len(results) == 12
+    assert len(results) == 12 + 3  # the hand-written tests store what they evaluate too
     digits = [r for r in results if r.cell.model == "digits_cnn"]
     assert {r.cell.framework for r in digits} == {"torch", "onnxruntime"}
     for record in digits:
         assert record.accuracy is not None and record.accuracy.top1 is not None
         assert record.accuracy.top1 >= 0.97
     onnx_alexnet = [r for r in results if r.cell.id == "alexnet[onnxruntime-cpu-bs1-single_stream]"]
+    assert len(onnx_alexnet) == 2
     checks = {c.name: c.passed for c in onnx_alexnet[0].accuracy.checks}  # type: ignore[union-attr]
     assert checks == {"golden": True, "agreement": True}
     for record in results:
@@ -332,4 +340,36 @@ def test_hand_written_tests_evaluate_through_the_fixture(pytester: pytest.Pytest
     without_flag.assert_outcomes(skipped=1)
     without_flag.stdout.fnmatch_lines(
         ["*mlscope_eval evaluates models only under pytest --mlscope"]
+    )
+
+
+def test_a_checksum_mismatch_fails_the_item_naming_the_manifest_line_and_both_hashes(
+    pytester: pytest.Pytester, digits_manifest, artifact_dir: Path
+) -> None:
+    from pytest_mlscope.zoo.cache import ArtifactCache, sha256_file
+
+    onnx = Path(ArtifactCache(artifact_dir).artifacts(digits_manifest)["onnx"].path)
+    manifests = pytester.path / "manifests"
+    manifests.mkdir()
+    shutil.copy(onnx, manifests / "digits.onnx")
+    actual = sha256_file(onnx)
+    wrong = "0" * 64
+    text = (REPO / "manifests" / "digits_cnn.yaml").read_text()
+    text = text.replace('  - name: torch\n    version: ">=2.2"\n', "")
+    text = text.replace(
+        "  agreement: {reference: torch, atol: 1.0e-4, rtol: 1.0e-3, top1_match: 1.0}\n", ""
+    )
+    text = text.replace(
+        '  source: {builder: "pytest_mlscope.zoo:digits_cnn", seed: 0}',
+        f'  source: {{path: digits.onnx}}\n  sha256:\n    onnxruntime: "{wrong}"',
+    )
+    (manifests / "digits.yaml").write_text(text)
+    line = text.splitlines().index(f'    onnxruntime: "{wrong}"') + 1
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-k", "bs1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*ArtifactError: manifest */digits.yaml:{line}: model.sha256.onnxruntime: "
+            f"expected {wrong}, the artifact */digits.onnx has {actual}"
+        ]
     )
