@@ -238,15 +238,13 @@ def _properties(result: EvaluationResult) -> dict[str, object]:
     return props
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     # Recorded from reports, not from runtest, so skips and setup errors are stored too.
-    item = _ITEMS.get(report.nodeid)
-    if item is None:
-        return
+    report = yield
     session = _session(item.config)
-    if session is None:
-        return
+    if session is None or not isinstance(item, MlscopeItem):
+        return report
     if report.when == "call":
         outcome = "passed" if report.passed else "failed"
     elif report.skipped and report.when == "setup":
@@ -254,21 +252,14 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     elif report.failed:
         outcome = "error"
     else:
-        return
+        return report
     message = None
     if report.skipped and isinstance(report.longrepr, tuple):
         message = str(report.longrepr[2]).removeprefix("Skipped: ")
     elif report.failed:
         message = report.longreprtext
     session.record(item.cell, outcome, item.stash.get(RESULT_KEY, None), message)
-
-
-_ITEMS: dict[str, MlscopeItem] = {}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    _ITEMS.clear()
-    _ITEMS.update({i.nodeid: i for i in items if isinstance(i, MlscopeItem)})
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -64,6 +64,9 @@ class Record:
     message: str | None = None
 
 
+KEEP_WORK_DIRS = 5
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -234,6 +237,17 @@ class MlscopeSession:
         self.runtime(cell).evaluate(request, self.settings.timeout)
         return path
 
+    def _prune_work_dirs(self, keep: int = KEEP_WORK_DIRS) -> None:
+        """Keep the newest work directories (worker logs, reference outputs) for post-mortems."""
+        import shutil
+
+        parent = self.work_dir.parent
+        if not parent.is_dir():
+            return
+        old = sorted(parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)[keep:]
+        for directory in old:
+            shutil.rmtree(directory, ignore_errors=True)
+
     # -- results --------------------------------------------------------------------------------
 
     @property
@@ -277,6 +291,7 @@ class MlscopeSession:
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
+        self._prune_work_dirs()
         if self._store is not None:
             if self._run_id is not None:
                 self._store.finish_run(self._run_id, status)
