@@ -1,4 +1,5 @@
-"""The ``mlscope`` command: check manifests, show this host, and read the results database.
+"""The ``mlscope`` command: check manifests, show this host, read the results database and
+name the baseline runs that later runs are compared against.
 
 Everything here reads through the same modules the plugin uses (manifest loader, host facts,
 :class:`~pytest_mlscope.store.Store`), so what the command shows is what a test session saw.
@@ -13,13 +14,13 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.errors import ManifestError, MlscopeError
-from pytest_mlscope.report.terminal import RESULT_COLUMNS, RESULT_NUMBERS, result_row, table
+from pytest_mlscope.report.terminal import RESULT_COLUMNS, RESULT_NUMBERS, ms, result_row, table
 
 if TYPE_CHECKING:
-    from pytest_mlscope.store import RunRecord, Store
+    from pytest_mlscope.store import BaselineRecord, ResultRecord, RunRecord, Store
 
 # Exit statuses: 1 means "what you asked about is not right" (an invalid manifest); 2 means the
 # command could not do its job (no database, unknown run), as argparse uses for usage errors.
@@ -190,11 +191,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    with _open_store(args.db) as store:
-        run = store.get_run(args.run)
-        results = store.results(run.id)
-        location = store.url
+def _verdict_text(verdict: dict[str, object] | None) -> str:
+    if not verdict:
+        return "-"
+    return f"{verdict.get('kind', '')} {verdict.get('ratio_text') or ''}".strip() or "-"
+
+
+def _result_table(results: Sequence[ResultRecord]) -> str:
+    """The results under RESULT_COLUMNS, plus a verdict column when any result has one."""
+    rows = [result_row(r.item_id, r.outcome, r.accuracy, r.summary, r.cold_start) for r in results]
+    if not any(r.verdict for r in results):
+        return table(RESULT_COLUMNS, rows, RESULT_NUMBERS)
+    for row, result in zip(rows, results, strict=True):
+        row.append(_verdict_text(result.verdict))
+    return table([*RESULT_COLUMNS, "verdict"], rows, RESULT_NUMBERS)
+
+
+def _print_run(run: RunRecord, results: Sequence[ResultRecord], location: str) -> None:
+    """What `mlscope show` prints for a run: its header, results table and failure messages."""
     host = run.host
     host_text = " · ".join(
         str(part)
@@ -220,10 +234,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(_pairs(header))
     if not results:
         print("\nno results recorded")
-        return EXIT_OK
-    rows = [result_row(r.item_id, r.outcome, r.accuracy, r.summary, r.cold_start) for r in results]
+        return
     print()
-    print(table(RESULT_COLUMNS, rows, RESULT_NUMBERS))
+    print(_result_table(results))
     failures = [r for r in results if r.outcome in ("failed", "error") and r.message]
     if failures:
         print()
@@ -232,6 +245,159 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"{result.outcome.upper()} {result.item_id}: {lines[0] if lines else ''}")
             for extra in lines[1:]:
                 print(f"    {extra}")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        run = store.get_run(args.run)
+        results = store.results(run.id)
+        location = store.url
+    _print_run(run, results, location)
+    return EXIT_OK
+
+
+# -- compare and export --------------------------------------------------------------------------
+
+
+def _sides(store: Store, run: RunRecord) -> dict[str, Any]:
+    from pytest_mlscope.compare import side_of
+
+    return {
+        item: side_of(record, run.host, run.id)
+        for item, record in store.latest_results(run.id).items()
+        if record.samples_ns or record.accuracy
+    }
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pytest_mlscope.compare import compare_runs, host_differences
+
+    with _open_store(args.db) as store:
+        run_a = store.get_run(args.run_a)
+        run_b = store.get_run(args.run_b)
+        sides_a, sides_b = _sides(store, run_a), _sides(store, run_b)
+    verdicts = compare_runs(
+        sides_a,
+        sides_b,
+        threshold=args.threshold,
+        ignore_environment=args.ignore_environment,
+    )
+    print(f"A (baseline): run {run_a.id[:12]}  {_local_time(run_a.started_at)}  {_git_text(run_a)}")
+    print(f"B (current):  run {run_b.id[:12]}  {_local_time(run_b.started_at)}  {_git_text(run_b)}")
+    for difference in host_differences(run_a.host, run_b.host):
+        print(f"  environment differs: {difference}")
+    rows = []
+    for item, found in verdicts.items():
+        rows.append(
+            [
+                item,
+                ms(found.baseline_median),
+                ms(found.current_median),
+                found.ratio_text or "-",
+                found.kind,
+            ]
+        )
+    print()
+    print(table(["item", "A median ms", "B median ms", "B vs A", "verdict"], rows, {1, 2}))
+    counts: dict[str, int] = {}
+    for found in verdicts.values():
+        counts[found.kind] = counts.get(found.kind, 0) + 1
+    print()
+    print(", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "nothing to compare")
+    for item, found in verdicts.items():
+        if found.kind in ("regression", "inconclusive", "incomparable"):
+            print(f"{found.kind.upper()} {item}: {found.reason}")
+    return EXIT_INVALID if any(v.fails for v in verdicts.values()) else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pytest_mlscope.export import export_run
+
+    with _open_store(args.db) as store:
+        run = store.get_run(args.run)
+        results = store.results(run.id)
+    count = export_run(run, results, args.format, args.output)
+    print(f"wrote {args.output} ({count} benchmarks of run {run.id[:12]}, {args.format} format)")
+    return EXIT_OK
+
+
+# -- baselines -----------------------------------------------------------------------------------
+
+
+def _baseline_line(baseline: BaselineRecord, run: RunRecord, extra: str = "") -> str:
+    details = [_plural(run.total, "result")]
+    if run.status != "complete":
+        details.append(f"run {run.status}")
+    if extra:
+        details.append(extra)
+    return f"baseline {baseline.name} -> run {run.id[:12]} ({'; '.join(details)})"
+
+
+def _first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else "-"
+
+
+def cmd_baseline_set(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        # Read only to say what changed; the store decides atomically whether it may.
+        before = {baseline.name: baseline for baseline in store.baselines()}.get(args.name)
+        baseline = store.set_baseline(args.name, args.run, force=args.force, note=args.note)
+        run = store.get_run(baseline.run_id)
+    extra = ""
+    if before is not None and before.run_id != baseline.run_id:
+        extra = f"moved from run {before.run_id[:12]}"
+    elif before is not None and before.updated_at == baseline.updated_at:
+        extra = "already set"
+    elif before is not None:
+        extra = "note updated"
+    print(_baseline_line(baseline, run, extra))
+    return EXIT_OK
+
+
+def cmd_baseline_list(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        baselines = [(baseline, store.get_run(baseline.run_id)) for baseline in store.baselines()]
+    if not baselines:
+        print("no baselines")
+        return EXIT_OK
+    rows = [
+        [
+            baseline.name,
+            run.id[:12],
+            _local_time(baseline.updated_at),
+            _local_time(run.started_at),
+            (run.git_commit or "-")[:10],
+            run.hostname or "-",
+            _first_line(baseline.note),
+        ]
+        for baseline, run in baselines
+    ]
+    header = ["name", "run", "set", "run started", "commit", "host", "note"]
+    print(table(header, rows))
+    return EXIT_OK
+
+
+def cmd_baseline_show(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        baseline = store.get_baseline(args.name)
+        run = store.get_run(baseline.run_id)
+        results = store.results(run.id)
+        location = store.url
+    extra = f"set {_local_time(baseline.updated_at)}"
+    print(_baseline_line(baseline, run, extra))
+    if baseline.note:
+        print(f"note: {baseline.note.strip()}")
+    print()
+    _print_run(run, results, location)
+    return EXIT_OK
+
+
+def cmd_baseline_delete(args: argparse.Namespace) -> int:
+    with _open_store(args.db) as store:
+        baseline = store.get_baseline(args.name)
+        store.delete_baseline(args.name)
+    print(f"deleted baseline {baseline.name} (was run {baseline.run_id[:12]}; the run is kept)")
     return EXIT_OK
 
 
@@ -251,7 +417,7 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlscope",
-        description="Check model manifests and read pytest-mlscope's results database.",
+        description="Check model manifests, read pytest-mlscope's results and set baselines.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -277,6 +443,68 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
     show.add_argument("--db", metavar="LOCATION", help=db_help)
     show.set_defaults(handler=cmd_show)
+
+    baseline = commands.add_parser(
+        "baseline", help="name the runs that later runs are compared against"
+    )
+    baseline_commands = baseline.add_subparsers(
+        dest="baseline_command", required=True, metavar="ACTION"
+    )
+    name_help = "baseline name: letters, digits, '.', '_', '-', '/' (like main, release-1.2)"
+    baseline_set = baseline_commands.add_parser("set", help="point a baseline at a run")
+    baseline_set.add_argument("name", metavar="NAME", help=name_help)
+    baseline_set.add_argument(
+        "--run", required=True, metavar="RUN", help="a run id or a unique prefix of one"
+    )
+    baseline_set.add_argument(
+        "--force",
+        action="store_true",
+        help="move a baseline that points to another run, or use a run that is not complete",
+    )
+    baseline_set.add_argument("--note", metavar="TEXT", help="why this run is the baseline")
+    baseline_set.add_argument("--db", metavar="LOCATION", help=db_help)
+    baseline_set.set_defaults(handler=cmd_baseline_set)
+
+    baseline_list = baseline_commands.add_parser("list", help="list baselines by name")
+    baseline_list.add_argument("--db", metavar="LOCATION", help=db_help)
+    baseline_list.set_defaults(handler=cmd_baseline_list)
+
+    baseline_show = baseline_commands.add_parser("show", help="show a baseline and its run")
+    baseline_show.add_argument("name", metavar="NAME", help="the baseline to show")
+    baseline_show.add_argument("--db", metavar="LOCATION", help=db_help)
+    baseline_show.set_defaults(handler=cmd_baseline_show)
+
+    baseline_delete = baseline_commands.add_parser(
+        "delete", help="forget a baseline (its run is kept)"
+    )
+    baseline_delete.add_argument("name", metavar="NAME", help="the baseline to delete")
+    baseline_delete.add_argument("--db", metavar="LOCATION", help=db_help)
+    baseline_delete.set_defaults(handler=cmd_baseline_delete)
+
+    compare = commands.add_parser(
+        "compare", help="verdicts for run B against run A (exit 1 on a regression)"
+    )
+    compare.add_argument("run_a", metavar="RUN_A", help="the baseline run (id or prefix)")
+    compare.add_argument("run_b", metavar="RUN_B", help="the run to judge (id or prefix)")
+    compare.add_argument(
+        "--threshold", type=float, default=0.05, help="regression threshold (default 0.05)"
+    )
+    compare.add_argument(
+        "--ignore-environment",
+        action="store_true",
+        help="compare latencies even across different CPUs or framework versions (A/B of stacks)",
+    )
+    compare.add_argument("--db", metavar="LOCATION", help=db_help)
+    compare.set_defaults(handler=cmd_compare)
+
+    export = commands.add_parser(
+        "export", help="write a run as pyperf or pytest-benchmark JSON for their own tools"
+    )
+    export.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
+    export.add_argument("--format", choices=("pyperf", "pytest-benchmark"), required=True)
+    export.add_argument("-o", "--output", required=True, help="the JSON file to write")
+    export.add_argument("--db", metavar="LOCATION", help=db_help)
+    export.set_defaults(handler=cmd_export)
 
     golden = commands.add_parser(
         "golden", help="write a manifest's golden outputs from one framework (review the diff)"

@@ -41,3 +41,11 @@ class EvaluationFailed(MlscopeError):
 
 class AccuracyFailed(MlscopeError):
     """An item's outputs missed an accuracy target (top-k, golden outputs or agreement)."""
+
+
+class RegressionDetected(MlscopeError):
+    """An item is slower (or less accurate) than its baseline, beyond noise and threshold."""
+
+
+class RegressionWarning(UserWarning):
+    """A regression reported as a warning because failures were turned off (--mlscope-no-fail)."""

@@ -250,7 +250,10 @@ class PerformanceSpec(_Strict):
     min_count: PositiveInt = 50
     min_duration_s: NonNegative = 2.0
     max_duration_s: Annotated[float, Field(gt=0)] = 60.0
-    regression_threshold: Annotated[float, Field(gt=0, lt=10)] = 0.05
+    # Consecutive measurement rounds; their spread is the noise a verdict accounts for.
+    rounds: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
+    # None: the ini option mlscope_threshold, else 5 %.
+    regression_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
 
     @model_validator(mode="after")
     def _duration_order(self) -> PerformanceSpec:

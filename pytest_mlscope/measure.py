@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pytest_mlscope.protocol import MeasureOptions
 
 T = TypeVar("T")
+
+MIN_ROUND_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Timing:
     samples_ns: list[int]
     total_s: float
     stopped_by: str  # "target" (count and duration met) or "max_duration"
+    rounds: list[int] = field(default_factory=list)  # samples per round; samples_ns concatenates
 
 
 def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: MeasureOptions) -> Timing:
@@ -29,19 +32,48 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
     Both floors matter: a count floor alone lets a fast model finish in microseconds, dominated by
     one scheduler hiccup; a duration floor alone gives a slow model two samples. ``inputs`` are
     handed out round-robin, picked before the clock is read so the pick is not timed.
+
+    With ``rounds`` > 1 the budget is split into consecutive rounds, each meeting its share of
+    both floors (and at least MIN_ROUND_SAMPLES). The spread between round medians is what a
+    verdict needs: it shows drift over time that one run's pooled samples hide.
     """
     if not inputs:
         raise ValueError("time_calls needs at least one input")
     count = len(inputs)
     for i in range(options.warmup):
         call(inputs[i % count])
-    clock = time.perf_counter_ns
-    min_count = options.min_count
-    min_ns = int(options.min_duration_s * 1e9)
-    max_ns = int(options.max_duration_s * 1e9)
+    rounds = max(1, options.rounds)
+    per_round_count = max(-(-options.min_count // rounds), MIN_ROUND_SAMPLES if rounds > 1 else 1)
+    per_round_ns = int(options.min_duration_s * 1e9 / rounds)
+    deadline_ns = time.perf_counter_ns() + int(options.max_duration_s * 1e9)
     samples: list[int] = []
+    sizes: list[int] = []
+    start = time.perf_counter_ns()
+    stopped_by = "target"
+    for _ in range(rounds):
+        before = len(samples)
+        reached = _sample(call, inputs, samples, per_round_count, per_round_ns, deadline_ns)
+        sizes.append(len(samples) - before)
+        if not reached:
+            stopped_by = "max_duration"
+            break
+    return Timing(samples, (time.perf_counter_ns() - start) / 1e9, stopped_by, sizes)
+
+
+def _sample(
+    call: Callable[[T], object],
+    inputs: Sequence[T],
+    samples: list[int],
+    min_count: int,
+    min_ns: int,
+    deadline_ns: int,
+) -> bool:
+    """One round: append samples until both floors are met (True) or the deadline passes."""
+    clock = time.perf_counter_ns
     append = samples.append
+    count = len(inputs)
     index = 0
+    taken = 0
     start = clock()
     while True:
         item = inputs[index]
@@ -50,11 +82,8 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
         call(item)
         after = clock()
         append(after - before)
-        elapsed = after - start
-        if len(samples) >= min_count and elapsed >= min_ns:
-            stopped_by = "target"
-            break
-        if elapsed >= max_ns:
-            stopped_by = "max_duration"
-            break
-    return Timing(samples, (clock() - start) / 1e9, stopped_by)
+        taken += 1
+        if taken >= min_count and after - start >= min_ns:
+            return True
+        if after >= deadline_ns:
+            return False

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from pytest_mlscope.compare import Verdict
     from pytest_mlscope.manifest import Manifest
     from pytest_mlscope.protocol import Cell, EvaluationResult
     from pytest_mlscope.session import MlscopeSession
@@ -55,6 +56,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--mlscope-max-duration", type=float, metavar="S", help="override max timing seconds"
+    )
+    group.addoption(
+        "--mlscope-rounds", type=int, metavar="N", help="override measurement rounds per item"
+    )
+    group.addoption(
+        "--mlscope-baseline",
+        metavar="NAME",
+        help="compare every item with this stored baseline (default: ini mlscope_baseline)",
+    )
+    group.addoption(
+        "--mlscope-save-baseline",
+        metavar="NAME",
+        help="point baseline NAME at this session's run when it completes",
+    )
+    group.addoption(
+        "--mlscope-force-baseline",
+        action="store_true",
+        help="let --mlscope-save-baseline move an existing baseline",
+    )
+    group.addoption(
+        "--mlscope-threshold",
+        type=float,
+        metavar="FRACTION",
+        help="regression threshold for every item, e.g. 0.05 (default: manifest, ini, 0.05)",
+    )
+    group.addoption(
+        "--mlscope-no-fail",
+        action="store_true",
+        help="report regressions as warnings instead of failing their items",
+    )
+    group.addoption(
+        "--mlscope-inject-slowdown",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="add calibrated CPU work to every timed call (e.g. 0.05): checks that the gate fires",
+    )
+    parser.addini("mlscope_baseline", "baseline to compare with by default", default="")
+    parser.addini(
+        "mlscope_threshold", "regression threshold for manifests that set none", default="0.05"
     )
     parser.addini("mlscope_manifests", "manifest files or directories", type="paths", default=[])
     parser.addini(
@@ -112,6 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
             ("min_count", config.getoption("mlscope_min_count")),
             ("min_duration_s", config.getoption("mlscope_min_duration")),
             ("max_duration_s", config.getoption("mlscope_max_duration")),
+            ("rounds", config.getoption("mlscope_rounds")),
         )
         if value is not None
     }
@@ -129,8 +171,24 @@ def pytest_configure(config: pytest.Config) -> None:
         predictors=_predictors(config),
         measure_overrides=measure,
         pytest_args=list(config.invocation_params.args),
+        baseline=config.getoption("mlscope_baseline") or config.getini("mlscope_baseline") or None,
+        baseline_required=bool(config.getoption("mlscope_baseline")),
+        save_baseline=config.getoption("mlscope_save_baseline"),
+        force_baseline=config.getoption("mlscope_force_baseline"),
+        threshold=config.getoption("mlscope_threshold"),
+        default_threshold=float(config.getini("mlscope_threshold") or 0.05),
+        fail_on_regression=not config.getoption("mlscope_no_fail"),
+        inject_slowdown=config.getoption("mlscope_inject_slowdown"),
     )
-    config.stash[SESSION_KEY] = MlscopeSession(settings)
+    session = MlscopeSession(settings)
+    if settings.baseline_required or settings.save_baseline:
+        from pytest_mlscope.errors import MlscopeError
+
+        try:
+            session.check_baselines()
+        except MlscopeError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    config.stash[SESSION_KEY] = session
     # With no paths on the command line, the manifests join whatever pytest collects anyway.
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args.extend(str(p) for p in manifest_paths if p.exists())
@@ -189,17 +247,26 @@ class MlscopeItem(pytest.Item):
         self.cell = cell
 
     def runtest(self) -> None:
-        from pytest_mlscope.errors import AccuracyFailed
+        from pytest_mlscope.errors import AccuracyFailed, RegressionDetected, RegressionWarning
 
         session = _session(self.config)
         assert session is not None
-        result = session.evaluate(self.manifest, self.cell)
+        result, verdict = session.evaluate_and_compare(self.manifest, self.cell)
         self.stash[RESULT_KEY] = result
-        for key, value in _properties(result).items():
+        if verdict is not None:
+            self.stash[VERDICT_KEY] = verdict
+        for key, value in _properties(result, verdict).items():
             self.user_properties.append((key, value))
         if not result.accuracy.passed:
             lines = [f"{c.name}: {c.detail}" for c in result.accuracy.failures]
             raise AccuracyFailed("accuracy missed its target:\n  " + "\n  ".join(lines))
+        if verdict is not None and verdict.fails:
+            message = _regression_message(verdict)
+            if session.settings.fail_on_regression:
+                raise RegressionDetected(message)
+            import warnings
+
+            warnings.warn(RegressionWarning(f"{self.cell.id}: {message}"), stacklevel=1)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         from pytest_mlscope.errors import MlscopeError
@@ -217,9 +284,22 @@ class MlscopeItem(pytest.Item):
 
 
 RESULT_KEY = pytest.StashKey["EvaluationResult"]()
+VERDICT_KEY = pytest.StashKey["Verdict"]()
 
 
-def _properties(result: EvaluationResult) -> dict[str, object]:
+def _regression_message(verdict: Verdict) -> str:
+    lines = [verdict.describe()]
+    if verdict.baseline_median is not None and verdict.current_median is not None:
+        lines.append(
+            f"median {verdict.baseline_median * 1e3:.4g} ms (baseline run "
+            f"{(verdict.baseline_run or '?')[:12]}) -> {verdict.current_median * 1e3:.4g} ms; "
+            f"threshold {verdict.threshold:.1%}, noise {verdict.noise:.1%}, "
+            f"Mann-Whitney p={verdict.p_value:.2g}"
+        )
+    return "\n  ".join(lines)
+
+
+def _properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict[str, object]:
     """JUnit properties: the headline numbers of an item, in milliseconds and items/s."""
     props: dict[str, object] = {
         "mlscope_framework_version": result.predictor.version,
@@ -235,6 +315,16 @@ def _properties(result: EvaluationResult) -> dict[str, object]:
             mlscope_throughput=round(result.summary.throughput, 2),
             mlscope_samples=result.summary.count,
         )
+    if verdict is not None:
+        props["mlscope_verdict"] = verdict.kind
+        for name in ("ratio", "ratio_low", "ratio_high", "threshold", "noise", "p_value"):
+            value = getattr(verdict, name)
+            if value is not None:
+                props[f"mlscope_{name}"] = round(value, 6)
+        if verdict.baseline_median is not None:
+            props["mlscope_baseline_median_ms"] = round(verdict.baseline_median * 1e3, 4)
+        if verdict.baseline_run:
+            props["mlscope_baseline_run"] = verdict.baseline_run
     return props
 
 
@@ -258,8 +348,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         message = str(report.longrepr[2]).removeprefix("Skipped: ")
     elif report.failed:
         message = report.longreprtext
-    session.record(item.cell, outcome, item.stash.get(RESULT_KEY, None), message)
+    session.record(
+        item.cell,
+        outcome,
+        item.stash.get(RESULT_KEY, None),
+        message,
+        item.stash.get(VERDICT_KEY, None),
+    )
     return report
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _session(session.config)
+    if state is not None:
+        # Every selected item shares the suite-wide false-alarm budget (Bonferroni).
+        state.comparisons = max(1, sum(isinstance(i, MlscopeItem) for i in session.items))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -316,9 +419,9 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
         reason = skip_reason(manifest, cell, session.host, session.settings.predictors)
         if reason:
             pytest.skip(reason)
-        result = session.evaluate(manifest, cell, **measure)
+        result, verdict = session.evaluate_and_compare(manifest, cell, **measure)
         outcome = "passed" if result.accuracy.passed else "failed"
-        session.record(cell, outcome, result, f"evaluated by {request.node.nodeid}")
+        session.record(cell, outcome, result, f"evaluated by {request.node.nodeid}", verdict)
         return result
 
     return evaluate

@@ -48,6 +48,7 @@ class MeasureOptions(_Document):
     min_count: int = 50
     min_duration_s: float = 2.0
     max_duration_s: float = 60.0
+    rounds: int = 1
 
 
 class ArtifactRef(_Document):
@@ -77,6 +78,8 @@ class EvaluationRequest(_Document):
     accuracy_only: bool = False
     # Run only these accuracy checks (None: all the manifest asks for); writing goldens runs none.
     checks: list[str] | None = None
+    # Extra work per timed call, as a fraction of the model's latency (gate self-tests only).
+    inject_slowdown: float = 0.0
 
 
 class Summary(_Document):
@@ -152,6 +155,8 @@ class EvaluationResult(_Document):
     accuracy: AccuracyReport
     summary: Summary | None = None
     samples_ns: list[int] = Field(default_factory=list)
+    # Samples per measurement round, in order; samples_ns is their concatenation.
+    rounds: list[int] = Field(default_factory=list)
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

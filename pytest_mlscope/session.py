@@ -18,6 +18,7 @@ from pytest_mlscope.errors import EvaluationFailed, ManifestError, MlscopeError
 from pytest_mlscope.protocol import Cell, EvaluationRequest, EvaluationResult, MeasureOptions
 
 if TYPE_CHECKING:
+    from pytest_mlscope.compare import Side, Verdict
     from pytest_mlscope.hardware import Host
     from pytest_mlscope.manifest import Manifest
     from pytest_mlscope.runtimes import Runtime
@@ -38,6 +39,14 @@ class Settings:
     measure_overrides: dict[str, float] = field(default_factory=dict)
     python_path: list[str] = field(default_factory=list)
     pytest_args: list[str] = field(default_factory=list)
+    baseline: str | None = None  # compare against this named baseline
+    baseline_required: bool = False  # named on the command line: missing is an error
+    save_baseline: str | None = None  # point this baseline at the session's run at the end
+    force_baseline: bool = False
+    threshold: float | None = None  # overrides every manifest's regression_threshold
+    default_threshold: float = 0.05  # ini mlscope_threshold: for manifests that set none
+    fail_on_regression: bool = True
+    inject_slowdown: float = 0.0
 
     @property
     def state_dir(self) -> Path:
@@ -62,6 +71,7 @@ class Record:
     outcome: str
     result: EvaluationResult | None = None
     message: str | None = None
+    verdict: Verdict | None = None
 
 
 KEEP_WORK_DIRS = 5
@@ -81,6 +91,10 @@ class MlscopeSession:
         self._run_id: str | None = None
         self._cache: Any = None
         self._scanned = False
+        self._baseline: dict[str, Side] | None = None
+        self.baseline_note: str | None = None
+        self.comparisons = 1  # items compared this session, for the multiple-testing correction
+        self.saved_baseline: str | None = None
         token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.work_dir = settings.state_dir / "work" / token
 
@@ -130,12 +144,14 @@ class MlscopeSession:
             "min_count": performance.min_count,
             "min_duration_s": performance.min_duration_s,
             "max_duration_s": performance.max_duration_s,
+            "rounds": performance.rounds,
         }
         values.update(self.settings.measure_overrides)
         values.update(overrides)
         values["max_duration_s"] = max(values["max_duration_s"], values["min_duration_s"])
         values["warmup"] = int(values["warmup"])
         values["min_count"] = int(values["min_count"])
+        values["rounds"] = int(values["rounds"])
         return MeasureOptions(**values)
 
     def runtime(self, cell: Cell) -> Runtime:
@@ -208,6 +224,7 @@ class MlscopeSession:
             predictors=self.settings.predictors,
             accuracy_only=accuracy_only,
             checks=checks,
+            inject_slowdown=self.settings.inject_slowdown,
         )
 
     def evaluate(self, manifest: Manifest, cell: Cell, **overrides: float) -> EvaluationResult:
@@ -248,6 +265,100 @@ class MlscopeSession:
         for directory in old:
             shutil.rmtree(directory, ignore_errors=True)
 
+    # -- verdicts ------------------------------------------------------------------------------
+
+    def check_baselines(self) -> None:
+        """Fail fast, before any item runs, on a baseline that cannot be used or saved."""
+        from pytest_mlscope.store import StoreError
+
+        settings = self.settings
+        if settings.baseline and settings.baseline_required:
+            self.store.get_baseline(settings.baseline)
+        if settings.save_baseline and not settings.force_baseline:
+            try:
+                existing = self.store.get_baseline(settings.save_baseline)
+            except StoreError:
+                return
+            raise MlscopeError(
+                f"baseline {settings.save_baseline!r} already points to run "
+                f"{existing.run_id[:12]}; pass --mlscope-force-baseline to move it"
+            )
+
+    def _baseline_sides(self) -> dict[str, Side]:
+        """The baseline's result per item id, loaded once."""
+        if self._baseline is None:
+            from pytest_mlscope.compare import side_of
+            from pytest_mlscope.store import StoreError
+
+            self._baseline = {}
+            name = self.settings.baseline
+            if name:
+                try:
+                    record = self.store.get_baseline(name)
+                except StoreError as exc:
+                    if self.settings.baseline_required:
+                        raise
+                    self.baseline_note = f"{exc}; every item is new"
+                    return self._baseline
+                run = self.store.get_run(record.run_id)
+                for item_id, result in self.store.latest_results(record.run_id).items():
+                    if result.summary is None and result.accuracy is None:
+                        continue
+                    self._baseline[item_id] = side_of(result, run.host, run.id)
+        return self._baseline
+
+    def verdict(self, manifest: Manifest, result: EvaluationResult) -> Verdict | None:
+        """How a fresh result compares with the baseline; None when no baseline is configured."""
+        if not self.settings.baseline:
+            return None
+        from pytest_mlscope.compare import Side, verdict
+
+        current = Side(
+            samples_ns=result.samples_ns,
+            rounds=result.rounds,
+            accuracy=result.accuracy,
+            host=self.host.fingerprint(),
+            framework_version=result.predictor.version,
+        )
+        threshold = (
+            self.settings.threshold
+            or manifest.performance.regression_threshold
+            or self.settings.default_threshold
+        )
+        return verdict(
+            self._baseline_sides().get(result.cell.id),
+            current,
+            threshold=threshold,
+            comparisons=self.comparisons,
+            framework=result.cell.framework,
+        )
+
+    def evaluate_and_compare(
+        self, manifest: Manifest, cell: Cell, **overrides: float
+    ) -> tuple[EvaluationResult, Verdict | None]:
+        """Evaluate, compare, and measure once more before calling a slowdown a regression.
+
+        One confirmation round halves the damage of a burst of load that hit one measurement:
+        a regression stands only if the second, independent measurement says so too.
+        """
+        result = self.evaluate(manifest, cell, **overrides)
+        found = self.verdict(manifest, result)
+        if found is None or found.kind != "regression" or found.accuracy_changes:
+            return result, found
+        second = self.evaluate(manifest, cell, **overrides)
+        confirmed = self.verdict(manifest, second)
+        assert confirmed is not None
+        from dataclasses import replace
+
+        if confirmed.kind == "regression":
+            note = f"{confirmed.reason}; confirmed by a second measurement ({found.ratio_text})"
+        else:
+            note = (
+                f"{confirmed.reason}; a first measurement said regression {found.ratio_text}, "
+                "this second one did not confirm it"
+            )
+        return second, replace(confirmed, reason=note)
+
     # -- results --------------------------------------------------------------------------------
 
     @property
@@ -281,10 +392,16 @@ class MlscopeSession:
         outcome: str,
         result: EvaluationResult | None = None,
         message: str | None = None,
+        verdict: Verdict | None = None,
     ) -> None:
-        self.records.append(Record(cell, outcome, result, message))
+        self.records.append(Record(cell, outcome, result, message, verdict))
         self.store.record_result(
-            self.run_id, cell=cell, outcome=outcome, result=result, message=message
+            self.run_id,
+            cell=cell,
+            outcome=outcome,
+            result=result,
+            message=message,
+            verdict=verdict.as_dict() if verdict else None,
         )
 
     def close(self, status: str = "complete") -> None:
@@ -295,4 +412,8 @@ class MlscopeSession:
         if self._store is not None:
             if self._run_id is not None:
                 self._store.finish_run(self._run_id, status)
+                name = self.settings.save_baseline
+                if name and status == "complete":
+                    self._store.set_baseline(name, self._run_id, force=self.settings.force_baseline)
+                    self.saved_baseline = name
             self._store.close()

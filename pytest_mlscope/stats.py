@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,3 +52,82 @@ def summarize(samples_ns: Sequence[int] | np.ndarray, batch_size: int = 1) -> Su
         throughput=batch_size / median if median > 0 else float("inf"),
         batch_size=batch_size,
     )
+
+
+def round_medians(
+    samples_ns: Sequence[int], rounds: Sequence[int], fallback_rounds: int = 10
+) -> np.ndarray:
+    """Median of each measurement round, in seconds.
+
+    Results stored without round boundaries are cut into ``fallback_rounds`` consecutive chunks,
+    which still shows drift over the run, though not between runs.
+    """
+    values = np.asarray(samples_ns, dtype=np.float64) / 1e9
+    if values.size == 0:
+        return values
+    sizes = list(rounds) if rounds and sum(rounds) == values.size else []
+    if len(sizes) < 2:
+        chunks = np.array_split(values, min(fallback_rounds, values.size))
+    else:
+        chunks = np.split(values, np.cumsum(sizes)[:-1])
+    return np.array([np.median(chunk) for chunk in chunks if chunk.size])
+
+
+def robust_sd(values: np.ndarray) -> float:
+    """Scaled median absolute deviation: a standard deviation that one wild round cannot inflate."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+@dataclass(frozen=True)
+class Shift:
+    """Hodges–Lehmann shift of ``b`` over ``a`` with its distribution-free (Moses) interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    exact_confidence_reached: bool
+
+
+def shift_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> Shift:
+    """Two-sample location shift b - a: the median of all pairwise differences, and the interval
+    between the K-th smallest and K-th largest of them, K from the Mann–Whitney null distribution
+    (normal approximation). Valid for any continuous distribution of equal shape; used on log
+    round medians, so the shift is a log ratio.
+    """
+    from scipy.stats import norm
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    m, n = a.size, b.size
+    if m == 0 or n == 0:
+        raise ValueError("shift_interval needs samples on both sides")
+    differences = np.sort((b[None, :] - a[:, None]).ravel())
+    estimate = float(np.median(differences))
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    k = int(np.floor(m * n / 2 - z * np.sqrt(m * n * (m + n + 1) / 12)))
+    reached = k >= 1
+    k = max(k, 1)
+    return Shift(
+        estimate=estimate,
+        low=float(differences[k - 1]),
+        high=float(differences[-k]),
+        confidence=confidence,
+        exact_confidence_reached=reached,
+    )
+
+
+def slower_p_value(current_ns: Sequence[int], baseline_ns: Sequence[int]) -> float:
+    """One-sided Mann–Whitney U p-value that current samples are slower than the baseline's.
+
+    Informational: raw samples within a run are not independent across runs, so this p-value is
+    smaller than the evidence warrants; verdicts are decided on round medians instead.
+    """
+    from scipy.stats import mannwhitneyu
+
+    if len(current_ns) == 0 or len(baseline_ns) == 0:
+        return float("nan")
+    return float(mannwhitneyu(current_ns, baseline_ns, alternative="greater").pvalue)

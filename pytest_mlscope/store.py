@@ -5,11 +5,15 @@ SQLAlchemy Core only, with portable column types, so the same tables live in a l
 the plugin and the ``mlscope`` command both go through :class:`Store`. The schema carries a
 version so an older pytest-mlscope refuses a database written by a newer one instead of
 misreading it.
+
+Besides runs and their results it keeps named baselines: a name (``main``, ``release-1.2``)
+pointing to the run that later runs are compared against.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -39,9 +43,13 @@ OUTCOMES = ("passed", "failed", "error", "skipped")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 GIT_TIMEOUT_S = 10
 
+# Branch-like names: release-1.2, feature/x, nightly_cpu.
+BASELINE_NAME = re.compile(r"[A-Za-z0-9._/-]{1,100}")
+
 
 class StoreError(MlscopeError):
-    """The results database cannot be opened, or a run asked for is not in it."""
+    """The results database cannot be opened, a run or baseline asked for is not in it, or a
+    change asked for (moving a baseline, say) is refused."""
 
 
 metadata = sa.MetaData()
@@ -91,10 +99,24 @@ results_table = sa.Table(
     sa.Column("artifact_sha256", sa.String(64), nullable=True),
     sa.Column("summary", _NullableJSON, nullable=True),
     sa.Column("samples_ns", sa.JSON, nullable=False),
+    # Samples per measurement round, in order; samples_ns is their concatenation.
+    sa.Column("rounds", sa.JSON, nullable=False, default=lambda: [], server_default="[]"),
     sa.Column("accuracy", _NullableJSON, nullable=True),
     sa.Column("cold_start", _NullableJSON, nullable=True),
     sa.Column("predictor", _NullableJSON, nullable=True),
+    # What the comparison with a baseline concluded, as the comparison code wrote it.
+    sa.Column("verdict", _NullableJSON, nullable=True),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+baselines_table = sa.Table(
+    "baselines",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("run_id", sa.String(32), sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("note", sa.Text, nullable=True),
 )
 
 
@@ -132,7 +154,9 @@ class ResultRecord:
     """One cell's stored result; documents are parsed back into the protocol's types.
 
     ``summary``, ``accuracy``, ``cold_start`` and ``predictor`` are None when the item never
-    reached an evaluation (skipped, or an error before the worker answered).
+    reached an evaluation (skipped, or an error before the worker answered). ``rounds`` holds
+    the number of samples in each measurement round (``samples_ns`` is their concatenation);
+    ``verdict`` is the comparison with a baseline as the comparison code stored it, or None.
     """
 
     id: int
@@ -145,10 +169,26 @@ class ResultRecord:
     artifact_sha256: str | None
     summary: Summary | None
     samples_ns: list[int]
+    rounds: list[int]
     accuracy: AccuracyReport | None
     cold_start: ColdStart | None
     predictor: PredictorInfo | None
+    verdict: dict[str, Any] | None
     recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    """A named pointer to the run that later runs are compared against.
+
+    ``created_at`` is when the name was first set, ``updated_at`` when it last changed.
+    """
+
+    name: str
+    run_id: str
+    created_at: datetime
+    updated_at: datetime
+    note: str | None
 
 
 def default_location() -> str:
@@ -330,8 +370,12 @@ class Store:
         outcome: str,
         result: EvaluationResult | None = None,
         message: str | None = None,
+        verdict: dict[str, Any] | None = None,
     ) -> None:
-        """Store one item's result, committed at once so a later crash never loses it."""
+        """Store one item's result, committed at once so a later crash never loses it.
+
+        ``verdict`` is the comparison with a baseline, a JSON-able dict stored as given.
+        """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         values: dict[str, Any] = {
@@ -348,9 +392,11 @@ class Store:
             "artifact_sha256": None,
             "summary": None,
             "samples_ns": [],
+            "rounds": [],
             "accuracy": None,
             "cold_start": None,
             "predictor": None,
+            "verdict": dict(verdict) if verdict is not None else None,
             "recorded_at": _now(),
         }
         if result is not None:
@@ -359,6 +405,7 @@ class Store:
                 artifact_sha256=result.artifact_sha256,
                 summary=result.summary.model_dump() if result.summary else None,
                 samples_ns=[int(sample) for sample in result.samples_ns],
+                rounds=[int(size) for size in result.rounds],
                 accuracy=result.accuracy.model_dump(),
                 cold_start=result.cold_start.model_dump(),
                 predictor=result.predictor.model_dump(mode="json"),
@@ -433,6 +480,135 @@ class Store:
             rows = connection.execute(query).mappings().all()
         return [_result_record(row) for row in rows]
 
+    def latest_results(self, run_id: str) -> dict[str, ResultRecord]:
+        """Each item of a run with the last result recorded for it, in recording order.
+
+        A run may record an item twice (a rerun within one session); the last one counts.
+        """
+        latest = (
+            sa.select(sa.func.max(results_table.c.id))
+            .where(results_table.c.run_id == run_id)
+            .group_by(results_table.c.item_id)
+        )
+        query = (
+            sa.select(results_table)
+            .where(results_table.c.id.in_(latest))
+            .order_by(results_table.c.id)
+        )
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return {row["item_id"]: _result_record(row) for row in rows}
+
+    # -- baselines -------------------------------------------------------------------------------
+
+    def set_baseline(
+        self,
+        name: str,
+        run_id_or_prefix: str,
+        *,
+        force: bool = False,
+        note: str | None = None,
+    ) -> BaselineRecord:
+        """Point baseline ``name`` at a run (an id or a unique prefix of one).
+
+        Refused without ``force`` when the name already points to another run, or when the run
+        is not 'complete'. Pointing a baseline at the run it already points to changes nothing
+        (except the note, when a different one is given). With ``force`` a moved baseline takes
+        the given note, or none.
+        """
+        _check_baseline_name(name)
+        run = self.get_run(run_id_or_prefix)
+        try:
+            # One transaction: the name's primary key makes a concurrent insert of the same
+            # name fail here rather than silently overwrite, and the update only applies if the
+            # baseline still points where it did when read.
+            with self._engine.begin() as connection:
+                existing = self._baseline(connection, name)
+                if existing is not None and existing.run_id == run.id:
+                    if note is None or note == existing.note:
+                        return existing
+                elif run.status != "complete" and not force:
+                    raise StoreError(
+                        f"run {run.id[:12]} is {run.status}, not complete; only a complete run "
+                        f"can become a baseline (pass --force to use it anyway)"
+                    )
+                now = _now()
+                if existing is None:
+                    connection.execute(
+                        sa.insert(baselines_table).values(
+                            name=name, run_id=run.id, created_at=now, updated_at=now, note=note
+                        )
+                    )
+                elif existing.run_id != run.id and not force:
+                    raise StoreError(_already_set(existing))
+                else:
+                    updated = connection.execute(
+                        sa.update(baselines_table)
+                        .where(
+                            baselines_table.c.name == name,
+                            baselines_table.c.run_id == existing.run_id,
+                        )
+                        .values(run_id=run.id, updated_at=now, note=note)
+                    )
+                    if updated.rowcount != 1:
+                        raise StoreError(
+                            f"baseline {name!r} was changed by someone else while being set; "
+                            f"look at it again (mlscope baseline show {name}) and retry"
+                        )
+                stored = self._baseline(connection, name)
+        except sa_exc.IntegrityError:
+            # Another process created the name between our read and our insert.
+            with self._engine.connect() as connection:
+                existing = self._baseline(connection, name)
+            if existing is None:
+                raise StoreError(f"cannot set baseline {name!r} in {self.url}") from None
+            if existing.run_id == run.id:
+                return existing
+            raise StoreError(_already_set(existing)) from None
+        except sa_exc.OperationalError as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot set baseline {name!r} in {self.url}: {reason}") from None
+        assert stored is not None
+        return stored
+
+    def baselines(self) -> list[BaselineRecord]:
+        """Every baseline, sorted by name."""
+        query = sa.select(baselines_table).order_by(baselines_table.c.name)
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        return [_baseline_record(row) for row in rows]
+
+    def get_baseline(self, name: str) -> BaselineRecord:
+        """The baseline called ``name``; refused, naming the known ones, when there is none."""
+        with self._engine.connect() as connection:
+            found = self._baseline(connection, name)
+        if found is None:
+            raise self._no_baseline(name)
+        return found
+
+    def delete_baseline(self, name: str) -> None:
+        """Forget a baseline (its run stays); refused when there is none by that name."""
+        with self._engine.begin() as connection:
+            deleted = connection.execute(
+                sa.delete(baselines_table).where(baselines_table.c.name == name)
+            )
+        if deleted.rowcount == 0:
+            raise self._no_baseline(name)
+
+    @staticmethod
+    def _baseline(connection: sa.Connection, name: str) -> BaselineRecord | None:
+        row = (
+            connection.execute(sa.select(baselines_table).where(baselines_table.c.name == name))
+            .mappings()
+            .one_or_none()
+        )
+        return _baseline_record(row) if row is not None else None
+
+    def _no_baseline(self, name: str) -> StoreError:
+        known = [baseline.name for baseline in self.baselines()]
+        listed = f"known: {', '.join(known)}" if known else "none set yet"
+        return StoreError(f"no baseline named {name!r} ({listed})")
+
     def close(self) -> None:
         """Release pooled connections (and with them SQLite's file handles)."""
         self._engine.dispose()
@@ -496,6 +672,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         artifact_sha256=row["artifact_sha256"],
         summary=Summary.model_validate(row["summary"]) if row["summary"] is not None else None,
         samples_ns=[int(sample) for sample in row["samples_ns"] or []],
+        rounds=[int(size) for size in row["rounds"] or []],
         accuracy=(
             AccuracyReport.model_validate(row["accuracy"]) if row["accuracy"] is not None else None
         ),
@@ -505,7 +682,37 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         predictor=(
             PredictorInfo.model_validate(row["predictor"]) if row["predictor"] is not None else None
         ),
+        verdict=dict(row["verdict"]) if row["verdict"] is not None else None,
         recorded_at=recorded_at,
+    )
+
+
+def _baseline_record(row: sa.RowMapping) -> BaselineRecord:
+    created_at = _aware(row["created_at"])
+    updated_at = _aware(row["updated_at"])
+    assert created_at is not None and updated_at is not None
+    return BaselineRecord(
+        name=row["name"],
+        run_id=row["run_id"],
+        created_at=created_at,
+        updated_at=updated_at,
+        note=row["note"],
+    )
+
+
+def _check_baseline_name(name: str) -> None:
+    if not BASELINE_NAME.fullmatch(name):
+        raise StoreError(
+            f"baseline name {name!r} is not valid: use 1 to 100 letters, digits, "
+            f"'.', '_', '-' or '/' (like main, release-1.2, feature/x)"
+        )
+
+
+def _already_set(existing: BaselineRecord) -> str:
+    moment = existing.updated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return (
+        f"baseline {existing.name!r} already points to run {existing.run_id[:12]} "
+        f"(set {moment}); pass --force to move it"
     )
 
 

@@ -56,6 +56,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
     from pytest_mlscope.manifest import load_manifest
     from pytest_mlscope.measure import time_calls
     from pytest_mlscope.predictors import predictor_class
+    from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.stats import summarize
     from pytest_mlscope.zoo.cache import verify
 
@@ -105,11 +106,12 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         )
 
         # Timing pass: the predictor call alone, on inputs prepared beforehand.
-        summary, samples = None, []
+        summary, samples, rounds = None, [], []
         if not request.accuracy_only:
             inputs = batches[:1] if cell.scenario == "single_stream" else batches
-            timing = time_calls(predictor.predict, inputs, request.measure)
-            samples = timing.samples_ns
+            call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
+            timing = time_calls(call, inputs, request.measure)
+            samples, rounds = timing.samples_ns, timing.rounds
             summary = summarize(samples, cell.batch_size)
             if cell.scenario == "offline":
                 # Offline throughput is items over the time spent in the model, all batches.
@@ -126,6 +128,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         accuracy=accuracy,
         summary=summary,
         samples_ns=samples,
+        rounds=rounds,
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,

@@ -354,6 +354,7 @@ def test_show_prints_the_header_table_and_failure_messages(
     )
     assert "    second line of detail" in lines
     assert "needs an NVIDIA GPU" not in out  # skips are not failures
+    assert "verdict" not in header  # no result of this run was compared with a baseline
 
 
 def test_show_of_an_unknown_run_is_one_line_on_stderr_and_exit_2(
@@ -367,6 +368,41 @@ def test_show_of_an_unknown_run_is_one_line_on_stderr_and_exit_2(
     assert captured.out == ""
 
 
+def test_show_adds_a_verdict_column_when_a_result_has_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "results.db"
+    slow = Cell(model="digits_cnn", framework="torch", batch_size=8)
+    new = Cell(model="digits_cnn", framework="onnxruntime", batch_size=8)
+    with Store.from_location(db) as store:
+        run_id = store.start_run(host=HOST)
+        store.record_result(
+            run_id,
+            cell=slow,
+            outcome="failed",
+            result=make_result(slow, 0.0132),
+            verdict={"kind": "regression", "ratio": 1.071, "ratio_text": "+7.1% [+4.2%, +9.9%]"},
+        )
+        store.record_result(
+            run_id,
+            cell=new,
+            outcome="passed",
+            result=make_result(new, 0.001),
+            verdict={"kind": "new"},
+        )
+        store.record_result(run_id, cell=slow, outcome="skipped", message="rerun skipped")
+        store.finish_run(run_id)
+    assert main(["show", run_id, "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("item"))
+    assert header.split()[-1] == "verdict"
+    start = lines.index(header)
+    rows = lines[start + 2 : start + 5]
+    assert rows[0].endswith("  regression +7.1% [+4.2%, +9.9%]")
+    assert rows[1].endswith("  new")
+    assert rows[2].endswith("  -")
+
+
 def test_numbers_have_about_three_significant_digits() -> None:
     assert [_number(v) for v in (1234.5, 123.4, 12.34, 1.234, 0.4561, 0.04561)] == [
         "1,234",
@@ -378,6 +414,201 @@ def test_numbers_have_about_three_significant_digits() -> None:
     ]
     assert _number(None) == "-"
     assert _number(float("nan")) == "-"
+
+
+# -- baseline ------------------------------------------------------------------------------------
+
+
+def complete_run(db: Path, results: int = 2) -> str:
+    cell = Cell(model="digits_cnn", framework="torch", batch_size=8)
+    with Store.from_location(db) as store:
+        run_id = store.start_run(host=HOST, git=GitInfo("c" * 40, "main", False))
+        for _ in range(results):
+            store.record_result(
+                run_id, cell=cell, outcome="passed", result=make_result(cell, 0.0123)
+            )
+        store.finish_run(run_id)
+    return run_id
+
+
+def test_baseline_set_prints_the_name_run_and_result_count(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, _new = recorded
+    assert main(["baseline", "set", "main", "--run", old[:6], "--db", str(db)]) == 0
+    assert capsys.readouterr().out == f"baseline main -> run {old[:12]} (1 result)\n"
+    with Store.from_location(db) as store:
+        assert store.get_baseline("main").run_id == old
+
+
+def test_baseline_set_to_the_same_run_again_says_it_was_already_set(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, _new = recorded
+    assert main(["baseline", "set", "main", "--run", old, "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["baseline", "set", "main", "--run", old[:8], "--db", str(db)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == f"baseline main -> run {old[:12]} (1 result; already set)\n"
+    assert captured.err == ""
+
+
+def test_moving_a_baseline_is_refused_without_force(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, _new = recorded
+    newer = complete_run(db)
+    assert main(["baseline", "set", "main", "--run", old, "--db", str(db)]) == 0
+    capsys.readouterr()
+
+    assert main(["baseline", "set", "main", "--run", newer, "--db", str(db)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(
+        f"mlscope: baseline 'main' already points to run {old[:12]} (set "
+    )
+    assert captured.err.endswith("); pass --force to move it\n")
+    assert captured.err.count("\n") == 1
+
+    args = ["baseline", "set", "main", "--run", newer, "--force", "--note", "after the fix"]
+    assert main([*args, "--db", str(db)]) == 0
+    assert capsys.readouterr().out == (
+        f"baseline main -> run {newer[:12]} (2 results; moved from run {old[:12]})\n"
+    )
+    with Store.from_location(db) as store:
+        baseline = store.get_baseline("main")
+    assert (baseline.run_id, baseline.note) == (newer, "after the fix")
+
+
+def test_an_incomplete_run_becomes_a_baseline_only_with_force(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _old, new = recorded
+    assert main(["baseline", "set", "main", "--run", new, "--db", str(db)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"mlscope: run {new[:12]} is incomplete, not complete; only a complete run can become "
+        "a baseline (pass --force to use it anyway)\n"
+    )
+    assert main(["baseline", "set", "main", "--run", new, "--force", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == (
+        f"baseline main -> run {new[:12]} (3 results; run incomplete)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["has space", "x" * 101, "a;b"])
+def test_baseline_set_refuses_a_bad_name(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    db, old, _new = recorded
+    assert main(["baseline", "set", name, "--run", old, "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mlscope: baseline name {name!r} is not valid")
+    assert err.count("\n") == 1
+
+
+def test_baseline_set_needs_a_run() -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["baseline", "set", "main"])
+    assert caught.value.code == 2
+
+
+def test_baseline_set_of_an_unknown_run_is_exit_2(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _old, _new = recorded
+    assert main(["baseline", "set", "main", "--run", "zzzz", "--db", str(db)]) == 2
+    assert capsys.readouterr().err.startswith("mlscope: no run matches 'zzzz'")
+
+
+def test_baseline_list_of_none_says_so(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, _old, _new = recorded
+    assert main(["baseline", "list", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == "no baselines\n"
+
+
+def test_baseline_list_shows_each_with_its_run(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, new = recorded
+    with Store.from_location(db) as store:
+        store.set_baseline("release-1.2", old, note="shipped\nsecond line")
+        store.set_baseline("feature/x", new, force=True)
+    assert main(["baseline", "list", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "run", "set", "run", "started", "commit", "host", "note"]
+    assert set(lines[1]) <= {"-", " "}
+    assert len(lines) == 4
+    assert lines[2].startswith(f"feature/x    {new[:12]}  ")
+    assert f"  {'b' * 10}  bench-01" in lines[2]
+    assert lines[2].endswith("bench-01  -")
+    assert lines[3].startswith(f"release-1.2  {old[:12]}  ")
+    assert f"  {'a' * 10}  bench-01" in lines[3]
+    assert lines[3].endswith("  shipped")
+
+
+def test_baseline_show_prints_the_baseline_and_its_run_like_show(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, _new = recorded
+    with Store.from_location(db) as store:
+        store.set_baseline("main", old, note="nightly")
+    assert main(["show", old, "--db", str(db)]) == 0
+    shown = capsys.readouterr().out
+    assert main(["baseline", "show", "main", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith(f"baseline main -> run {old[:12]} (1 result; set ")
+    assert lines[1] == "note: nightly"
+    assert lines[2] == ""
+    assert out.endswith(shown)
+    assert "\n".join(lines[3:]) + "\n" == shown
+
+
+def test_baseline_show_of_an_unknown_name_names_the_known_ones(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, _new = recorded
+    assert main(["baseline", "show", "main", "--db", str(db)]) == 2
+    assert capsys.readouterr().err == "mlscope: no baseline named 'main' (none set yet)\n"
+    with Store.from_location(db) as store:
+        store.set_baseline("nightly", old)
+    assert main(["baseline", "show", "main", "--db", str(db)]) == 2
+    assert capsys.readouterr().err == "mlscope: no baseline named 'main' (known: nightly)\n"
+
+
+def test_baseline_delete_forgets_the_name_and_keeps_the_run(
+    recorded: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, old, _new = recorded
+    with Store.from_location(db) as store:
+        store.set_baseline("main", old)
+    assert main(["baseline", "delete", "main", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == (
+        f"deleted baseline main (was run {old[:12]}; the run is kept)\n"
+    )
+    assert main(["baseline", "list", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == "no baselines\n"
+    assert main(["show", old, "--db", str(db)]) == 0
+    capsys.readouterr()
+    assert main(["baseline", "delete", "main", "--db", str(db)]) == 2
+    assert capsys.readouterr().err == "mlscope: no baseline named 'main' (none set yet)\n"
+
+
+def test_baseline_reads_mlscope_db_and_never_creates_a_database(
+    in_tmp_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["baseline", "list"]) == 2
+    assert "no results database at" in capsys.readouterr().err
+    assert not (in_tmp_dir / ".mlscope").exists()
+
+
+def test_baseline_needs_an_action() -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["baseline"])
+    assert caught.value.code == 2
 
 
 # -- as a real command ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from pytest_mlscope.protocol import (
 )
 from pytest_mlscope.store import (
     SCHEMA_VERSION,
+    BaselineRecord,
     GitInfo,
     Store,
     StoreError,
@@ -375,6 +377,317 @@ def test_default_location_follows_mlscope_db(
     assert default_location() == str(tmp_path / ".mlscope" / "results.db")
     monkeypatch.setenv("MLSCOPE_DB", "postgresql://ci@db/results")
     assert default_location() == "postgresql://ci@db/results"
+
+
+# -- rounds, verdicts, latest results -------------------------------------------------------------
+
+VERDICT = {
+    "kind": "regression",
+    "ratio": 1.071,
+    "ratio_text": "+7.1% [+4.2%, +9.9%]",
+    "p_value": 0.0004,
+    "baseline": {"name": "main", "run_id": "ab" * 16},
+    "reasons": ["median slower by 7.1%", "Mann-Whitney p < 0.01"],
+}
+
+
+def test_rounds_and_verdict_round_trip(store: Store) -> None:
+    result = make_result(samples_ns=[1, 2, 3, 4, 5, 6, 7]).model_copy(update={"rounds": [3, 4]})
+    run_id = store.start_run(host=HOST)
+    store.record_result(run_id, cell=CELL, outcome="failed", result=result, verdict=VERDICT)
+    (stored,) = store.results(run_id)
+    assert stored.rounds == [3, 4]
+    assert sum(stored.rounds) == len(stored.samples_ns)
+    assert stored.verdict == VERDICT
+
+
+def test_a_result_without_rounds_or_verdict_stores_an_empty_list_and_none(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    store.record_result(run_id, cell=CELL, outcome="passed", result=make_result())
+    store.record_result(run_id, cell=CELL, outcome="skipped", message="needs a GPU")
+    for stored in store.results(run_id):
+        assert stored.rounds == []
+        assert stored.verdict is None
+    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as connection:
+        rows = connection.execute("SELECT rounds, verdict FROM results").fetchall()
+    assert rows == [("[]", None), ("[]", None)]  # SQL NULL, not the JSON text 'null'
+
+
+def test_a_verdict_can_be_stored_without_an_evaluation(store: Store) -> None:
+    run_id = store.start_run(host=HOST)
+    verdict = {"kind": "missing", "reason": "the baseline has this item, this run did not run it"}
+    store.record_result(run_id, cell=CELL, outcome="skipped", verdict=verdict)
+    (stored,) = store.results(run_id)
+    assert stored.verdict == verdict
+
+
+def test_latest_results_picks_the_last_of_duplicates(store: Store) -> None:
+    other = Cell(model="digits_cnn", framework="torch")
+    run_id = store.start_run(host=HOST)
+    store.record_result(run_id, cell=CELL, outcome="failed", message="first try")
+    store.record_result(run_id, cell=other, outcome="passed")
+    store.record_result(run_id, cell=CELL, outcome="passed", result=make_result())
+    elsewhere = store.start_run(host=HOST)
+    store.record_result(elsewhere, cell=CELL, outcome="error", message="another run")
+
+    latest = store.latest_results(run_id)
+    assert list(latest) == [other.id, CELL.id]  # in the order the chosen results were recorded
+    assert latest[CELL.id].outcome == "passed"
+    assert latest[CELL.id].message is None
+    assert latest[CELL.id].summary is not None
+    assert latest[other.id].outcome == "passed"
+    assert len(store.results(run_id)) == 3  # results() still has every row
+
+
+def test_latest_results_of_a_run_without_results_is_empty(store: Store) -> None:
+    assert store.latest_results(store.start_run(host=HOST)) == {}
+    assert store.latest_results("nosuchrun") == {}
+
+
+# -- baselines -----------------------------------------------------------------------------------
+
+
+def complete_run(store: Store, results: int = 1) -> str:
+    run_id = store.start_run(host=HOST)
+    for _ in range(results):
+        store.record_result(run_id, cell=CELL, outcome="passed", result=make_result())
+    store.finish_run(run_id)
+    return run_id
+
+
+def set_time(baseline: BaselineRecord) -> str:
+    return baseline.updated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_a_baseline_is_set_by_run_prefix_and_read_back(store: Store) -> None:
+    run_id = complete_run(store)
+    baseline = store.set_baseline("main", run_id[:7], note="nightly of 1 May")
+    assert baseline.name == "main"
+    assert baseline.run_id == run_id
+    assert baseline.note == "nightly of 1 May"
+    assert baseline.created_at.tzinfo is not None
+    assert baseline.created_at == baseline.updated_at
+    assert store.get_baseline("main") == baseline
+    assert store.baselines() == [baseline]
+
+
+def test_baselines_are_listed_by_name(store: Store) -> None:
+    run_id = complete_run(store)
+    for name in ["release-1.2", "feature/x", "main", "Main_2"]:
+        store.set_baseline(name, run_id)
+    assert [b.name for b in store.baselines()] == ["Main_2", "feature/x", "main", "release-1.2"]
+
+
+def test_no_baselines_is_an_empty_list(store: Store) -> None:
+    assert store.baselines() == []
+
+
+def test_moving_a_baseline_needs_force_and_names_the_current_run_and_time(store: Store) -> None:
+    first, second = complete_run(store), complete_run(store)
+    current = store.set_baseline("main", first)
+    with pytest.raises(StoreError) as caught:
+        store.set_baseline("main", second)
+    assert str(caught.value) == (
+        f"baseline 'main' already points to run {first[:12]} (set {set_time(current)}); "
+        f"pass --force to move it"
+    )
+    assert store.get_baseline("main") == current
+
+    moved = store.set_baseline("main", second, force=True, note="after the fix")
+    assert moved.run_id == second
+    assert moved.created_at == current.created_at
+    assert moved.updated_at > current.updated_at
+    assert moved.note == "after the fix"
+    assert store.get_baseline("main") == moved
+
+
+def test_a_forced_move_without_a_note_drops_the_old_note(store: Store) -> None:
+    first, second = complete_run(store), complete_run(store)
+    store.set_baseline("main", first, note="describes the first run")
+    assert store.set_baseline("main", second, force=True).note is None
+
+
+def test_setting_a_baseline_to_its_own_run_is_a_no_op(store: Store) -> None:
+    run_id = complete_run(store)
+    original = store.set_baseline("main", run_id, note="keep me")
+    assert store.set_baseline("main", run_id) == original
+    assert store.set_baseline("main", run_id[:6], note="keep me") == original
+    assert store.set_baseline("main", run_id, force=True) == original
+    assert store.get_baseline("main") == original
+
+
+def test_a_new_note_for_the_same_run_updates_only_the_note(store: Store) -> None:
+    run_id = complete_run(store)
+    original = store.set_baseline("main", run_id, note="old")
+    updated = store.set_baseline("main", run_id, note="new")
+    assert (updated.run_id, updated.note, updated.created_at) == (
+        run_id,
+        "new",
+        original.created_at,
+    )
+    assert updated.updated_at > original.updated_at
+
+
+@pytest.mark.parametrize("status", ["running", "incomplete"])
+def test_a_run_that_is_not_complete_needs_force(store: Store, status: str) -> None:
+    run_id = store.start_run(host=HOST)
+    if status != "running":
+        store.finish_run(run_id, status)
+    with pytest.raises(StoreError) as caught:
+        store.set_baseline("main", run_id)
+    message = str(caught.value)
+    assert f"run {run_id[:12]} is {status}, not complete" in message
+    assert "--force" in message
+    assert store.baselines() == []
+    assert store.set_baseline("main", run_id, force=True).run_id == run_id
+
+
+def test_moving_to_an_incomplete_run_names_its_status_first(store: Store) -> None:
+    store.set_baseline("main", complete_run(store))
+    incomplete = store.start_run(host=HOST)
+    store.finish_run(incomplete, "incomplete")
+    with pytest.raises(StoreError, match="is incomplete, not complete"):
+        store.set_baseline("main", incomplete)
+
+
+def test_a_baseline_for_an_unknown_run_is_refused(store: Store) -> None:
+    complete_run(store)
+    with pytest.raises(StoreError, match="no run matches 'zz'"):
+        store.set_baseline("main", "zz")
+    assert store.baselines() == []
+
+
+@pytest.mark.parametrize(
+    "name", ["", "has space", "semi;colon", "x" * 101, "naïve", "tab\there", "star*"]
+)
+def test_a_bad_baseline_name_is_refused(store: Store, name: str) -> None:
+    run_id = complete_run(store)
+    with pytest.raises(StoreError, match="is not valid"):
+        store.set_baseline(name, run_id)
+    assert store.baselines() == []
+
+
+@pytest.mark.parametrize("name", ["main", "release-1.2", "feature/x", "v2_nightly", "x" * 100])
+def test_branch_like_baseline_names_are_accepted(store: Store, name: str) -> None:
+    run_id = complete_run(store)
+    assert store.set_baseline(name, run_id).name == name
+
+
+def test_an_unknown_baseline_names_the_known_ones(store: Store) -> None:
+    with pytest.raises(StoreError) as caught:
+        store.get_baseline("main")
+    assert str(caught.value) == "no baseline named 'main' (none set yet)"
+    run_id = complete_run(store)
+    store.set_baseline("release-1.2", run_id)
+    store.set_baseline("nightly", run_id)
+    with pytest.raises(StoreError) as caught:
+        store.get_baseline("main")
+    assert str(caught.value) == "no baseline named 'main' (known: nightly, release-1.2)"
+
+
+def test_deleting_a_baseline_keeps_its_run(store: Store) -> None:
+    run_id = complete_run(store)
+    store.set_baseline("main", run_id)
+    store.set_baseline("other", run_id)
+    store.delete_baseline("main")
+    assert [b.name for b in store.baselines()] == ["other"]
+    assert store.get_run(run_id).total == 1
+    with pytest.raises(StoreError, match=r"no baseline named 'main' \(known: other\)"):
+        store.delete_baseline("main")
+    # A deleted name can be set again, to any run, without force.
+    assert store.set_baseline("main", complete_run(store)).name == "main"
+
+
+def test_a_second_store_cannot_take_a_baseline_another_store_set(db_path: Path) -> None:
+    with Store.from_location(db_path) as a, Store.from_location(db_path) as b:
+        first, second = complete_run(a), complete_run(b)
+        winner = a.set_baseline("main", first)
+        with pytest.raises(StoreError, match=r"already points to run .*; pass --force to move it"):
+            b.set_baseline("main", second)
+        assert b.get_baseline("main") == winner
+        assert b.set_baseline("main", first) == winner  # the same run is still no conflict
+
+
+def test_an_insert_that_loses_a_race_is_a_store_error_naming_force(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B reads "no baseline", then A commits its own before B inserts: B's insert hits the
+    # primary key, and that must read as a refusal, not an IntegrityError.
+    with Store.from_location(db_path) as a, Store.from_location(db_path) as b:
+        first, second = complete_run(a), complete_run(b)
+        real_lookup = b._baseline
+        lookups = []
+
+        def lookup_after_a_wins(connection, name):  # type: ignore[no-untyped-def]
+            if not lookups:
+                lookups.append(name)
+                a.set_baseline(name, first)
+                return None
+            return real_lookup(connection, name)
+
+        monkeypatch.setattr(b, "_baseline", lookup_after_a_wins)
+        with pytest.raises(StoreError) as caught:
+            b.set_baseline("main", second)
+        assert caught.value.__cause__ is None
+        assert str(caught.value).startswith(f"baseline 'main' already points to run {first[:12]}")
+        assert str(caught.value).endswith("pass --force to move it")
+        assert a.get_baseline("main").run_id == first
+
+
+def test_a_lost_race_to_the_same_run_is_no_conflict(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.from_location(db_path) as a, Store.from_location(db_path) as b:
+        run_id = complete_run(a)
+        real_lookup = b._baseline
+        lookups = []
+
+        def lookup_after_a_wins(connection, name):  # type: ignore[no-untyped-def]
+            if not lookups:
+                lookups.append(name)
+                a.set_baseline(name, run_id)
+                return None
+            return real_lookup(connection, name)
+
+        monkeypatch.setattr(b, "_baseline", lookup_after_a_wins)
+        assert b.set_baseline("main", run_id) == a.get_baseline("main")
+
+
+def race_to_set(stores: list[Store], runs: list[str], name: str) -> list[object]:
+    """Every store sets ``name`` to its own run at once; what each got back or raised."""
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[object] = [None] * len(stores)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = stores[i].set_baseline(name, runs[i])
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+def test_threads_racing_to_create_a_baseline_leave_one_winner(db_path: Path) -> None:
+    stores = [Store.from_location(db_path) for _ in range(4)]
+    try:
+        runs = [complete_run(store) for store in stores]
+        for attempt in range(5):
+            name = f"race-{attempt}"
+            outcomes = race_to_set(stores, runs, name)
+            winners = [o for o in outcomes if isinstance(o, BaselineRecord)]
+            losers = [o for o in outcomes if not isinstance(o, BaselineRecord)]
+            assert len(winners) == 1, outcomes
+            assert all(isinstance(o, StoreError) and "--force" in str(o) for o in losers), outcomes
+            assert stores[0].get_baseline(name) == winners[0]
+    finally:
+        for store in stores:
+            store.close()
 
 
 # -- git -----------------------------------------------------------------------------------------

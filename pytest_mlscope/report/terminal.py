@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 RESULT_COLUMNS = ("item", "outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms")
 RESULT_NUMBERS = {3, 4, 5, 6}
+VERDICT_COLUMNS = ("vs baseline", "verdict")
 
 
 def number(value: float | None) -> str:
@@ -82,18 +83,37 @@ def result_row(
 
 
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
+    compared = bool(session.settings.baseline)
     rows = []
     for record in session.records:
         result = record.result
-        rows.append(
-            result_row(
-                record.cell.id,
-                record.outcome,
-                result.accuracy if result else None,
-                result.summary if result else None,
-                result.cold_start if result else None,
-            )
+        row = result_row(
+            record.cell.id,
+            record.outcome,
+            result.accuracy if result else None,
+            result.summary if result else None,
+            result.cold_start if result else None,
         )
-    yield from table(RESULT_COLUMNS, rows, RESULT_NUMBERS).splitlines()
+        if compared:
+            verdict = record.verdict
+            row += [verdict.ratio_text or "-", verdict.kind] if verdict else ["-", "-"]
+        rows.append(row)
+    columns = [*RESULT_COLUMNS, *(VERDICT_COLUMNS if compared else ())]
+    yield from table(columns, rows, RESULT_NUMBERS).splitlines()
+    if compared:
+        counts: dict[str, int] = {}
+        for record in session.records:
+            if record.verdict:
+                counts[record.verdict.kind] = counts.get(record.verdict.kind, 0) + 1
+        verdicts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
+        yield (
+            f"compared with baseline {session.settings.baseline!r}: {verdicts}"
+            f" (each interval at {1 - 0.05 / session.comparisons:.2%} for "
+            f"{session.comparisons} items)"
+        )
+        if session.baseline_note:
+            yield session.baseline_note
     if session.started:
         yield f"run {session.run_id} stored in {session.store.url}"
+    if session.saved_baseline:
+        yield f"baseline {session.saved_baseline!r} now points to run {session.run_id}"

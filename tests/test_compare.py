@@ -1,0 +1,167 @@
+"""Verdicts on arrays: the pure comparison logic, without a database or a model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pytest_mlscope.compare import Side, accuracy_changes, host_differences, verdict
+from pytest_mlscope.protocol import AccuracyCheck, AccuracyReport
+from pytest_mlscope.stats import round_medians, shift_interval
+
+HOST = {"arch": "x86_64", "cpu_model": "Xeon X", "physical_cores": 2, "gpus": []}
+
+
+def run(
+    rng: np.random.Generator,
+    median_s: float = 0.010,
+    rounds: int = 10,
+    per_round: int = 30,
+    drift: float = 0.02,
+    jitter: float = 0.03,
+    **side: object,
+) -> Side:
+    """Samples the way a busy machine gives them: each round has its own level (drift), and
+    samples scatter around it (jitter)."""
+    samples: list[int] = []
+    for _ in range(rounds):
+        level = median_s * np.exp(rng.normal(0, drift))
+        values = level * np.exp(rng.normal(0, jitter, per_round))
+        samples.extend(int(v * 1e9) for v in values)
+    side.setdefault("host", HOST)
+    side.setdefault("framework_version", "1.0")
+    return Side(samples_ns=samples, rounds=[per_round] * rounds, **side)  # type: ignore[arg-type]
+
+
+def test_no_baseline_result_is_new() -> None:
+    found = verdict(None, run(np.random.default_rng(0)))
+    assert found.kind == "new" and not found.fails
+
+
+def test_an_unchanged_model_is_ok_with_an_interval_around_one() -> None:
+    rng = np.random.default_rng(1)
+    found = verdict(run(rng), run(rng), threshold=0.05)
+    assert found.kind == "ok", found.describe()
+    assert found.ratio_low < 1 < found.ratio_high
+    assert found.threshold == pytest.approx(0.05)
+
+
+def test_a_clear_slowdown_is_a_regression_with_its_numbers() -> None:
+    rng = np.random.default_rng(2)
+    found = verdict(run(rng), run(rng, median_s=0.0125), threshold=0.05)
+    assert found.kind == "regression" and found.fails
+    assert found.ratio == pytest.approx(1.25, rel=0.03)
+    assert found.ratio_low > 1.05
+    assert found.baseline_median == pytest.approx(0.010, rel=0.05)
+    assert found.current_median == pytest.approx(0.0125, rel=0.05)
+    assert found.p_value < 1e-6
+    assert found.ratio_text.startswith("+2") and "[" in found.ratio_text
+
+
+def test_a_clear_speedup_is_an_improvement() -> None:
+    rng = np.random.default_rng(3)
+    found = verdict(run(rng), run(rng, median_s=0.008), threshold=0.05)
+    assert found.kind == "improvement" and not found.fails
+
+
+def test_too_little_data_is_inconclusive_and_says_what_it_could_have_detected() -> None:
+    rng = np.random.default_rng(4)
+    baseline = run(rng, rounds=3, per_round=3, drift=0.08)
+    current = run(rng, rounds=3, per_round=3, drift=0.08, median_s=0.0106)
+    found = verdict(baseline, current, threshold=0.05)
+    assert found.kind == "inconclusive", found.describe()
+    assert found.detectable is not None and found.detectable > 0.05
+    assert f"{found.detectable:.1%}" in found.reason
+
+
+def test_noise_beyond_the_threshold_raises_the_threshold() -> None:
+    rng = np.random.default_rng(5)
+    baseline = run(rng, drift=0.15, rounds=30)
+    current = run(rng, drift=0.15, rounds=30, median_s=0.0108)
+    found = verdict(baseline, current, threshold=0.02)
+    assert found.noise > 0.02
+    assert found.threshold == pytest.approx(found.noise)
+    assert found.kind != "regression"
+    assert "(the measured noise)" in found.reason
+
+
+def test_accuracy_loss_is_a_regression_even_when_latency_is_unchanged() -> None:
+    rng = np.random.default_rng(6)
+    before = AccuracyReport(
+        checks=[AccuracyCheck(name="top1", passed=True, value=0.99)], samples=450, top1=0.99
+    )
+    after = AccuracyReport(
+        checks=[AccuracyCheck(name="top1", passed=False, value=0.95, detail="top-1 0.95")],
+        samples=450,
+        top1=0.95,
+    )
+    found = verdict(run(rng, accuracy=before), run(rng, accuracy=after))
+    assert found.kind == "regression"
+    assert found.accuracy_changes[0].startswith("top1 passed in the baseline and fails now")
+    assert "top1 0.9900 -> 0.9500 (-4.00 points" in found.accuracy_changes[1]
+
+
+def test_a_top1_drop_within_tolerance_is_not_an_accuracy_change() -> None:
+    before = AccuracyReport(samples=450, top1=0.9911)
+    after = AccuracyReport(samples=450, top1=0.9889)  # one sample of 450 flipped
+    assert accuracy_changes(before, after, tolerance=0.005) == []
+
+
+def test_another_cpu_or_framework_version_is_incomparable_and_named() -> None:
+    rng = np.random.default_rng(7)
+    other_cpu = {**HOST, "cpu_model": "EPYC Y"}
+    found = verdict(run(rng), run(rng, host=other_cpu), framework="onnxruntime")
+    assert found.kind == "incomparable"
+    assert "CPU model: 'Xeon X' (baseline) vs 'EPYC Y' (now)" in found.reason
+    upgraded = verdict(run(rng), run(rng, framework_version="1.1"), framework="onnxruntime")
+    assert upgraded.kind == "incomparable"
+    assert upgraded.differences == ["onnxruntime version: 1.0 (baseline) vs 1.1 (now)"]
+
+
+def test_host_differences_name_gpus_and_ignore_unmaterial_facts() -> None:
+    gpu = {**HOST, "gpus": [{"name": "H200"}], "hostname": "other", "memory_gb": 64}
+    assert host_differences(HOST, gpu) == ["GPUs: none (baseline) vs ['H200'] (now)"]
+
+
+def test_more_comparisons_widen_each_interval() -> None:
+    rng = np.random.default_rng(8)
+    baseline, current = run(rng), run(rng, median_s=0.0103)
+    one = verdict(baseline, current, comparisons=1)
+    many = verdict(baseline, current, comparisons=50)
+    assert many.confidence == pytest.approx(1 - 0.05 / 50)
+    assert many.ratio_low <= one.ratio_low and many.ratio_high >= one.ratio_high
+
+
+def test_verdicts_serialize_to_json_with_their_ratio_text() -> None:
+    rng = np.random.default_rng(9)
+    found = verdict(run(rng), run(rng, median_s=0.012))
+    data = json.loads(json.dumps(found.as_dict()))
+    assert data["kind"] == found.kind
+    assert data["ratio_text"] == found.ratio_text
+
+
+def test_unchanged_runs_on_a_drifting_machine_rarely_raise_an_alarm() -> None:
+    """A/A with 4 % between-round drift (as measured on the CI box): false alarms stay rare."""
+    rng = np.random.default_rng(10)
+    kinds = [verdict(run(rng, drift=0.04), run(rng, drift=0.04)).kind for _ in range(300)]
+    assert kinds.count("regression") / len(kinds) <= 0.01
+    assert kinds.count("improvement") / len(kinds) <= 0.01
+
+
+def test_round_medians_fall_back_to_chunks_without_round_boundaries() -> None:
+    samples = list(range(1, 101))
+    assert len(round_medians(samples, [])) == 10
+    assert list(round_medians(samples, [50, 50]) * 1e9) == pytest.approx([25.5, 75.5])
+
+
+def test_the_shift_interval_covers_a_known_shift() -> None:
+    rng = np.random.default_rng(11)
+    hits = 0
+    for _ in range(200):
+        a = rng.normal(0, 1, 12)
+        b = rng.normal(0.5, 1, 12)
+        shift = shift_interval(a, b, 0.95)
+        hits += shift.low <= 0.5 <= shift.high
+    assert 0.90 <= hits / 200 <= 0.99

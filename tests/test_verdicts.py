@@ -1,0 +1,255 @@
+"""Baselines and verdicts end to end: real sessions, real stored runs, the real tools that read
+our exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from pytest_mlscope.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+# One cheap item (digits on ONNX Runtime, batch 1), measured briefly.
+ONE_ITEM = (
+    "-k",
+    "onnxruntime and bs1",
+    "--mlscope-min-count",
+    "100",
+    "--mlscope-min-duration",
+    "0.3",
+    "--mlscope-rounds",
+    "10",
+    "--mlscope-warmup",
+    "20",
+)
+# Wide enough that an unchanged model is "ok" on a busy 2-core machine, narrow enough that a
+# 4x slowdown is a regression: these tests check the plumbing, benchmarks/ checks the statistics.
+LOOSE = ("--mlscope-threshold", "0.5")
+ITEM = "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    target = pytester.path / "manifests"
+    target.mkdir()
+    shutil.copy(REPO / "manifests" / "digits_cnn.yaml", target)
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+    return pytester
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *ONE_ITEM, *args)
+
+
+def _store(pytester: pytest.Pytester) -> Store:
+    return Store.from_location(pytester.path / ".mlscope" / "results.db", create=False)
+
+
+def _stored_verdict(pytester: pytest.Pytester) -> dict:
+    store = _store(pytester)
+    try:
+        latest = store.runs(limit=1)[0]
+        record = store.latest_results(latest.id)[ITEM]
+    finally:
+        store.close()
+    assert record.verdict is not None
+    return record.verdict
+
+
+def test_an_unchanged_model_is_ok_against_its_saved_baseline(suite: pytest.Pytester) -> None:
+    saved = _run(suite, "--mlscope-save-baseline", "main")
+    saved.assert_outcomes(passed=1)
+    saved.stdout.fnmatch_lines(["baseline 'main' now points to run *"])
+    junit = suite.path / "junit.xml"
+    result = _run(suite, "--mlscope-baseline", "main", *LOOSE, f"--junitxml={junit}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "item*vs baseline*verdict",
+            f"{ITEM}*passed*ok",
+            "compared with baseline 'main': 1 ok (each interval at 95.00% for 1 items)",
+        ]
+    )
+    verdict = _stored_verdict(suite)
+    assert verdict["kind"] == "ok"
+    assert verdict["ratio_low"] < verdict["ratio"] < verdict["ratio_high"]
+    assert verdict["threshold"] >= 0.5
+    properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
+    assert properties["mlscope_verdict"] == "ok"
+    assert float(properties["mlscope_ratio_low"]) <= float(properties["mlscope_ratio_high"])
+    assert "mlscope_p_value" in properties and "mlscope_baseline_run" in properties
+
+
+def test_items_missing_from_the_baseline_are_new(suite: pytest.Pytester) -> None:
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    result = suite.runpytest_subprocess(
+        "--mlscope", "-p", "no:cacheprovider", "--mlscope-baseline", "main",
+        "-k", "onnxruntime and bs8 and single", "--mlscope-min-count", "5",
+        "--mlscope-min-duration", "0",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*onnxruntime-cpu-bs8-single_stream*passed*new"])
+
+
+def test_an_injected_slowdown_fails_the_item_after_a_confirmation_round(
+    suite: pytest.Pytester,
+) -> None:
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    result = _run(suite, "--mlscope-baseline", "main", *LOOSE, "--mlscope-inject-slowdown", "3")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*RegressionDetected: regression +*: slower: the whole 95.0% interval is beyond the "
+            "50.0% threshold; confirmed by a second measurement*",
+            "*median * ms (baseline run *) -> * ms; threshold 50.0%, noise *, Mann-Whitney p=*",
+        ]
+    )
+    verdict = _stored_verdict(suite)
+    assert verdict["kind"] == "regression" and verdict["ratio_low"] > 1.5
+    store = _store(suite)
+    latest = store.runs(limit=1)[0]
+    assert store.latest_results(latest.id)[ITEM].outcome == "failed"
+    store.close()
+
+
+def test_no_fail_turns_a_regression_into_a_warning(suite: pytest.Pytester) -> None:
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    result = _run(
+        suite, "--mlscope-baseline", "main", *LOOSE, "--mlscope-inject-slowdown", "3",
+        "--mlscope-no-fail",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*RegressionWarning: digits_cnn*regression +*"])
+
+
+def test_a_faster_run_is_an_improvement(suite: pytest.Pytester) -> None:
+    _run(suite, "--mlscope-save-baseline", "slow", "--mlscope-inject-slowdown", "3")
+    result = _run(suite, "--mlscope-baseline", "slow", *LOOSE)
+    result.assert_outcomes(passed=1)
+    assert _stored_verdict(suite)["kind"] == "improvement"
+
+
+def _edit_baseline_run(pytester: pytest.Pytester, sql: str) -> None:
+    with sqlite3.connect(pytester.path / ".mlscope" / "results.db") as connection:
+        connection.execute(sql)
+
+
+def test_a_baseline_from_another_cpu_is_incomparable_and_names_it(
+    suite: pytest.Pytester,
+) -> None:
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    _edit_baseline_run(
+        suite, "UPDATE runs SET host = json_set(host, '$.cpu_model', 'Imaginary CPU 9000')"
+    )
+    result = _run(suite, "--mlscope-baseline", "main", *LOOSE)
+    result.assert_outcomes(passed=1)
+    verdict = _stored_verdict(suite)
+    assert verdict["kind"] == "incomparable"
+    assert "CPU model: 'Imaginary CPU 9000' (baseline) vs" in verdict["reason"]
+
+
+def test_lost_accuracy_is_a_regression_whatever_the_latency(suite: pytest.Pytester) -> None:
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    _edit_baseline_run(suite, "UPDATE results SET accuracy = json_set(accuracy, '$.top1', 1.0)")
+    result = _run(suite, "--mlscope-baseline", "main", *LOOSE)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RegressionDetected: regression: accuracy: top1 1.0000 -> 0.99*"])
+
+
+def test_a_baseline_is_never_overwritten_without_force(suite: pytest.Pytester) -> None:
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    refused = _run(suite, "--mlscope-save-baseline", "main")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(
+        ["*baseline 'main' already points to run *; pass --mlscope-force-baseline to move it"]
+    )
+    _run(suite, "--mlscope-save-baseline", "main", "--mlscope-force-baseline").assert_outcomes(
+        passed=1
+    )
+    store = _store(suite)
+    assert store.get_baseline("main").run_id == store.runs(limit=1)[0].id
+    store.close()
+
+
+def test_an_unknown_baseline_on_the_command_line_is_a_usage_error(
+    suite: pytest.Pytester,
+) -> None:
+    _run(suite).assert_outcomes(passed=1)  # creates the database
+    result = _run(suite, "--mlscope-baseline", "nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no baseline named 'nope'*"])
+
+
+def test_exports_are_read_by_pyperf_and_pytest_benchmark_themselves(
+    suite: pytest.Pytester, tmp_path: Path
+) -> None:
+    _run(suite).assert_outcomes(passed=1)
+    _run(suite).assert_outcomes(passed=1)
+    store = _store(suite)
+    newer, older = (run.id for run in store.runs(limit=2))
+    store.close()
+    db = str(suite.path / ".mlscope" / "results.db")
+    storage = tmp_path / "benchmarks"
+    storage.mkdir()
+    for index, run_id in enumerate((older, newer), start=1):
+        for fmt, target in (
+            ("pyperf", tmp_path / f"{index}.json"),
+            ("pytest-benchmark", storage / f"000{index}_run.json"),
+        ):
+            written = subprocess.run(
+                [sys.executable, "-m", "pytest_mlscope.cli", "export", run_id, "--format", fmt,
+                 "-o", str(target), "--db", db],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            assert "wrote" in written.stdout
+    pyperf = subprocess.run(
+        [sys.executable, "-m", "pyperf", "compare_to", str(tmp_path / "1.json"),
+         str(tmp_path / "2.json"), "--table"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert pyperf.returncode == 0, pyperf.stderr
+    assert ITEM in pyperf.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "pyperf", "show", str(tmp_path / "1.json")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "us" in shown.stdout or "ms" in shown.stdout
+    compared = subprocess.run(
+        [str(Path(sys.executable).parent / "pytest-benchmark"), "--storage", f"file://{storage}",
+         "compare", "0001", "0002"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    assert ITEM in compared.stdout
+    data = json.loads((storage / "0001_run.json").read_text())
+    assert data["benchmarks"][0]["stats"]["rounds"] == len(data["benchmarks"][0]["stats"]["data"])
+
+
+def test_compare_two_stored_runs_from_the_command_line(suite: pytest.Pytester) -> None:
+    _run(suite).assert_outcomes(passed=1)
+    _run(suite, "--mlscope-inject-slowdown", "3").assert_outcomes(passed=1)
+    store = _store(suite)
+    slow, fast = (run.id for run in store.runs(limit=2))
+    store.close()
+    db = str(suite.path / ".mlscope" / "results.db")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "compare", fast[:12], slow[:12],
+         "--threshold", "0.5", "--db", db],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"REGRESSION {ITEM}: slower" in result.stdout
+    assert "1 regression" in result.stdout
+    back = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "compare", slow[:12], fast[:12],
+         "--threshold", "0.5", "--db", db],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert back.returncode == 0 and "1 improvement" in back.stdout
