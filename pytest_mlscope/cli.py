@@ -310,6 +310,57 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_INVALID if any(v.fails for v in verdicts.values()) else EXIT_OK
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from pytest_mlscope.stats import between_run_noise, step_changes
+
+    with _open_store(args.db) as store:
+        branch = args.branch
+        if args.baseline:
+            branch = store.get_run(store.get_baseline(args.baseline).run_id).git_branch
+        points = store.item_history(args.item, branch=branch, limit=args.limit)
+    where = f" on branch {branch}" if branch else ""
+    if not points:
+        print(f"no timed results of {args.item}{where}")
+        return EXIT_OK
+    changes = step_changes([p.median for p in points], window=args.window) if args.changes else []
+    at = {change.index: change for change in changes}
+    rows = []
+    for index, point in enumerate(points):
+        change = at.get(index)
+        rows.append(
+            [
+                _local_time(point.started_at),
+                point.run_id[:12],
+                (point.git_commit or "-")[:10],
+                point.git_branch or "-",
+                point.framework_version or "-",
+                ms(point.median),
+                f"step {change.change:+.1%} (p={change.p_value:.1g})" if change else "",
+            ]
+        )
+    print(f"{args.item}: {len(points)} runs{where}")
+    header = ["started", "run", "commit", "branch", "version", "median ms", ""]
+    print(table(header, rows, {5}))
+    noise = between_run_noise([p.median for p in points])
+    if noise is not None:
+        print(f"run-to-run noise (robust spread of medians): {noise:.1%}")
+    if args.changes:
+        if not changes:
+            need = 2 * args.window
+            print(
+                "no step change found"
+                + (f" (needs at least {need} runs)" if len(points) < need else "")
+            )
+        for change in changes:
+            point = points[change.index]
+            print(
+                f"step change at run {point.run_id[:12]} ({(point.git_commit or '-')[:10]}, "
+                f"{_local_time(point.started_at)}): median {ms(change.before)} -> "
+                f"{ms(change.after)} ms ({change.change:+.1%}), p={change.p_value:.2g}"
+            )
+    return EXIT_INVALID if changes else EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pytest_mlscope.export import export_run
 
@@ -496,6 +547,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--db", metavar="LOCATION", help=db_help)
     compare.set_defaults(handler=cmd_compare)
+
+    history = commands.add_parser(
+        "history", help="an item's median across stored runs; --changes finds step changes"
+    )
+    history.add_argument(
+        "item", metavar="ITEM", help="an item id, e.g. 'alexnet[torch-cpu-bs1-single_stream]'"
+    )
+    history.add_argument(
+        "--changes", action="store_true", help="look for step changes (exit 1 if any)"
+    )
+    history.add_argument("--branch", help="only runs made on this git branch")
+    history.add_argument(
+        "--baseline", metavar="NAME", help="only runs on the branch of this baseline's run"
+    )
+    history.add_argument(
+        "--window", type=_positive_int, default=8, help="runs on each side of a step (default 8)"
+    )
+    history.add_argument(
+        "--limit", type=_positive_int, default=200, help="newest runs to read (default 200)"
+    )
+    history.add_argument("--db", metavar="LOCATION", help=db_help)
+    history.set_defaults(handler=cmd_history)
 
     export = commands.add_parser(
         "export", help="write a run as pyperf or pytest-benchmark JSON for their own tools"

@@ -23,7 +23,15 @@ from typing import Any, Literal
 import numpy as np
 
 from pytest_mlscope.protocol import AccuracyReport
-from pytest_mlscope.stats import robust_sd, round_medians, shift_interval, slower_p_value
+from pytest_mlscope.stats import (
+    Shift,
+    paired_shift_interval,
+    robust_sd,
+    round_medians,
+    shift_interval,
+    slower_p_value,
+    slower_paired_p_value,
+)
 
 VerdictKind = Literal["ok", "regression", "improvement", "inconclusive", "incomparable", "new"]
 
@@ -150,8 +158,15 @@ def latency_verdict(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     confidence: float = 1 - DEFAULT_ALPHA,
+    between_run_noise: float | None = None,
 ) -> Verdict:
-    """The latency part of a verdict, on the log round medians of both sides."""
+    """The latency part of a verdict, on the log round medians of both sides.
+
+    Rounds show drift within a run but not what changes between runs (a new process, other
+    neighbours). When the store knows the item's run-to-run spread (``between_run_noise``, from
+    earlier runs on the same environment), the interval is at least as wide as two runs' levels
+    can differ by that spread, and the threshold at least that spread.
+    """
     a = round_medians(baseline.samples_ns, baseline.rounds)
     b = round_medians(current.samples_ns, current.rounds)
     base_median = float(np.median(np.asarray(baseline.samples_ns)) / 1e9)
@@ -160,19 +175,86 @@ def latency_verdict(
     shift = shift_interval(log_a, log_b, confidence)
     pooled = np.concatenate([log_a - np.median(log_a), log_b - np.median(log_b)])
     noise = math.expm1(robust_sd(pooled))
-    applied = max(threshold, noise)
-    ratio, low, high = (math.exp(x) for x in (shift.estimate, shift.low, shift.high))
-    common = dict(
+    if between_run_noise is not None:
+        from scipy.stats import norm
+
+        half = (
+            float(norm.ppf(1 - (1 - confidence) / 2)) * math.sqrt(2) * math.log1p(between_run_noise)
+        )
+        shift = Shift(
+            shift.estimate,
+            min(shift.low, shift.estimate - half),
+            max(shift.high, shift.estimate + half),
+            shift.confidence,
+            shift.exact_confidence_reached,
+        )
+        noise = max(noise, between_run_noise)
+    return _decide(
+        shift,
+        noise=noise,
+        threshold=threshold,
         baseline_median=base_median,
         current_median=cur_median,
+        p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
+        baseline_run=baseline.run_id,
+    )
+
+
+def paired_verdict(
+    baseline_rounds: Sequence[float],
+    current_rounds: Sequence[float],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    confidence: float = 1 - DEFAULT_ALPHA,
+) -> Verdict:
+    """Latency verdict for interleaved A/B: round i of each ran back to back, so drift hits both.
+
+    The decision uses the per-pair log ratios: their Hodges–Lehmann shift with the Wilcoxon
+    signed-rank interval, and the one-sided signed-rank p-value. Pairing cancels the slow drift
+    that dominates unpaired comparisons on a shared machine.
+    """
+    a = np.asarray(baseline_rounds, dtype=np.float64)
+    b = np.asarray(current_rounds, dtype=np.float64)
+    if a.size != b.size or a.size == 0:
+        raise ValueError("paired_verdict needs the same number of A and B rounds, at least one")
+    differences = np.log(b) - np.log(a)
+    shift = paired_shift_interval(differences, confidence)
+    return _decide(
+        shift,
+        noise=math.expm1(robust_sd(differences) / math.sqrt(2)),
+        threshold=threshold,
+        baseline_median=float(np.median(a)),
+        current_median=float(np.median(b)),
+        p_value=slower_paired_p_value(differences),
+        baseline_run=None,
+    )
+
+
+def _decide(
+    shift: Shift,
+    *,
+    noise: float,
+    threshold: float,
+    baseline_median: float,
+    current_median: float,
+    p_value: float,
+    baseline_run: str | None,
+) -> Verdict:
+    """The interval rule, shared by the unpaired and the paired designs."""
+    applied = max(threshold, noise)
+    ratio, low, high = (math.exp(x) for x in (shift.estimate, shift.low, shift.high))
+    confidence = shift.confidence
+    common = dict(
+        baseline_median=baseline_median,
+        current_median=current_median,
         ratio=ratio,
         ratio_low=low,
         ratio_high=high,
         confidence=confidence,
         threshold=applied,
         noise=noise,
-        p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
-        baseline_run=baseline.run_id,
+        p_value=p_value,
+        baseline_run=baseline_run,
     )
     limit = f"{applied:.1%}" + (" (the measured noise)" if applied > threshold else "")
     level = f"{confidence:.1%}"
@@ -207,6 +289,7 @@ def verdict(
     alpha: float = DEFAULT_ALPHA,
     accuracy_tolerance: float = ACCURACY_TOLERANCE,
     framework: str = "framework",
+    between_run_noise: float | None = None,
 ) -> Verdict:
     """The verdict for one item. ``comparisons`` is how many items the session compares: each
     interval is widened to 1 - alpha/comparisons (Bonferroni), so the suite as a whole keeps a
@@ -242,7 +325,13 @@ def verdict(
             baseline_run=baseline.run_id,
         )
     confidence = 1 - alpha / max(1, comparisons)
-    return latency_verdict(baseline, current, threshold=threshold, confidence=confidence)
+    return latency_verdict(
+        baseline,
+        current,
+        threshold=threshold,
+        confidence=confidence,
+        between_run_noise=between_run_noise,
+    )
 
 
 def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> Side:

@@ -75,6 +75,7 @@ class Record:
 
 
 KEEP_WORK_DIRS = 5
+HISTORY_FOR_NOISE = 30  # earlier runs whose spread sets an item's run-to-run noise
 
 
 def _safe(text: str) -> str:
@@ -331,7 +332,21 @@ class MlscopeSession:
             threshold=threshold,
             comparisons=self.comparisons,
             framework=result.cell.framework,
+            between_run_noise=self._between_run_noise(result),
         )
+
+    def _between_run_noise(self, result: EvaluationResult) -> float | None:
+        """The item's spread across earlier runs on this environment (None with fewer than 5)."""
+        from pytest_mlscope.stats import between_run_noise
+
+        cpu = self.host.cpu_model
+        history = self.store.item_history(result.cell.id, limit=HISTORY_FOR_NOISE)
+        medians = [
+            point.median
+            for point in history
+            if point.cpu_model == cpu and point.framework_version == result.predictor.version
+        ]
+        return between_run_noise(medians)
 
     def evaluate_and_compare(
         self, manifest: Manifest, cell: Cell, **overrides: float
@@ -373,11 +388,15 @@ class MlscopeSession:
     def run_id(self) -> str:
         """The run, started in the store when the first result arrives."""
         if self._run_id is None:
-            from pytest_mlscope.store import git_info
+            from pytest_mlscope.store import INJECTED_TAG, git_info
 
+            tags = {}
+            if self.settings.inject_slowdown:
+                tags[INJECTED_TAG] = str(self.settings.inject_slowdown)
             self._run_id = self.store.start_run(
                 host=self.host.fingerprint(),
                 git=git_info(self.settings.rootdir),
+                tags=tags,
                 pytest_args=self.settings.pytest_args,
             )
         return self._run_id

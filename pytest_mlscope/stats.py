@@ -131,3 +131,89 @@ def slower_p_value(current_ns: Sequence[int], baseline_ns: Sequence[int]) -> flo
     if len(current_ns) == 0 or len(baseline_ns) == 0:
         return float("nan")
     return float(mannwhitneyu(current_ns, baseline_ns, alternative="greater").pvalue)
+
+
+def paired_shift_interval(differences: np.ndarray, confidence: float = 0.95) -> Shift:
+    """One-sample Hodges–Lehmann estimate (median of Walsh averages) of paired differences, with
+    the distribution-free interval from the Wilcoxon signed-rank null distribution (normal
+    approximation). Used on per-pair log ratios of interleaved A/B rounds."""
+    from scipy.stats import norm
+
+    d = np.asarray(differences, dtype=np.float64)
+    n = d.size
+    if n == 0:
+        raise ValueError("paired_shift_interval needs at least one pair")
+    i, j = np.triu_indices(n)
+    walsh = np.sort((d[i] + d[j]) / 2)
+    estimate = float(np.median(walsh))
+    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    k = int(np.floor(n * (n + 1) / 4 - z * np.sqrt(n * (n + 1) * (2 * n + 1) / 24)))
+    reached = k >= 1
+    k = max(k, 1)
+    return Shift(estimate, float(walsh[k - 1]), float(walsh[-k]), confidence, reached)
+
+
+def slower_paired_p_value(differences: np.ndarray) -> float:
+    """One-sided Wilcoxon signed-rank p-value that the paired log ratios are above zero."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(differences, dtype=np.float64)
+    if d.size == 0 or not np.any(d):
+        return float("nan")
+    return float(wilcoxon(d, alternative="greater").pvalue)
+
+
+@dataclass(frozen=True)
+class StepChange:
+    """A lasting shift in a series of stored medians, found at ``index`` (first point after)."""
+
+    index: int
+    before: float  # median of the window before
+    after: float  # median of the window after
+    p_value: float
+
+    @property
+    def change(self) -> float:
+        return self.after / self.before - 1 if self.before else float("nan")
+
+
+def step_changes(
+    values: Sequence[float], window: int = 8, alpha: float = 0.001
+) -> list[StepChange]:
+    """Step changes by a windowed two-sided Mann–Whitney test at each split point.
+
+    A split is reported when the ``window`` values before and after it differ at p <= alpha,
+    keeping the split with the smallest p in each run of consecutive significant splits. One
+    comparison against a baseline misses a slow creep of 1 % a week; the history shows it as
+    a step once enough runs are stored on both sides (with window 8, 16 runs around it).
+    """
+    from scipy.stats import mannwhitneyu
+
+    series = np.asarray(values, dtype=np.float64)
+    candidates: list[StepChange] = []
+    for index in range(window, series.size - window + 1):
+        before, after = series[index - window : index], series[index : index + window]
+        p = float(mannwhitneyu(before, after, alternative="two-sided").pvalue)
+        if p <= alpha:
+            candidates.append(
+                StepChange(index, float(np.median(before)), float(np.median(after)), p)
+            )
+    changes: list[StepChange] = []
+    for candidate in candidates:
+        if changes and candidate.index - changes[-1].index < window:
+            # Exact p-values saturate at full separation: then the larger jump marks the step.
+            key = (round(candidate.p_value, 12), -abs(np.log(candidate.after / candidate.before)))
+            best = changes[-1]
+            if key < (round(best.p_value, 12), -abs(np.log(best.after / best.before))):
+                changes[-1] = candidate
+            continue
+        changes.append(candidate)
+    return changes
+
+
+def between_run_noise(medians: Sequence[float]) -> float | None:
+    """Robust relative spread of an item's medians across stored runs; None with fewer than 5."""
+    values = np.asarray(medians, dtype=np.float64)
+    if values.size < 5:
+        return None
+    return float(np.expm1(robust_sd(np.log(values))))

@@ -177,6 +177,22 @@ class ResultRecord:
     recorded_at: datetime
 
 
+INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One stored median of an item, with the run it came from."""
+
+    run_id: str
+    started_at: datetime
+    git_commit: str | None
+    git_branch: str | None
+    median: float
+    framework_version: str | None
+    cpu_model: str | None
+
+
 @dataclass(frozen=True)
 class BaselineRecord:
     """A named pointer to the run that later runs are compared against.
@@ -498,6 +514,53 @@ class Store:
         with self._engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
         return {row["item_id"]: _result_record(row) for row in rows}
+
+    def item_history(
+        self, item_id: str, *, branch: str | None = None, limit: int = 200
+    ) -> list[HistoryPoint]:
+        """An item's timed results across runs, oldest first (the last ``limit`` of them).
+
+        ``branch`` keeps the runs made on that git branch: the line a baseline follows. Runs
+        with an injected slowdown (gate self-tests) are left out: they are not the model's
+        history.
+        """
+        query = (
+            sa.select(
+                results_table.c.run_id,
+                results_table.c.summary,
+                results_table.c.framework_version,
+                runs_table.c.started_at,
+                runs_table.c.git_commit,
+                runs_table.c.git_branch,
+                runs_table.c.host,
+                runs_table.c.tags,
+            )
+            .join(runs_table, runs_table.c.id == results_table.c.run_id)
+            .where(results_table.c.item_id == item_id, results_table.c.summary.is_not(None))
+            .order_by(runs_table.c.started_at.desc(), results_table.c.id.desc())
+            .limit(limit)
+        )
+        if branch is not None:
+            query = query.where(runs_table.c.git_branch == branch)
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        points = []
+        for row in reversed(rows):
+            summary = row["summary"] or {}
+            if summary.get("median") is None or INJECTED_TAG in (row["tags"] or {}):
+                continue
+            points.append(
+                HistoryPoint(
+                    run_id=row["run_id"],
+                    started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
+                    git_commit=row["git_commit"],
+                    git_branch=row["git_branch"],
+                    median=float(summary["median"]),
+                    framework_version=row["framework_version"],
+                    cpu_model=(row["host"] or {}).get("cpu_model"),
+                )
+            )
+        return points
 
     # -- baselines -------------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ def table(
 
     lines = [line(header)]
     if rule:
-        lines.append("  ".join("-" * width for width in widths))
+        lines.append("  ".join("-" * width for width in widths).rstrip())
     lines.extend(line(row) for row in rows)
     return "\n".join(lines)
 
