@@ -322,7 +322,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not points:
         print(f"no timed results of {args.item}{where}")
         return EXIT_OK
-    changes = step_changes([p.median for p in points], window=args.window) if args.changes else []
+    try:
+        changes = (
+            step_changes([p.median for p in points], window=args.window) if args.changes else []
+        )
+    except ValueError as exc:
+        raise MlscopeError(str(exc)) from None
     at = {change.index: change for change in changes}
     rows = []
     for index, point in enumerate(points):

@@ -187,8 +187,14 @@ def step_changes(
     comparison against a baseline misses a slow creep of 1 % a week; the history shows it as
     a step once enough runs are stored on both sides (with window 8, 16 runs around it).
     """
+    from math import comb
+
     from scipy.stats import mannwhitneyu
 
+    if 2 / comb(2 * window, window) > alpha:
+        raise ValueError(
+            f"a window of {window} runs can never reach p <= {alpha:g}; use a larger window"
+        )
     series = np.asarray(values, dtype=np.float64)
     candidates: list[StepChange] = []
     for index in range(window, series.size - window + 1):

@@ -7,9 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from pytest_mlscope.compare import Side, accuracy_changes, host_differences, verdict
+from pytest_mlscope.compare import (
+    Side,
+    accuracy_changes,
+    host_differences,
+    paired_verdict,
+    verdict,
+)
 from pytest_mlscope.protocol import AccuracyCheck, AccuracyReport
-from pytest_mlscope.stats import round_medians, shift_interval
+from pytest_mlscope.stats import between_run_noise, round_medians, shift_interval, step_changes
 
 HOST = {"arch": "x86_64", "cpu_model": "Xeon X", "physical_cores": 2, "gpus": []}
 
@@ -165,3 +171,49 @@ def test_the_shift_interval_covers_a_known_shift() -> None:
         shift = shift_interval(a, b, 0.95)
         hits += shift.low <= 0.5 <= shift.high
     assert 0.90 <= hits / 200 <= 0.99
+
+
+def test_interleaved_pairs_catch_a_small_slowdown_under_strong_drift() -> None:
+    """Drift shared by each A/B pair cancels in the paired design; the unpaired one drowns."""
+    rng = np.random.default_rng(12)
+    drift = np.exp(rng.normal(0, 0.10, 30))  # 10 % round-to-round drift, shared by a pair
+    a = 0.010 * drift * np.exp(rng.normal(0, 0.005, 30))
+    b = 0.0105 * drift * np.exp(rng.normal(0, 0.005, 30))
+    paired = paired_verdict(a, b, threshold=0.01)
+    assert paired.kind == "regression", paired.describe()
+    assert paired.ratio == pytest.approx(1.05, abs=0.01)
+    assert paired.p_value < 0.001
+
+
+def test_interleaved_pairs_of_an_unchanged_model_are_ok() -> None:
+    rng = np.random.default_rng(13)
+    drift = np.exp(rng.normal(0, 0.10, 30))
+    a = 0.010 * drift * np.exp(rng.normal(0, 0.005, 30))
+    b = 0.010 * drift * np.exp(rng.normal(0, 0.005, 30))
+    assert paired_verdict(a, b, threshold=0.02).kind == "ok"
+
+
+def test_known_run_to_run_noise_widens_the_interval_and_raises_the_threshold() -> None:
+    rng = np.random.default_rng(14)
+    baseline, current = run(rng), run(rng, median_s=0.0108)
+    alone = verdict(baseline, current, threshold=0.02)
+    informed = verdict(baseline, current, threshold=0.02, between_run_noise=0.06)
+    assert informed.ratio_low <= alone.ratio_low and informed.ratio_high >= alone.ratio_high
+    assert informed.threshold == pytest.approx(0.06)
+    assert informed.kind != "regression"
+
+
+def test_a_step_in_the_history_is_found_near_where_it_happened() -> None:
+    rng = np.random.default_rng(15)
+    series = list(rng.normal(1.0, 0.02, 20)) + list(rng.normal(1.1, 0.02, 20))
+    (change,) = step_changes(series, window=8, alpha=0.001)
+    assert 17 <= change.index <= 23
+    assert change.change == pytest.approx(0.10, abs=0.03)
+    assert change.p_value <= 0.001
+
+
+def test_a_flat_history_has_no_step_and_a_short_one_has_no_noise_estimate() -> None:
+    rng = np.random.default_rng(16)
+    assert step_changes(list(rng.normal(1.0, 0.02, 40))) == []
+    assert between_run_noise([1.0, 1.1, 0.9, 1.0]) is None
+    assert between_run_noise([1.0, 1.02, 0.98, 1.01, 0.99, 1.0]) == pytest.approx(0.0149, abs=0.01)

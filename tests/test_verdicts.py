@@ -253,3 +253,53 @@ def test_compare_two_stored_runs_from_the_command_line(suite: pytest.Pytester) -
         capture_output=True, text=True,
     )  # fmt: skip
     assert back.returncode == 0 and "1 improvement" in back.stdout
+
+
+def test_history_finds_a_step_change_in_stored_medians(tmp_path: Path) -> None:
+    """24 stored runs of one item, the last twelve 12 % slower: the step is found and named."""
+    import numpy as np
+
+    from pytest_mlscope.cli import main
+    from pytest_mlscope.protocol import (
+        AccuracyReport,
+        Cell,
+        ColdStart,
+        EvaluationResult,
+        PredictorInfo,
+    )
+    from pytest_mlscope.stats import summarize
+    from pytest_mlscope.store import GitInfo
+
+    cell = Cell(model="digits_cnn", framework="onnxruntime")
+    rng = np.random.default_rng(0)
+    db = tmp_path / "results.db"
+    store = Store.from_location(db)
+    host = {"hostname": "ci-1", "cpu_model": "Xeon X", "arch": "x86_64"}
+    for index in range(24):
+        level = 30_000 * (1.12 if index >= 12 else 1.0)
+        samples = [int(v) for v in level * np.exp(rng.normal(0, 0.01, 50))]
+        run_id = store.start_run(host=host, git=GitInfo(f"{index:040x}", "main", False))
+        result = EvaluationResult(
+            cell=cell,
+            predictor=PredictorInfo(framework="onnxruntime", version="1.32.0", device="cpu"),
+            artifact_sha256="ab" * 32,
+            cold_start=ColdStart(load_s=0.1, first_inference_s=0.001),
+            accuracy=AccuracyReport(samples=450, top1=0.99),
+            summary=summarize(samples),
+            samples_ns=samples,
+            rounds=[50],
+        )
+        store.record_result(run_id, cell=cell, outcome="passed", result=result)
+        store.finish_run(run_id)
+    store.close()
+    import contextlib
+    import io
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = main(["history", cell.id, "--changes", "--window", "8", "--db", str(db)])
+    text = output.getvalue()
+    assert code == 1, text
+    assert f"{cell.id}: 24 runs" in text
+    assert "step change at run" in text and "(+1" in text  # about +12 %
+    assert "run-to-run noise" in text
