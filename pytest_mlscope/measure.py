@@ -35,7 +35,9 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
 
     With ``rounds`` > 1 the budget is split into consecutive rounds, each meeting its share of
     both floors (and at least MIN_ROUND_SAMPLES). The spread between round medians is what a
-    verdict needs: it shows drift over time that one run's pooled samples hide.
+    verdict needs: it shows drift over time that one run's pooled samples hide. With
+    ``precision`` set, rounds are added (within max_duration_s) until the median's relative 95 %
+    half-width is below it: noisy items get more samples, quiet ones no more than the floors.
     """
     if not inputs:
         raise ValueError("time_calls needs at least one input")
@@ -50,14 +52,29 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
     sizes: list[int] = []
     start = time.perf_counter_ns()
     stopped_by = "target"
-    for _ in range(rounds):
+    planned = rounds
+    while len(sizes) < planned:
         before = len(samples)
         reached = _sample(call, inputs, samples, per_round_count, per_round_ns, deadline_ns)
         sizes.append(len(samples) - before)
         if not reached:
             stopped_by = "max_duration"
             break
+        if len(sizes) == planned and options.precision and not _precise(samples, options):
+            planned += 1  # adaptive: one more round of the same size, until precise or max
     return Timing(samples, (time.perf_counter_ns() - start) / 1e9, stopped_by, sizes)
+
+
+def _precise(samples: list[int], options: MeasureOptions) -> bool:
+    """Whether the median's 95 % interval half-width, relative to it, is within precision."""
+    import numpy as np
+
+    from pytest_mlscope.stats import median_ci
+
+    values = np.sort(np.asarray(samples, dtype=np.float64))
+    low, high = median_ci(values)
+    median = float(np.median(values))
+    return median > 0 and (high - low) / 2 / median <= (options.precision or 0.0)
 
 
 def _sample(

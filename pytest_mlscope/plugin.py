@@ -61,6 +61,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mlscope-rounds", type=int, metavar="N", help="override measurement rounds per item"
     )
     group.addoption(
+        "--mlscope-precision",
+        type=float,
+        metavar="FRACTION",
+        help="keep sampling (up to max duration) until the median's relative 95%% half-width "
+        "is below this, e.g. 0.01",
+    )
+    group.addoption(
         "--mlscope-baseline",
         metavar="NAME",
         help="compare every item with this stored baseline (default: ini mlscope_baseline)",
@@ -154,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
             ("min_duration_s", config.getoption("mlscope_min_duration")),
             ("max_duration_s", config.getoption("mlscope_max_duration")),
             ("rounds", config.getoption("mlscope_rounds")),
+            ("precision", config.getoption("mlscope_precision")),
         )
         if value is not None
     }

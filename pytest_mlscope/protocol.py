@@ -49,6 +49,7 @@ class MeasureOptions(_Document):
     min_duration_s: float = 2.0
     max_duration_s: float = 60.0
     rounds: int = 1
+    precision: float | None = None  # target relative half-width of the median's 95 % interval
 
 
 class ArtifactRef(_Document):

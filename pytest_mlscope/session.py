@@ -153,6 +153,7 @@ class MlscopeSession:
         values["warmup"] = int(values["warmup"])
         values["min_count"] = int(values["min_count"])
         values["rounds"] = int(values["rounds"])
+        values.setdefault("precision", None)
         return MeasureOptions(**values)
 
     def runtime(self, cell: Cell) -> Runtime:

@@ -164,3 +164,29 @@ def test_time_calls_hands_out_inputs_round_robin_in_order() -> None:
 def test_time_calls_refuses_empty_inputs() -> None:
     with pytest.raises(ValueError, match="at least one input"):
         time_calls(_sleep_1ms, [], MeasureOptions())
+
+
+def test_rounds_split_the_budget_and_record_their_sizes() -> None:
+    options = MeasureOptions(warmup=0, min_count=40, min_duration_s=0.0, max_duration_s=5, rounds=4)
+    timing = time_calls(lambda x: None, [0], options)
+    assert timing.rounds == [10, 10, 10, 10]
+    assert len(timing.samples_ns) == sum(timing.rounds)
+
+
+def test_each_round_takes_at_least_three_samples() -> None:
+    options = MeasureOptions(warmup=0, min_count=4, min_duration_s=0.0, max_duration_s=5, rounds=8)
+    assert time_calls(lambda x: None, [0], options).rounds == [3] * 8
+
+
+def test_adaptive_precision_adds_rounds_to_a_noisy_call_only() -> None:
+    rng = np.random.default_rng(0)
+
+    def noisy(_: object) -> None:
+        time.sleep(float(rng.choice([0.0001, 0.002])))
+
+    base = {"warmup": 0, "min_count": 12, "min_duration_s": 0.0, "max_duration_s": 3, "rounds": 4}
+    quiet = time_calls(lambda x: None, [0], MeasureOptions(**base, precision=0.5))
+    assert len(quiet.rounds) == 4
+    loud = time_calls(noisy, [0], MeasureOptions(**base, precision=0.01))
+    assert len(loud.rounds) > 4
+    assert loud.stopped_by in ("target", "max_duration")
