@@ -30,7 +30,7 @@ ONE_ITEM = (
     "20",
 )
 # Wide enough that an unchanged model is "ok" on a busy 2-core machine, narrow enough that a
-# 4x slowdown is a regression: these tests check the plumbing, benchmarks/ checks the statistics.
+# 10x slowdown (a burst of load can slow a 2-core box 4x) is a regression: these tests check the plumbing, benchmarks/ checks the statistics.
 LOOSE = ("--mlscope-threshold", "0.5")
 ITEM = "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
 
@@ -102,7 +102,7 @@ def test_an_injected_slowdown_fails_the_item_after_a_confirmation_round(
     suite: pytest.Pytester,
 ) -> None:
     _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
-    result = _run(suite, "--mlscope-baseline", "main", *LOOSE, "--mlscope-inject-slowdown", "3")
+    result = _run(suite, "--mlscope-baseline", "main", *LOOSE, "--mlscope-inject-slowdown", "9")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -122,7 +122,7 @@ def test_an_injected_slowdown_fails_the_item_after_a_confirmation_round(
 def test_no_fail_turns_a_regression_into_a_warning(suite: pytest.Pytester) -> None:
     _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
     result = _run(
-        suite, "--mlscope-baseline", "main", *LOOSE, "--mlscope-inject-slowdown", "3",
+        suite, "--mlscope-baseline", "main", *LOOSE, "--mlscope-inject-slowdown", "9",
         "--mlscope-no-fail",
     )  # fmt: skip
     result.assert_outcomes(passed=1, warnings=1)
@@ -130,7 +130,7 @@ def test_no_fail_turns_a_regression_into_a_warning(suite: pytest.Pytester) -> No
 
 
 def test_a_faster_run_is_an_improvement(suite: pytest.Pytester) -> None:
-    _run(suite, "--mlscope-save-baseline", "slow", "--mlscope-inject-slowdown", "3")
+    _run(suite, "--mlscope-save-baseline", "slow", "--mlscope-inject-slowdown", "9")
     result = _run(suite, "--mlscope-baseline", "slow", *LOOSE)
     result.assert_outcomes(passed=1)
     assert _stored_verdict(suite)["kind"] == "improvement"
@@ -234,7 +234,7 @@ def test_exports_are_read_by_pyperf_and_pytest_benchmark_themselves(
 
 def test_compare_two_stored_runs_from_the_command_line(suite: pytest.Pytester) -> None:
     _run(suite).assert_outcomes(passed=1)
-    _run(suite, "--mlscope-inject-slowdown", "3").assert_outcomes(passed=1)
+    _run(suite, "--mlscope-inject-slowdown", "9").assert_outcomes(passed=1)
     store = _store(suite)
     slow, fast = (run.id for run in store.runs(limit=2))
     store.close()
