@@ -29,9 +29,11 @@ ONE_ITEM = (
     "--mlscope-warmup",
     "20",
 )
-# Wide enough that an unchanged model is "ok" on a busy 2-core machine, narrow enough that a
-# 10x slowdown (a burst of load can slow a 2-core box 4x) is a regression: these tests check the plumbing, benchmarks/ checks the statistics.
+# These tests check the plumbing; benchmarks/verdicts.py checks the statistics. A burst of load
+# can slow a 2-core box several times over, so the thresholds are wide: "ok" within 300 %, and a
+# 10x injected slowdown against a 50 % threshold.
 LOOSE = ("--mlscope-threshold", "0.5")
+VERY_LOOSE = ("--mlscope-threshold", "3")
 ITEM = "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
 
 
@@ -68,7 +70,7 @@ def test_an_unchanged_model_is_ok_against_its_saved_baseline(suite: pytest.Pytes
     saved.assert_outcomes(passed=1)
     saved.stdout.fnmatch_lines(["baseline 'main' now points to run *"])
     junit = suite.path / "junit.xml"
-    result = _run(suite, "--mlscope-baseline", "main", *LOOSE, f"--junitxml={junit}")
+    result = _run(suite, "--mlscope-baseline", "main", *VERY_LOOSE, f"--junitxml={junit}")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -80,7 +82,7 @@ def test_an_unchanged_model_is_ok_against_its_saved_baseline(suite: pytest.Pytes
     verdict = _stored_verdict(suite)
     assert verdict["kind"] == "ok"
     assert verdict["ratio_low"] < verdict["ratio"] < verdict["ratio_high"]
-    assert verdict["threshold"] >= 0.5
+    assert verdict["threshold"] >= 3
     properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
     assert properties["mlscope_verdict"] == "ok"
     assert float(properties["mlscope_ratio_low"]) <= float(properties["mlscope_ratio_high"])
