@@ -24,8 +24,8 @@ Conditions run in a seeded random order, so drift on the machine does not line u
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/verdicts.py            # full run, about 18 minutes
-    .venv/bin/python benchmarks/verdicts.py --quick    # smoke run, about 3 minutes
+    .venv/bin/python benchmarks/verdicts.py            # full run, about 18 minutes on 2 cores
+    .venv/bin/python benchmarks/verdicts.py --quick    # smoke run, about 3.5 minutes
     .venv/bin/python benchmarks/verdicts.py --json verdicts.json
 """
 

@@ -38,8 +38,30 @@ def _rounds(result: ResultRecord) -> list[list[float]]:
     return chunks
 
 
+PYPERF_VALUES_PER_RUN = 25
+
+
+def _quantiles(values: list[float], count: int) -> list[float]:
+    """``count`` evenly spaced quantiles of ``values`` (midpoints, so min and max are not forced).
+
+    pyperf's ``compare_to`` runs a t-test that refuses samples of unequal size (it raises, and
+    ``compare_to`` then calls the difference significant), while our rounds hold as many samples
+    as fit their duration. Summarizing each round by the same number of quantiles keeps its
+    distribution (mean and median within rounding) and makes two exports with the same number of
+    rounds comparable value for value.
+    """
+    import numpy as np
+
+    probabilities = (np.arange(count) + 0.5) / count
+    return [float(v) for v in np.quantile(np.asarray(values), probabilities)]
+
+
 def write_pyperf(run: RunRecord, results: list[ResultRecord], path: str | os.PathLike[str]) -> int:
-    """One pyperf benchmark per item, one pyperf run per measurement round; returns the count."""
+    """One pyperf benchmark per item, one pyperf run per measurement round; returns the count.
+
+    Each run holds PYPERF_VALUES_PER_RUN values (see ``_quantiles``), as pyperf's own runner
+    gives every worker process the same number of values.
+    """
     try:
         import pyperf
     except ImportError:
@@ -60,7 +82,13 @@ def write_pyperf(run: RunRecord, results: list[ResultRecord], path: str | os.Pat
                 metadata["cpu_model_name"] = host["cpu_model"]
             if result.framework_version:
                 metadata[f"{result.cell.framework}_version"] = result.framework_version
-            runs.append(pyperf.Run(values, metadata=metadata, collect_metadata=False))
+            runs.append(
+                pyperf.Run(
+                    _quantiles(values, PYPERF_VALUES_PER_RUN),
+                    metadata=metadata,
+                    collect_metadata=False,
+                )
+            )
         benchmark = pyperf.Benchmark(runs)
         if suite is None:
             suite = pyperf.BenchmarkSuite([benchmark])

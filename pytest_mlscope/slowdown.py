@@ -38,6 +38,8 @@ def slowed(call: Callable[[Any], Any], example: Any, fraction: float) -> Callabl
     """``call`` followed by spinning for ``fraction`` of its median latency."""
     if fraction <= 0:
         return call
+    for _ in range(CALIBRATION_CALLS):  # warm-up: the first calls of a fresh model are slow,
+        call(example)  # and sizing the spin from them over-delivers the slowdown
     latencies = []
     for _ in range(CALIBRATION_CALLS):
         before = time.perf_counter()

@@ -218,6 +218,17 @@ def test_exports_are_read_by_pyperf_and_pytest_benchmark_themselves(
     )  # fmt: skip
     assert pyperf.returncode == 0, pyperf.stderr
     assert ITEM in pyperf.stdout
+    import pyperf as pyperf_api  # its t-test needs equal counts on both sides, or it raises
+
+    counts = [
+        len(
+            pyperf_api.BenchmarkSuite.load(str(tmp_path / f"{i}.json"))
+            .get_benchmarks()[0]
+            .get_values()
+        )
+        for i in (1, 2)
+    ]
+    assert counts[0] == counts[1] > 0
     shown = subprocess.run(
         [sys.executable, "-m", "pyperf", "show", str(tmp_path / "1.json")],
         capture_output=True, text=True, check=True,
