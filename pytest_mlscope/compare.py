@@ -59,6 +59,7 @@ class Side:
     host: Mapping[str, Any] = field(default_factory=dict)
     framework_version: str | None = None
     run_id: str | None = None
+    artifact_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,16 @@ class Verdict:
     ratio_low: float | None = None
     ratio_high: float | None = None
     confidence: float | None = None
-    threshold: float | None = None  # the one applied: max(configured, noise)
+    threshold: float | None = None  # the one applied: max(configured, run-to-run noise)
     noise: float | None = None  # relative spread of round medians (robust SD)
+    between_run_noise: float | None = None  # the item's spread across stored runs, if known
     detectable: float | None = None  # smallest slowdown this data could have flagged
     p_value: float | None = None  # Mann–Whitney U, current slower, raw samples (informational)
     differences: list[str] = field(default_factory=list)
     accuracy_changes: list[str] = field(default_factory=list)
     baseline_run: str | None = None
+    design: str | None = None  # "stored" (unpaired) or "interleaved" (paired rounds)
+    pairs: int | None = None  # interleaved: pairs of rounds the decision rests on
 
     @property
     def ratio_text(self) -> str:
@@ -188,15 +192,18 @@ def latency_verdict(
             shift.confidence,
             shift.exact_confidence_reached,
         )
-        noise = max(noise, between_run_noise)
     return _decide(
         shift,
         noise=noise,
         threshold=threshold,
+        floor=between_run_noise or 0.0,
+        floor_name="the run-to-run noise",
         baseline_median=base_median,
         current_median=cur_median,
         p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
         baseline_run=baseline.run_id,
+        between_run_noise=between_run_noise,
+        design="stored",
     )
 
 
@@ -206,12 +213,14 @@ def paired_verdict(
     *,
     threshold: float = DEFAULT_THRESHOLD,
     confidence: float = 1 - DEFAULT_ALPHA,
+    baseline_run: str | None = None,
 ) -> Verdict:
     """Latency verdict for interleaved A/B: round i of each ran back to back, so drift hits both.
 
     The decision uses the per-pair log ratios: their Hodges–Lehmann shift with the Wilcoxon
     signed-rank interval, and the one-sided signed-rank p-value. Pairing cancels the slow drift
-    that dominates unpaired comparisons on a shared machine.
+    that dominates unpaired comparisons on a shared machine, so no run-to-run floor is added to
+    the threshold: both sides share the run.
     """
     a = np.asarray(baseline_rounds, dtype=np.float64)
     b = np.asarray(current_rounds, dtype=np.float64)
@@ -226,7 +235,9 @@ def paired_verdict(
         baseline_median=float(np.median(a)),
         current_median=float(np.median(b)),
         p_value=slower_paired_p_value(differences),
-        baseline_run=None,
+        baseline_run=baseline_run,
+        design="interleaved",
+        pairs=int(a.size),
     )
 
 
@@ -239,9 +250,14 @@ def _decide(
     current_median: float,
     p_value: float,
     baseline_run: str | None,
+    floor: float = 0.0,
+    floor_name: str = "",
+    between_run_noise: float | None = None,
+    design: str | None = None,
+    pairs: int | None = None,
 ) -> Verdict:
     """The interval rule, shared by the unpaired and the paired designs."""
-    applied = max(threshold, noise)
+    applied = max(threshold, floor)
     ratio, low, high = (math.exp(x) for x in (shift.estimate, shift.low, shift.high))
     confidence = shift.confidence
     common = dict(
@@ -255,8 +271,11 @@ def _decide(
         noise=noise,
         p_value=p_value,
         baseline_run=baseline_run,
+        between_run_noise=between_run_noise,
+        design=design,
+        pairs=pairs,
     )
-    limit = f"{applied:.1%}" + (" (the measured noise)" if applied > threshold else "")
+    limit = f"{applied:.1%}" + (f" ({floor_name})" if applied > threshold else "")
     level = f"{confidence:.1%}"
     if low - 1 > applied:
         return Verdict(
@@ -334,6 +353,50 @@ def verdict(
     )
 
 
+def interleaved_verdict(
+    baseline: Side | None,
+    current: Side,
+    paired_samples_ns: Sequence[int],
+    paired_rounds: Sequence[int],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    comparisons: int = 1,
+    alpha: float = DEFAULT_ALPHA,
+    accuracy_tolerance: float = ACCURACY_TOLERANCE,
+    against: str = "the baseline",
+) -> Verdict:
+    """The verdict for an item timed interleaved with its baseline (A) in one worker.
+
+    Accuracy is still judged against the stored baseline result, when there is one; latency on
+    the pairs alone. Environment differences do not apply: both sides ran here, now.
+    """
+    if baseline is not None:
+        lost = accuracy_changes(baseline.accuracy, current.accuracy, accuracy_tolerance)
+        if lost:
+            return Verdict(
+                "regression",
+                "accuracy: " + "; ".join(lost),
+                accuracy_changes=lost,
+                baseline_run=baseline.run_id,
+            )
+    a = round_medians(paired_samples_ns, paired_rounds)
+    b = round_medians(current.samples_ns, current.rounds)
+    if a.size < 2 or a.size != b.size:
+        return Verdict("new", "interleaved timing gave no pairs of rounds to compare")
+    found = paired_verdict(
+        a,
+        b,
+        threshold=threshold,
+        confidence=1 - alpha / max(1, comparisons),
+        baseline_run=baseline.run_id if baseline else None,
+    )
+    from dataclasses import replace
+
+    return replace(
+        found, reason=f"interleaved with {against}, {found.pairs} pairs of rounds: {found.reason}"
+    )
+
+
 def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> Side:
     """A stored result (a ``store.ResultRecord``) as one side of a comparison."""
     return Side(
@@ -343,6 +406,7 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         host=host,
         framework_version=record.framework_version,
         run_id=run_id,
+        artifact_sha256=getattr(record, "artifact_sha256", None),
     )
 
 

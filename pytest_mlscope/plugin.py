@@ -100,7 +100,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="FRACTION",
         help="add calibrated CPU work to every timed call (e.g. 0.05): checks that the gate fires",
     )
+    group.addoption(
+        "--mlscope-interleave",
+        action="store_true",
+        default=None,
+        help="time each item in alternating rounds with its baseline (the baseline's artifact, "
+        "without injected slowdown) in one worker, and judge on the pairs",
+    )
     parser.addini("mlscope_baseline", "baseline to compare with by default", default="")
+    parser.addini(
+        "mlscope_interleave", "interleave every item with its baseline", type="bool", default=False
+    )
     parser.addini(
         "mlscope_threshold", "regression threshold for manifests that set none", default="0.05"
     )
@@ -187,6 +197,11 @@ def pytest_configure(config: pytest.Config) -> None:
         default_threshold=float(config.getini("mlscope_threshold") or 0.05),
         fail_on_regression=not config.getoption("mlscope_no_fail"),
         inject_slowdown=config.getoption("mlscope_inject_slowdown"),
+        interleave=bool(
+            config.getoption("mlscope_interleave")
+            if config.getoption("mlscope_interleave") is not None
+            else config.getini("mlscope_interleave")
+        ),
     )
     session = MlscopeSession(settings)
     if settings.baseline_required or settings.save_baseline:
@@ -298,12 +313,20 @@ VERDICT_KEY = pytest.StashKey["Verdict"]()
 def _regression_message(verdict: Verdict) -> str:
     lines = [verdict.describe()]
     if verdict.baseline_median is not None and verdict.current_median is not None:
-        lines.append(
-            f"median {verdict.baseline_median * 1e3:.4g} ms (baseline run "
-            f"{(verdict.baseline_run or '?')[:12]}) -> {verdict.current_median * 1e3:.4g} ms; "
-            f"threshold {verdict.threshold:.1%}, noise {verdict.noise:.1%}, "
-            f"Mann-Whitney p={verdict.p_value:.2g}"
-        )
+        if verdict.design == "interleaved":
+            lines.append(
+                f"median {verdict.baseline_median * 1e3:.4g} ms (A) -> "
+                f"{verdict.current_median * 1e3:.4g} ms (B), round medians; threshold "
+                f"{verdict.threshold:.1%}, pair noise {verdict.noise:.1%}, "
+                f"Wilcoxon signed-rank p={verdict.p_value:.2g}"
+            )
+        else:
+            lines.append(
+                f"median {verdict.baseline_median * 1e3:.4g} ms (baseline run "
+                f"{(verdict.baseline_run or '?')[:12]}) -> {verdict.current_median * 1e3:.4g} "
+                f"ms; threshold {verdict.threshold:.1%}, noise {verdict.noise:.1%}, "
+                f"Mann-Whitney p={verdict.p_value:.2g}"
+            )
     return "\n  ".join(lines)
 
 
@@ -325,7 +348,18 @@ def _properties(result: EvaluationResult, verdict: Verdict | None = None) -> dic
         )
     if verdict is not None:
         props["mlscope_verdict"] = verdict.kind
-        for name in ("ratio", "ratio_low", "ratio_high", "threshold", "noise", "p_value"):
+        if verdict.design:
+            props["mlscope_design"] = verdict.design
+        for name in (
+            "ratio",
+            "ratio_low",
+            "ratio_high",
+            "threshold",
+            "noise",
+            "p_value",
+            "between_run_noise",
+            "pairs",
+        ):
             value = getattr(verdict, name)
             if value is not None:
                 props[f"mlscope_{name}"] = round(value, 6)

@@ -63,6 +63,19 @@ class ArtifactRef(_Document):
     expected_by: str = ""
 
 
+class Interleave(_Document):
+    """The A side of an interleaved A/B measurement, timed in the same worker as the item (B).
+
+    A is the baseline's artifact (the same file, or the one a model edit replaced), without the
+    injected slowdown. Rounds of A and B alternate, in random order within each pair, so drift on
+    the machine hits both sides alike and cancels in the per-pair ratio.
+    """
+
+    artifact: ArtifactRef
+    inject_slowdown: float = 0.0
+    seed: int = 0
+
+
 class EvaluationRequest(_Document):
     version: int = PROTOCOL_VERSION
     cell: Cell
@@ -81,6 +94,8 @@ class EvaluationRequest(_Document):
     checks: list[str] | None = None
     # Extra work per timed call, as a fraction of the model's latency (gate self-tests only).
     inject_slowdown: float = 0.0
+    # Time the item interleaved with this A side (``pytest --mlscope-interleave``).
+    interleave: Interleave | None = None
 
 
 class Summary(_Document):
@@ -158,6 +173,10 @@ class EvaluationResult(_Document):
     samples_ns: list[int] = Field(default_factory=list)
     # Samples per measurement round, in order; samples_ns is their concatenation.
     rounds: list[int] = Field(default_factory=list)
+    # Interleaved A/B: the A side's samples and rounds; round i of A and of B form pair i.
+    paired_samples_ns: list[int] = Field(default_factory=list)
+    paired_rounds: list[int] = Field(default_factory=list)
+    paired_artifact_sha256: str | None = None
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.errors import EvaluationFailed, ManifestError, MlscopeError
-from pytest_mlscope.protocol import Cell, EvaluationRequest, EvaluationResult, MeasureOptions
+from pytest_mlscope.protocol import (
+    Cell,
+    EvaluationRequest,
+    EvaluationResult,
+    Interleave,
+    MeasureOptions,
+)
 
 if TYPE_CHECKING:
     from pytest_mlscope.compare import Side, Verdict
@@ -47,6 +53,7 @@ class Settings:
     default_threshold: float = 0.05  # ini mlscope_threshold: for manifests that set none
     fail_on_regression: bool = True
     inject_slowdown: float = 0.0
+    interleave: bool = False  # time items in alternating rounds with their baseline
 
     @property
     def state_dir(self) -> Path:
@@ -96,6 +103,8 @@ class MlscopeSession:
         self.baseline_note: str | None = None
         self.comparisons = 1  # items compared this session, for the multiple-testing correction
         self.saved_baseline: str | None = None
+        # Per item id: what the A side of an interleaved measurement was, or why there was none.
+        self._interleaved: dict[str, tuple[bool, str]] = {}
         token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.work_dir = settings.state_dir / "work" / token
 
@@ -213,12 +222,15 @@ class MlscopeSession:
         save_outputs: Path | None = None,
         reference: Path | None = None,
         checks: list[str] | None = None,
+        interleave: bool = False,
         **overrides: float,
     ) -> EvaluationRequest:
+        artifact = self._artifact(manifest, cell.framework)
         return EvaluationRequest(
             cell=cell,
             manifest_path=str(manifest.path),
-            artifact=self._artifact(manifest, cell.framework),
+            artifact=artifact,
+            interleave=self._interleave_side(manifest, cell, artifact) if interleave else None,
             measure=self.measure_options(manifest, **overrides),
             work_dir=str(self.work_dir),
             reference_outputs=str(reference) if reference else None,
@@ -239,8 +251,52 @@ class MlscopeSession:
                 save = candidate if candidate and not candidate.exists() else None
             else:
                 reference = self._ensure_reference(manifest)
-        request = self._request(manifest, cell, save_outputs=save, reference=reference, **overrides)
+        request = self._request(
+            manifest,
+            cell,
+            save_outputs=save,
+            reference=reference,
+            interleave=self.settings.interleave,
+            **overrides,
+        )
         return self.runtime(cell).evaluate(request, self.settings.timeout)
+
+    def _interleave_side(self, manifest: Manifest, cell: Cell, artifact: Any) -> Interleave | None:
+        """The A side for ``--mlscope-interleave``: the baseline's artifact, unslowed.
+
+        Without a baseline result, A is the item's own artifact: an A/A run that shows the
+        pair-to-pair noise, or the gate self-test when a slowdown is injected into B. A baseline
+        artifact that the cache no longer holds cannot be timed, and the item falls back to the
+        stored comparison, saying so.
+        """
+        import random
+
+        baseline = self._baseline_sides().get(cell.id) if self.settings.baseline else None
+        chosen = artifact
+        if baseline is None or baseline.artifact_sha256 in (None, artifact.sha256):
+            if self.settings.inject_slowdown:
+                what = "the same model without the injected slowdown"
+            elif baseline is not None:
+                what = "the baseline's model (the same artifact)"
+            else:
+                what = "the same model (A/A)"
+        else:
+            assert baseline.artifact_sha256 is not None
+            if self._cache is None:
+                self._artifact(manifest, cell.framework)
+            found = self._cache.find(manifest.name, baseline.artifact_sha256)
+            if found is None or found.format != artifact.format:
+                self._interleaved[cell.id] = (
+                    False,
+                    f"not interleaved: the baseline's artifact (sha256 "
+                    f"{baseline.artifact_sha256[:12]}) is no longer in the cache "
+                    f"{self.settings.artifact_dir}",
+                )
+                return None
+            chosen = found
+            what = f"the baseline's artifact (sha256 {found.sha256[:12]})"
+        self._interleaved[cell.id] = (True, what)
+        return Interleave(artifact=chosen, seed=random.randrange(2**31))
 
     def write_golden(self, manifest: Manifest, framework: str | None = None) -> Path:
         """Store a framework's outputs as the manifest's golden file (an explicit, reviewed act)."""
@@ -310,10 +366,16 @@ class MlscopeSession:
         return self._baseline
 
     def verdict(self, manifest: Manifest, result: EvaluationResult) -> Verdict | None:
-        """How a fresh result compares with the baseline; None when no baseline is configured."""
-        if not self.settings.baseline:
+        """How a fresh result compares with the baseline; None when there is nothing to compare.
+
+        An interleaved result is judged on its pairs (with or without a baseline configured);
+        any other on the stored baseline result.
+        """
+        if not self.settings.baseline and not result.paired_samples_ns:
             return None
-        from pytest_mlscope.compare import Side, verdict
+        from dataclasses import replace
+
+        from pytest_mlscope.compare import Side, interleaved_verdict, verdict
 
         current = Side(
             samples_ns=result.samples_ns,
@@ -327,14 +389,41 @@ class MlscopeSession:
             or manifest.performance.regression_threshold
             or self.settings.default_threshold
         )
-        return verdict(
-            self._baseline_sides().get(result.cell.id),
+        baseline = self._baseline_sides().get(result.cell.id) if self.settings.baseline else None
+        if result.paired_samples_ns:
+            _, against = self._interleaved.get(result.cell.id, (True, "its A side"))
+            found = interleaved_verdict(
+                baseline,
+                current,
+                result.paired_samples_ns,
+                result.paired_rounds,
+                threshold=threshold,
+                comparisons=self.comparisons,
+                against=against,
+            )
+            if baseline is not None and baseline.framework_version not in (
+                None,
+                result.predictor.version,
+            ):
+                found = replace(
+                    found,
+                    reason=f"{found.reason} (both sides ran on {result.cell.framework} "
+                    f"{result.predictor.version}; the baseline's {baseline.framework_version} "
+                    "is not installed here)",
+                )
+            return found
+        found = verdict(
+            baseline,
             current,
             threshold=threshold,
             comparisons=self.comparisons,
             framework=result.cell.framework,
             between_run_noise=self._between_run_noise(result),
         )
+        skipped = self._interleaved.get(result.cell.id)
+        if skipped is not None and not skipped[0]:
+            found = replace(found, reason=f"{found.reason} ({skipped[1]})")
+        return found
 
     def _between_run_noise(self, result: EvaluationResult) -> float | None:
         """The item's spread across earlier runs on this environment (None with fewer than 5)."""

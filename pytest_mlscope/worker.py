@@ -14,8 +14,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,10 @@ from pytest_mlscope.protocol import (
     EvaluationResult,
     WorkerReply,
 )
+
+if TYPE_CHECKING:
+    from pytest_mlscope.measure import Timing
+    from pytest_mlscope.predictors.base import Predictor
 
 _PREPARED_CACHE: dict[tuple[str, float], object] = {}
 
@@ -51,6 +56,43 @@ def _golden(spec: object, manifest: object, output_name: str) -> np.ndarray | No
         return np.asarray(archive[key], dtype=np.float64)
 
 
+_OTHERS: list[Predictor] = []  # A-side predictors of an interleaved item, closed with it
+
+
+def _interleaved(
+    request: EvaluationRequest,
+    predictor: Predictor,
+    raw_batches: list[object],
+    call_b: Callable[[object], object],
+    inputs_b: list[object],
+) -> tuple[Timing, Timing]:
+    """Time A (the baseline's artifact, unslowed) and B (this item) in alternating rounds.
+
+    A that is the same file as B shares B's loaded model, so an A/A run compares one model with
+    itself and nothing but the injected slowdown can tell the sides apart; a different file (a
+    model edit) is verified and loaded into a second predictor of the same framework.
+    """
+    from pytest_mlscope.measure import time_interleaved
+    from pytest_mlscope.predictors import predictor_class
+    from pytest_mlscope.slowdown import slowed
+    from pytest_mlscope.zoo.cache import verify
+
+    spec = request.interleave
+    assert spec is not None
+    if spec.artifact.sha256 == request.artifact.sha256:
+        model_a, inputs_a = predictor, inputs_b
+    else:
+        verify(spec.artifact)
+        model_a = predictor_class(request.cell.framework, request.predictors)(
+            device=request.cell.device
+        )
+        _OTHERS.append(model_a)
+        model_a.load(spec.artifact)
+        inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
+    call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
+    return time_interleaved(call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed)
+
+
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
     from pytest_mlscope.accuracy import assess, postprocess
     from pytest_mlscope.manifest import load_manifest
@@ -71,7 +113,8 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
     predictor.load(request.artifact)
     load_s = time.perf_counter() - before
     try:
-        batches = [predictor.prepare_input(b) for b in data.batches(cell.batch_size)]  # type: ignore[attr-defined]
+        raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
+        batches = [predictor.prepare_input(b) for b in raw_batches]
         before = time.perf_counter()
         first = predictor.predict(batches[0])
         first_inference_s = time.perf_counter() - before
@@ -107,10 +150,14 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
 
         # Timing pass: the predictor call alone, on inputs prepared beforehand.
         summary, samples, rounds = None, [], []
+        paired: Timing | None = None
         if not request.accuracy_only:
             inputs = batches[:1] if cell.scenario == "single_stream" else batches
             call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
-            timing = time_calls(call, inputs, request.measure)
+            if request.interleave is None:
+                timing = time_calls(call, inputs, request.measure)
+            else:
+                paired, timing = _interleaved(request, predictor, raw_batches, call, inputs)
             samples, rounds = timing.samples_ns, timing.rounds
             summary = summarize(samples, cell.batch_size)
             if cell.scenario == "offline":
@@ -120,6 +167,9 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         info = predictor.info()
     finally:
         predictor.close()
+        for other in _OTHERS:
+            other.close()
+        _OTHERS.clear()
     return EvaluationResult(
         cell=cell,
         predictor=info,
@@ -129,6 +179,9 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         summary=summary,
         samples_ns=samples,
         rounds=rounds,
+        paired_samples_ns=paired.samples_ns if paired else [],
+        paired_rounds=paired.rounds if paired else [],
+        paired_artifact_sha256=request.interleave.artifact.sha256 if paired else None,  # type: ignore[union-attr]
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pytest_mlscope.measure import time_calls
+from pytest_mlscope.measure import MIN_PAIRS, time_calls, time_interleaved
 from pytest_mlscope.protocol import MeasureOptions
 from pytest_mlscope.stats import median_ci, summarize
 
@@ -191,3 +191,27 @@ def test_adaptive_precision_adds_rounds_to_a_noisy_call_only() -> None:
     loud = time_calls(noisy, [0], MeasureOptions(**base, precision=0.01))
     assert len(loud.rounds) > 4
     assert loud.stopped_by in ("target", "max_duration")
+
+
+def test_interleaved_rounds_pair_up_and_alternate_in_random_order() -> None:
+    order: list[str] = []
+    options = MeasureOptions(warmup=2, min_count=60, min_duration_s=0.0, max_duration_s=5, rounds=4)
+    a, b = time_interleaved(
+        lambda x: order.append("a"), [0], lambda x: order.append("b"), [0], options, seed=3
+    )
+    assert len(a.rounds) == len(b.rounds) == MIN_PAIRS  # at least MIN_PAIRS, whatever rounds say
+    assert a.rounds == b.rounds == [3] * MIN_PAIRS  # 60 / 30 = 2, raised to the round minimum
+    timed = order[4:]  # after two warm-up calls per side
+    firsts = [timed[i] for i in range(0, len(timed), 6)]  # each pair is 3 + 3 calls
+    assert set(firsts) == {"a", "b"}  # both orders occur, so "B second" is not a bias
+
+
+def test_interleaving_stops_at_the_deadline_with_whole_pairs() -> None:
+    # 10 ms rounds (0.3 s over 30 pairs), but only 0.2 s in all (0.1 s per side).
+    options = MeasureOptions(
+        warmup=0, min_count=3, min_duration_s=0.3, max_duration_s=0.1, rounds=2
+    )
+    a, b = time_interleaved(lambda x: None, [0], lambda x: None, [0], options)
+    assert a.stopped_by == b.stopped_by == "max_duration"
+    assert 0 < len(a.rounds) == len(b.rounds) < MIN_PAIRS
+    assert sum(a.rounds) == len(a.samples_ns) and sum(b.rounds) == len(b.samples_ns)

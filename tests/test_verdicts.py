@@ -316,3 +316,86 @@ def test_history_finds_a_step_change_in_stored_medians(tmp_path: Path) -> None:
     assert f"{cell.id}: 24 runs" in text
     assert "step change at run" in text and "(+1" in text  # about +12 %
     assert "run-to-run noise" in text
+
+
+# -- interleaved A/B ------------------------------------------------------------------------------
+
+
+def test_interleave_catches_an_injected_slowdown_on_the_pairs(suite: pytest.Pytester) -> None:
+    junit = suite.path / "junit.xml"
+    result = _run(
+        suite,
+        "--mlscope-interleave",
+        "--mlscope-inject-slowdown",
+        "9",
+        *LOOSE,
+        f"--junitxml={junit}",
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*RegressionDetected: regression +*: interleaved with the same model without the "
+            "injected slowdown, 30 pairs of rounds: slower*",
+            "*(A) -> * ms (B), round medians;*Wilcoxon signed-rank p=*",
+            "interleaved with A side: 1 regression*",
+        ]
+    )
+    stored = _stored_verdict(suite)
+    assert stored["kind"] == "regression"
+    assert stored["design"] == "interleaved"
+    assert stored["pairs"] == 30
+    assert stored["ratio_low"] > 1.5  # a 10x slowdown, even on a loaded machine
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}
+    assert props["mlscope_design"] == "interleaved"
+    assert props["mlscope_pairs"] == "30"
+
+
+def test_interleaved_a_a_is_not_a_regression(suite: pytest.Pytester) -> None:
+    result = _run(suite, "--mlscope-interleave", *VERY_LOOSE)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"{ITEM}*passed*ok", "interleaved with A side: 1 ok*"])
+    store = _store(suite)
+    try:
+        record = store.latest_results(store.runs(limit=1)[0].id)[ITEM]
+    finally:
+        store.close()
+    assert record.verdict is not None
+    assert "interleaved with the same model (A/A)" in record.verdict["reason"]
+    # Both sides' rounds pair up: 30 each, and B's samples are what the result stores.
+    assert len(record.rounds) == 30
+    assert sum(record.rounds) == len(record.samples_ns)
+
+
+def test_interleave_times_a_model_edit_against_the_baseline_artifact(
+    suite: pytest.Pytester,
+) -> None:
+    cache = suite.path / "cache"  # its own: this test deletes an artifact from it
+    private = ("--mlscope-cache", str(cache))
+    _run(suite, *private, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    manifest = suite.path / "manifests" / "digits_cnn.yaml"
+    manifest.write_text(manifest.read_text().replace("seed: 0}", "seed: 1}"))  # the model edit
+    result = _run(
+        suite, *private, "--mlscope-baseline", "main", "--mlscope-interleave", *VERY_LOOSE
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["interleaved with baseline 'main': 1 ok*"])
+    reason = _stored_verdict(suite)["reason"]
+    assert "interleaved with the baseline's artifact (sha256 " in reason
+
+    # The old artifact gone from the cache: no A side to time, so the stored comparison decides.
+    store = _store(suite)
+    try:
+        old_sha = store.latest_results(store.get_baseline("main").run_id)[ITEM].artifact_sha256
+    finally:
+        store.close()
+    for record in (cache / "digits_cnn").glob("*/artifacts.json"):
+        if old_sha in record.read_text():
+            shutil.rmtree(record.parent)
+    result = _run(
+        suite, *private, "--mlscope-baseline", "main", "--mlscope-interleave", *VERY_LOOSE
+    )
+    result.assert_outcomes(passed=1)
+    verdict = _stored_verdict(suite)
+    assert verdict["design"] == "stored"
+    assert "not interleaved: the baseline's artifact (sha256 " in verdict["reason"]
+    assert "is no longer in the cache" in verdict["reason"]

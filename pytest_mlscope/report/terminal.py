@@ -83,7 +83,8 @@ def result_row(
 
 
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
-    compared = bool(session.settings.baseline)
+    interleaved = session.settings.interleave
+    compared = bool(session.settings.baseline) or interleaved
     rows = []
     for record in session.records:
         result = record.result
@@ -106,8 +107,12 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
             if record.verdict:
                 counts[record.verdict.kind] = counts.get(record.verdict.kind, 0) + 1
         verdicts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
+        against = (
+            f"baseline {session.settings.baseline!r}" if session.settings.baseline else "A side"
+        )
+        how = "interleaved with" if interleaved else "compared with"
         yield (
-            f"compared with baseline {session.settings.baseline!r}: {verdicts}"
+            f"{how} {against}: {verdicts}"
             f" (each interval at {1 - 0.05 / session.comparisons:.2%} for "
             f"{session.comparisons} items)"
         )

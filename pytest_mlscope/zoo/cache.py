@@ -128,6 +128,18 @@ class ArtifactCache:
             artifact = artifact.model_copy(update={"expected_by": f"{where}: model.sha256"})
         return artifact
 
+    def find(self, model: str, sha256: str) -> ArtifactRef | None:
+        """An artifact of ``model`` built earlier with this checksum, if the cache still holds it.
+
+        Builds are kept per recipe, so the artifact a model edit replaced stays until the cache
+        is cleaned: ``--mlscope-interleave`` times it against the new one.
+        """
+        for record in sorted((self.root / model).glob(f"*/{RECORD}")):
+            for ref in (self._read_record(record) or {}).values():
+                if ref.sha256 == sha256:
+                    return ref
+        return None
+
     # -- sources --------------------------------------------------------------------------------
 
     def _key(self, manifest: Manifest) -> str:
