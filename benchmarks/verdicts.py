@@ -16,9 +16,12 @@ B is either A again (A/A: every flag is a false alarm) or A with a calibrated sl
 
 1. Stored baseline from an earlier session: A in one fresh worker process, B in another one
    afterwards, through the real pipeline (``SubprocessRuntime`` + ``EvaluationRequest``) — the
-   two CI jobs a stored baseline compares.
-2. Interleaved A/B in one process: two predictors loaded here, one round of each in random order,
-   R times; round i of A and of B form a pair.
+   two CI jobs a stored baseline compares. As in the plugin, the item's run-to-run noise comes
+   from its stored history (the A medians of the earlier repetitions, after five seed runs) and
+   floors the threshold.
+2. Interleaved A/B, as ``pytest --mlscope --mlscope-interleave`` runs it: one fresh worker per
+   repetition times A (the model) and B (the model with the slowdown) in alternating rounds,
+   random order within each pair; round i of A and of B form a pair.
 
 Conditions run in a seeded random order, so drift on the machine does not line up with one.
 
@@ -41,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -49,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_mlscope.measure import MIN_ROUND_SAMPLES, time_calls
+from pytest_mlscope.measure import MIN_ROUND_SAMPLES
 from pytest_mlscope.protocol import MeasureOptions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +69,8 @@ MIN_CAUGHT = {0.05: 0.95, 0.03: 0.80}
 DESIGNS = {
     "stored": "Stored baseline from an earlier session (unpaired: A and B in separate fresh "
     "worker processes, one after the other)",
-    "interleaved": "Interleaved A/B in one process (paired rounds, random order within a pair)",
+    "interleaved": "Interleaved A/B, `--mlscope-interleave` (one worker, paired rounds, random "
+    "order within a pair)",
 }
 
 
@@ -76,17 +80,21 @@ DESIGNS = {
 @dataclass(frozen=True)
 class Plan:
     repetitions: int  # per condition and design
-    rounds: int  # per side
-    round_s: float  # each round's duration floor, per side
+    rounds: int  # per side, stored design
+    round_s: float  # each round's duration floor, per side, stored design
+    pairs: int  # interleaved design: pairs of rounds
+    pair_round_s: float  # interleaved design: each round's duration floor
     max_side_s: float  # a side never measures longer than this (all rounds together)
 
 
 # A stored-baseline repetition costs two worker starts (~2.3 s each here: Python, scikit-learn,
-# ONNX Runtime, the accuracy pass) on top of its measuring, so the measuring is kept to 0.5 s per
-# side to fit 320 repetitions in about 18 minutes. A digits_cnn round of 50 ms still holds ~1,500
-# samples: its median is precise far beyond the drift between rounds, which is what matters.
-FULL = Plan(repetitions=40, rounds=10, round_s=0.05, max_side_s=5.0)
-QUICK = Plan(repetitions=8, rounds=10, round_s=0.05, max_side_s=5.0)
+# ONNX Runtime, the accuracy pass) on top of its measuring, so a side measures 1 s. An interleaved
+# repetition is one worker start and 2 x 60 rounds of 40 ms: 4.8 s of measuring. Both stay within
+# the issue's 10 s of measuring per repetition. A digits_cnn round of 40 ms holds ~1,500 samples.
+FULL = Plan(repetitions=40, rounds=10, round_s=0.1, pairs=60, pair_round_s=0.04, max_side_s=5.0)
+QUICK = Plan(repetitions=8, rounds=10, round_s=0.1, pairs=60, pair_round_s=0.04, max_side_s=5.0)
+HISTORY_SEED_RUNS = 5  # earlier sessions of A, so the store knows the run-to-run noise
+HISTORY = 30  # as the plugin: the last 30 runs on this environment
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ def rule_label(key: str, design: str) -> str:
         return f"ours, `{function}`, T = {key.removeprefix('ours_')} %{default}"
     return {
         "pytest_benchmark": "pytest-benchmark `--benchmark-compare-fail=median:5%`",
-        "pyperf": "pyperf `compare_to` (significant and slower), as it runs on our export",
+        "pyperf": "pyperf `compare_to` (significant, slower) on our export (quantiles per round)",
         "pyperf_equal": "pyperf t-test on equal counts (first n samples of each side)",
     }[key]
 
@@ -161,6 +169,7 @@ def judge(
     a_rounds: Sequence[int],
     b_rounds: Sequence[int],
     host: dict[str, Any],
+    between_run_noise: float | None = None,
 ) -> None:
     """Every rule's decision on one repetition's samples, written into ``repetition``."""
     from pyperf._utils import is_significant
@@ -183,6 +192,7 @@ def judge(
                     framework_version=repetition.b.framework_version,
                 ),
                 threshold=threshold,
+                between_run_noise=between_run_noise,
             )
         else:
             ours = paired_verdict(
@@ -199,18 +209,31 @@ def judge(
     repetition.flagged["pytest_benchmark"] = change > PYTEST_BENCHMARK_FAIL
 
     # pyperf compare_to: ``is_significant_benchs`` calls ``is_significant`` on all values and
-    # treats any exception as "significant". Its t-score refuses samples of different counts
-    # (ValueError), and a measurement with a duration floor gives different counts, so on our
-    # export compare_to calls every difference significant: that is the row "pyperf". The row
-    # "pyperf_equal" is the t-test itself, on the first n samples of each side.
-    a_s, b_s = (a_ns / 1e9).tolist(), (b_ns / 1e9).tolist()
-    slower = statistics.fmean(b_s) > statistics.fmean(a_s)
+    # treats any exception as "significant"; its t-score refuses samples of different counts.
+    # Row "pyperf" is compare_to on what ``mlscope export --format pyperf`` writes: each round as
+    # PYPERF_VALUES_PER_RUN quantiles, so both sides have equal counts when their round counts
+    # are equal. Row "pyperf_equal" is the t-test on the first n raw samples of each side.
+    from pytest_mlscope.export import PYPERF_VALUES_PER_RUN, _quantiles
+
+    def exported(samples: np.ndarray, rounds: Sequence[int]) -> list[float]:
+        values = (samples / 1e9).tolist()
+        out: list[float] = []
+        begin = 0
+        for size in rounds:
+            if size:
+                out.extend(_quantiles(values[begin : begin + size], PYPERF_VALUES_PER_RUN))
+            begin += size
+        return out
+
+    a_x, b_x = exported(a_ns, a_rounds), exported(b_ns, b_rounds)
+    slower = statistics.fmean(b_x) > statistics.fmean(a_x)
     try:
-        significant, _ = is_significant(a_s, b_s)
+        significant, _ = is_significant(a_x, b_x)
     except Exception:  # as pyperf._compare.is_significant_benchs does
         significant = True
         repetition.pyperf_counts_differ = True
     repetition.flagged["pyperf"] = significant and slower
+    a_s, b_s = (a_ns / 1e9).tolist(), (b_ns / 1e9).tolist()
     n = min(len(a_s), len(b_s))
     significant, t_score = is_significant(a_s[:n], b_s[:n])
     repetition.pyperf_t = float(t_score)
@@ -323,59 +346,52 @@ def stored_repetition(
     )
 
 
-# -- design 2: interleaved A/B in this process ---------------------------------------------------
+# -- design 2: interleaved A/B, as --mlscope-interleave runs it ----------------------------------
 
 
 def interleaved_repetition(
-    model: Model, plan: Plan, slowdown: float, rng: random.Random
+    model: Model, plan: Plan, slowdown: float, rng: random.Random, work_dir: Path
 ) -> tuple[np.ndarray, list[int], np.ndarray, list[int], SideFigures, SideFigures]:
-    """Two predictors loaded fresh (in random order), then ``rounds`` pairs of one round each.
+    """One worker, started for this repetition, times A and B in alternating rounds.
 
-    Both are loaded anew for every repetition: two copies of a small model can differ by a few
-    per cent by where their weights land, and a fresh pair makes that a random effect per
-    repetition (as between any real A and B) rather than one fixed bias for the whole run.
+    The request is the one ``MlscopeSession`` sends for ``--mlscope-interleave`` with an injected
+    slowdown: A is the item's own artifact, unslowed, B the same model with the slowdown.
     """
-    from pytest_mlscope.predictors import predictor_class
-    from pytest_mlscope.slowdown import slowed
+    from pytest_mlscope.protocol import Cell, EvaluationRequest, Interleave
+    from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
-    cls = predictor_class(model.framework)
-    predictors: dict[str, Any] = {}
-    for side in rng.sample(["A", "B"], 2):
-        predictor = cls(device="cpu")
-        predictor.load(model.artifact)
-        predictors[side] = predictor
+    cell = Cell(model=model.manifest.name, framework=model.framework, device="cpu", batch_size=1)
+    request = EvaluationRequest(
+        cell=cell,
+        manifest_path=str(model.manifest.path),
+        artifact=model.artifact,
+        measure=MeasureOptions(
+            warmup=model.warmup,
+            min_count=plan.pairs * MIN_ROUND_SAMPLES,
+            min_duration_s=plan.pairs * plan.pair_round_s,
+            max_duration_s=plan.max_side_s,
+            rounds=plan.pairs,
+        ),
+        work_dir=str(work_dir),
+        checks=[],
+        inject_slowdown=slowdown,
+        interleave=Interleave(artifact=model.artifact, seed=rng.randrange(2**31)),
+    )
+    runtime = SubprocessRuntime(work_dir=work_dir / "workers")
     try:
-        inputs = {side: p.prepare_input(model.batch) for side, p in predictors.items()}
-        calls: dict[str, Callable[[Any], Any]] = {
-            "A": predictors["A"].predict,
-            "B": slowed(predictors["B"].predict, inputs["B"], slowdown),
-        }
-        options = MeasureOptions(
-            warmup=model.warmup,  # re-warm each round: the other side just displaced this one
-            min_count=MIN_ROUND_SAMPLES,
-            min_duration_s=plan.round_s,
-            max_duration_s=plan.max_side_s / plan.rounds,
-            rounds=1,
-        )
-        samples: dict[str, list[int]] = {"A": [], "B": []}
-        sizes: dict[str, list[int]] = {"A": [], "B": []}
-        for _ in range(plan.rounds):
-            for side in rng.sample(["A", "B"], 2):
-                timing = time_calls(calls[side], [inputs[side]], options)
-                samples[side].extend(timing.samples_ns)
-                sizes[side].append(len(timing.samples_ns))
+        result = runtime.evaluate(request, timeout=300)
     finally:
-        for predictor in predictors.values():
-            predictor.close()
-    a_ns = np.asarray(samples["A"], dtype=np.int64)
-    b_ns = np.asarray(samples["B"], dtype=np.int64)
+        runtime.close()
+    a_ns = np.asarray(result.paired_samples_ns, dtype=np.int64)
+    b_ns = np.asarray(result.samples_ns, dtype=np.int64)
+    version = result.predictor.version
     return (
         a_ns,
-        sizes["A"],
+        list(result.paired_rounds),
         b_ns,
-        sizes["B"],
-        side_figures(a_ns, sizes["A"]),
-        side_figures(b_ns, sizes["B"]),
+        list(result.rounds),
+        side_figures(a_ns, result.paired_rounds, result.worker_pid, version),
+        side_figures(b_ns, result.rounds, result.worker_pid, version),
     )
 
 
@@ -392,18 +408,31 @@ def schedule(repetitions: int, rng: random.Random) -> list[float]:
 def run_design(
     design: str, model: Model, plan: Plan, rng: random.Random, start: float, work_dir: Path
 ) -> list[Repetition]:
+    from pytest_mlscope.stats import between_run_noise
+
     results = []
     order = schedule(plan.repetitions, rng)
+    history: list[float] = []  # stored medians of A, the baseline branch's runs
+    if design == "stored":
+        for index in range(HISTORY_SEED_RUNS):
+            samples, _, _, _ = measure_in_fresh_worker(model, plan, 0.0, work_dir)
+            history.append(float(np.median(samples)) / 1e9)
+            _progress(
+                f"[stored history {index + 1}/{HISTORY_SEED_RUNS}] A {_duration(history[-1])}"
+            )
     for index, slowdown in enumerate(order):
         started = time.perf_counter() - start
         load = os.getloadavg()[0]
+        noise = None
         if design == "stored":
+            noise = between_run_noise(history[-HISTORY:])
             a_ns, a_rounds, b_ns, b_rounds, a, b = stored_repetition(
                 model, plan, slowdown, work_dir
             )
+            history.append(a.median_s)
         else:
             a_ns, a_rounds, b_ns, b_rounds, a, b = interleaved_repetition(
-                model, plan, slowdown, rng
+                model, plan, slowdown, rng, work_dir
             )
         repetition = Repetition(
             design=design,
@@ -415,7 +444,7 @@ def run_design(
             b=b,
             ratio=b.median_s / a.median_s,
         )
-        judge(repetition, a_ns, b_ns, a_rounds, b_rounds, model.host)
+        judge(repetition, a_ns, b_ns, a_rounds, b_rounds, model.host, noise)
         results.append(repetition)
         flagged = [k for k in rule_keys() if repetition.flagged[k]]
         _progress(
@@ -547,24 +576,27 @@ def notes(design: str, repetitions: Sequence[Repetition]) -> list[str]:
             f"{_pct(ratios.max(), 1, True)} (90 % of repetitions within {_pct(low, 1, True)} .. "
             f"{_pct(high, 1, True)})."
         )
-    key = our_key(0.05)
-    for condition in CONDITIONS:
-        reps = [r for r in repetitions if r.slowdown == condition]
-        if not reps:
-            continue
-        kinds: dict[str, int] = {}
-        for r in reps:
-            kinds[r.ours[key].kind] = kinds.get(r.ours[key].kind, 0) + 1
-        applied = [r.ours[key].threshold_applied for r in reps]
-        noise = [r.ours[key].noise for r in reps]
-        raised = sum(1 for r in reps if (r.ours[key].noise or 0) > 0.05)
-        lines.append(
-            f"ours T = 5 % on {_condition(condition)}: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-            + f"; measured noise median {_pct(statistics.median(noise), 1)} "
-            f"(max {_pct(max(noise), 1)}), threshold raised to it in {raised}/{len(reps)}; "
-            f"applied median {_pct(statistics.median(applied), 1)}."
-        )
+    for threshold in (0.05, 0.01):
+        key = our_key(threshold)
+        for condition in CONDITIONS:
+            reps = [r for r in repetitions if r.slowdown == condition]
+            if not reps:
+                continue
+            kinds: dict[str, int] = {}
+            for r in reps:
+                kinds[r.ours[key].kind] = kinds.get(r.ours[key].kind, 0) + 1
+            applied = [r.ours[key].threshold_applied or threshold for r in reps]
+            noise = [r.ours[key].noise or 0.0 for r in reps]
+            raised = sum(1 for a in applied if a > threshold + 1e-12)
+            widths = [(r.ours[key].ratio_high or 1) - (r.ours[key].ratio_low or 1) for r in reps]
+            lines.append(
+                f"ours T = {_pct(threshold)} on {_condition(condition)}: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+                + f"; interval width median {_pct(statistics.median(widths), 1)}; round noise "
+                f"median {_pct(statistics.median(noise), 1)}; threshold raised by the "
+                f"run-to-run noise in {raised}/{len(reps)} (applied median "
+                f"{_pct(statistics.median(applied), 1)})."
+            )
     if any(r.pyperf_counts_differ for r in repetitions):
         count = sum(r.pyperf_counts_differ for r in repetitions)
         lines.append(
@@ -596,8 +628,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run one design only (default: both)",
     )
     parser.add_argument("--repetitions", type=int, help="per condition and design")
-    parser.add_argument("--rounds", type=int, help="rounds per side")
-    parser.add_argument("--round-seconds", type=float, help="duration floor of one round")
+    parser.add_argument("--rounds", type=int, help="rounds per side, stored design")
+    parser.add_argument("--round-seconds", type=float, help="duration floor of one stored round")
+    parser.add_argument("--pairs", type=int, help="pairs of rounds, interleaved design")
+    parser.add_argument(
+        "--pair-round-seconds", type=float, help="duration floor of one interleaved round"
+    )
     parser.add_argument(
         "--cache",
         metavar="DIR",
@@ -611,6 +647,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         repetitions=args.repetitions or plan.repetitions,
         rounds=args.rounds or plan.rounds,
         round_s=args.round_seconds or plan.round_s,
+        pairs=args.pairs or plan.pairs,
+        pair_round_s=args.pair_round_seconds or plan.pair_round_s,
         max_side_s=plan.max_side_s,
     )
     designs = list(DESIGNS) if args.design == "both" else [args.design]
@@ -632,7 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Plan: {'quick' if args.quick else 'full'}; {args.model} bs1 on {args.framework}; "
         f"{plan.repetitions} repetitions per condition and design, conditions in random order "
-        f"(seed {args.seed}); each side {plan.rounds} rounds × {plan.round_s:g} s; "
+        f"(seed {args.seed}); stored: each side {plan.rounds} rounds × {plan.round_s:g} s, "
+        f"run-to-run noise from the last {HISTORY} stored A runs (after {HISTORY_SEED_RUNS} "
+        f"seed runs); interleaved: {plan.pairs} pairs of {plan.pair_round_s:g} s rounds; "
         f"wall time {wall_s:.0f} s"
     )
     n = plan.repetitions
