@@ -299,11 +299,20 @@ def load_model(model: str, framework: str, cache_dir: Path) -> Model:
 # -- design 1: stored baseline, two fresh worker processes ---------------------------------------
 
 
-def measure_in_fresh_worker(
-    model: Model, plan: Plan, slowdown: float, work_dir: Path
-) -> tuple[np.ndarray, list[int], int, str]:
-    """One measurement as a pytest-mlscope session takes it, in a worker started for it alone."""
-    from pytest_mlscope.protocol import Cell, EvaluationRequest
+def evaluate_in_fresh_worker(
+    model: Model,
+    measure: MeasureOptions,
+    slowdown: float,
+    work_dir: Path,
+    interleave: bool,
+    seed: int = 0,
+) -> Any:
+    """One measurement as a pytest-mlscope session takes it, in a worker started for it alone.
+
+    With ``interleave``, the request is the one ``MlscopeSession`` sends for
+    ``--mlscope-interleave`` with an injected slowdown: A is the item's own artifact, unslowed.
+    """
+    from pytest_mlscope.protocol import Cell, EvaluationRequest, Interleave
     from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
     cell = Cell(model=model.manifest.name, framework=model.framework, device="cpu", batch_size=1)
@@ -311,22 +320,30 @@ def measure_in_fresh_worker(
         cell=cell,
         manifest_path=str(model.manifest.path),
         artifact=model.artifact,
-        measure=MeasureOptions(
-            warmup=model.warmup,
-            min_count=plan.rounds * MIN_ROUND_SAMPLES,
-            min_duration_s=plan.rounds * plan.round_s,
-            max_duration_s=plan.max_side_s,
-            rounds=plan.rounds,
-        ),
+        measure=measure,
         work_dir=str(work_dir),
         checks=[],
         inject_slowdown=slowdown,
+        interleave=Interleave(artifact=model.artifact, seed=seed) if interleave else None,
     )
     runtime = SubprocessRuntime(work_dir=work_dir / "workers")
     try:
-        result = runtime.evaluate(request, timeout=300)
+        return runtime.evaluate(request, timeout=300)
     finally:
         runtime.close()
+
+
+def measure_in_fresh_worker(
+    model: Model, plan: Plan, slowdown: float, work_dir: Path
+) -> tuple[np.ndarray, list[int], int, str]:
+    measure = MeasureOptions(
+        warmup=model.warmup,
+        min_count=plan.rounds * MIN_ROUND_SAMPLES,
+        min_duration_s=plan.rounds * plan.round_s,
+        max_duration_s=plan.max_side_s,
+        rounds=plan.rounds,
+    )
+    result = evaluate_in_fresh_worker(model, measure, slowdown, work_dir, interleave=False)
     samples = np.asarray(result.samples_ns, dtype=np.int64)
     return samples, list(result.rounds), result.worker_pid, result.predictor.version
 
@@ -352,36 +369,17 @@ def stored_repetition(
 def interleaved_repetition(
     model: Model, plan: Plan, slowdown: float, rng: random.Random, work_dir: Path
 ) -> tuple[np.ndarray, list[int], np.ndarray, list[int], SideFigures, SideFigures]:
-    """One worker, started for this repetition, times A and B in alternating rounds.
-
-    The request is the one ``MlscopeSession`` sends for ``--mlscope-interleave`` with an injected
-    slowdown: A is the item's own artifact, unslowed, B the same model with the slowdown.
-    """
-    from pytest_mlscope.protocol import Cell, EvaluationRequest, Interleave
-    from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
-
-    cell = Cell(model=model.manifest.name, framework=model.framework, device="cpu", batch_size=1)
-    request = EvaluationRequest(
-        cell=cell,
-        manifest_path=str(model.manifest.path),
-        artifact=model.artifact,
-        measure=MeasureOptions(
-            warmup=model.warmup,
-            min_count=plan.pairs * MIN_ROUND_SAMPLES,
-            min_duration_s=plan.pairs * plan.pair_round_s,
-            max_duration_s=plan.max_side_s,
-            rounds=plan.pairs,
-        ),
-        work_dir=str(work_dir),
-        checks=[],
-        inject_slowdown=slowdown,
-        interleave=Interleave(artifact=model.artifact, seed=rng.randrange(2**31)),
+    """One worker, started for this repetition, times A and B in alternating rounds."""
+    measure = MeasureOptions(
+        warmup=model.warmup,
+        min_count=plan.pairs * MIN_ROUND_SAMPLES,
+        min_duration_s=plan.pairs * plan.pair_round_s,
+        max_duration_s=plan.max_side_s,
+        rounds=plan.pairs,
     )
-    runtime = SubprocessRuntime(work_dir=work_dir / "workers")
-    try:
-        result = runtime.evaluate(request, timeout=300)
-    finally:
-        runtime.close()
+    result = evaluate_in_fresh_worker(
+        model, measure, slowdown, work_dir, interleave=True, seed=rng.randrange(2**31)
+    )
     a_ns = np.asarray(result.paired_samples_ns, dtype=np.int64)
     b_ns = np.asarray(result.samples_ns, dtype=np.int64)
     version = result.predictor.version

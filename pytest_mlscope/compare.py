@@ -60,6 +60,7 @@ class Side:
     framework_version: str | None = None
     run_id: str | None = None
     artifact_sha256: str | None = None
+    layers: Sequence[Any] = ()  # the layer table (protocol.LayerRow), when the side was traced
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Verdict:
     p_value: float | None = None  # Mann–Whitney U, current slower, raw samples (informational)
     differences: list[str] = field(default_factory=list)
     accuracy_changes: list[str] = field(default_factory=list)
+    layer_changes: list[str] = field(default_factory=list)  # slowest movers, when both traced
     baseline_run: str | None = None
     design: str | None = None  # "stored" (unpaired) or "interleaved" (paired rounds)
     pairs: int | None = None  # interleaved: pairs of rounds the decision rests on
@@ -299,6 +301,19 @@ def _decide(
     )
 
 
+def _accuracy_regression(baseline: Side, current: Side, tolerance: float) -> Verdict | None:
+    """Accuracy lost against the baseline is a regression, always, whatever the hardware."""
+    lost = accuracy_changes(baseline.accuracy, current.accuracy, tolerance)
+    if not lost:
+        return None
+    return Verdict(
+        "regression",
+        "accuracy: " + "; ".join(lost),
+        accuracy_changes=lost,
+        baseline_run=baseline.run_id,
+    )
+
+
 def verdict(
     baseline: Side | None,
     current: Side,
@@ -315,14 +330,9 @@ def verdict(
     false-alarm rate of at most alpha."""
     if baseline is None:
         return Verdict("new", "no baseline result for this item")
-    lost = accuracy_changes(baseline.accuracy, current.accuracy, accuracy_tolerance)
-    if lost:
-        return Verdict(
-            "regression",
-            "accuracy: " + "; ".join(lost),
-            accuracy_changes=lost,
-            baseline_run=baseline.run_id,
-        )
+    lost = _accuracy_regression(baseline, current, accuracy_tolerance)
+    if lost is not None:
+        return lost
     differences = host_differences(
         baseline.host,
         current.host,
@@ -371,14 +381,9 @@ def interleaved_verdict(
     the pairs alone. Environment differences do not apply: both sides ran here, now.
     """
     if baseline is not None:
-        lost = accuracy_changes(baseline.accuracy, current.accuracy, accuracy_tolerance)
-        if lost:
-            return Verdict(
-                "regression",
-                "accuracy: " + "; ".join(lost),
-                accuracy_changes=lost,
-                baseline_run=baseline.run_id,
-            )
+        lost = _accuracy_regression(baseline, current, accuracy_tolerance)
+        if lost is not None:
+            return lost
     a = round_medians(paired_samples_ns, paired_rounds)
     b = round_medians(current.samples_ns, current.rounds)
     if a.size < 2 or a.size != b.size:
@@ -407,6 +412,7 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         framework_version=record.framework_version,
         run_id=run_id,
         artifact_sha256=getattr(record, "artifact_sha256", None),
+        layers=list(getattr(record, "layers", None) or []),
     )
 
 

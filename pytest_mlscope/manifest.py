@@ -254,6 +254,8 @@ class PerformanceSpec(_Strict):
     rounds: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
     # None: the ini option mlscope_threshold, else 5 %.
     regression_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
+    # Profiling pass after the timing pass (pytest_mlscope.tracing); --mlscope-trace overrides.
+    trace: Literal["none", "model", "framework", "library", "system", "full"] = "none"
 
     @model_validator(mode="after")
     def _duration_order(self) -> PerformanceSpec:

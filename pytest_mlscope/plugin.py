@@ -101,6 +101,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="add calibrated CPU work to every timed call (e.g. 0.05): checks that the gate fires",
     )
     group.addoption(
+        "--mlscope-trace",
+        choices=("none", "model", "framework", "library", "system", "full"),
+        metavar="LEVEL",
+        help="after timing, profile each item at this level (none, model, framework, library, "
+        "system, full) into a layer table and a Chrome/Perfetto trace file",
+    )
+    group.addoption(
         "--mlscope-interleave",
         action="store_true",
         default=None,
@@ -108,6 +115,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "without injected slowdown) in one worker, and judge on the pairs",
     )
     parser.addini("mlscope_baseline", "baseline to compare with by default", default="")
+    parser.addini("mlscope_trace", "trace level for manifests that set none", default="none")
     parser.addini(
         "mlscope_interleave", "interleave every item with its baseline", type="bool", default=False
     )
@@ -139,6 +147,17 @@ def _predictors(config: pytest.Config) -> dict[str, str]:
             )
         found[name.strip()] = target.strip()
     return found
+
+
+def _trace_ini(config: pytest.Config) -> str:
+    from pytest_mlscope.tracing import TRACE_LEVELS
+
+    value = str(config.getini("mlscope_trace") or "none").strip()
+    if value not in TRACE_LEVELS:
+        raise pytest.UsageError(
+            f"mlscope_trace: expected one of {', '.join(TRACE_LEVELS)}, got {value!r}"
+        )
+    return value
 
 
 def _register_marker(config: pytest.Config, name: str, text: str) -> None:
@@ -197,6 +216,8 @@ def pytest_configure(config: pytest.Config) -> None:
         default_threshold=float(config.getini("mlscope_threshold") or 0.05),
         fail_on_regression=not config.getoption("mlscope_no_fail"),
         inject_slowdown=config.getoption("mlscope_inject_slowdown"),
+        trace_level=config.getoption("mlscope_trace"),
+        default_trace_level=_trace_ini(config),
         interleave=bool(
             config.getoption("mlscope_interleave")
             if config.getoption("mlscope_interleave") is not None
@@ -346,6 +367,10 @@ def _properties(result: EvaluationResult, verdict: Verdict | None = None) -> dic
             mlscope_throughput=round(result.summary.throughput, 2),
             mlscope_samples=result.summary.count,
         )
+    if result.trace is not None:
+        props["mlscope_trace_level"] = result.trace.level
+        if result.trace.path:
+            props["mlscope_trace"] = result.trace.path
     if verdict is not None:
         props["mlscope_verdict"] = verdict.kind
         if verdict.design:

@@ -96,6 +96,10 @@ class EvaluationRequest(_Document):
     inject_slowdown: float = 0.0
     # Time the item interleaved with this A side (``pytest --mlscope-interleave``).
     interleave: Interleave | None = None
+    # After the timing pass: profile at this level (pytest_mlscope.tracing), this many predictions.
+    trace_level: str = "none"
+    trace_iterations: int = 20
+    trace_dir: str | None = None  # where trace files go (default: work_dir/traces)
 
 
 class Summary(_Document):
@@ -162,6 +166,29 @@ class PredictorInfo(_Document):
     details: dict[str, object] = {}
 
 
+class LayerRow(_Document):
+    """One layer as a framework ran it; times per inference, in microseconds."""
+
+    layer: str
+    op_type: str
+    device: str = "cpu"
+    calls: float = 1.0
+    self_us: float
+    total_us: float
+    kernels: list[str] = Field(default_factory=list)  # what ran underneath, biggest first
+
+
+class TraceInfo(_Document):
+    """What the profiling pass recorded for one item."""
+
+    level: str
+    iterations: int = 0
+    path: str | None = None  # Chrome Trace Event JSON, opens in Perfetto and chrome://tracing
+    wall_s: float = 0.0  # the profiling pass's extra wall time
+    step_us: float | None = None  # median profiled prediction, for comparing with the timing pass
+    notes: list[str] = Field(default_factory=list)
+
+
 class EvaluationResult(_Document):
     version: int = PROTOCOL_VERSION
     cell: Cell
@@ -177,6 +204,8 @@ class EvaluationResult(_Document):
     paired_samples_ns: list[int] = Field(default_factory=list)
     paired_rounds: list[int] = Field(default_factory=list)
     paired_artifact_sha256: str | None = None
+    layers: list[LayerRow] = Field(default_factory=list)
+    trace: TraceInfo | None = None
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

@@ -54,6 +54,8 @@ class Settings:
     fail_on_regression: bool = True
     inject_slowdown: float = 0.0
     interleave: bool = False  # time items in alternating rounds with their baseline
+    trace_level: str | None = None  # overrides every manifest's performance.trace
+    default_trace_level: str = "none"  # ini mlscope_trace
 
     @property
     def state_dir(self) -> Path:
@@ -226,7 +228,10 @@ class MlscopeSession:
         **overrides: float,
     ) -> EvaluationRequest:
         artifact = self._artifact(manifest, cell.framework)
+        level = self.trace_level(manifest)
         return EvaluationRequest(
+            trace_level="none" if accuracy_only else level,
+            trace_dir=str(self.trace_dir),
             cell=cell,
             manifest_path=str(manifest.path),
             artifact=artifact,
@@ -260,6 +265,20 @@ class MlscopeSession:
             **overrides,
         )
         return self.runtime(cell).evaluate(request, self.settings.timeout)
+
+    def trace_level(self, manifest: Manifest) -> str:
+        """Command line, else the manifest's ``performance.trace`` when set, else ini."""
+        if self.settings.trace_level:
+            return self.settings.trace_level
+        if "trace" in manifest.performance.model_fields_set:
+            return manifest.performance.trace
+        return self.settings.default_trace_level
+
+    @property
+    def trace_dir(self) -> Path:
+        """Trace files live beside the database, one folder per session, never pruned with
+        the work directories: the store points at them."""
+        return self.settings.state_dir / "traces" / self.work_dir.name
 
     def _interleave_side(self, manifest: Manifest, cell: Cell, artifact: Any) -> Interleave | None:
         """The A side for ``--mlscope-interleave``: the baseline's artifact, unslowed.
@@ -420,6 +439,23 @@ class MlscopeSession:
             framework=result.cell.framework,
             between_run_noise=self._between_run_noise(result),
         )
+        if (
+            found.kind == "regression"
+            and baseline is not None
+            and baseline.layers
+            and result.layers
+        ):
+            from pytest_mlscope.tracing.layers import diff_layers, slowest_movers
+
+            movers = [
+                c.describe() for c in slowest_movers(diff_layers(baseline.layers, result.layers))
+            ]
+            if movers:
+                found = replace(
+                    found,
+                    reason=f"{found.reason}; slowest movers: {'; '.join(movers)}",
+                    layer_changes=movers,
+                )
         skipped = self._interleaved.get(result.cell.id)
         if skipped is not None and not skipped[0]:
             found = replace(found, reason=f"{found.reason} ({skipped[1]})")

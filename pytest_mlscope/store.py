@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,21 @@ from pytest_mlscope.protocol import (
     Cell,
     ColdStart,
     EvaluationResult,
+    LayerRow,
     PredictorInfo,
     Summary,
+    TraceInfo,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Each step takes a database from version N to N + 1, in one transaction. Only additions: a
+# database written by an older pytest-mlscope keeps every result it had.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "ALTER TABLE results ADD COLUMN layers {json}",
+        "ALTER TABLE results ADD COLUMN trace {json}",
+    ],
+}
 
 RUN_STATUSES = ("running", "complete", "incomplete")
 OUTCOMES = ("passed", "failed", "error", "skipped")
@@ -106,6 +116,9 @@ results_table = sa.Table(
     sa.Column("predictor", _NullableJSON, nullable=True),
     # What the comparison with a baseline concluded, as the comparison code wrote it.
     sa.Column("verdict", _NullableJSON, nullable=True),
+    # The profiling pass: layer table rows, and the trace's level, file and notes (schema 2).
+    sa.Column("layers", _NullableJSON, nullable=True),
+    sa.Column("trace", _NullableJSON, nullable=True),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -175,6 +188,8 @@ class ResultRecord:
     predictor: PredictorInfo | None
     verdict: dict[str, Any] | None
     recorded_at: datetime
+    layers: list[LayerRow] = field(default_factory=list)
+    trace: TraceInfo | None = None
 
 
 INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
@@ -321,17 +336,41 @@ class Store:
                 f"results database {self.url} has schema version {version}, newer than the "
                 f"{SCHEMA_VERSION} this pytest-mlscope understands; upgrade pytest-mlscope"
             )
-        if version < SCHEMA_VERSION:
+        if version < SCHEMA_VERSION and version not in MIGRATIONS:
             raise StoreError(
                 f"results database {self.url} has schema version {version}, older than "
                 f"{SCHEMA_VERSION}, and no migration from it is known"
             )
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older database up to SCHEMA_VERSION, one step per transaction.
+
+        The version row is updated only if it still says what we read, so two sessions opening
+        the same old database at once migrate it once.
+        """
+        json_type = "JSONB" if self._engine.dialect.name == "postgresql" else "JSON"
+        while version < SCHEMA_VERSION:
+            with self._engine.begin() as connection:
+                current = self._stored_version(connection)
+                if current is not None and current > version:
+                    version = current  # someone else migrated meanwhile
+                    continue
+                for statement in MIGRATIONS[version]:
+                    connection.execute(sa.text(statement.format(json=json_type)))
+                connection.execute(
+                    sa.update(schema_version_table)
+                    .where(schema_version_table.c.id == 1)
+                    .values(version=version + 1)
+                )
+            version += 1
 
     def _prepare_schema(self) -> None:
         with self._engine.connect() as connection:
             version = self._stored_version(connection)
         if version is not None:
             self._check_version(version)
+            if version < SCHEMA_VERSION:
+                self._migrate(version)
             return
         try:
             with self._engine.begin() as connection:
@@ -413,6 +452,8 @@ class Store:
             "cold_start": None,
             "predictor": None,
             "verdict": dict(verdict) if verdict is not None else None,
+            "layers": None,
+            "trace": None,
             "recorded_at": _now(),
         }
         if result is not None:
@@ -425,6 +466,8 @@ class Store:
                 accuracy=result.accuracy.model_dump(),
                 cold_start=result.cold_start.model_dump(),
                 predictor=result.predictor.model_dump(mode="json"),
+                layers=[row.model_dump() for row in result.layers] if result.layers else None,
+                trace=result.trace.model_dump() if result.trace else None,
             )
         try:
             with self._engine.begin() as connection:
@@ -747,6 +790,8 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         ),
         verdict=dict(row["verdict"]) if row["verdict"] is not None else None,
         recorded_at=recorded_at,
+        layers=[LayerRow.model_validate(r) for r in row.get("layers") or []],
+        trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
     )
 
 

@@ -10,21 +10,26 @@ protocol to a private descriptor and points fd 1 at stderr before any framework 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import re
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from pytest_mlscope.errors import MlscopeError
 from pytest_mlscope.protocol import (
+    AccuracyReport,
     ColdStart,
     EvaluationRequest,
     EvaluationResult,
+    LayerRow,
+    TraceInfo,
     WorkerReply,
 )
 
@@ -94,82 +99,75 @@ def _interleaved(
 
 
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
-    from pytest_mlscope.accuracy import assess, postprocess
     from pytest_mlscope.manifest import load_manifest
     from pytest_mlscope.measure import time_calls
     from pytest_mlscope.predictors import predictor_class
     from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.stats import summarize
+    from pytest_mlscope.tracing.timeline import Spans, Timeline
     from pytest_mlscope.zoo.cache import verify
 
     started = time.perf_counter()
     cell = request.cell
-    manifest = load_manifest(request.manifest_path, require_files=False)
-    data = _prepared(request.manifest_path, manifest)
-    predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
+    tracing = request.trace_level != "none" and not request.accuracy_only
+    spans = Spans(f"mlscope {cell.id}", enabled=tracing)
+    with spans.span("item", item=cell.id, level=request.trace_level):
+        with spans.span("preprocess"):
+            manifest = load_manifest(request.manifest_path, require_files=False)
+            data = _prepared(request.manifest_path, manifest)
+        predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
+        with spans.span("load", artifact=request.artifact.path):
+            verify(request.artifact)
+            before = time.perf_counter()
+            predictor.load(request.artifact)
+            load_s = time.perf_counter() - before
+        try:
+            raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
+            batches = [predictor.prepare_input(b) for b in raw_batches]
+            with spans.span("first inference"):
+                before = time.perf_counter()
+                first = predictor.predict(batches[0])
+                first_inference_s = time.perf_counter() - before
+                del first
 
-    verify(request.artifact)
-    before = time.perf_counter()
-    predictor.load(request.artifact)
-    load_s = time.perf_counter() - before
-    try:
-        raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
-        batches = [predictor.prepare_input(b) for b in raw_batches]
-        before = time.perf_counter()
-        first = predictor.predict(batches[0])
-        first_inference_s = time.perf_counter() - before
-        del first
+            # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
+            with spans.span("accuracy pass"):
+                accuracy = _accuracy(request, manifest, data, predictor, batches)
 
-        # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
-        raw = np.concatenate([predictor.to_numpy(predictor.predict(b)) for b in batches])
-        output_spec = manifest.outputs[0]
-        outputs = postprocess(raw[: len(data)], output_spec.postprocess)  # type: ignore[arg-type]
-        if request.save_outputs:
-            Path(request.save_outputs).parent.mkdir(parents=True, exist_ok=True)
-            np.savez(request.save_outputs, **{output_spec.name: outputs})
-        reference = None
-        if request.reference_outputs:
-            with np.load(request.reference_outputs, allow_pickle=False) as archive:
-                reference = np.asarray(archive[archive.files[0]], dtype=np.float64)
-        spec = manifest.accuracy
-        if request.checks is not None:
-            spec = spec.model_copy(
-                update={
-                    k: None
-                    for k in ("top1", "top5", "golden", "agreement")
-                    if k not in request.checks
-                }
-            )
-        accuracy = assess(
-            spec,
-            outputs,
-            data.labels,  # type: ignore[attr-defined]
-            reference=reference,
-            golden=_golden(spec, manifest, output_spec.name),
-        )
+            # Timing pass: the predictor call alone, on inputs prepared beforehand.
+            summary, samples, rounds = None, [], []
+            paired: Timing | None = None
+            if not request.accuracy_only:
+                inputs = batches[:1] if cell.scenario == "single_stream" else batches
+                with spans.span("timing pass"):
+                    call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
+                    if request.interleave is None:
+                        timing = time_calls(call, inputs, request.measure)
+                    else:
+                        paired, timing = _interleaved(request, predictor, raw_batches, call, inputs)
+                samples, rounds = timing.samples_ns, timing.rounds
+                summary = summarize(samples, cell.batch_size)
+                if cell.scenario == "offline":
+                    # Offline throughput is items over the time spent in the model, all batches.
+                    throughput = cell.batch_size * len(samples) / (sum(samples) / 1e9)
+                    summary = summary.model_copy(update={"throughput": throughput})
 
-        # Timing pass: the predictor call alone, on inputs prepared beforehand.
-        summary, samples, rounds = None, [], []
-        paired: Timing | None = None
-        if not request.accuracy_only:
-            inputs = batches[:1] if cell.scenario == "single_stream" else batches
-            call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
-            if request.interleave is None:
-                timing = time_calls(call, inputs, request.measure)
-            else:
-                paired, timing = _interleaved(request, predictor, raw_batches, call, inputs)
-            samples, rounds = timing.samples_ns, timing.rounds
-            summary = summarize(samples, cell.batch_size)
-            if cell.scenario == "offline":
-                # Offline throughput is items over the time spent in the model, all batches.
-                throughput = cell.batch_size * len(samples) / (sum(samples) / 1e9)
-                summary = summary.model_copy(update={"throughput": throughput})
-        info = predictor.info()
-    finally:
-        predictor.close()
-        for other in _OTHERS:
-            other.close()
-        _OTHERS.clear()
+            # Profiling pass: only now, after the timing pass has finished.
+            layers, trace = [], None
+            if tracing:
+                timeline = Timeline(cell.id)
+                with spans.span("profiling pass", iterations=request.trace_iterations):
+                    layers, trace = _profile(request, predictor, inputs[0], timeline)
+            info = predictor.info()
+        finally:
+            predictor.close()
+            for other in _OTHERS:
+                other.close()
+            _OTHERS.clear()
+    if trace is not None:
+        spans.into(timeline)
+        trace.notes.extend(spans.notes)
+        timeline.write(Path(trace.path))  # type: ignore[arg-type]
     return EvaluationResult(
         cell=cell,
         predictor=info,
@@ -182,9 +180,88 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
         paired_samples_ns=paired.samples_ns if paired else [],
         paired_rounds=paired.rounds if paired else [],
         paired_artifact_sha256=request.interleave.artifact.sha256 if paired else None,  # type: ignore[union-attr]
+        layers=layers,
+        trace=trace,
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,
+    )
+
+
+def _accuracy(
+    request: EvaluationRequest,
+    manifest: Any,
+    data: Any,
+    predictor: Predictor,
+    batches: list[Any],
+) -> AccuracyReport:
+    from pytest_mlscope.accuracy import assess, postprocess
+
+    raw = np.concatenate([predictor.to_numpy(predictor.predict(b)) for b in batches])
+    output_spec = manifest.outputs[0]
+    outputs = postprocess(raw[: len(data)], output_spec.postprocess)
+    if request.save_outputs:
+        Path(request.save_outputs).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(request.save_outputs, **{output_spec.name: outputs})
+    reference = None
+    if request.reference_outputs:
+        with np.load(request.reference_outputs, allow_pickle=False) as archive:
+            reference = np.asarray(archive[archive.files[0]], dtype=np.float64)
+    spec = manifest.accuracy
+    if request.checks is not None:
+        spec = spec.model_copy(
+            update={
+                k: None for k in ("top1", "top5", "golden", "agreement") if k not in request.checks
+            }
+        )
+    return assess(
+        spec,
+        outputs,
+        data.labels,
+        reference=reference,
+        golden=_golden(spec, manifest, output_spec.name),
+    )
+
+
+_TRACE_COUNTER = itertools.count(1)  # trace files of one worker never collide
+
+
+def _profile(
+    request: EvaluationRequest, predictor: Predictor, prepared: Any, timeline: Any
+) -> tuple[list[LayerRow], TraceInfo]:
+    """The profiling pass: the predictor's profiler, telemetry beside it, one trace file."""
+    import contextlib
+    import statistics
+
+    from pytest_mlscope.tracing import includes
+    from pytest_mlscope.tracing.timeline import Telemetry
+
+    level = request.trace_level
+    trace_dir = Path(request.trace_dir or Path(request.work_dir) / "traces")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.cell.id)
+    path = trace_dir / f"{name}-{os.getpid()}-{next(_TRACE_COUNTER)}.trace.json"
+    before = time.perf_counter()
+    telemetry = Telemetry() if includes(level, "system") else None
+    rows: list[LayerRow] = []
+    steps: list[float] = []
+    notes: list[str] = []
+    with telemetry or contextlib.nullcontext():
+        if includes(level, "framework"):
+            try:
+                rows, steps, notes = predictor.profile(
+                    prepared, request.trace_iterations, level, timeline, trace_dir
+                )
+            except Exception as exc:  # the timing pass's figures stand without a profile
+                notes = [f"profiling failed, no layer table: {type(exc).__name__}: {exc}"]
+    if telemetry is not None:
+        telemetry.into(timeline)
+    return rows, TraceInfo(
+        level=level,
+        iterations=request.trace_iterations if steps else 0,
+        path=str(path),
+        wall_s=time.perf_counter() - before,
+        step_us=statistics.median(steps) if steps else None,
+        notes=notes,
     )
 
 

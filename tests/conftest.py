@@ -52,3 +52,13 @@ def alexnet_manifest() -> Manifest:
 @pytest.fixture(scope="session")
 def digits_manifest() -> Manifest:
     return load_manifest(MANIFESTS / "digits_cnn.yaml")
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester project with the digits manifest: the cheapest real model, one file to edit."""
+    target = pytester.path / "manifests"
+    target.mkdir()
+    shutil.copy(MANIFESTS / "digits_cnn.yaml", target)
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+    return pytester

@@ -744,3 +744,33 @@ def test_git_info_reports_commit_branch_and_dirtiness(bounded_git: Path) -> None
     _git(repo, "checkout", "-q", "--detach")
     detached = git_info(repo)
     assert detached is not None and detached.branch is None
+
+
+def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -> None:
+    from pytest_mlscope.protocol import LayerRow, TraceInfo
+
+    with Store.from_location(db_path) as store:
+        old_run = store.start_run(host={"cpu_model": "x"})
+        store.record_result(old_run, cell=CELL, outcome="passed", result=make_result())
+    # What pytest-mlscope 0.1 wrote: no layers, no trace, schema version 1.
+    with sqlite3.connect(db_path) as connection:
+        connection.execute("ALTER TABLE results DROP COLUMN layers")
+        connection.execute("ALTER TABLE results DROP COLUMN trace")
+        connection.execute("UPDATE schema_version SET version = 1")
+    traced = make_result().model_copy(
+        update={
+            "layers": [LayerRow(layer="features.0", op_type="Conv2d", self_us=5, total_us=5)],
+            "trace": TraceInfo(level="framework", iterations=20, path="/tmp/t.json"),
+        }
+    )
+    with Store.from_location(db_path) as store:
+        old = store.latest_results(old_run)[CELL.id]
+        assert old.samples_ns == make_result().samples_ns and old.layers == [] and old.trace is None
+        new_run = store.start_run(host={"cpu_model": "x"})
+        store.record_result(new_run, cell=CELL, outcome="passed", result=traced)
+        new = store.latest_results(new_run)[CELL.id]
+    assert new.layers[0].layer == "features.0" and new.trace.path == "/tmp/t.json"
+    with sqlite3.connect(db_path) as connection:
+        assert connection.execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]

@@ -37,15 +37,6 @@ VERY_LOOSE = ("--mlscope-threshold", "3")
 ITEM = "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
 
 
-@pytest.fixture
-def suite(pytester: pytest.Pytester) -> pytest.Pytester:
-    target = pytester.path / "manifests"
-    target.mkdir()
-    shutil.copy(REPO / "manifests" / "digits_cnn.yaml", target)
-    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
-    return pytester
-
-
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *ONE_ITEM, *args)
 

@@ -15,14 +15,18 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from importlib import metadata
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from pytest_mlscope.errors import StackUnavailable
-from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
+
+if TYPE_CHECKING:
+    from pytest_mlscope.tracing.timeline import Timeline
 
 ENTRY_POINT_GROUP = "mlscope.predictors"
 
@@ -66,6 +70,32 @@ class Predictor(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model; the default keeps nothing to release."""
+
+    def profile(
+        self,
+        prepared: Any,
+        iterations: int,
+        level: str,
+        timeline: Timeline,
+        trace_dir: Path,
+    ) -> tuple[list[LayerRow], list[float], list[str]]:
+        """The profiling pass: layer rows per inference, profiled prediction times (µs), notes.
+
+        Called after the timing pass, never during it. A framework without a profiler of ours
+        still shows its predictions on the timeline; its layer table stays empty, and says so.
+        """
+        import time
+
+        steps = []
+        for index in range(iterations):
+            start = time.perf_counter_ns()
+            self.predict(prepared)
+            duration = (time.perf_counter_ns() - start) / 1e3
+            steps.append(duration)
+            timeline.complete(
+                "predict", start / 1e3, duration, "framework", "framework", {"iteration": index}
+            )
+        return [], steps, [f"no layer profiler for {self.name}: predictions only"]
 
     @abstractmethod
     def info(self) -> PredictorInfo: ...

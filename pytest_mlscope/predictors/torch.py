@@ -66,6 +66,15 @@ class TorchPredictor(Predictor):
             output = output[0]
         return output.detach().cpu().numpy()
 
+    def profile(
+        self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
+    ) -> tuple[list[Any], list[float], list[str]]:
+        from pytest_mlscope.tracing.torch_profile import profile_torch
+
+        return profile_torch(
+            self.module, self.predict, prepared, iterations, level, timeline, self.device
+        )
+
     def close(self) -> None:
         self.module = None
         mode, self._mode = self._mode, None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_mlscope.protocol import AccuracyReport, ColdStart, Summary
@@ -82,6 +82,12 @@ def result_row(
     ]
 
 
+def _top(rows: list[Any], k: int) -> list[Any]:
+    from pytest_mlscope.tracing.layers import top_layers
+
+    return top_layers(rows, k)
+
+
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
     interleaved = session.settings.interleave
     compared = bool(session.settings.baseline) or interleaved
@@ -118,6 +124,16 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
         )
         if session.baseline_note:
             yield session.baseline_note
+    traced = [r for r in session.records if r.result and r.result.trace and r.result.trace.path]
+    if traced:
+        yield f"traces ({traced[0].result.trace.level}), open in https://ui.perfetto.dev:"  # type: ignore[union-attr]
+        for record in traced:
+            trace = record.result.trace  # type: ignore[union-attr]
+            top = ", ".join(
+                f"{row.layer} {row.self_us:.0f} µs"
+                for row in _top(record.result.layers, 3)  # type: ignore[union-attr]
+            )
+            yield f"  {record.cell.id}: {trace.path}" + (f" (top: {top})" if top else "")  # type: ignore[union-attr]
     if session.started:
         yield f"run {session.run_id} stored in {session.store.url}"
     if session.saved_baseline:

@@ -81,7 +81,12 @@ def alexnet(out_dir: Path, *, seed: int = 0, num_classes: int = 1000) -> list[Bu
 
 
 def digits_cnn(
-    out_dir: Path, *, seed: int = 0, epochs: int = 40, learning_rate: float = 3e-3
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    epochs: int = 40,
+    learning_rate: float = 3e-3,
+    conv2_kernel: int = 3,
 ) -> list[BuiltArtifact]:
     """Train the digits CNN on the fixed training split; single-threaded for determinism."""
     import torch
@@ -97,7 +102,7 @@ def digits_cnn(
     try:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = DigitsCNN()
+        model = DigitsCNN(conv2_kernel=conv2_kernel)
         _seeded_init(model, seed)
         optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
         loss_fn = torch.nn.CrossEntropyLoss()
@@ -114,7 +119,10 @@ def digits_cnn(
     finally:
         torch.set_num_threads(threads)
     torch_artifact = _save_torch(
-        model, out_dir / "digits_cnn.pt", "pytest_mlscope.zoo.models:DigitsCNN", {}
+        model,
+        out_dir / "digits_cnn.pt",
+        "pytest_mlscope.zoo.models:DigitsCNN",
+        {"conv2_kernel": conv2_kernel} if conv2_kernel != 3 else {},
     )
     _export_onnx(model, torch.zeros(1, 1, 8, 8), out_dir / "digits_cnn.onnx")
     return [torch_artifact, BuiltArtifact("onnx", "digits_cnn.onnx")]

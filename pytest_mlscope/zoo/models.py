@@ -53,14 +53,20 @@ class AlexNet(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN for scikit-learn's 8x8 digits."""
+    """A small CNN for scikit-learn's 8x8 digits.
 
-    def __init__(self, num_classes: int = 10) -> None:
+    ``conv2_kernel`` widens the second convolution alone (same output shape, more work): the
+    variant model that checks a trace diff names the layer that got slower.
+    """
+
+    def __init__(self, num_classes: int = 10, conv2_kernel: int = 3) -> None:
         super().__init__()
+        if conv2_kernel % 2 != 1:
+            raise ValueError(f"conv2_kernel must be odd (same output shape), got {conv2_kernel}")
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, kernel_size=3, padding=1),
             nn.ReLU(),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.Conv2d(16, 32, kernel_size=conv2_kernel, padding=conv2_kernel // 2),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )

@@ -1,0 +1,109 @@
+"""The layer table every framework's profiler is turned into, and the diff of two of them.
+
+One row per layer as the framework ran it: ``calls``, ``self_us`` and ``total_us`` are per
+inference (the median over the profiled predictions, so one slow prediction does not move them).
+The row ``(other)`` holds the time of a prediction spent outside every layer (framework dispatch,
+Python between modules, session overhead), so the rows add up to a whole prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pytest_mlscope.protocol import LayerRow
+
+OTHER = "(other)"
+# A layer counts as slower or faster when its self time moved by this much AND this many µs:
+# tiny layers jitter by large fractions of nothing.
+MOVE_FRACTION = 0.10
+MOVE_US = 2.0
+
+
+def top_layers(rows: Iterable[LayerRow], k: int | None = None) -> list[LayerRow]:
+    """Rows by self time, largest first."""
+    ordered = sorted(rows, key=lambda row: row.self_us, reverse=True)
+    return ordered if k is None else ordered[:k]
+
+
+def total_self_us(rows: Iterable[LayerRow]) -> float:
+    return sum(row.self_us for row in rows)
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    layer: str
+    op_type: str
+    kind: str  # "added", "removed", "slower", "faster", "kernel changed", "same"
+    before_us: float | None
+    after_us: float | None
+    kernels_before: tuple[str, ...] = ()
+    kernels_after: tuple[str, ...] = ()
+
+    @property
+    def delta_us(self) -> float:
+        return (self.after_us or 0.0) - (self.before_us or 0.0)
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.before_us or self.after_us is None:
+            return None
+        return self.after_us / self.before_us
+
+    def describe(self) -> str:
+        if self.kind == "added":
+            return f"{self.layer} {self.op_type} added ({self.after_us:.1f} µs)"
+        if self.kind == "removed":
+            return f"{self.layer} {self.op_type} removed (was {self.before_us:.1f} µs)"
+        text = f"{self.layer} {self.op_type}"
+        if self.ratio is not None:
+            text += f" {self.ratio - 1:+.0%} ({self.before_us:.1f} -> {self.after_us:.1f} µs)"
+        if self.kernels_before != self.kernels_after:
+            text += (
+                f", kernel {', '.join(self.kernels_before) or '?'} -> "
+                f"{', '.join(self.kernels_after) or '?'}"
+            )
+        return text
+
+
+def diff_layers(before: Sequence[LayerRow], after: Sequence[LayerRow]) -> list[LayerChange]:
+    """Per-layer changes, biggest movers (by absolute change in self time) first.
+
+    Layers are matched by name and op type; ``(other)`` is compared like any layer, since a
+    regression outside every layer (say, a new copy of the input) is worth naming too.
+    """
+    old = {(row.layer, row.op_type): row for row in before}
+    new = {(row.layer, row.op_type): row for row in after}
+    changes = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b = old.get(key), new.get(key)
+        if a is None:
+            assert b is not None
+            changes.append(
+                LayerChange(b.layer, b.op_type, "added", None, b.self_us, (), tuple(b.kernels))
+            )
+            continue
+        if b is None:
+            changes.append(
+                LayerChange(a.layer, a.op_type, "removed", a.self_us, None, tuple(a.kernels))
+            )
+            continue
+        kernels_a, kernels_b = tuple(a.kernels), tuple(b.kernels)
+        delta = b.self_us - a.self_us
+        moved = abs(delta) >= MOVE_US and abs(delta) >= MOVE_FRACTION * max(a.self_us, 1e-9)
+        if moved:
+            kind = "slower" if delta > 0 else "faster"
+        elif kernels_a != kernels_b:
+            kind = "kernel changed"
+        else:
+            kind = "same"
+        changes.append(
+            LayerChange(a.layer, a.op_type, kind, a.self_us, b.self_us, kernels_a, kernels_b)
+        )
+    return sorted(changes, key=lambda c: abs(c.delta_us), reverse=True)
+
+
+def slowest_movers(changes: Sequence[LayerChange], k: int = 3) -> list[LayerChange]:
+    """The layers that explain a slowdown: added or slower, largest added time first."""
+    movers = [c for c in changes if c.kind in ("slower", "added") and c.delta_us > 0]
+    return sorted(movers, key=lambda c: c.delta_us, reverse=True)[:k]

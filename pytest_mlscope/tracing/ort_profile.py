@@ -1,0 +1,214 @@
+"""ONNX Runtime: node events from the session profiler (``enable_profiling``).
+
+Profiling is a session option, so the profiling pass builds a second session with the same
+options as the timed one plus profiling: the timed session is never touched. ORT names the nodes
+it ran after the exported graph (``/features/features.0/Conv``), which carries the module path of
+the source model. A fused node keeps the name of the fused chain's *output*: a Conv fused with its
+ReLU is named ``/features/features.1/Relu_output_0_nchwc``. With the ``onnx`` package installed,
+the original graph is read to walk from that output back to the node of the fused node's op, so
+the row is ``features.0`` (Conv) with kernel ``Conv+Relu/NCHWc``; without it, the row keeps ORT's
+name (``features.1``, op Conv).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pytest_mlscope.protocol import LayerRow
+from pytest_mlscope.tracing import includes
+from pytest_mlscope.tracing.layers import OTHER
+from pytest_mlscope.tracing.timeline import Timeline
+
+SUFFIX = "_kernel_time"
+
+
+def layer_of(node: str) -> str:
+    """``/features/features.3/Conv`` -> ``features.3``; a top-level node keeps its own name."""
+    name = node.removeprefix("fused ").removesuffix(SUFFIX)
+    parts = [p for p in name.split("/") if p]
+    if len(parts) >= 2:
+        return parts[-2]
+    return parts[0] if parts else name
+
+
+ACTIVATIONS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "Add", "Sum"}
+
+
+def source_nodes(model_path: str) -> dict[str, tuple[str, str, list[str]]] | None:
+    """Original graph: tensor name -> (producing node name, op, inputs); None without onnx."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        graph = onnx.load(model_path, load_external_data=False).graph
+    except Exception:
+        return None
+    producers: dict[str, tuple[str, str, list[str]]] = {}
+    for node in graph.node:
+        for output in node.output:
+            producers[output] = (node.name, node.op_type, list(node.input))
+    return producers
+
+
+def resolve(
+    node: str, op: str, producers: dict[str, tuple[str, str, list[str]]] | None
+) -> tuple[str, list[str]]:
+    """(layer, ops fused into it) for an ORT node name, using the original graph when known."""
+    base = node.removeprefix("fused ").removesuffix(SUFFIX)
+    if producers is None:
+        return layer_of(node), []
+    by_name = {name: (name, kind, inputs) for name, kind, inputs in producers.values()}
+    if base in by_name:
+        return layer_of(base), []
+    tensor = base.removesuffix("_nchwc")
+    found = producers.get(tensor)
+    fused: list[str] = []
+    while found is not None and found[1] != op and found[1] in ACTIVATIONS and found[2]:
+        fused.append(found[1])
+        found = producers.get(found[2][0])
+    if found is None or found[1] not in (op, op.removeprefix("Fused")):
+        return layer_of(node), []
+    return layer_of(found[0]), fused[::-1]
+
+
+def _device(provider: str) -> str:
+    return "cuda" if "CUDA" in provider or "Tensorrt" in provider else "cpu"
+
+
+def profile_ort(
+    model_path: str,
+    session_factory: Any,
+    plain_call: Any,
+    feed: dict[str, Any],
+    iterations: int,
+    level: str,
+    timeline: Timeline,
+    trace_dir: Path,
+) -> tuple[list[LayerRow], list[float], list[str]]:
+    """Layer rows (per inference), profiled prediction times (µs) and notes.
+
+    ``session_factory(options_update)`` builds an InferenceSession like the timed one, with
+    ``enable_profiling`` and the profile file prefix set by the callback.
+    """
+    clock = time.perf_counter_ns
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    prefix = str(trace_dir / f"ort-{time.perf_counter_ns()}")
+    session = session_factory(prefix)
+    # Unprofiled runs of the timed session first: what the rows must add up to. (Alternating
+    # them with the profiled session's runs would be fairer to drift, but two sessions of a
+    # large model evict each other's weights from the caches: AlexNet's rows then add up to
+    # twice a prediction.)
+    plain_call(feed)
+    plain: list[float] = []
+    for _ in range(iterations):
+        start = clock()
+        plain_call(feed)
+        plain.append((clock() - start) / 1e3)
+    session.run(None, feed)  # warm: the first run allocates
+    ours: list[tuple[int, int]] = []
+    for _ in range(iterations):
+        start = clock()
+        session.run(None, feed)
+        ours.append((start, clock()))
+    path = Path(session.end_profiling())
+    try:
+        events = json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    runs = runs[-iterations:]
+    offset = statistics.median(
+        start / 1e3 - run["ts"] for (start, _), run in zip(ours, runs, strict=False)
+    )
+    nodes = [e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith(SUFFIX)]
+    producers = source_nodes(model_path)
+    resolved: dict[tuple[str, str], tuple[str, list[str]]] = {}
+    per_step: list[dict[tuple[str, str], float]] = []
+    calls: dict[tuple[str, str], int] = defaultdict(int)
+    info: dict[tuple[str, str], dict[str, str]] = {}
+    steps = []
+    for index, run in enumerate(runs):
+        begin, end = run["ts"], run["ts"] + run["dur"]
+        steps.append(float(run["dur"]))
+        timeline.complete(
+            "model_run", begin + offset, run["dur"], "framework", "framework", {"iteration": index}
+        )
+        totals: dict[tuple[str, str], float] = defaultdict(float)
+        for node in nodes:
+            if not begin <= node["ts"] < end:
+                continue
+            args = node.get("args", {})
+            op = str(args.get("op_name", "?"))
+            if (node["name"], op) not in resolved:
+                resolved[(node["name"], op)] = resolve(node["name"], op, producers)
+            layer, fused = resolved[(node["name"], op)]
+            key = (layer, op)
+            totals[key] += float(node["dur"])
+            calls[key] += 1  # a dict keeps first-seen order: the order ORT ran the nodes
+            provider = str(args.get("provider", ""))
+            variant = "NCHWc" if "_nchwc" in node["name"] else ""
+            kernel = "+".join([op, *fused]) + (f"/{variant}" if variant else "")
+            info[key] = {"provider": provider, "kernel": kernel}
+            detail = {
+                "op_type": op,
+                "provider": provider,
+                "node": node["name"].removesuffix(SUFFIX),
+                "input_shapes": json.dumps(args.get("input_type_shape", [])),
+            }
+            timeline.complete(
+                key[0], node["ts"] + offset, node["dur"], "framework", "layer", detail
+            )
+            if includes(level, "library"):
+                timeline.complete(
+                    f"{info[key]['kernel']} ({provider.removesuffix('ExecutionProvider')})",
+                    node["ts"] + offset, node["dur"], "library", "kernel", detail,
+                )  # fmt: skip
+        per_step.append(totals)
+    # The profiler's own cost inside each node (timestamps, fences) is several µs, as much as a
+    # small node's work. Estimated by the cheapest node (a reshape or a layout copy does next to
+    # nothing), bounded by the whole profiling cost per node, and subtracted from every node.
+    medians = {key: statistics.median(step.get(key, 0.0) for step in per_step) for key in calls}
+    per_call = {key: medians[key] / max(calls[key] / len(runs), 1e-9) for key in calls}
+    nodes_per_run = sum(calls.values()) / max(len(runs), 1)
+    median_plain = statistics.median(plain)
+    whole = (statistics.median(steps) - median_plain) / max(nodes_per_run, 1)
+    per_node = max(0.0, min(min(per_call.values(), default=0.0), whole))
+    rows = []
+    for key in calls:
+        layer, op = key
+        self_us = max(medians[key] - per_node * calls[key] / len(runs), 0.0)
+        provider = info[key]["provider"]
+        rows.append(
+            LayerRow(
+                layer=layer,
+                op_type=op,
+                device=_device(provider),
+                calls=calls[key] / len(runs),
+                self_us=self_us,
+                total_us=self_us,
+                kernels=[f"{info[key]['kernel']} ({provider.removesuffix('ExecutionProvider')})"],
+            )
+        )
+    other = median_plain - sum(row.self_us for row in rows)
+    rows.append(
+        LayerRow(
+            layer=OTHER, op_type="session overhead", calls=1.0,
+            self_us=max(other, 0.0), total_us=max(other, 0.0),
+        )
+    )  # fmt: skip
+    notes = [
+        f"node times less the profiler's cost of {per_node:.1f} µs per node (a profiled run "
+        f"took {statistics.median(steps):.1f} µs, an unprofiled one {median_plain:.1f} µs)"
+    ]
+    if includes(level, "library"):
+        notes.append(
+            "ONNX Runtime's profiler reports nodes with their execution provider and layout; "
+            "the MLAS routines beneath them are not exposed"
+        )
+    return rows, plain, notes

@@ -1,0 +1,235 @@
+"""PyTorch: layer times from module hooks, ops and kernels from ``torch.profiler``.
+
+Two loops, because they answer different questions at different costs. Layer times come from
+forward hooks on the leaf modules (one clock read each side: cheap, so the rows add up to what
+the timing pass measured). Ops and kernels come from ``torch.profiler`` with each leaf module
+wrapped in a ``record_function`` named after it, which costs microseconds per op and would
+inflate a small model's layers if its times were used for the table.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from pytest_mlscope.protocol import LayerRow
+from pytest_mlscope.tracing import includes
+from pytest_mlscope.tracing.layers import OTHER
+from pytest_mlscope.tracing.timeline import Timeline
+
+PREFIX = "layer:"
+TOP_KERNELS = 3
+
+
+def _leaves(module: Any) -> list[tuple[str, Any]]:
+    return [
+        (name, child)
+        for name, child in module.named_modules()
+        if name and next(iter(child.children()), None) is None
+    ]
+
+
+def profile_torch(
+    module: Any,
+    call: Callable[[Any], Any],
+    prepared: Any,
+    iterations: int,
+    level: str,
+    timeline: Timeline,
+    device: str = "cpu",
+) -> tuple[list[LayerRow], list[float], list[str]]:
+    """Layer rows (per inference), profiled prediction times (µs) and notes."""
+    leaves = _leaves(module)
+    op_types = {name: type(child).__name__ for name, child in leaves}
+    clock = time.perf_counter_ns
+    spans: list[tuple[str, int, int]] = []
+    stack: list[int] = []
+
+    def enter(_module: Any, _args: Any, *, name: str) -> None:
+        stack.append(clock())
+
+    def leave(_module: Any, _args: Any, _output: Any, *, name: str) -> None:
+        spans.append((name, stack.pop(), clock()))
+
+    def hook() -> list[Any]:
+        handles = []
+        for name, child in leaves:
+            handles.append(
+                child.register_forward_pre_hook(lambda m, a, name=name: enter(m, a, name=name))
+            )
+            handles.append(
+                child.register_forward_hook(lambda m, a, o, name=name: leave(m, a, o, name=name))
+            )
+        return handles
+
+    # Plain and hooked predictions alternate, so drift on the machine hits both alike: the
+    # plain ones say what a prediction costs, the hooked ones how it splits into layers.
+    plain: list[float] = []
+    steps: list[float] = []
+    per_step: list[dict[str, float]] = []
+    calls: dict[str, int] = defaultdict(int)
+    call(prepared)
+    for index in range(-1, iterations):
+        start = clock()
+        call(prepared)
+        if index >= 0:
+            plain.append((clock() - start) / 1e3)
+        handles = hook()
+        try:
+            first = len(spans)
+            start = clock()
+            call(prepared)
+            end = clock()
+        finally:
+            for handle in handles:
+                handle.remove()
+        if index < 0:
+            continue  # the first hooked call warms the hooks up
+        steps.append((end - start) / 1e3)
+        timeline.complete(
+            "predict", start / 1e3, (end - start) / 1e3, "framework", "framework",
+            {"iteration": index},
+        )  # fmt: skip
+        totals: dict[str, float] = defaultdict(float)
+        for name, begin, finish in spans[first:]:
+            totals[name] += (finish - begin) / 1e3
+            calls[name] += 1
+            timeline.complete(
+                name, begin / 1e3, (finish - begin) / 1e3, "framework", "layer",
+                {"op_type": op_types[name]},
+            )  # fmt: skip
+        per_step.append(totals)
+
+    kernels: dict[str, list[str]] = {}
+    notes: list[str] = []
+    if includes(level, "library"):
+        kernels, note = _library_pass(module, call, prepared, leaves, timeline, device)
+        notes.extend(note)
+
+    rows = []
+    for name, _child in leaves:
+        if not calls.get(name):
+            continue  # a module the forward never calls (e.g. an unused head)
+        self_us = statistics.median(step.get(name, 0.0) for step in per_step)
+        rows.append(
+            LayerRow(
+                layer=name,
+                op_type=op_types[name],
+                device=device,
+                calls=calls[name] / iterations,
+                self_us=self_us,
+                total_us=self_us,
+                kernels=kernels.get(name, []),
+            )
+        )
+    # Hooks cost a few µs per module call, outside the layer spans: "(other)" is what an
+    # uninstrumented prediction spends outside every layer, so the rows add up to it.
+    median_plain = statistics.median(plain)
+    other = median_plain - sum(row.self_us for row in rows)
+    notes.append(
+        f"layer times from forward hooks; hooks made a prediction {statistics.median(steps):.1f} "
+        f"µs instead of {median_plain:.1f} µs, a cost kept out of the table"
+    )
+    rows.append(
+        LayerRow(
+            layer=OTHER, op_type="outside layers", device=device, calls=1.0,
+            self_us=max(other, 0.0), total_us=max(other, 0.0),
+        )
+    )  # fmt: skip
+    return rows, plain, notes
+
+
+def _library_pass(
+    module: Any,
+    call: Callable[[Any], Any],
+    prepared: Any,
+    leaves: list[tuple[str, Any]],
+    timeline: Timeline,
+    device: str,
+    iterations: int = 3,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """aten ops (and CUDA kernels on a GPU) under each layer, on the timeline and per layer."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    clock = time.perf_counter_ns
+    ours: list[tuple[str, int]] = []  # (record_function name, our start) in call order
+    open_frames: list[Any] = []
+
+    def enter(_m: Any, _a: Any, *, name: str) -> None:
+        frame = record_function(PREFIX + name)
+        ours.append((PREFIX + name, clock()))
+        frame.__enter__()
+        open_frames.append(frame)
+
+    def leave(_m: Any, _a: Any, _o: Any) -> None:
+        open_frames.pop().__exit__(None, None, None)
+
+    handles = []
+    for name, child in leaves:
+        handles.append(
+            child.register_forward_pre_hook(lambda m, a, name=name: enter(m, a, name=name))
+        )
+        handles.append(child.register_forward_hook(leave))
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda") and torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    try:
+        with profile(activities=activities) as prof:
+            for _ in range(iterations):
+                call(prepared)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+    finally:
+        for handle in handles:
+            handle.remove()
+    events = list(prof.events())
+    frames = [e for e in events if e.name.startswith(PREFIX)]
+    frames.sort(key=lambda e: e.time_range.start)
+    if not frames:
+        return {}, ["torch.profiler recorded no layer frames; kernels not attributed"]
+    # One clock: our start of the n-th layer call and the profiler's start of the same frame.
+    offsets = [
+        mine / 1e3 - theirs.time_range.start
+        for (name, mine), theirs in zip(ours, frames, strict=False)
+        if name == theirs.name
+    ]
+    offset = statistics.median(offsets) if offsets else 0.0
+    per_layer: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event in events:
+        start = event.time_range.start + offset
+        duration = event.time_range.end - event.time_range.start
+        is_frame = event.name.startswith(PREFIX)
+        device_type = str(getattr(event, "device_type", "")).rsplit(".", 1)[-1].lower()
+        track: str | int = "library"
+        if device_type == "cuda":
+            track = 4
+            timeline.extra_tracks[4] = "library: CUDA kernels"
+        if not is_frame:
+            timeline.complete(
+                event.name, start, duration, track, "kernel" if device_type == "cuda" else "op",
+                {"layer": _owner(event) or ""},
+            )  # fmt: skip
+            owner = _owner(event)
+            if owner:
+                per_layer[owner][event.name] += float(event.self_cpu_time_total) + float(
+                    getattr(event, "self_device_time_total", 0.0) or 0.0
+                )
+    kernels = {
+        layer: [n for n, _ in sorted(ops.items(), key=lambda kv: kv[1], reverse=True)[:TOP_KERNELS]]
+        for layer, ops in per_layer.items()
+    }
+    return kernels, []
+
+
+def _owner(event: Any) -> str | None:
+    """The layer a profiler event ran under: its nearest enclosing record_function frame."""
+    parent = getattr(event, "cpu_parent", None)
+    while parent is not None:
+        if parent.name.startswith(PREFIX):
+            return parent.name.removeprefix(PREFIX)
+        parent = getattr(parent, "cpu_parent", None)
+    return None
