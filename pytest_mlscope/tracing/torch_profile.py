@@ -108,6 +108,10 @@ def profile_torch(
     if includes(level, "library"):
         kernels, note = _library_pass(module, call, prepared, leaves, timeline, device)
         notes.extend(note)
+        if device == "cpu":
+            primitives = _onednn_pass(call, prepared, leaves)
+            for layer, names in primitives.items():
+                kernels[layer] = [*names, *kernels.get(layer, [])][: TOP_KERNELS + 2]
 
     rows = []
     for name, _child in leaves:
@@ -223,6 +227,70 @@ def _library_pass(
         for layer, ops in per_layer.items()
     }
     return kernels, []
+
+
+def _onednn_pass(
+    call: Callable[[Any], Any], prepared: Any, leaves: list[tuple[str, Any]]
+) -> dict[str, list[str]]:
+    """The oneDNN primitives each layer ran (``oneDNN convolution jit:avx512_core``), biggest first.
+
+    oneDNN reports its primitives only through its verbose log on stdout (fd 1), without
+    timestamps that could be put on our clock; so one prediction runs with the log on, fd 1 is
+    sent to a file meanwhile, and each layer's hooks write a marker line into the same stream:
+    a primitive belongs to the last layer entered. Layers the framework computes without oneDNN
+    (small convolutions take aten's own kernels) get none. Their times, slowed by the logging,
+    only order the primitives.
+    """
+    import os
+    import sys
+    import tempfile
+
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return {}
+    marker = "mlscope-layer "
+
+    def enter(_m: Any, _a: Any, *, name: str) -> None:
+        os.write(1, f"{marker}{name}\n".encode())
+
+    handles = [
+        child.register_forward_pre_hook(lambda m, a, name=name: enter(m, a, name=name))
+        for name, child in leaves
+    ]
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                call(prepared)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            for handle in handles:
+                handle.remove()
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    per_layer: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    layer = None
+    for line in text.splitlines():
+        if line.startswith(marker):
+            layer = line.removeprefix(marker).strip()
+            continue
+        fields = line.split(",")
+        if layer is None or len(fields) < 8 or fields[2:4] != ["primitive", "exec"]:
+            continue
+        try:
+            milliseconds = float(fields[-1])
+        except ValueError:
+            continue
+        per_layer[layer][f"oneDNN {fields[5]} {fields[6]}"] += milliseconds
+    return {
+        name: [k for k, _ in sorted(found.items(), key=lambda kv: kv[1], reverse=True)[:2]]
+        for name, found in per_layer.items()
+    }
 
 
 def _owner(event: Any) -> str | None:
