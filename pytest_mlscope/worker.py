@@ -99,18 +99,29 @@ def _interleaved(
 
 
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
-    from pytest_mlscope.manifest import load_manifest
-    from pytest_mlscope.measure import time_calls
-    from pytest_mlscope.predictors import predictor_class
-    from pytest_mlscope.slowdown import slowed
-    from pytest_mlscope.stats import summarize
-    from pytest_mlscope.tracing.timeline import Spans, Timeline
-    from pytest_mlscope.zoo.cache import verify
+    from pytest_mlscope.tracing.timeline import Spans
 
     started = time.perf_counter()
     cell = request.cell
     tracing = request.trace_level != "none" and not request.accuracy_only
     spans = Spans(f"mlscope {cell.id}", enabled=tracing)
+    try:
+        return _evaluate(request, spans, started)
+    finally:
+        spans.close()
+
+
+def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> EvaluationResult:
+    from pytest_mlscope.manifest import load_manifest
+    from pytest_mlscope.measure import time_calls
+    from pytest_mlscope.predictors import predictor_class
+    from pytest_mlscope.slowdown import slowed
+    from pytest_mlscope.stats import summarize
+    from pytest_mlscope.tracing.timeline import Timeline
+    from pytest_mlscope.zoo.cache import verify
+
+    cell = request.cell
+    tracing = spans.enabled
     with spans.span("item", item=cell.id, level=request.trace_level):
         with spans.span("preprocess"):
             manifest = load_manifest(request.manifest_path, require_files=False)

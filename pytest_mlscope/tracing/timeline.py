@@ -170,7 +170,12 @@ class Spans:
             if span.parent is not None:
                 args["parent_span_id"] = f"{span.parent.span_id:016x}"
             timeline.complete(span.name, start, end - start, "pipeline", "pipeline", args)
-        self._provider.shutdown()
+
+    def close(self) -> None:
+        """Flush to the OTLP endpoint, if any, and stop the exporter's thread."""
+        if self.enabled:
+            self._provider.shutdown()
+            self.enabled = False
 
 
 # -- telemetry -------------------------------------------------------------------------------------
