@@ -179,12 +179,18 @@ class MlscopeSession:
 
     def _artifact(self, manifest: Manifest, framework: str) -> Any:
         from pytest_mlscope.predictors import predictor_class
-        from pytest_mlscope.zoo.cache import ArtifactCache
 
-        if self._cache is None:
-            self._cache = ArtifactCache(self.settings.artifact_dir)
         formats = predictor_class(framework, self.settings.predictors).formats
-        return self._cache.for_framework(manifest, framework, formats)
+        return self.cache.for_framework(manifest, framework, formats)
+
+    @property
+    def cache(self) -> Any:
+        """The artifact cache (``zoo.cache.ArtifactCache``), opened on first use."""
+        if self._cache is None:
+            from pytest_mlscope.zoo.cache import ArtifactCache
+
+            self._cache = ArtifactCache(self.settings.artifact_dir)
+        return self._cache
 
     def _reference_path(self, manifest: Manifest) -> Path | None:
         agreement = manifest.accuracy.agreement
@@ -301,9 +307,7 @@ class MlscopeSession:
                 what = "the same model (A/A)"
         else:
             assert baseline.artifact_sha256 is not None
-            if self._cache is None:
-                self._artifact(manifest, cell.framework)
-            found = self._cache.find(manifest.name, baseline.artifact_sha256)
+            found = self.cache.find(manifest.name, baseline.artifact_sha256)
             if found is None or found.format != artifact.format:
                 self._interleaved[cell.id] = (
                     False,

@@ -61,9 +61,6 @@ def _golden(spec: object, manifest: object, output_name: str) -> np.ndarray | No
         return np.asarray(archive[key], dtype=np.float64)
 
 
-_OTHERS: list[Predictor] = []  # A-side predictors of an interleaved item, closed with it
-
-
 def _interleaved(
     request: EvaluationRequest,
     predictor: Predictor,
@@ -85,17 +82,19 @@ def _interleaved(
     spec = request.interleave
     assert spec is not None
     if spec.artifact.sha256 == request.artifact.sha256:
-        model_a, inputs_a = predictor, inputs_b
-    else:
-        verify(spec.artifact)
-        model_a = predictor_class(request.cell.framework, request.predictors)(
-            device=request.cell.device
-        )
-        _OTHERS.append(model_a)
+        call_a = slowed(predictor.predict, inputs_b[0], spec.inject_slowdown)
+        return time_interleaved(call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed)
+    verify(spec.artifact)
+    model_a = predictor_class(request.cell.framework, request.predictors)(
+        device=request.cell.device
+    )
+    try:  # A is needed for the timing pass only
         model_a.load(spec.artifact)
         inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
-    call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
-    return time_interleaved(call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed)
+        call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
+        return time_interleaved(call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed)
+    finally:
+        model_a.close()
 
 
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
@@ -172,9 +171,6 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             info = predictor.info()
         finally:
             predictor.close()
-            for other in _OTHERS:
-                other.close()
-            _OTHERS.clear()
     if trace is not None:
         spans.into(timeline)
         trace.notes.extend(spans.notes)

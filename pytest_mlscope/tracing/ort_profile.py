@@ -63,8 +63,7 @@ def resolve(
     base = node.removeprefix("fused ").removesuffix(SUFFIX)
     if producers is None:
         return layer_of(node), []
-    by_name = {name: (name, kind, inputs) for name, kind, inputs in producers.values()}
-    if base in by_name:
+    if any(name == base for name, _, _ in producers.values()):  # an unfused node keeps its name
         return layer_of(base), []
     tensor = base.removesuffix("_nchwc")
     found = producers.get(tensor)
