@@ -41,14 +41,27 @@ def expand(manifest: Manifest) -> list[Cell]:
 
 
 def skip_reason(
-    manifest: Manifest, cell: Cell, host: Host, predictors: dict[str, str] | None = None
+    manifest: Manifest,
+    cell: Cell,
+    host: Host,
+    predictors: dict[str, str] | None = None,
+    *,
+    in_container: bool = False,
 ) -> str | None:
-    """Why this host or environment cannot run the cell (one sentence), or None."""
+    """Why this host or environment cannot run the cell (one sentence), or None.
+
+    ``in_container``: the framework lives in the cell's image, not on the host, so only the
+    predictor (which names the artifact formats) and the hardware are checked here; the image's
+    framework version is checked against the manifest by the session.
+    """
     from pytest_mlscope.hardware import unmet_requirements
     from pytest_mlscope.predictors import framework_unavailable
 
     spec = manifest.framework_spec(cell.framework)
-    reason = framework_unavailable(cell.framework, spec.version, cell.device, predictors)
+    if in_container:
+        reason = framework_unavailable(cell.framework, None, cell.device, predictors, host=False)
+    else:
+        reason = framework_unavailable(cell.framework, spec.version, cell.device, predictors)
     if reason:
         return reason
     unmet = unmet_requirements(manifest.requires, host, cell.device)

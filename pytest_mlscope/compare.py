@@ -402,13 +402,24 @@ def interleaved_verdict(
     )
 
 
+def environment(host: Mapping[str, Any], predictor: Any) -> dict[str, Any]:
+    """The host's fingerprint, plus the container image a result was computed in, if any: two
+    images are two software stacks even on one machine."""
+    details = getattr(predictor, "details", None) or {}
+    container = details.get("container") or {}
+    found = dict(host)
+    if container.get("image_id"):
+        found["container_image"] = f"{container.get('image')} ({container['image_id'][7:19]})"
+    return found
+
+
 def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> Side:
     """A stored result (a ``store.ResultRecord``) as one side of a comparison."""
     return Side(
         samples_ns=record.samples_ns,
         rounds=record.rounds,
         accuracy=record.accuracy,
-        host=host,
+        host=environment(host, getattr(record, "predictor", None)),
         framework_version=record.framework_version,
         run_id=run_id,
         artifact_sha256=getattr(record, "artifact_sha256", None),

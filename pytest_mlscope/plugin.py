@@ -6,6 +6,7 @@ nothing heavy: no framework, no SQLAlchemy, not even pydantic until ``--mlscope`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--mlscope-runtime",
-        choices=("subprocess", "inprocess"),
-        help="where workers run (default: ini mlscope_runtime, else subprocess)",
+        choices=("subprocess", "inprocess", "docker"),
+        help="where workers run: subprocess (one per stack), inprocess (debugging), docker (a "
+        "container per stack image, see `mlscope containers`); default: ini mlscope_runtime, "
+        "else subprocess",
     )
     group.addoption(
         "--mlscope-db", metavar="URL", help="results database: a path or SQLAlchemy URL"
@@ -124,7 +127,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("mlscope_manifests", "manifest files or directories", type="paths", default=[])
     parser.addini(
-        "mlscope_runtime", "default runtime (subprocess, inprocess)", default="subprocess"
+        "mlscope_runtime", "default runtime (subprocess, inprocess, docker)", default="subprocess"
+    )
+    parser.addini(
+        "mlscope_docker_memory",
+        "memory limit of docker runtime containers, e.g. 8g (default: half the host's memory)",
+        default="",
     )
     parser.addini("mlscope_db", "results database (path or SQLAlchemy URL)", default="")
     parser.addini("mlscope_cache", "artifact cache directory", default="")
@@ -172,6 +180,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _register_marker(config, name, f"pytest-mlscope items on {name}")
     for name in SCENARIOS:
         _register_marker(config, name, f"pytest-mlscope items in the {name} scenario")
+    _register_marker(config, "docker", "pytest-mlscope items whose worker runs in a container")
     if not config.getoption("mlscope"):
         return
     from pytest_mlscope.session import MlscopeSession, Settings
@@ -217,6 +226,7 @@ def pytest_configure(config: pytest.Config) -> None:
         fail_on_regression=not config.getoption("mlscope_no_fail"),
         inject_slowdown=config.getoption("mlscope_inject_slowdown"),
         trace_level=config.getoption("mlscope_trace"),
+        docker_memory=config.getini("mlscope_docker_memory") or None,
         default_trace_level=_trace_ini(config),
         interleave=bool(
             config.getoption("mlscope_interleave")
@@ -257,7 +267,7 @@ class ManifestFile(pytest.File):
     """A manifest: one test item per cell, or one collection error naming file:line:key."""
 
     def collect(self) -> Iterator[MlscopeItem]:
-        from pytest_mlscope.cells import expand, skip_reason
+        from pytest_mlscope.cells import expand
         from pytest_mlscope.errors import ManifestError
         from pytest_mlscope.manifest import load_manifest
 
@@ -268,20 +278,30 @@ class ManifestFile(pytest.File):
             session.register(manifest)
         except ManifestError as exc:
             raise self.CollectError(str(exc)) from None
-        reasons: dict[tuple[str, str], str | None] = {}
+        reasons: dict[tuple[str, str], tuple[str | None, bool]] = {}
+        docker = session.settings.runtime == "docker"
         for cell in expand(manifest):
             _register_marker(self.config, cell.framework, f"items on {cell.framework}")
             item = MlscopeItem.from_parent(self, name=cell.id, manifest=manifest, cell=cell)
             for marker in ("mlscope", cell.framework, cell.device, cell.scenario):
                 item.add_marker(marker)
+            if docker:
+                item.add_marker("docker")
             key = (cell.framework, cell.device)
             if key not in reasons:
-                reasons[key] = skip_reason(
-                    manifest, cell, session.host, session.settings.predictors
-                )
-            if reasons[key]:
-                item.add_marker(pytest.mark.skip(reason=reasons[key]))
+                reasons[key] = session.skip_reason(manifest, cell)
+            reason, service_missing = reasons[key]
+            if reason and service_missing and _under_ci():
+                item.blocked = reason
+            elif reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
             yield item
+
+
+def _under_ci() -> bool:
+    """CI=true: an item that needs a missing service (Docker daemon, image) fails, so a broken
+    CI machine cannot pass by skipping everything."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 class MlscopeItem(pytest.Item):
@@ -289,12 +309,17 @@ class MlscopeItem(pytest.Item):
         super().__init__(**kwargs)
         self.manifest = manifest
         self.cell = cell
+        self.blocked: str | None = None  # a missing service, under CI=true
 
     def runtest(self) -> None:
         from pytest_mlscope.errors import AccuracyFailed, RegressionDetected, RegressionWarning
 
         session = _session(self.config)
         assert session is not None
+        if self.blocked:
+            from pytest_mlscope.errors import StackUnavailable
+
+            raise StackUnavailable(f"{self.blocked} (CI=true: fails instead of skipping)")
         result, verdict = session.evaluate_and_compare(self.manifest, self.cell)
         self.stash[RESULT_KEY] = result
         if verdict is not None:
@@ -471,7 +496,6 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
         scenario: str = "single_stream",
         **measure: float,
     ) -> EvaluationResult:
-        from pytest_mlscope.cells import skip_reason
         from pytest_mlscope.protocol import Cell
 
         manifest = session.manifest(model)
@@ -483,7 +507,9 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
             batch_size=batch_size,
             scenario=scenario,  # type: ignore[arg-type]
         )
-        reason = skip_reason(manifest, cell, session.host, session.settings.predictors)
+        reason, service_missing = session.skip_reason(manifest, cell)
+        if reason and service_missing and _under_ci():
+            pytest.fail(f"{reason} (CI=true: fails instead of skipping)")
         if reason:
             pytest.skip(reason)
         result, verdict = session.evaluate_and_compare(manifest, cell, **measure)

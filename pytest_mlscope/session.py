@@ -56,6 +56,7 @@ class Settings:
     interleave: bool = False  # time items in alternating rounds with their baseline
     trace_level: str | None = None  # overrides every manifest's performance.trace
     default_trace_level: str = "none"  # ini mlscope_trace
+    docker_memory: str | None = None  # the docker runtime's memory limit (default: half the host)
 
     @property
     def state_dir(self) -> Path:
@@ -107,6 +108,7 @@ class MlscopeSession:
         self.saved_baseline: str | None = None
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
+        self._image_reasons: dict[str, tuple[str | None, bool]] = {}
         token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.work_dir = settings.state_dir / "work" / token
 
@@ -168,14 +170,97 @@ class MlscopeSession:
         return MeasureOptions(**values)
 
     def runtime(self, cell: Cell) -> Runtime:
-        """One runtime per software stack; every framework on the host shares the host stack."""
+        """One runtime per software stack: every framework on the host shares the host stack;
+        with the docker runtime, each image is a stack of its own."""
+        if self.settings.runtime == "docker":
+            return self._docker_runtime(cell, self.image(cell))
+        return self._host_runtime(self.settings.runtime)
+
+    def _host_runtime(self, kind: str) -> Runtime:
         from pytest_mlscope.runtimes import make_runtime
 
-        key = self.settings.runtime
-        if key not in self._runtimes:
+        if kind not in self._runtimes:
             python_path = [str(self.settings.rootdir), *self.settings.python_path]
-            self._runtimes[key] = make_runtime(key, self.work_dir / "workers", python_path)
+            self._runtimes[kind] = make_runtime(kind, self.work_dir / "workers", python_path)
+        return self._runtimes[kind]
+
+    def image(self, cell: Cell) -> str:
+        """The container image a cell runs in (the manifest's ``container`` map, else the
+        stack's default tag)."""
+        from pytest_mlscope.containers import image_for
+
+        spec = self.manifest(cell.model).framework_spec(cell.framework)
+        return image_for(spec, cell.device)
+
+    def _docker_runtime(self, cell: Cell, image: str) -> Runtime:
+        from pytest_mlscope.runtimes.docker import DockerRuntime
+
+        key = f"docker:{image}:{cell.device}"
+        if key not in self._runtimes:
+            # Read-only: the project (manifests, goldens, predictors named in the ini), manifest
+            # folders outside it and the artifact cache; writable: this session's folders only.
+            reads = [
+                self.settings.rootdir,
+                self.settings.artifact_dir,
+                *(p if p.is_dir() else p.parent for p in self.settings.manifest_paths),
+            ]
+            self._runtimes[key] = DockerRuntime(
+                image,
+                read_only=reads,
+                writable=[self.work_dir, self.trace_dir],
+                python_path=[str(self.settings.rootdir), *self.settings.python_path],
+                gpu=cell.device == "gpu",
+                memory=self.settings.docker_memory,
+            )
         return self._runtimes[key]
+
+    def skip_reason(self, manifest: Manifest, cell: Cell) -> tuple[str | None, bool]:
+        """Why a cell cannot run here, and whether a missing service (a Docker daemon, an
+        image) is the reason: under ``CI=true`` such items fail instead of skipping."""
+        from pytest_mlscope.cells import skip_reason
+
+        docker = self.settings.runtime == "docker"
+        reason = skip_reason(
+            manifest, cell, self.host, self.settings.predictors, in_container=docker
+        )
+        if reason or not docker:
+            return reason, False
+        image = self.image(cell)
+        if image not in self._image_reasons:
+            self._image_reasons[image] = self._check_image(manifest, cell, image)
+        return self._image_reasons[image]
+
+    def _check_image(self, manifest: Manifest, cell: Cell, image: str) -> tuple[str | None, bool]:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import InvalidVersion, Version
+
+        from pytest_mlscope.containers import LABEL, ContainerError, client, find_image
+
+        try:
+            found = find_image(client(), image)
+        except ContainerError as exc:
+            return f"docker runtime: {exc}", True
+        if found is None:
+            stack = image.split("/")[-1].split(":")[0]
+            return (
+                f"docker runtime: no image {image} here; build it with "
+                f"`mlscope containers build {stack}`",
+                True,
+            )
+        version = (found.labels or {}).get(f"{LABEL}.framework-version")
+        spec = manifest.framework_spec(cell.framework).version
+        if version and spec:
+            try:
+                ok = SpecifierSet(spec).contains(Version(version), prereleases=True)
+            except InvalidVersion:
+                ok = False
+            if not ok:
+                return (
+                    f"image {image} has {cell.framework} {version}, the manifest asks for "
+                    f"{cell.framework}{spec}",
+                    False,
+                )
+        return None, False
 
     def _artifact(self, manifest: Manifest, framework: str) -> Any:
         from pytest_mlscope.predictors import predictor_class
@@ -208,7 +293,15 @@ class MlscopeSession:
         from pytest_mlscope.cells import skip_reason
 
         cell = Cell(model=manifest.name, framework=reference, device="cpu", batch_size=1)
-        reason = skip_reason(manifest, cell, self.host, self.settings.predictors)
+        runtime = None
+        reason, _ = self.skip_reason(manifest, cell)
+        # No image for the reference: its outputs from the host's stack, when it has one.
+        if (
+            reason
+            and self.settings.runtime == "docker"
+            and skip_reason(manifest, cell, self.host, self.settings.predictors) is None
+        ):
+            reason, runtime = None, self._host_runtime("subprocess")
         if reason:
             raise EvaluationFailed(
                 f"the agreement reference {reference} cannot run here, so agreement cannot be "
@@ -216,7 +309,7 @@ class MlscopeSession:
             )
         request = self._request(manifest, cell, accuracy_only=True, save_outputs=path)
         try:
-            self.runtime(cell).evaluate(request, self.settings.timeout)
+            (runtime or self.runtime(cell)).evaluate(request, self.settings.timeout)
         except MlscopeError as exc:
             raise EvaluationFailed(f"the agreement reference {reference} failed: {exc}") from exc
         return path
@@ -398,13 +491,13 @@ class MlscopeSession:
             return None
         from dataclasses import replace
 
-        from pytest_mlscope.compare import Side, interleaved_verdict, verdict
+        from pytest_mlscope.compare import Side, environment, interleaved_verdict, verdict
 
         current = Side(
             samples_ns=result.samples_ns,
             rounds=result.rounds,
             accuracy=result.accuracy,
-            host=self.host.fingerprint(),
+            host=environment(self.host.fingerprint(), result.predictor),
             framework_version=result.predictor.version,
         )
         threshold = (
@@ -554,13 +647,19 @@ class MlscopeSession:
         )
 
     def close(self, status: str = "complete") -> None:
+        containers = {
+            runtime.image: runtime.image_id
+            for runtime in self._runtimes.values()
+            if getattr(runtime, "image_id", None)
+        }
         for runtime in self._runtimes.values():
             runtime.close()
         self._runtimes.clear()
         self._prune_work_dirs()
         if self._store is not None:
             if self._run_id is not None:
-                self._store.finish_run(self._run_id, status)
+                facts = {"containers": containers} if containers else None
+                self._store.finish_run(self._run_id, status, host_facts=facts)
                 name = self.settings.save_baseline
                 if name and status == "complete":
                     self._store.set_baseline(name, self._run_id, force=self.settings.force_baseline)

@@ -475,15 +475,25 @@ class Store:
         except sa_exc.IntegrityError:
             raise StoreError(f"cannot record {cell.id}: no run {run_id} in {self.url}") from None
 
-    def finish_run(self, run_id: str, status: str = "complete") -> None:
-        """Close a run; 'incomplete' marks a session that was interrupted or had errors."""
+    def finish_run(
+        self, run_id: str, status: str = "complete", host_facts: dict[str, Any] | None = None
+    ) -> None:
+        """Close a run; 'incomplete' marks a session that was interrupted or had errors.
+
+        ``host_facts`` join the run's environment fingerprint: what was learnt only while the
+        run went on, such as the container images its stacks ran in.
+        """
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        values: dict[str, Any] = {"finished_at": _now(), "status": status}
         with self._engine.begin() as connection:
+            if host_facts:
+                host = connection.execute(
+                    sa.select(runs_table.c.host).where(runs_table.c.id == run_id)
+                ).scalar()
+                values["host"] = {**(host or {}), **host_facts}
             updated = connection.execute(
-                sa.update(runs_table)
-                .where(runs_table.c.id == run_id)
-                .values(finished_at=_now(), status=status)
+                sa.update(runs_table).where(runs_table.c.id == run_id).values(**values)
             )
         if updated.rowcount == 0:
             raise StoreError(f"no run {run_id} in {self.url}")

@@ -139,9 +139,17 @@ def predictor_class(name: str, extra: dict[str, str] | None = None) -> type[Pred
 
 
 def framework_unavailable(
-    name: str, version: str | None, device: str, extra: dict[str, str] | None = None
+    name: str,
+    version: str | None,
+    device: str,
+    extra: dict[str, str] | None = None,
+    *,
+    host: bool = True,
 ) -> str | None:
-    """Why this environment cannot run a framework, or None. Imports no framework."""
+    """Why this environment cannot run a framework, or None. Imports no framework.
+
+    ``host=False``: the framework runs elsewhere (a container); only the predictor is needed here.
+    """
     try:
         cls = predictor_class(name, extra)
     except StackUnavailable as exc:
@@ -150,7 +158,7 @@ def framework_unavailable(
         return (
             f"the {name} predictor does not run on {device} (it runs on {', '.join(cls.devices)})"
         )
-    if not cls.distributions:
+    if not host or not cls.distributions:
         return None
     installed = cls.installed_version()
     if installed is None:

@@ -1,0 +1,368 @@
+"""The docker runtime, for real: a Docker daemon, the stack images `.ci/run` builds, real models.
+
+Without a daemon or the images these tests skip on a laptop and fail under CI=true. Build the
+images with ``containers/base/build.sh`` (or any python:3.11 base) and
+``mlscope containers build onnxruntime torch --base mlscope/base:bookworm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_mlscope import containers
+from pytest_mlscope.protocol import Cell
+from pytest_mlscope.session import MlscopeSession, Settings
+from pytest_mlscope.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFESTS = REPO / "manifests"
+
+QUICK = ("--mlscope-min-count", "5", "--mlscope-min-duration", "0.2", "--mlscope-warmup", "2")
+ORT_IMAGE = containers.default_image("onnxruntime")
+TORCH_IMAGE = containers.default_image("torch")
+
+
+def requires_ci(reason: str) -> None:
+    """Skip on a laptop, but never under CI=true: there a missing service is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> object:
+    try:
+        return containers.client()
+    except containers.ContainerError as exc:
+        requires_ci(str(exc))
+        raise
+
+
+@pytest.fixture(scope="module")
+def images(docker_client: object) -> list[str]:
+    missing = [
+        image
+        for image in (ORT_IMAGE, TORCH_IMAGE)
+        if containers.find_image(docker_client, image) is None
+    ]
+    if missing:
+        requires_ci(
+            f"no image {', '.join(missing)}: mlscope containers build onnxruntime torch "
+            "--base mlscope/base:bookworm"
+        )
+    return [ORT_IMAGE, TORCH_IMAGE]
+
+
+def _readable(*folders: Path | str) -> None:
+    """pytest makes its temporary folders 0700; the container's unprivileged user must be let
+    in (the runtime says so when it is not, rather than failing inside the container)."""
+    for folder in folders:
+        os.chmod(folder, 0o755)
+
+
+def _project(pytester: pytest.Pytester, *names: str) -> Path:
+    _readable(pytester.path, os.environ["MLSCOPE_CACHE"])
+    target = pytester.path / "manifests"
+    target.mkdir()
+    for name in names:
+        shutil.copy(MANIFESTS / f"{name}.yaml", target)
+    if (MANIFESTS / "goldens").exists():
+        shutil.copytree(MANIFESTS / "goldens", target / "goldens")
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+    return target
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *QUICK, *args)
+
+
+def _store(pytester: pytest.Pytester) -> Store:
+    return Store.from_location(pytester.path / ".mlscope" / "results.db", create=False)
+
+
+def test_digits_and_alexnet_in_containers_match_the_subprocess_runtime(
+    pytester: pytest.Pytester, images: list[str]
+) -> None:
+    """Same accuracy in the container as on the host; the image is in the fingerprint, and a
+    host baseline is not compared with a container result as if they were one stack."""
+    _project(pytester, "digits_cnn", "alexnet")
+    select = ("-k", "bs1 and single_stream")
+    host = _run(pytester, *select, "--mlscope-save-baseline", "host")
+    host.assert_outcomes(passed=4)
+    in_docker = _run(
+        pytester, *select, "-m", "docker", "--mlscope-runtime", "docker", "--mlscope-baseline",
+        "host", "--mlscope-no-fail", "-v",
+    )  # fmt: skip
+    in_docker.assert_outcomes(passed=4)
+    in_docker.stdout.fnmatch_lines(["*alexnet?onnxruntime-cpu-bs1-single_stream? PASSED*"])
+    store = _store(pytester)
+    host_run, docker_run = sorted(store.runs(), key=lambda run: run.started_at)
+    before = {r.cell.id: r for r in store.results(host_run.id)}
+    after = {r.cell.id: r for r in store.results(docker_run.id)}
+    assert set(before) == set(after) and len(after) == 4
+    for item, result in after.items():
+        assert result.accuracy is not None and before[item].accuracy is not None
+        assert result.accuracy.passed, item
+        assert result.accuracy.top1 == before[item].accuracy.top1, item
+        checks = {c.name: c.passed for c in result.accuracy.checks}
+        assert checks == {c.name: c.passed for c in before[item].accuracy.checks}, item
+        assert result.framework_version == before[item].framework_version
+        container = result.predictor.details["container"]  # type: ignore[union-attr]
+        assert container["image"] == containers.default_image(result.cell.framework)
+        assert container["image_id"].startswith("sha256:")
+        assert "container" not in before[item].predictor.details  # type: ignore[union-attr]
+        assert result.verdict is not None and result.verdict["kind"] == "incomparable"
+        assert "container image" in result.verdict["reason"]
+    digits = after["digits_cnn[onnxruntime-cpu-bs1-single_stream]"].accuracy
+    assert digits is not None and digits.top1 is not None and digits.top1 > 0.97
+    recorded = store.get_run(docker_run.id).host["containers"]
+    assert set(recorded) == set(images)
+    store.close()
+
+
+def _session(tmp_path: Path, **settings: object) -> MlscopeSession:
+    _readable(tmp_path, os.environ["MLSCOPE_CACHE"])
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    shutil.copy(MANIFESTS / "digits_cnn.yaml", manifests)
+    return MlscopeSession(
+        Settings(rootdir=tmp_path, manifest_paths=[manifests], runtime="docker", **settings)  # type: ignore[arg-type]
+    )
+
+
+def test_a_container_has_no_network_cannot_write_the_models_and_is_not_root(
+    tmp_path: Path, images: list[str]
+) -> None:
+    session = _session(tmp_path)
+    manifest = session.manifest("digits_cnn")
+    cell = Cell(model="digits_cnn", framework="onnxruntime")
+    try:
+        result = session.evaluate(manifest, cell, min_count=3, min_duration_s=0.0, warmup=1)
+        assert result.accuracy.passed
+        runtime = session.runtime(cell)
+        artifact = Path(session._artifact(manifest, "onnxruntime").path)
+        assert artifact.is_relative_to(session.settings.artifact_dir)
+
+        probe = textwrap.dedent(
+            """
+            import errno, json, os, socket, sys
+            found = {"uid": os.getuid()}
+            try:
+                socket.create_connection(("1.1.1.1", 443), timeout=5)
+                found["network"] = "connected"
+            except OSError as exc:
+                found["network"] = errno.errorcode.get(exc.errno, str(exc))
+            found["interfaces"] = sorted(name for _, name in socket.if_nameindex())
+            targets = {"model": sys.argv[1], "model_dir": sys.argv[2] + "/probe",
+                       "project": sys.argv[3] + "/probe", "work": sys.argv[4] + "/probe"}
+            mounts = [line.split() for line in open("/proc/self/mounts")]
+            for key, path in targets.items():
+                mount = max((m for m in mounts if path.startswith(m[1].rstrip("/") + "/")),
+                            key=lambda m: len(m[1]))
+                found[key + "_mount"] = mount[3].split(",")[0]
+                try:
+                    with open(path, "ab") as handle:
+                        handle.write(b"")
+                    found[key] = "written"
+                except OSError as exc:
+                    found[key] = errno.errorcode.get(exc.errno, str(exc))
+            print(json.dumps(found))
+            """
+        )
+        inside = runtime.paths.to_container  # type: ignore[attr-defined]
+        code, output = runtime.run_command(  # type: ignore[attr-defined]
+            [
+                "python", "-c", probe, inside(artifact), inside(artifact.parent),
+                inside(session.settings.rootdir), inside(session.work_dir),
+            ]
+        )  # fmt: skip
+        assert code == 0, output
+        found = json.loads(output.strip().splitlines()[-1])
+        assert found["network"] == "ENETUNREACH", found  # no route at all, not a DNS failure
+        assert found["interfaces"] == ["lo"], found
+        # Mounted read-only (and root's files, besides): no write gets through either way.
+        for key in ("model", "model_dir", "project"):
+            assert found[f"{key}_mount"] == "ro", found
+            assert found[key] in ("EROFS", "EACCES"), found
+        assert found["work_mount"] == "rw", found
+        assert found["work"] == "written", found  # the one writable place, so the probe works
+        assert found["uid"] != 0
+    finally:
+        session.close()
+    assert artifact.exists() and not (artifact.parent / "probe").exists()
+
+
+def test_a_killed_container_fails_only_its_item_and_the_next_gets_a_fresh_one(
+    pytester: pytest.Pytester, images: list[str]
+) -> None:
+    _project(pytester, "digits_cnn")
+    # Items measure for 20 s; 8 s into the first one, this conftest kills its container.
+    pytester.makeconftest(
+        """
+        import os, socket, threading, time
+        import docker
+
+        KILLED = []
+
+        def pytest_runtest_setup(item):
+            if KILLED or "bs1-single_stream" not in item.name:
+                return
+            KILLED.append(item.name)
+            owner = f"{socket.gethostname()}:{os.getpid()}"
+
+            def kill():
+                client = docker.from_env()
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    found = [  # the item's own container, not the agreement reference's
+                        c
+                        for c in client.containers.list(
+                            filters={"label": f"org.mlscope.owner={owner}"}
+                        )
+                        if any("onnxruntime" in tag for tag in c.image.tags)
+                    ]
+                    if found:
+                        time.sleep(8)
+                        found[0].kill()
+                        with open("killed.txt", "w") as handle:
+                            handle.write(found[0].id)
+                        return
+                    time.sleep(0.2)
+
+            threading.Thread(target=kill, daemon=True).start()
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--mlscope", "-p", "no:cacheprovider", "--mlscope-runtime", "docker", "-v",
+        "-k", "onnxruntime and single_stream", "--mlscope-warmup", "1", "--mlscope-min-count", "5",
+        "--mlscope-min-duration", "20", "--mlscope-max-duration", "20", "-o",
+        "mlscope_timeout=120",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*digits_cnn?onnxruntime-cpu-bs1-single_stream? FAILED*",
+            "*digits_cnn?onnxruntime-cpu-bs8-single_stream? PASSED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*WorkerCrashed: worker in container * died during *SIGKILL*"])
+    killed = (pytester.path / "killed.txt").read_text()
+    store = _store(pytester)
+    (run,) = store.runs()
+    outcomes = {r.cell.id: r for r in store.results(run.id)}
+    assert outcomes["digits_cnn[onnxruntime-cpu-bs1-single_stream]"].outcome == "failed"
+    second = outcomes["digits_cnn[onnxruntime-cpu-bs8-single_stream]"]
+    assert second.outcome == "passed"
+    fresh = second.predictor.details["container"]["container"]  # type: ignore[union-attr]
+    assert fresh and not killed.startswith(fresh)
+    store.close()
+
+
+def test_no_daemon_skips_with_the_reason_and_fails_under_ci(pytester: pytest.Pytester) -> None:
+    """Needs no daemon: DOCKER_HOST points at nothing."""
+    _project(pytester, "digits_cnn")
+    pytester._monkeypatch.setenv("DOCKER_HOST", f"unix://{pytester.path}/no-docker.sock")
+    pytester._monkeypatch.delenv("CI", raising=False)
+    laptop = _run(pytester, "--mlscope-runtime", "docker", "-k", "onnxruntime", "-rs")
+    laptop.assert_outcomes(skipped=3)
+    laptop.stdout.fnmatch_lines(["*SKIPPED*docker runtime: no Docker daemon answers at unix://*"])
+    pytester._monkeypatch.setenv("CI", "true")
+    ci = _run(pytester, "--mlscope-runtime", "docker", "-k", "onnxruntime")
+    ci.assert_outcomes(failed=3)
+    ci.stdout.fnmatch_lines(["*no Docker daemon answers*CI=true: fails instead of skipping*"])
+
+
+def test_a_missing_image_names_the_build_command(tmp_path: Path, docker_client: object) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    text = (MANIFESTS / "digits_cnn.yaml").read_text()
+    text = text.replace(
+        "  - name: onnxruntime\n",
+        "  - name: onnxruntime\n    container: {amd64: {cpu: mlscope/onnxruntime:no-such-tag}, "
+        "arm64: {cpu: mlscope/onnxruntime:no-such-tag}}\n",
+    )
+    (manifests / "digits_cnn.yaml").write_text(text)
+    session = MlscopeSession(
+        Settings(rootdir=tmp_path, manifest_paths=[manifests], runtime="docker")
+    )
+    manifest = session.manifest("digits_cnn")
+    cell = Cell(model="digits_cnn", framework="onnxruntime")
+    assert session.image(cell) == "mlscope/onnxruntime:no-such-tag"
+    reason, service = session.skip_reason(manifest, cell)
+    assert service
+    assert reason == (
+        "docker runtime: no image mlscope/onnxruntime:no-such-tag here; build it with "
+        "`mlscope containers build onnxruntime`"
+    )
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+def test_requirements_pin_what_the_host_runs_and_leave_out_host_only_packages() -> None:
+    requirements, version = containers.worker_requirements("onnxruntime")
+    names = {line.split("==")[0].lower() for line in requirements}
+    assert "pytest" not in names and "sqlalchemy" not in names
+    assert {"numpy", "pydantic", "onnxruntime", "scikit-learn"} <= names
+    assert all("==" in line for line in requirements), requirements
+    import onnxruntime
+
+    assert version == onnxruntime.__version__
+    assert f"onnxruntime=={version}" in requirements
+    other, older = containers.worker_requirements("onnxruntime", framework_version="1.20.1")
+    assert older == "1.20.1" and "onnxruntime==1.20.1" in other
+    gpu, _ = containers.worker_requirements("onnxruntime", device="gpu")
+    assert any(line.startswith("onnxruntime-gpu==") for line in gpu)
+
+
+def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
+    folder = tmp_path / "containers"
+    shutil.copytree(REPO / "containers", folder)
+    first = containers.plan("torch", folder, base_image="mlscope/base:bookworm")
+    again = containers.plan("torch", folder, base_image="mlscope/base:bookworm")
+    assert first.digest == again.digest and len(first.digest) == 64
+    # A tag may not carry '+': torch's local version is spelled with '_'.
+    assert first.tag.startswith("mlscope/torch:") and "+" not in first.tag
+    assert first.tag.endswith(f"-cpu-{first.digest[:12]}")
+    other_base = containers.plan("torch", folder, base_image="python:3.11-slim")
+    assert other_base.digest != first.digest
+    dockerfile = folder / "torch" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\n# a change\n")
+    assert containers.plan("torch", folder, base_image="mlscope/base:bookworm").digest != (
+        first.digest
+    )
+    with pytest.raises(containers.ContainerError, match=r"no .*nosuch/Dockerfile.*onnxruntime"):
+        containers.plan("nosuch", folder)
+    with pytest.raises(containers.ContainerError, match="pass --base"):
+        containers.plan("onnxruntime", folder, device="gpu")
+
+
+def test_an_unchanged_image_is_not_rebuilt(images: list[str], docker_client: object) -> None:
+    """The image CI built from this checkout has this checkout's content hash: building again
+    is a lookup, not a build."""
+    base = containers.find_image(docker_client, ORT_IMAGE).labels[  # type: ignore[union-attr]
+        f"{containers.LABEL}.base-image"
+    ]
+    made = containers.plan(
+        "onnxruntime", REPO / "containers", base_image=base, docker=docker_client
+    )
+    if containers.find_image(docker_client, made.tag) is None:
+        requires_ci(f"{ORT_IMAGE} was built from other sources than this checkout's")
+    built = containers.build(made, docker_client)
+    assert not built.rebuilt
+    assert built.image_id == containers.find_image(docker_client, ORT_IMAGE).id  # type: ignore[union-attr]
+
+
+def test_cli_lists_the_images(images: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_mlscope.cli import main
+
+    assert main(["containers", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "mlscope/onnxruntime:cpu" in out and "mlscope/torch:cpu" in out
+    assert os.linesep.join(out.splitlines()[:1]).split()[:3] == ["tags", "stack", "version"]
