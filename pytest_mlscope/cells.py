@@ -35,6 +35,7 @@ def expand(manifest: Manifest) -> list[Cell]:
                             device=device,
                             batch_size=batch_size,
                             scenario=scenario,
+                            stack=framework.stack,
                         )
                     )
     return cells
@@ -57,7 +58,12 @@ def skip_reason(
     from pytest_mlscope.hardware import unmet_requirements
     from pytest_mlscope.predictors import framework_unavailable
 
-    spec = manifest.framework_spec(cell.framework)
+    spec = manifest.framework_spec(cell.framework, cell.stack)
+    if spec.stack and spec.container and not in_container:
+        return (
+            f"{cell.framework_id} is a stack of its own, in its container image: run it with "
+            "--mlscope-runtime docker"
+        )
     if in_container:
         reason = framework_unavailable(cell.framework, None, cell.device, predictors, host=False)
     else:

@@ -12,6 +12,7 @@ rebuilds only when something that goes into the image changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -126,6 +127,8 @@ class ImagePlan:
     framework_version: str
     source: Path  # the pytest_mlscope package folder copied into the image
     base_image_id: str | None = None  # the base's local id, when present: a new base rebuilds
+    # The framework version is the host's (not asked for): the stack's default tag follows it.
+    host_version: bool = True
     digest: str = field(default="", compare=False)
 
     @property
@@ -143,11 +146,12 @@ class ImagePlan:
 
     @property
     def aliases(self) -> list[str]:
-        """Moving tags: the stack's default for this device, and this framework version's."""
-        return [
-            f"{self.repository}:{self.device}",
-            f"{self.repository}:{self.version_tag}-{self.device}",
-        ]
+        """Moving tags: this framework version's, and the stack's default for this device when
+        the version is the host's (another release asked for never becomes the default)."""
+        found = [f"{self.repository}:{self.version_tag}-{self.device}"]
+        if self.host_version:
+            found.insert(0, f"{self.repository}:{self.device}")
+        return found
 
     @property
     def labels(self) -> dict[str, str]:
@@ -158,6 +162,7 @@ class ImagePlan:
             f"{LABEL}.python": self.python,
             f"{LABEL}.base-image": self.base_image,
             f"{LABEL}.content-hash": self.digest,
+            f"{LABEL}.source-hash": source_digest(self.source),
             f"{LABEL}.version": pytest_mlscope.__version__,
         }
 
@@ -166,6 +171,17 @@ def _source_files(source: Path) -> Iterator[Path]:
     for path in sorted(source.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             yield path
+
+
+@functools.cache
+def source_digest(source: Path | None = None) -> str:
+    """A hash of the pytest_mlscope package files: an image whose worker came from other sources
+    than the host's could speak another protocol or measure differently."""
+    source = source or Path(pytest_mlscope.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in _source_files(source):
+        digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _installed(name: str) -> str | None:
@@ -266,6 +282,7 @@ def plan(
         framework_version=version,
         source=Path(pytest_mlscope.__file__).resolve().parent,
         base_image_id=base_id,
+        host_version=framework_version is None,
     )
     digest = hashlib.sha256()
     for part in (
@@ -277,8 +294,7 @@ def plan(
         pytest_mlscope.__version__.encode(),
     ):
         digest.update(len(part).to_bytes(8, "big") + part)
-    for path in _source_files(made.source):
-        digest.update(str(path.relative_to(made.source)).encode() + b"\0" + path.read_bytes())
+    digest.update(source_digest(made.source).encode())
     return ImagePlan(**{**made.__dict__, "digest": digest.hexdigest()})
 
 
@@ -347,7 +363,10 @@ def build(made: ImagePlan, docker: Any, *, force: bool = False, log: Any = None)
     existing = None if force else find_image(docker, made.tag)
     rebuilt = existing is None
     if rebuilt:
-        wheels = wheelhouse_dir() / f"py{made.python}-{made.device}"
+        # One wheelhouse per requirement set: the context carries only this image's wheels
+        # (pip's own cache keeps a second set from downloading again).
+        key = hashlib.sha256("\n".join((made.python, *made.requirements)).encode()).hexdigest()
+        wheels = wheelhouse_dir() / f"py{made.python}-{key[:16]}"
         if log:
             log(f"{made.stack}: building wheels for {len(made.requirements)} requirements")
         build_wheelhouse(made.requirements, wheels)

@@ -55,7 +55,12 @@ class FrameworkSpec(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     version: str | None = None
     devices: Annotated[list[Device], Field(min_length=1)] = ["cpu"]
+    # Image per architecture and device (amd64: {cpu: mlscope/onnxruntime:1.32.0-cpu}).
     container: dict[str, dict[Device, str]] | None = None
+    # A second stack of the same framework (another release, another image), named in item ids
+    # as onnxruntime@<stack>; and the stack that --mlscope-interleave times this entry against.
+    stack: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    interleave_with: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
 
     @field_validator("version")
     @classmethod
@@ -312,12 +317,17 @@ class Manifest(_Strict):
             return f"manifest {self.name}"
         return f"manifest {self._source.display}:{self._source.line_of(key)}"
 
-    def framework_spec(self, name: str) -> FrameworkSpec:
+    def framework_spec(self, name: str, stack: str | None = None) -> FrameworkSpec:
         for spec in self.framework:
-            if spec.name == name:
+            if spec.name == name and spec.stack == stack:
                 return spec
-        known = ", ".join(spec.name for spec in self.framework)
-        raise KeyError(f"{self.name} has no framework {name!r} (it has {known})")
+        known = ", ".join(f"{s.name}@{s.stack}" if s.stack else s.name for s in self.framework)
+        wanted = f"{name}@{stack}" if stack else name
+        raise KeyError(f"{self.name} has no framework {wanted!r} (it has {known})")
+
+    def framework_index(self, name: str, stack: str | None = None) -> int:
+        """The position of a framework entry, for ``where("framework", i)``."""
+        return self.framework.index(self.framework_spec(name, stack))
 
     def resolve(self, relative: str) -> Path:
         """A path named in the manifest, relative to the manifest's directory."""
@@ -568,9 +578,25 @@ def _semantic_problems(
         return f"manifest {source.display}:{source.line_of(key)}: {_format_key(key)}: {message}"
 
     names = [spec.name for spec in manifest.framework]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            yield problem(("framework", i, "name"), f"framework {name!r} is listed twice")
+    stacks = [(spec.name, spec.stack) for spec in manifest.framework]
+    for i, (name, stack) in enumerate(stacks):
+        if (name, stack) in stacks[:i]:
+            yield problem(
+                ("framework", i, "stack" if stack else "name"),
+                f"framework {name!r}{f' stack {stack!r}' if stack else ''} is listed twice"
+                + ("" if stack else "; give the second stack a name with 'stack:'"),
+            )
+    for i, spec in enumerate(manifest.framework):
+        if spec.interleave_with is None:
+            continue
+        others = [s for n, s in stacks if n == spec.name and s and s != spec.stack]
+        if spec.interleave_with not in others:
+            yield problem(
+                ("framework", i, "interleave_with"),
+                f"expected the 'stack:' of another {spec.name} entry "
+                f"({', '.join(others) or 'there is none'}), got {spec.interleave_with!r}",
+            )
+    names = list(dict.fromkeys(names))
     agreement = manifest.accuracy.agreement
     if agreement and agreement.reference not in names:
         yield problem(

@@ -287,7 +287,7 @@ class ManifestFile(pytest.File):
                 item.add_marker(marker)
             if docker:
                 item.add_marker("docker")
-            key = (cell.framework, cell.device)
+            key = (cell.framework_id, cell.device)
             if key not in reasons:
                 reasons[key] = session.skip_reason(manifest, cell)
             reason, service_missing = reasons[key]
@@ -346,8 +346,8 @@ class MlscopeItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         # The line of this cell's framework entry: where a skip or failure is best fixed.
-        names = [spec.name for spec in self.manifest.framework]
-        where = self.manifest.where("framework", names.index(self.cell.framework))
+        index = self.manifest.framework_index(self.cell.framework, self.cell.stack)
+        where = self.manifest.where("framework", index)
         line = int(where.rsplit(":", 1)[1]) - 1
         return self.path, line, f"mlscope {self.cell.id}"
 

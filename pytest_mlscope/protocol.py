@@ -21,7 +21,11 @@ class _Document(BaseModel):
 
 
 class Cell(_Document):
-    """One point of the evaluation grid: model × framework × device × batch size × scenario."""
+    """One point of the evaluation grid: model × framework × device × batch size × scenario.
+
+    ``stack`` names one of several stacks of the same framework in a manifest (two ONNX Runtime
+    releases in two images, say); it shows in the id as ``onnxruntime@ort131``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,10 +34,15 @@ class Cell(_Document):
     device: str = "cpu"
     batch_size: int = 1
     scenario: Literal["single_stream", "offline"] = "single_stream"
+    stack: str | None = None
+
+    @property
+    def framework_id(self) -> str:
+        return f"{self.framework}@{self.stack}" if self.stack else self.framework
 
     @property
     def param_id(self) -> str:
-        return f"{self.framework}-{self.device}-bs{self.batch_size}-{self.scenario}"
+        return f"{self.framework_id}-{self.device}-bs{self.batch_size}-{self.scenario}"
 
     @property
     def id(self) -> str:
@@ -100,6 +109,24 @@ class EvaluationRequest(_Document):
     trace_level: str = "none"
     trace_iterations: int = 20
     trace_dir: str | None = None  # where trace files go (default: work_dir/traces)
+    # Load, check accuracy and warm up, then keep the model loaded for RoundRequests instead of
+    # timing: the host alternates rounds between two workers (two stacks of one framework).
+    hold: bool = False
+
+
+class RoundRequest(_Document):
+    """One timing round on the model a ``hold`` evaluation left loaded in this worker.
+
+    Rounds of two workers, alternated by the host, time two software stacks (two images) on the
+    same machine in the same minutes, so drift hits both, as ``--mlscope-interleave`` does for two
+    models in one worker. IPC happens between rounds, never inside a sample.
+    """
+
+    version: int = PROTOCOL_VERSION
+    kind: Literal["round"] = "round"
+    cell: Cell
+    measure: MeasureOptions  # this round's floors (count, duration); its warm-up is not repeated
+    release: bool = False  # close the held model instead of timing
 
 
 class Summary(_Document):
@@ -204,6 +231,8 @@ class EvaluationResult(_Document):
     paired_samples_ns: list[int] = Field(default_factory=list)
     paired_rounds: list[int] = Field(default_factory=list)
     paired_artifact_sha256: str | None = None
+    # The A side's predictor, when A ran in another worker (another stack, another image).
+    paired_predictor: PredictorInfo | None = None
     layers: list[LayerRow] = Field(default_factory=list)
     trace: TraceInfo | None = None
     outputs_path: str | None = None

@@ -189,7 +189,7 @@ class MlscopeSession:
         stack's default tag)."""
         from pytest_mlscope.containers import image_for
 
-        spec = self.manifest(cell.model).framework_spec(cell.framework)
+        spec = self.manifest(cell.model).framework_spec(cell.framework, cell.stack)
         return image_for(spec, cell.device)
 
     def _docker_runtime(self, cell: Cell, image: str) -> Runtime:
@@ -234,7 +234,13 @@ class MlscopeSession:
         from packaging.specifiers import SpecifierSet
         from packaging.version import InvalidVersion, Version
 
-        from pytest_mlscope.containers import LABEL, ContainerError, client, find_image
+        from pytest_mlscope.containers import (
+            LABEL,
+            ContainerError,
+            client,
+            find_image,
+            source_digest,
+        )
 
         try:
             found = find_image(client(), image)
@@ -247,8 +253,19 @@ class MlscopeSession:
                 f"`mlscope containers build {stack}`",
                 True,
             )
-        version = (found.labels or {}).get(f"{LABEL}.framework-version")
-        spec = manifest.framework_spec(cell.framework).version
+        labels = found.labels or {}
+        built_from = labels.get(f"{LABEL}.source-hash")
+        if built_from and built_from != source_digest():
+            stack = labels.get(f"{LABEL}.stack", cell.framework)
+            return (
+                f"image {image} holds a pytest-mlscope worker built from other sources than "
+                f"this one (version {labels.get(f'{LABEL}.version', '?')}, built "
+                f"{found.attrs.get('Created', '?')[:19]}): rebuild it with "
+                f"`mlscope containers build {stack}`",
+                True,
+            )
+        version = labels.get(f"{LABEL}.framework-version")
+        spec = manifest.framework_spec(cell.framework, cell.stack).version
         if version and spec:
             try:
                 ok = SpecifierSet(spec).contains(Version(version), prereleases=True)
@@ -355,15 +372,103 @@ class MlscopeSession:
                 save = candidate if candidate and not candidate.exists() else None
             else:
                 reference = self._ensure_reference(manifest)
+        other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
+        across = self.settings.interleave and other is not None
         request = self._request(
             manifest,
             cell,
             save_outputs=save,
             reference=reference,
-            interleave=self.settings.interleave,
+            interleave=self.settings.interleave and not across,
             **overrides,
         )
+        if across:
+            assert other is not None
+            return self._interleave_stacks(manifest, cell, other, request, **overrides)
         return self.runtime(cell).evaluate(request, self.settings.timeout)
+
+    def _interleave_stacks(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        other: str,
+        request: EvaluationRequest,
+        **overrides: float,
+    ) -> EvaluationResult:
+        """Time the item (B, its stack) against another stack of its framework (A, the manifest
+        entry's ``interleave_with``) in alternating rounds, each in its own worker.
+
+        Both workers load, check and warm up their model and keep it (``hold``); then the host
+        asks each for one round at a time, in random order within each pair, so drift hits both
+        stacks alike. The result is B's, with A's rounds as its pairs.
+        """
+        import contextlib
+        import random
+
+        from pytest_mlscope.measure import MIN_PAIRS, MIN_ROUND_SAMPLES
+        from pytest_mlscope.protocol import RoundRequest
+        from pytest_mlscope.stats import summarize
+
+        a_cell = cell.model_copy(update={"stack": other})
+        reason, _ = self.skip_reason(manifest, a_cell)
+        if reason:
+            raise EvaluationFailed(f"cannot interleave with stack {other!r}: {reason}")
+        a_request = self._request(manifest, a_cell, checks=[], **overrides).model_copy(
+            update={"hold": True, "inject_slowdown": 0.0}
+        )
+        runtime_b, runtime_a = self.runtime(cell), self.runtime(a_cell)
+        timeout = self.settings.timeout
+        measure = request.measure
+        pairs = max(measure.rounds, MIN_PAIRS)
+        per_round = MeasureOptions(
+            warmup=0,
+            min_count=max(-(-measure.min_count // pairs), MIN_ROUND_SAMPLES),
+            min_duration_s=measure.min_duration_s / pairs,
+            max_duration_s=max(2 * measure.max_duration_s / pairs, measure.min_duration_s / pairs),
+        )
+        samples: dict[str, list[int]] = {"a": [], "b": []}
+        sizes: dict[str, list[int]] = {"a": [], "b": []}
+        sides = {"a": (runtime_a, a_cell), "b": (runtime_b, cell)}
+        held: list[str] = []
+        try:
+            first_b = runtime_b.evaluate(request.model_copy(update={"hold": True}), timeout)
+            held.append("b")
+            first_a = runtime_a.evaluate(a_request, timeout)
+            held.append("a")
+            rng = random.Random(random.randrange(2**31))
+            for _ in range(pairs):
+                for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
+                    runtime, which = sides[key]
+                    got = runtime.evaluate(RoundRequest(cell=which, measure=per_round), timeout)
+                    samples[key].extend(got.samples_ns)
+                    sizes[key].append(len(got.samples_ns))
+        finally:
+            for key in held:
+                runtime, which = sides[key]
+                with contextlib.suppress(MlscopeError):
+                    runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
+        summary = summarize(samples["b"], cell.batch_size)
+        if cell.scenario == "offline":
+            throughput = cell.batch_size * len(samples["b"]) / (sum(samples["b"]) / 1e9)
+            summary = summary.model_copy(update={"throughput": throughput})
+        where = ""
+        if self.settings.runtime == "docker":
+            where = f" in {self.image(a_cell)}"
+        self._interleaved[cell.id] = (
+            True,
+            f"stack {other} ({cell.framework} {first_a.predictor.version}{where})",
+        )
+        return first_b.model_copy(
+            update={
+                "summary": summary,
+                "samples_ns": samples["b"],
+                "rounds": sizes["b"],
+                "paired_samples_ns": samples["a"],
+                "paired_rounds": sizes["a"],
+                "paired_artifact_sha256": first_a.artifact_sha256,
+                "paired_predictor": first_a.predictor,
+            }
+        )
 
     def trace_level(self, manifest: Manifest) -> str:
         """Command line, else the manifest's ``performance.trace`` when set, else ini."""
@@ -517,9 +622,10 @@ class MlscopeSession:
                 comparisons=self.comparisons,
                 against=against,
             )
-            if baseline is not None and baseline.framework_version not in (
-                None,
-                result.predictor.version,
+            if (
+                result.paired_predictor is None
+                and baseline is not None
+                and baseline.framework_version not in (None, result.predictor.version)
             ):
                 found = replace(
                     found,

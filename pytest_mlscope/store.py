@@ -36,7 +36,7 @@ from pytest_mlscope.protocol import (
     TraceInfo,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Each step takes a database from version N to N + 1, in one transaction. Only additions: a
 # database written by an older pytest-mlscope keeps every result it had.
 MIGRATIONS: dict[int, list[str]] = {
@@ -44,6 +44,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE results ADD COLUMN layers {json}",
         "ALTER TABLE results ADD COLUMN trace {json}",
     ],
+    2: ["ALTER TABLE results ADD COLUMN stack VARCHAR(255)"],
 }
 
 RUN_STATUSES = ("running", "complete", "incomplete")
@@ -103,6 +104,8 @@ results_table = sa.Table(
     sa.Column("device", sa.String(32), nullable=False),
     sa.Column("batch_size", sa.Integer, nullable=False),
     sa.Column("scenario", sa.String(32), nullable=False),
+    # One of several stacks of the framework in the manifest (Cell.stack); None for the only one.
+    sa.Column("stack", sa.String(255), nullable=True),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("message", sa.Text, nullable=True),
     sa.Column("framework_version", sa.String(255), nullable=True),
@@ -441,6 +444,7 @@ class Store:
             "device": cell.device,
             "batch_size": cell.batch_size,
             "scenario": cell.scenario,
+            "stack": cell.stack,
             "outcome": outcome,
             "message": message,
             "framework_version": None,
@@ -781,6 +785,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
             device=row["device"],
             batch_size=row["batch_size"],
             scenario=row["scenario"],
+            stack=row.get("stack"),
         ),
         outcome=row["outcome"],
         message=row["message"],

@@ -29,6 +29,7 @@ from pytest_mlscope.protocol import (
     EvaluationRequest,
     EvaluationResult,
     LayerRow,
+    RoundRequest,
     TraceInfo,
     WorkerReply,
 )
@@ -147,7 +148,13 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             # Timing pass: the predictor call alone, on inputs prepared beforehand.
             summary, samples, rounds = None, [], []
             paired: Timing | None = None
-            if not request.accuracy_only:
+            held = request.hold and not request.accuracy_only
+            if held:  # warmed up and kept; the host asks for the rounds (RoundRequest)
+                inputs = batches[:1] if cell.scenario == "single_stream" else batches
+                call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
+                for i in range(request.measure.warmup):
+                    call(inputs[i % len(inputs)])
+            elif not request.accuracy_only:
                 inputs = batches[:1] if cell.scenario == "single_stream" else batches
                 with spans.span("timing pass"):
                     call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
@@ -170,12 +177,13 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                     layers, trace = _profile(request, predictor, inputs[0], timeline)
             info = predictor.info()
         finally:
-            predictor.close()
+            if not held:
+                predictor.close()
     if trace is not None:
         spans.into(timeline)
         trace.notes.extend(spans.notes)
         timeline.write(Path(trace.path))  # type: ignore[arg-type]
-    return EvaluationResult(
+    result = EvaluationResult(
         cell=cell,
         predictor=info,
         artifact_sha256=request.artifact.sha256,
@@ -192,6 +200,50 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,
+    )
+    if held:
+        _release(cell)
+        _HELD[cell] = _Held(predictor, call, inputs, result)
+    return result
+
+
+class _Held:
+    """A model a ``hold`` evaluation kept loaded, warmed up, for the host's timing rounds."""
+
+    def __init__(
+        self, predictor: Predictor, call: Callable[[Any], object], inputs: list[Any], result: Any
+    ) -> None:
+        self.predictor, self.call, self.inputs, self.result = predictor, call, inputs, result
+
+
+_HELD: dict[Any, _Held] = {}
+
+
+def _release(cell: Any) -> None:
+    held = _HELD.pop(cell, None)
+    if held is not None:
+        held.predictor.close()
+
+
+def time_round(request: RoundRequest) -> EvaluationResult:
+    """One round on a held model (samples only), or its release."""
+    from pytest_mlscope.errors import EvaluationFailed
+    from pytest_mlscope.measure import time_calls
+
+    if request.release:
+        held = _HELD.get(request.cell)
+        _release(request.cell)
+        if held is None:
+            raise EvaluationFailed(f"no model held for {request.cell.id}")
+        return held.result
+    held = _HELD.get(request.cell)
+    if held is None:
+        raise EvaluationFailed(
+            f"no model held for {request.cell.id}: a hold evaluation must come first"
+        )
+    timing = time_calls(held.call, held.inputs, request.measure.model_copy(update={"warmup": 0}))
+    return held.result.model_copy(
+        update={"samples_ns": timing.samples_ns, "rounds": [len(timing.samples_ns)]}
     )
 
 
@@ -272,9 +324,11 @@ def _profile(
     )
 
 
-def handle(request: EvaluationRequest) -> WorkerReply:
+def handle(request: EvaluationRequest | RoundRequest) -> WorkerReply:
     """Evaluate, turning any exception into a reply: a broken item never takes the worker down."""
     try:
+        if isinstance(request, RoundRequest):
+            return WorkerReply(ok=True, result=time_round(request))
         return WorkerReply(ok=True, result=evaluate(request))
     except MlscopeError as exc:
         return WorkerReply(ok=False, error=str(exc), error_type=type(exc).__name__)
@@ -295,6 +349,12 @@ def _protocol_stream() -> IO[str]:
     return os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8")
 
 
+def parse_request(line: str) -> EvaluationRequest | RoundRequest:
+    if '"kind":"round"' in line.replace(" ", ""):
+        return RoundRequest.model_validate_json(line)
+    return EvaluationRequest.model_validate_json(line)
+
+
 def serve(stdin: IO[str], out: IO[str]) -> None:
     out.write(WorkerReply(ok=True, error_type="ready").model_dump_json() + "\n")
     out.flush()
@@ -302,7 +362,7 @@ def serve(stdin: IO[str], out: IO[str]) -> None:
         if not line.strip():
             continue
         try:
-            request = EvaluationRequest.model_validate_json(line)
+            request = parse_request(line)
         except ValueError as exc:
             reply = WorkerReply(ok=False, error=f"bad request: {exc}", error_type="BadRequest")
         else:

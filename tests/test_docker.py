@@ -264,6 +264,56 @@ def test_a_killed_container_fails_only_its_item_and_the_next_gets_a_fresh_one(
     store.close()
 
 
+def test_ctrl_c_removes_the_container_and_a_left_over_one_is_reaped(
+    tmp_path: Path, images: list[str], docker_client: object
+) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pytest_mlscope.runtimes.docker import OWNER_LABEL
+
+    # A container left by a pytest that was killed outright (its pid is gone).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    left = docker_client.containers.create(  # type: ignore[attr-defined]
+        ORT_IMAGE, labels={OWNER_LABEL: f"{socket.gethostname()}:{gone.stdout.strip()}"}
+    )
+    project = tmp_path / "project"
+    project.mkdir()
+    _readable(tmp_path, project, os.environ["MLSCOPE_CACHE"])
+    (project / "manifests").mkdir()
+    shutil.copy(MANIFESTS / "digits_cnn.yaml", project / "manifests")
+    (project / "pytest.ini").write_text("[pytest]\nmlscope_manifests = manifests\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--mlscope", "-p", "no:cacheprovider",
+         "--mlscope-runtime", "docker", "-k", "onnxruntime and bs1 and single_stream",
+         "--mlscope-min-duration", "60", "--mlscope-max-duration", "60"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    owner = {"label": f"{OWNER_LABEL}={socket.gethostname()}:{process.pid}"}
+    try:
+        deadline = time.monotonic() + 90
+        while not docker_client.containers.list(filters=owner):  # type: ignore[attr-defined]
+            assert process.poll() is None, process.stdout.read()  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no container started"
+            time.sleep(0.2)
+        time.sleep(3)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "KeyboardInterrupt" in output, output
+    assert docker_client.containers.list(all=True, filters=owner) == []  # type: ignore[attr-defined]
+    import docker
+
+    with pytest.raises(docker.errors.NotFound):
+        left.reload()
+
+
 def test_no_daemon_skips_with_the_reason_and_fails_under_ci(pytester: pytest.Pytester) -> None:
     """Needs no daemon: DOCKER_HOST points at nothing."""
     _project(pytester, "digits_cnn")
@@ -300,6 +350,44 @@ def test_a_missing_image_names_the_build_command(tmp_path: Path, docker_client: 
         "docker runtime: no image mlscope/onnxruntime:no-such-tag here; build it with "
         "`mlscope containers build onnxruntime`"
     )
+
+
+def test_an_image_with_another_worker_is_refused_with_the_rebuild_command(
+    tmp_path: Path, images: list[str], docker_client: object
+) -> None:
+    """A worker from other sources might speak another protocol or measure otherwise."""
+    import io
+
+    stale = "mlscope-test/stale-worker:cpu"
+    dockerfile = f"FROM {ORT_IMAGE}\nLABEL org.mlscope.source-hash=0123456789abcdef\n"
+    docker_client.images.build(  # type: ignore[attr-defined]
+        fileobj=io.BytesIO(dockerfile.encode()), tag=stale, rm=True, network_mode="none"
+    )
+    try:
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        text = (MANIFESTS / "digits_cnn.yaml").read_text()
+        text = text.replace(
+            "  - name: onnxruntime\n",
+            f"  - name: onnxruntime\n    container: {{amd64: {{cpu: {stale}}}, "
+            f"arm64: {{cpu: {stale}}}}}\n",
+        )
+        (manifests / "digits_cnn.yaml").write_text(text)
+        session = MlscopeSession(
+            Settings(rootdir=tmp_path, manifest_paths=[manifests], runtime="docker")
+        )
+        cell = Cell(model="digits_cnn", framework="onnxruntime")
+        reason, service = session.skip_reason(session.manifest("digits_cnn"), cell)
+        assert service and reason is not None
+        assert reason.startswith(
+            f"image {stale} holds a pytest-mlscope worker built from other sources than this one"
+        )
+        assert reason.endswith("rebuild it with `mlscope containers build onnxruntime`")
+        # The image this checkout's CI built passes the same check.
+        fresh = Cell(model="digits_cnn", framework="torch")
+        assert session.skip_reason(session.manifest("digits_cnn"), fresh) == (None, False)
+    finally:
+        docker_client.images.remove(stale)  # type: ignore[attr-defined]
 
 
 # -- images --------------------------------------------------------------------------------------
@@ -366,3 +454,52 @@ def test_cli_lists_the_images(images: list[str], capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "mlscope/onnxruntime:cpu" in out and "mlscope/torch:cpu" in out
     assert os.linesep.join(out.splitlines()[:1]).split()[:3] == ["tags", "stack", "version"]
+
+
+OTHER_ORT = "1.31.1"  # the second ONNX Runtime release .ci/run builds an image of
+
+
+def test_two_onnxruntime_releases_in_two_images_are_interleaved(
+    pytester: pytest.Pytester, images: list[str], docker_client: object
+) -> None:
+    """ORT 1.32 (the host's, default image) timed against ORT 1.31 (its own image), round by
+    round, each in its own container."""
+    other_image = f"mlscope/onnxruntime:{OTHER_ORT}-cpu"
+    if containers.find_image(docker_client, other_image) is None:
+        requires_ci(
+            f"no image {other_image}: mlscope containers build onnxruntime --framework-version "
+            f"{OTHER_ORT} --base mlscope/base:bookworm"
+        )
+    manifests = _project(pytester, "digits_cnn")
+    path = manifests / "digits_cnn.yaml"
+    entry = '  - name: onnxruntime\n    version: ">=1.17"\n'
+    path.write_text(
+        path.read_text().replace(
+            entry,
+            f"{entry}    interleave_with: ort131\n"
+            "  - name: onnxruntime\n    stack: ort131\n"
+            f"    container: {{amd64: {{cpu: {other_image}}}, arm64: {{cpu: {other_image}}}}}\n",
+        )
+    )
+    result = _run(
+        pytester, "--mlscope-runtime", "docker", "--mlscope-interleave", "-k",
+        "onnxruntime and bs1 and single_stream", "--mlscope-threshold", "3", "-v",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*digits_cnn?onnxruntime@ort131-cpu-bs1-single_stream? PASSED*"])
+    store = _store(pytester)
+    found = store.latest_results(store.runs(limit=1)[0].id)
+    store.close()
+    main = found["digits_cnn[onnxruntime-cpu-bs1-single_stream]"]
+    other = found["digits_cnn[onnxruntime@ort131-cpu-bs1-single_stream]"]
+    assert main.framework_version != OTHER_ORT and other.framework_version == OTHER_ORT
+    assert other.predictor.details["container"]["image"] == other_image  # type: ignore[union-attr]
+    assert main.verdict is not None and main.verdict["design"] == "interleaved"
+    assert main.verdict["pairs"] >= 30
+    assert (
+        f"interleaved with stack ort131 (onnxruntime {OTHER_ORT} in {other_image})"
+        in main.verdict["reason"]
+    )
+    assert 0.33 < main.verdict["ratio"] < 3  # the same model on two releases, on one machine
+    assert main.accuracy is not None and main.accuracy.passed
+    assert len(main.rounds) == main.verdict["pairs"]

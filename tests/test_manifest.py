@@ -205,6 +205,33 @@ def test_an_agreement_reference_must_be_one_of_the_frameworks(tmp_path: Path) ->
     ]
 
 
+def test_two_stacks_of_a_framework_need_a_stack_name_and_interleave_with_names_one(
+    tmp_path: Path,
+) -> None:
+    entry = '  - name: onnxruntime\n    version: ">=1.17"\n'
+    unnamed = altered(entry, entry + "  - name: onnxruntime\n")
+    assert problems_of(tmp_path, unnamed) == [
+        f"manifest bad.yaml:{line_of(unnamed, '- name: onnxruntime', 2)}: framework[2].name: "
+        "framework 'onnxruntime' is listed twice; give the second stack a name with 'stack:'"
+    ]
+    wrong = altered(
+        entry,
+        entry + "    interleave_with: ort130\n  - name: onnxruntime\n    stack: ort131\n",
+    )
+    assert problems_of(tmp_path, wrong) == [
+        f"manifest bad.yaml:{line_of(wrong, 'interleave_with')}: framework[1].interleave_with: "
+        "expected the 'stack:' of another onnxruntime entry (ort131), got 'ort130'"
+    ]
+    good = altered("ort130", "ort131", wrong)
+    (tmp_path / "good.yaml").write_text(good)
+    manifest = load_manifest(tmp_path / "good.yaml")
+    assert manifest.framework_spec("onnxruntime", "ort131").stack == "ort131"
+    assert manifest.framework_spec("onnxruntime").interleave_with == "ort131"
+    assert manifest.framework_index("onnxruntime", "ort131") == 2
+    with pytest.raises(KeyError, match="onnxruntime@ort130"):
+        manifest.framework_spec("onnxruntime", "ort130")
+
+
 def test_a_golden_path_escaping_the_manifest_directory_is_refused(tmp_path: Path) -> None:
     text = altered("  top1: {min: 0.97}", "  top1: {min: 0.97}\n  golden: ../x.npz")
 

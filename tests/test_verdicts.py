@@ -390,3 +390,67 @@ def test_interleave_times_a_model_edit_against_the_baseline_artifact(
     assert verdict["design"] == "stored"
     assert "not interleaved: the baseline's artifact (sha256 " in verdict["reason"]
     assert "is no longer in the cache" in verdict["reason"]
+
+
+def _two_stacks(suite: pytest.Pytester) -> None:
+    """The digits manifest with a second ONNX Runtime stack that the first is timed against.
+
+    Neither has a container map, so under the subprocess runtime both are the host's stack, in
+    one worker: the cross-worker protocol (hold, rounds, release) with nothing else different.
+    """
+    path = suite.path / "manifests" / "digits_cnn.yaml"
+    text = path.read_text()
+    assert '  - name: onnxruntime\n    version: ">=1.17"\n' in text
+    text = text.replace(
+        '  - name: onnxruntime\n    version: ">=1.17"\n',
+        '  - name: onnxruntime\n    version: ">=1.17"\n    interleave_with: second\n'
+        "  - name: onnxruntime\n    stack: second\n",
+    )
+    path.write_text(text)
+
+
+def test_interleave_times_an_item_against_another_stack_of_its_framework(
+    suite: pytest.Pytester,
+) -> None:
+    _two_stacks(suite)
+    inject = ("--mlscope-inject-slowdown", "9", *LOOSE)
+    result = _run(suite, "--mlscope-interleave", "-v", *inject)
+    # The second stack has no interleave_with: it is timed against itself, unslowed, and its
+    # injected slowdown is caught too.
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        ["*RegressionDetected: regression +*: interleaved with stack second (onnxruntime *), "
+         "30 pairs of rounds: slower*"]
+    )  # fmt: skip
+    store = _store(suite)
+    try:
+        found = store.latest_results(store.runs(limit=1)[0].id)
+    finally:
+        store.close()
+    record = found[ITEM]
+    assert record.verdict is not None and record.verdict["design"] == "interleaved"
+    assert record.verdict["pairs"] == 30 and record.verdict["ratio_low"] > 1.5
+    assert len(record.rounds) == 30 and sum(record.rounds) == len(record.samples_ns)
+    assert record.accuracy is not None and record.accuracy.passed
+    second = found["digits_cnn[onnxruntime@second-cpu-bs1-single_stream]"]
+    assert second.cell.stack == "second" and second.verdict is not None
+    assert "the same model without the injected slowdown" in second.verdict["reason"]
+
+
+def test_a_second_stack_in_a_container_is_skipped_by_host_runtimes(
+    suite: pytest.Pytester,
+) -> None:
+    _two_stacks(suite)
+    path = suite.path / "manifests" / "digits_cnn.yaml"
+    path.write_text(
+        path.read_text().replace(
+            "    stack: second\n",
+            "    stack: second\n    container: {amd64: {cpu: mlscope/onnxruntime:1.31.1-cpu}}\n",
+        )
+    )
+    result = _run(suite, "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        ["*onnxruntime@second is a stack of its own, in its container image: run it with "
+         "--mlscope-runtime docker"]
+    )  # fmt: skip

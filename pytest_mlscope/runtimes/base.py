@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from pytest_mlscope.errors import EvaluationFailed, MlscopeError
-from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, WorkerReply
+from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
 
 RUNTIMES = ("subprocess", "inprocess")
 
@@ -16,9 +16,10 @@ class Runtime(ABC):
 
     @abstractmethod
     def evaluate(
-        self, request: EvaluationRequest, timeout: float | None = None
+        self, request: EvaluationRequest | RoundRequest, timeout: float | None = None
     ) -> EvaluationResult:
-        """Evaluate one cell; raise WorkerCrashed, WorkerTimeout or EvaluationFailed."""
+        """Evaluate one cell (or time a round on a held model); raise WorkerCrashed,
+        WorkerTimeout or EvaluationFailed."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Stop whatever the runtime started."""

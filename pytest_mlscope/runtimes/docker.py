@@ -28,7 +28,7 @@ from typing import Any
 
 from pytest_mlscope.containers import LABEL, ContainerError, client
 from pytest_mlscope.errors import StackUnavailable, WorkerCrashed, WorkerTimeout
-from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, WorkerReply
+from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
 from pytest_mlscope.runtimes.base import Runtime, unwrap
 
 START_TIMEOUT_S = 120.0
@@ -342,12 +342,12 @@ class DockerRuntime(Runtime):
         return WorkerReply.model_validate_json(line)
 
     def evaluate(
-        self, request: EvaluationRequest, timeout: float | None = None
+        self, request: EvaluationRequest | RoundRequest, timeout: float | None = None
     ) -> EvaluationResult:
         if self.stream is None or self.container is None:
             self._start()
         assert self.stream is not None
-        inside = self.paths.request(request)
+        inside = self.paths.request(request) if isinstance(request, EvaluationRequest) else request
         try:
             self.stream.send_line(inside.model_dump_json())
         except OSError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult
+from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest
 from pytest_mlscope.runtimes.base import Runtime, unwrap
 
 
@@ -10,7 +10,7 @@ class InProcessRuntime(Runtime):
     name = "inprocess"
 
     def evaluate(
-        self, request: EvaluationRequest, timeout: float | None = None
+        self, request: EvaluationRequest | RoundRequest, timeout: float | None = None
     ) -> EvaluationResult:
         from pytest_mlscope.worker import handle
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from pytest_mlscope.errors import WorkerCrashed, WorkerTimeout
-from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, WorkerReply
+from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
 from pytest_mlscope.runtimes.base import Runtime, unwrap
 
 STDERR_TAIL_LINES = 30
@@ -116,7 +116,7 @@ class SubprocessRuntime(Runtime):
         return WorkerReply.model_validate_json(line)
 
     def evaluate(
-        self, request: EvaluationRequest, timeout: float | None = None
+        self, request: EvaluationRequest | RoundRequest, timeout: float | None = None
     ) -> EvaluationResult:
         process = self.process
         if process is None or process.poll() is not None:
