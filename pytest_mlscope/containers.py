@@ -202,8 +202,12 @@ def worker_requirements(
     """
     from pytest_mlscope.predictors import predictor_class
 
-    predictor = predictor_class(stack)
-    extra = predictor.extra
+    try:
+        predictor = predictor_class(stack)
+        extra, distributions = predictor.extra, predictor.distributions
+    except StackUnavailable:
+        # No predictor for it here (yet): the extra of the stack's name says what to install.
+        extra, distributions = stack, (stack,)
     if extra is None:
         raise ContainerError(f"the {stack} predictor names no pytest-mlscope extra to install")
     try:
@@ -212,9 +216,10 @@ def worker_requirements(
         raise ContainerError(
             f"{DISTRIBUTION} is not installed, so its dependencies are unknown"
         ) from None
-    framework_names = {d.lower() for d in predictor.distributions}
+    framework_names = {d.lower() for d in distributions}
     pinned: list[str] = []
     version = framework_version
+    framework_found = False
     for text in declared:
         requirement = Requirement(text)
         marker = requirement.marker
@@ -235,11 +240,14 @@ def worker_requirements(
                     f"{stack} image is unknown: pass --framework-version"
                 )
             pinned.append(f"{name}=={version}")
+            framework_found = True
             continue
         installed = _installed(requirement.name)
         pinned.append(f"{requirement.name}=={installed}" if installed else str(requirement))
-    if version is None:
-        raise ContainerError(f"the {extra} extra of {DISTRIBUTION} names no {stack} distribution")
+    if not framework_found or version is None:
+        raise ContainerError(
+            f"{DISTRIBUTION} has no extra {extra!r} naming a {stack} distribution to install"
+        )
     return sorted(set(pinned), key=str.lower), version
 
 
@@ -261,10 +269,7 @@ def plan(
             f"{dockerfile} builds FROM a CUDA base image: pass --base (e.g. an nvidia/cuda "
             "runtime image with Python)"
         )
-    try:
-        requirements, version = worker_requirements(stack, device, framework_version)
-    except StackUnavailable as exc:
-        raise ContainerError(str(exc)) from None
+    requirements, version = worker_requirements(stack, device, framework_version)
     base = base_image or DEFAULT_BASE_IMAGE
     base_id = None
     if docker is not None:

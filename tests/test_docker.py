@@ -407,6 +407,11 @@ def test_requirements_pin_what_the_host_runs_and_leave_out_host_only_packages() 
     assert older == "1.20.1" and "onnxruntime==1.20.1" in other
     gpu, _ = containers.worker_requirements("onnxruntime", device="gpu")
     assert any(line.startswith("onnxruntime-gpu==") for line in gpu)
+    # TensorFlow's predictor arrives later; its extra already says what the image installs.
+    tensorflow, _ = containers.worker_requirements("tensorflow", framework_version="2.20.0")
+    assert "tensorflow==2.20.0" in tensorflow
+    with pytest.raises(containers.ContainerError, match="no extra 'nosuch'"):
+        containers.worker_requirements("nosuch", framework_version="1.0")
 
 
 def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
