@@ -113,15 +113,43 @@ def cmd_hw(args: argparse.Namespace) -> int:
         ("cores", f"{host.physical_cores} physical, {host.logical_cores} logical"),
         ("memory", f"{host.memory_gb} GiB"),
         ("cpu flags", str(len(host.cpu_flags))),
+        ("isa", ", ".join(host.isa) or "none known"),
         ("python", host.python),
-        ("gpus", "; ".join(gpus) or "none"),
+        ("gpus", "; ".join(gpus) or f"none ({host.gpu_note})"),
+        ("cuda (driver)", host.cuda_driver or "-"),
+        ("tuning", ", ".join(f"{k}={v!r}" for k, v in host.tuning.items()) or "unreadable"),
     ]
     pairs += [
         (name, version)
         for name, version in sorted(host.packages.items(), key=lambda kv: kv[0].lower())
     ]
     print(_pairs(pairs))
+    if args.markers:
+        print()
+        print(table(["marker", "here", "why"], _marker_rows(host)))
     return EXIT_OK
+
+
+def _marker_rows(host: Any) -> list[list[str]]:
+    """Which of the plugin's selection markers this host satisfies, and why not."""
+    from pytest_mlscope import containers
+    from pytest_mlscope.hardware import ISA_FLAGS, noise_sources
+
+    rows = [["cpu", "yes", f"{host.cpu_model}, {host.arch}"]]
+    if host.gpus:
+        rows.append(["gpu", "yes", ", ".join(g.name for g in host.gpus)])
+    else:
+        rows.append(["gpu", "no", host.gpu_note])
+    try:
+        containers.client(timeout=5)
+        rows.append(["docker", "yes", "a Docker daemon answers"])
+    except containers.ContainerError as exc:
+        rows.append(["docker", "no", str(exc)])
+    for name in ISA_FLAGS:
+        rows.append([f"hardware(isa={name!r})", "yes" if host.has_isa(name) else "no", ""])
+    noisy = noise_sources(host.tuning)
+    rows.append(["(tuned for timing)", "no" if noisy else "yes", ", ".join(noisy)])
+    return rows
 
 
 # -- runs and show -------------------------------------------------------------------------------
@@ -584,6 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     hw = commands.add_parser("hw", help="show what this host has (CPU, memory, GPUs, packages)")
     hw.add_argument("--json", action="store_true", help="print the stored fingerprint as JSON")
+    hw.add_argument(
+        "--markers", action="store_true", help="also show which markers this host satisfies"
+    )
     hw.set_defaults(handler=cmd_hw)
 
     db_help = "database file or SQLAlchemy URL (default: $MLSCOPE_DB, else .mlscope/results.db)"

@@ -7,6 +7,7 @@ reason instead of a failure.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -41,6 +42,13 @@ class Host:
     python: str
     gpus: tuple[Gpu, ...] = ()
     packages: dict[str, str] = field(default_factory=dict)
+    isa: tuple[str, ...] = ()  # the ISA extensions that matter to ML kernels, by common name
+    gpu_note: str = ""  # why there are no GPUs, when there are none
+    cuda_driver: str | None = None  # the CUDA version the driver supports (NVML)
+    tuning: dict[str, object] = field(default_factory=dict)  # benchmarking state, see tuning()
+
+    def has_isa(self, name: str) -> bool:
+        return name in self.isa
 
     def fingerprint(self) -> dict[str, object]:
         """The JSON-able facts stored with a run (flags left out: long and rarely read)."""
@@ -63,6 +71,91 @@ TRACKED_PACKAGES = (
     "scikit-learn",
     "Pillow",
 )
+
+
+# Common names of ISA extensions -> the /proc/cpuinfo flags that show them (any one suffices).
+ISA_FLAGS: dict[str, tuple[str, ...]] = {
+    "sse4_2": ("sse4_2",),
+    "avx": ("avx",),
+    "avx2": ("avx2",),
+    "fma": ("fma",),
+    "f16c": ("f16c",),
+    "avx512": ("avx512f",),
+    "avx512_vnni": ("avx512_vnni",),
+    "avx512_bf16": ("avx512_bf16",),
+    "avx512_fp16": ("avx512_fp16",),
+    "amx": ("amx_tile",),
+    "amx_bf16": ("amx_bf16",),
+    "amx_int8": ("amx_int8",),
+    "neon": ("asimd", "neon"),
+    "sve": ("sve",),
+    "sve2": ("sve2",),
+    "bf16": ("bf16",),  # arm
+    "i8mm": ("i8mm",),
+    "altivec": ("altivec",),
+    "vsx": ("vsx",),
+}
+
+
+def isa_extensions(flags: frozenset[str]) -> tuple[str, ...]:
+    return tuple(name for name, shown_by in ISA_FLAGS.items() if flags.intersection(shown_by))
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def tuning() -> dict[str, object]:
+    """What makes timings on this host noisier, as pyperf's ``system show`` reads it: frequency
+    governor, turbo, ASLR, isolated CPUs, current frequency. Unreadable facts are left out."""
+    import psutil
+
+    found: dict[str, object] = {}
+    governors = {
+        g
+        for cpu in range(os.cpu_count() or 1)
+        if (g := _read(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_governor"))
+    }
+    if governors:
+        found["governor"] = ",".join(sorted(governors))
+    no_turbo = _read("/sys/devices/system/cpu/intel_pstate/no_turbo")
+    boost = _read("/sys/devices/system/cpu/cpufreq/boost")
+    if no_turbo is not None:
+        found["turbo"] = no_turbo == "0"
+    elif boost is not None:
+        found["turbo"] = boost == "1"
+    aslr = _read("/proc/sys/kernel/randomize_va_space")
+    if aslr is not None:
+        found["aslr"] = aslr != "0"
+    isolated = _read("/sys/devices/system/cpu/isolated")
+    if isolated is not None:
+        found["isolated_cpus"] = isolated
+    try:
+        frequency = psutil.cpu_freq()
+    except (OSError, NotImplementedError):
+        frequency = None
+    if frequency is not None and frequency.current:
+        found["cpu_mhz"] = round(frequency.current)
+    return found
+
+
+def noise_sources(state: dict[str, object]) -> list[str]:
+    """The parts of a host's tuning state that add noise to timings, in words."""
+    notes = []
+    governor = state.get("governor")
+    if governor and governor != "performance":
+        notes.append(f"frequency governor {governor} (not performance)")
+    if state.get("turbo") is True:
+        notes.append("turbo boost on")
+    if state.get("aslr") is True:
+        notes.append("ASLR on")
+    if "isolated_cpus" in state and not state["isolated_cpus"]:
+        notes.append("no isolated CPUs")
+    return notes
 
 
 def package_version(distribution: str) -> str | None:
@@ -88,17 +181,25 @@ def _cpu_info() -> tuple[str, frozenset[str]]:
     return model, flags
 
 
-def _gpus() -> tuple[Gpu, ...]:
-    """NVIDIA GPUs through NVML when nvidia-ml-py and a driver are present; none otherwise."""
+def _gpus() -> tuple[tuple[Gpu, ...], str, str | None]:
+    """NVIDIA GPUs through NVML, why there are none, and the driver's CUDA version. No driver
+    (no NVML library) is a normal answer on a CPU machine, not an error."""
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
-        return ()
+        return (), "nvidia-ml-py is not installed", None
     try:
         pynvml.nvmlInit()
-    except Exception:
-        return ()
+    except Exception as exc:
+        text = str(exc) or type(exc).__name__
+        if "LibraryNotFound" in type(exc).__name__:
+            text = "no NVIDIA driver (the NVML library is not found)"
+        return (), text, None
     try:
+        cuda = None
+        with contextlib.suppress(Exception):
+            version = pynvml.nvmlSystemGetCudaDriverVersion()
+            cuda = f"{version // 1000}.{version % 1000 // 10}"
         driver = pynvml.nvmlSystemGetDriverVersion()
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
@@ -114,7 +215,7 @@ def _gpus() -> tuple[Gpu, ...]:
                     driver=driver.decode() if isinstance(driver, bytes) else str(driver),
                 )
             )
-        return tuple(gpus)
+        return tuple(gpus), "" if gpus else "NVML sees no GPU", cuda
     finally:
         pynvml.nvmlShutdown()
 
@@ -125,6 +226,7 @@ def current_host() -> Host:
 
     model, flags = _cpu_info()
     packages = {name: v for name in TRACKED_PACKAGES if (v := package_version(name))}
+    gpus, gpu_note, cuda = _gpus()
     return Host(
         hostname=platform.node(),
         arch=platform.machine(),
@@ -135,8 +237,12 @@ def current_host() -> Host:
         memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
         cpu_flags=flags,
         python=platform.python_version() + f" ({sys.implementation.name})",
-        gpus=_gpus(),
+        gpus=gpus,
         packages=packages,
+        isa=isa_extensions(flags),
+        gpu_note=gpu_note,
+        cuda_driver=cuda,
+        tuning=tuning(),
     )
 
 
@@ -152,9 +258,15 @@ def unmet_requirements(requires: Requirements, host: Host, device: str = "cpu") 
     missing = [flag for flag in requires.cpu_flags if flag not in host.cpu_flags]
     if missing:
         reasons.append(f"needs CPU flags {', '.join(missing)}, which this host's CPU lacks")
+    lacking = [name for name in requires.isa if not host.has_isa(name)]
+    if lacking:
+        reasons.append(
+            f"needs {', '.join(lacking)}, which this host's CPU lacks (it has "
+            f"{', '.join(host.isa) or 'none of the known extensions'})"
+        )
     if device == "gpu" or requires.gpu:
         if not host.gpus:
-            reasons.append("needs an NVIDIA GPU, none found (NVML)")
+            reasons.append(f"needs an NVIDIA GPU, none found ({host.gpu_note or 'NVML'})")
         elif requires.gpu:
             reasons.extend(_unmet_gpu(requires, host))
     return reasons
@@ -177,3 +289,49 @@ def _unmet_gpu(requires: Requirements, host: Host) -> list[str]:
             f"{best.memory_gb} GiB"
         )
     return reasons
+
+
+# -- the hardware marker on hand-written tests ---------------------------------------------------
+
+MARKER_ARGUMENTS = ("gpu", "min_compute_capability", "arch", "min_memory_gb", "isa",
+                    "min_gpu_memory_gb")  # fmt: skip
+
+
+def marker_requirements(kwargs: dict[str, object]) -> tuple[Requirements, str]:
+    """``@pytest.mark.hardware(...)`` as manifest requirements and the device it implies."""
+    from pytest_mlscope.manifest import GpuRequirement, Requirements
+
+    unknown = sorted(set(kwargs) - set(MARKER_ARGUMENTS))
+    if unknown:
+        raise ValueError(
+            f"unknown argument {', '.join(unknown)}; expected {', '.join(MARKER_ARGUMENTS)}"
+        )
+    unknown_isa = sorted(set(_as_list(kwargs.get("isa"))) - set(ISA_FLAGS))
+    if unknown_isa:
+        raise ValueError(
+            f"unknown isa {', '.join(unknown_isa)}; expected some of {', '.join(ISA_FLAGS)}"
+        )
+    wants_gpu = bool(kwargs.get("gpu")) or any(
+        kwargs.get(k) is not None for k in ("min_compute_capability", "min_gpu_memory_gb")
+    )
+    gpu = None
+    if wants_gpu:
+        gpu = GpuRequirement(
+            min_compute_capability=kwargs.get("min_compute_capability"),  # type: ignore[arg-type]
+            min_memory_gb=kwargs.get("min_gpu_memory_gb"),  # type: ignore[arg-type]
+        )
+    requires = Requirements(
+        arch=_as_list(kwargs.get("arch")) or None,
+        min_memory_gb=kwargs.get("min_memory_gb"),  # type: ignore[arg-type]
+        isa=_as_list(kwargs.get("isa")),
+        gpu=gpu,
+    )
+    return requires, "gpu" if wants_gpu else "cpu"
+
+
+def _as_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]  # type: ignore[attr-defined]

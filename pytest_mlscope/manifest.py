@@ -277,8 +277,22 @@ class GpuRequirement(_Strict):
 class Requirements(_Strict):
     arch: list[str] | None = None
     min_memory_gb: NonNegative | None = None
-    cpu_flags: list[str] = []
+    cpu_flags: list[str] = []  # raw /proc/cpuinfo flags
+    isa: list[str] = []  # extensions by common name: avx2, avx512, amx, neon, vsx (hardware.py)
     gpu: GpuRequirement | None = None
+
+    @field_validator("isa")
+    @classmethod
+    def _known_isa(cls, value: list[str]) -> list[str]:
+        from pytest_mlscope.hardware import ISA_FLAGS
+
+        unknown = [name for name in value if name not in ISA_FLAGS]
+        if unknown:
+            raise ValueError(
+                f"unknown ISA extension {', '.join(unknown)}; expected some of "
+                f"{', '.join(ISA_FLAGS)}"
+            )
+        return value
 
 
 # -- the manifest --------------------------------------------------------------------------------

@@ -181,6 +181,12 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in SCENARIOS:
         _register_marker(config, name, f"pytest-mlscope items in the {name} scenario")
     _register_marker(config, "docker", "pytest-mlscope items whose worker runs in a container")
+    _register_marker(
+        config,
+        "hardware(gpu=False, min_compute_capability=None, arch=None, min_memory_gb=None, "
+        "isa=None, min_gpu_memory_gb=None)",
+        "skip the test, with the reason, on a host without this hardware (pytest-mlscope)",
+    )
     if not config.getoption("mlscope"):
         return
     from pytest_mlscope.session import MlscopeSession, Settings
@@ -448,6 +454,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.stash.get(VERDICT_KEY, None),
     )
     return report
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.hardware(...)``: a ``gpu`` or ``cpu`` marker for ``-m``, and a skip with
+    the exact reason on a host that lacks what the test asks for."""
+    decided: dict[str, tuple[str, list[str]]] = {}
+    for item in items:
+        marker = item.get_closest_marker("hardware")
+        if marker is None:
+            continue
+        if marker.args:
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.hardware takes keyword arguments only"
+            )
+        key = repr(sorted(marker.kwargs.items()))
+        if key not in decided:
+            from pytest_mlscope.hardware import (
+                current_host,
+                marker_requirements,
+                unmet_requirements,
+            )
+
+            try:
+                requires, device = marker_requirements(marker.kwargs)
+            except ValueError as exc:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.hardware: {exc}") from None
+            decided[key] = (device, unmet_requirements(requires, current_host(), device))
+        device, unmet = decided[key]
+        item.add_marker(device)
+        if unmet:
+            item.add_marker(pytest.mark.skip(reason=f"this host {'; '.join(unmet)}"))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

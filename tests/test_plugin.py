@@ -47,9 +47,17 @@ def test_bundled_suite_passes_on_both_frameworks_and_is_stored(pytester: pytest.
             "*digits_cnn?onnxruntime-cpu-bs8-single_stream? PASSED*",
             "*= mlscope =*",
             "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms",
+            "across frameworks (single-stream median; agreement with the manifest's reference):",
+            "  model * torch * onnxruntime",
+            "  alexnet * ms ref (bs1) * ms agrees (bs1)",
+            "  digits_cnn * ms ref (bs1) * ms agrees (bs1)",
             "run * stored in sqlite:///*results.db",
         ]
     )
+    from pytest_mlscope.hardware import current_host, noise_sources
+
+    untuned = [line for line in result.outlines if line.startswith("host not tuned")]
+    assert bool(untuned) == bool(noise_sources(current_host().tuning))
     store = _db(pytester)
     (run,) = store.runs()
     assert run.status == "complete"

@@ -88,6 +88,43 @@ def _top(rows: list[Any], k: int) -> list[Any]:
     return top_layers(rows, k)
 
 
+def matrix_lines(session: MlscopeSession) -> Iterator[str]:
+    """The seed's "one model across frameworks" table: per model and framework (stack), the
+    median latency of its single-stream item at its smallest batch, and whether it agrees with
+    the manifest's reference framework."""
+    cells: dict[str, dict[str, tuple[int, str]]] = {}
+    for record in session.records:
+        cell, result = record.cell, record.result
+        if cell.scenario != "single_stream" or result is None or result.summary is None:
+            continue
+        agreement = result.accuracy.check("agreement")
+        manifest = session.manifests.get(cell.model)
+        reference = manifest.accuracy.agreement if manifest else None
+        if reference is not None and reference.reference == cell.framework_id:
+            mark = "ref"
+        elif agreement is None:
+            mark = ""
+        else:
+            mark = "agrees" if agreement.passed else "DISAGREES"
+        text = f"{ms(result.summary.median)} ms {mark}".rstrip()
+        known = cells.setdefault(cell.model, {}).get(cell.framework_id)
+        if known is None or cell.batch_size < known[0]:
+            cells[cell.model][cell.framework_id] = (
+                cell.batch_size,
+                f"{text} (bs{cell.batch_size})",
+            )
+    models = {model: row for model, row in cells.items() if len(row) > 1}
+    if not models:
+        return
+    frameworks = list(dict.fromkeys(f for row in models.values() for f in row))
+    yield "across frameworks (single-stream median; agreement with the manifest's reference):"
+    rows = [
+        [model, *(row.get(f, (0, "-"))[1] for f in frameworks)] for model, row in models.items()
+    ]
+    for line in table(["model", *frameworks], rows).splitlines():
+        yield "  " + line
+
+
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
     interleaved = session.settings.interleave
     compared = bool(session.settings.baseline) or interleaved
@@ -134,6 +171,16 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
                 for row in _top(record.result.layers, 3)  # type: ignore[union-attr]
             )
             yield f"  {record.cell.id}: {trace.path}" + (f" (top: {top})" if top else "")  # type: ignore[union-attr]
+    yield from matrix_lines(session)
+    if session.records:
+        from pytest_mlscope.hardware import noise_sources
+
+        noisy = noise_sources(session.host.tuning)
+        if noisy:
+            yield (
+                f"host not tuned for benchmarking ({', '.join(noisy)}): expect noisier timings "
+                "(`python -m pyperf system tune` fixes what it can)"
+            )
     if session.started:
         yield f"run {session.run_id} stored in {session.store.url}"
     if session.saved_baseline:

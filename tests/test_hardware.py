@@ -1,0 +1,188 @@
+"""Hardware facts and hardware-aware selection, on this host's real detection.
+
+Requirement sets are built from what this host has (so they must match) and from what it cannot
+have (so they must not): the tests hold on any machine CI runs on.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from pytest_mlscope.hardware import (
+    ISA_FLAGS,
+    current_host,
+    isa_extensions,
+    marker_requirements,
+    noise_sources,
+    unmet_requirements,
+)
+from pytest_mlscope.manifest import Requirements
+
+HOST = current_host()
+MISSING_ISA = next(name for name in ISA_FLAGS if not HOST.has_isa(name))
+
+
+def _nvml_works() -> bool:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        pynvml.nvmlShutdown()
+    except Exception:
+        return False
+    return True
+
+
+def test_isa_extensions_come_from_the_cpu_flags() -> None:
+    assert isa_extensions(frozenset({"avx2", "avx512f", "amx_tile", "fpu"})) == (
+        "avx2",
+        "avx512",
+        "amx",
+    )
+    assert isa_extensions(frozenset({"asimd", "sve"})) == ("neon", "sve")
+    assert HOST.isa == isa_extensions(HOST.cpu_flags)
+    if HOST.arch == "x86_64":
+        assert "sse4_2" in HOST.isa  # every x86-64 CPU that runs the frameworks' wheels
+
+
+@pytest.mark.skipif(_nvml_works(), reason="this host has an NVIDIA driver")
+def test_no_nvml_is_a_normal_answer_with_the_reason() -> None:
+    """This host has no GPU: nvidia-ml-py is installed, and its library finds no driver."""
+    import pynvml  # noqa: F401 - a dependency: importable everywhere the plugin is
+
+    assert HOST.gpus == ()
+    assert HOST.gpu_note == "no NVIDIA driver (the NVML library is not found)"
+    (reason,) = unmet_requirements(Requirements(), HOST, device="gpu")
+    assert (
+        reason
+        == "needs an NVIDIA GPU, none found (no NVIDIA driver (the NVML library is not found))"
+    )
+
+
+def test_requirements_built_from_this_host_match_it_and_others_do_not() -> None:
+    matching = Requirements(
+        arch=[HOST.arch],
+        min_memory_gb=HOST.memory_gb / 2,
+        cpu_flags=sorted(HOST.cpu_flags)[:3],
+        isa=list(HOST.isa[:2]),
+    )
+    assert unmet_requirements(matching, HOST) == []
+    impossible = Requirements(
+        arch=["s390x" if HOST.arch != "s390x" else "riscv64"],
+        min_memory_gb=HOST.memory_gb * 4,
+        isa=[MISSING_ISA],
+    )
+    reasons = unmet_requirements(impossible, HOST)
+    assert len(reasons) == 3
+    assert reasons[0].startswith(f"needs arch {impossible.arch[0]}, this host is {HOST.arch}")  # type: ignore[index]
+    assert f"{HOST.memory_gb} GiB" in reasons[1]
+    assert reasons[2].startswith(f"needs {MISSING_ISA}, which this host's CPU lacks")
+
+
+def test_a_manifest_names_isa_extensions_it_knows() -> None:
+    with pytest.raises(ValueError, match="unknown ISA extension avx1024; expected some of sse4_2"):
+        Requirements(isa=["avx1024"])
+
+
+def test_the_marker_arguments_become_requirements() -> None:
+    requires, device = marker_requirements({"gpu": True, "min_compute_capability": "8.0"})
+    assert device == "gpu" and requires.gpu is not None
+    assert requires.gpu.min_compute_capability == "8.0"
+    requires, device = marker_requirements({"isa": "avx2", "arch": "x86_64"})
+    assert device == "cpu" and requires.isa == ["avx2"] and requires.arch == ["x86_64"]
+    with pytest.raises(ValueError, match="unknown argument gpus; expected gpu, "):
+        marker_requirements({"gpus": 1})
+    with pytest.raises(ValueError, match="unknown isa avx3"):
+        marker_requirements({"isa": ["avx3"]})
+
+
+def test_noise_sources_name_what_an_untuned_host_does() -> None:
+    untuned = {"governor": "powersave", "turbo": True, "aslr": True, "isolated_cpus": ""}
+    assert noise_sources(untuned) == [
+        "frequency governor powersave (not performance)",
+        "turbo boost on",
+        "ASLR on",
+        "no isolated CPUs",
+    ]
+    tuned = {"governor": "performance", "turbo": False, "aslr": False, "isolated_cpus": "1"}
+    assert noise_sources(tuned) == []
+    assert noise_sources({}) == []  # unreadable facts are not guessed at
+    assert "aslr" in HOST.tuning  # /proc/sys/kernel/randomize_va_space is readable on Linux
+    assert HOST.fingerprint()["tuning"] == HOST.tuning
+
+
+def test_the_hardware_marker_skips_with_the_reason_and_selects_by_device(
+    pytester: pytest.Pytester,
+) -> None:
+    isa = HOST.isa[0]
+    pytester.makepyfile(
+        test_hw=textwrap.dedent(
+            f"""
+            import pytest
+
+            @pytest.mark.hardware(isa=[{isa!r}], arch={HOST.arch!r})
+            def test_has_it():
+                pass
+
+            @pytest.mark.hardware(isa=[{MISSING_ISA!r}])
+            def test_lacks_isa():
+                pass
+
+            @pytest.mark.hardware(gpu=True, min_compute_capability="8.0")
+            def test_on_gpu():
+                pass
+
+            @pytest.mark.hardware(min_memory_gb={HOST.memory_gb * 4})
+            def test_big_memory():
+                pass
+            """
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "--strict-markers")
+    if _nvml_works():
+        pytest.skip("this host has an NVIDIA driver")
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*test_hw.py:* this host needs {MISSING_ISA}, which this host's CPU lacks*",
+            "*test_hw.py:* this host needs an NVIDIA GPU, none found (no NVIDIA driver*",
+            f"*test_hw.py:* this host needs {HOST.memory_gb * 4} GiB of memory*",
+        ]
+    )
+    gpu_only = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "gpu", "-v")
+    gpu_only.assert_outcomes(skipped=1)
+    gpu_only.stdout.fnmatch_lines(["*test_on_gpu SKIPPED*"])
+    cpu_only = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "cpu")
+    cpu_only.assert_outcomes(passed=1, skipped=2)
+
+
+def test_a_bad_hardware_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_bad="""
+        import pytest
+
+        @pytest.mark.hardware(gpus=1)
+        def test_it():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*test_bad.py::test_it: @pytest.mark.hardware: unknown argument gpus; expected gpu,*"]
+    )
+
+
+def test_hw_markers_shows_what_this_host_satisfies(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_mlscope.cli import main
+
+    assert main(["hw", "--markers"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines() if line[:1].isalpha()}
+    assert rows["cpu"] == "yes"
+    assert rows["gpu"] == ("yes" if HOST.gpus else "no")
+    assert rows[f"hardware(isa={HOST.isa[0]!r})"] == "yes"
+    assert rows[f"hardware(isa={MISSING_ISA!r})"] == "no"
+    assert rows["docker"] in ("yes", "no")
