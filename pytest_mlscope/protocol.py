@@ -235,6 +235,8 @@ class EvaluationResult(_Document):
     paired_predictor: PredictorInfo | None = None
     layers: list[LayerRow] = Field(default_factory=list)
     trace: TraceInfo | None = None
+    # The machine during the timing pass (pytest_mlscope.telemetry): CPU load, RSS, clocks, GPU.
+    telemetry: dict[str, float | int | str | bool] = Field(default_factory=dict)
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

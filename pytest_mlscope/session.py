@@ -88,6 +88,18 @@ KEEP_WORK_DIRS = 5
 HISTORY_FOR_NOISE = 30  # earlier runs whose spread sets an item's run-to-run noise
 
 
+def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
+    """A slowdown measured while the GPU throttled or neighbours kept the CPU busy says so."""
+    from dataclasses import replace
+
+    from pytest_mlscope.telemetry import suspicions
+
+    seen = suspicions(result.telemetry)
+    if not seen or found.kind not in ("regression", "inconclusive"):
+        return found
+    return replace(found, reason=f"{found.reason}; suspect: {'; '.join(seen)} during timing")
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -662,7 +674,7 @@ class MlscopeSession:
         skipped = self._interleaved.get(result.cell.id)
         if skipped is not None and not skipped[0]:
             found = replace(found, reason=f"{found.reason} ({skipped[1]})")
-        return found
+        return _with_suspicions(found, result)
 
     def _between_run_noise(self, result: EvaluationResult) -> float | None:
         """The item's spread across earlier runs on this environment (None with fewer than 5)."""

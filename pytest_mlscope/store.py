@@ -44,7 +44,10 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE results ADD COLUMN layers {json}",
         "ALTER TABLE results ADD COLUMN trace {json}",
     ],
-    2: ["ALTER TABLE results ADD COLUMN stack VARCHAR(255)"],
+    2: [
+        "ALTER TABLE results ADD COLUMN stack VARCHAR(255)",
+        "ALTER TABLE results ADD COLUMN telemetry {json}",
+    ],
 }
 
 RUN_STATUSES = ("running", "complete", "incomplete")
@@ -122,6 +125,7 @@ results_table = sa.Table(
     # The profiling pass: layer table rows, and the trace's level, file and notes (schema 2).
     sa.Column("layers", _NullableJSON, nullable=True),
     sa.Column("trace", _NullableJSON, nullable=True),
+    sa.Column("telemetry", _NullableJSON, nullable=True),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -193,6 +197,7 @@ class ResultRecord:
     recorded_at: datetime
     layers: list[LayerRow] = field(default_factory=list)
     trace: TraceInfo | None = None
+    telemetry: dict[str, Any] = field(default_factory=dict)
 
 
 INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
@@ -458,6 +463,7 @@ class Store:
             "verdict": dict(verdict) if verdict is not None else None,
             "layers": None,
             "trace": None,
+            "telemetry": None,
             "recorded_at": _now(),
         }
         if result is not None:
@@ -472,6 +478,7 @@ class Store:
                 predictor=result.predictor.model_dump(mode="json"),
                 layers=[row.model_dump() for row in result.layers] if result.layers else None,
                 trace=result.trace.model_dump() if result.trace else None,
+                telemetry=dict(result.telemetry) or None,
             )
         try:
             with self._engine.begin() as connection:
@@ -807,6 +814,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         recorded_at=recorded_at,
         layers=[LayerRow.model_validate(r) for r in row.get("layers") or []],
         trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
+        telemetry=dict(row.get("telemetry") or {}),
     )
 
 

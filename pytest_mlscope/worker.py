@@ -117,6 +117,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
     from pytest_mlscope.predictors import predictor_class
     from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.stats import summarize
+    from pytest_mlscope.telemetry import Window
     from pytest_mlscope.tracing.timeline import Timeline
     from pytest_mlscope.zoo.cache import verify
 
@@ -148,6 +149,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             # Timing pass: the predictor call alone, on inputs prepared beforehand.
             summary, samples, rounds = None, [], []
             paired: Timing | None = None
+            window = None
             held = request.hold and not request.accuracy_only
             if held:  # warmed up and kept; the host asks for the rounds (RoundRequest)
                 inputs = batches[:1] if cell.scenario == "single_stream" else batches
@@ -156,7 +158,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                     call(inputs[i % len(inputs)])
             elif not request.accuracy_only:
                 inputs = batches[:1] if cell.scenario == "single_stream" else batches
-                with spans.span("timing pass"):
+                with spans.span("timing pass"), Window(gpu=cell.device == "gpu") as window:
                     call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
                     if request.interleave is None:
                         timing = time_calls(call, inputs, request.measure)
@@ -197,6 +199,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
         paired_artifact_sha256=request.interleave.artifact.sha256 if paired else None,  # type: ignore[union-attr]
         layers=layers,
         trace=trace,
+        telemetry=window.values if window is not None else {},
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,

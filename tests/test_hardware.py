@@ -186,3 +186,58 @@ def test_hw_markers_shows_what_this_host_satisfies(capsys: pytest.CaptureFixture
     assert rows[f"hardware(isa={HOST.isa[0]!r})"] == "yes"
     assert rows[f"hardware(isa={MISSING_ISA!r})"] == "no"
     assert rows["docker"] in ("yes", "no")
+
+
+# -- the timing window's telemetry ---------------------------------------------------------------
+
+
+def test_a_timing_window_reads_the_machine_at_its_edges() -> None:
+    import time
+
+    from pytest_mlscope.telemetry import Window
+
+    with Window() as window:
+        deadline = time.perf_counter() + 0.3
+        while time.perf_counter() < deadline:  # busy: this process's CPU share shows it
+            pass
+    values = window.values
+    assert 0.25 < values["wall_s"] < 5
+    assert values["process_cpu_percent"] > 30  # of one core, even on a loaded machine
+    assert values["rss_peak_mb"] > 10
+    assert 0 <= values["system_cpu_percent"] <= 100
+    assert not any(key.startswith("gpu") for key in values)  # CPU item: NVML is not asked
+
+
+def test_throttling_and_busy_neighbours_make_a_slowdown_suspect() -> None:
+    from pytest_mlscope.compare import Verdict
+    from pytest_mlscope.protocol import (
+        AccuracyReport,
+        Cell,
+        ColdStart,
+        EvaluationResult,
+        PredictorInfo,
+    )
+    from pytest_mlscope.session import _with_suspicions
+    from pytest_mlscope.telemetry import suspicions
+
+    seen = {"gpu0_throttle": "hardware thermal slowdown", "other_cores_busy": 1.4}
+    assert suspicions(seen) == [
+        "gpu0 throttled (hardware thermal slowdown)",
+        "other processes kept 1.4 cores busy",
+    ]
+    assert suspicions({"gpu0_throttle": "", "other_cores_busy": 0.1}) == []
+    result = EvaluationResult(
+        cell=Cell(model="m", framework="onnxruntime"),
+        predictor=PredictorInfo(framework="onnxruntime", version="1", device="cpu"),
+        artifact_sha256="0" * 64,
+        cold_start=ColdStart(load_s=0.1, first_inference_s=0.01),
+        accuracy=AccuracyReport(),
+        telemetry=seen,
+    )
+    regression = Verdict("regression", "slower: beyond the threshold")
+    assert _with_suspicions(regression, result).reason == (
+        "slower: beyond the threshold; suspect: gpu0 throttled (hardware thermal slowdown); "
+        "other processes kept 1.4 cores busy during timing"
+    )
+    ok = Verdict("ok", "within the threshold")
+    assert _with_suspicions(ok, result) is ok

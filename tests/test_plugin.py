@@ -76,6 +76,8 @@ def test_bundled_suite_passes_on_both_frameworks_and_is_stored(pytester: pytest.
     for record in results:
         assert record.summary is not None and record.summary.count >= 3
         assert len(record.samples_ns) == record.summary.count
+        # What the machine did while it was timed, read at the window's edges.
+        assert record.telemetry["wall_s"] > 0 and record.telemetry["rss_peak_mb"] > 10
     store.close()
 
 

@@ -747,7 +747,7 @@ def test_git_info_reports_commit_branch_and_dirtiness(bounded_git: Path) -> None
 
 
 def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -> None:
-    """Through every migration since: layers and trace (2), stack (3)."""
+    """Through every migration since: layers and trace (2), stack and telemetry (3)."""
     from pytest_mlscope.protocol import LayerRow, TraceInfo
 
     with Store.from_location(db_path) as store:
@@ -758,6 +758,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         connection.execute("ALTER TABLE results DROP COLUMN layers")
         connection.execute("ALTER TABLE results DROP COLUMN trace")
         connection.execute("ALTER TABLE results DROP COLUMN stack")
+        connection.execute("ALTER TABLE results DROP COLUMN telemetry")
         connection.execute("UPDATE schema_version SET version = 1")
     traced = make_result().model_copy(
         update={
@@ -773,11 +774,13 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         new = store.latest_results(new_run)[CELL.id]
     assert new.layers[0].layer == "features.0" and new.trace.path == "/tmp/t.json"
     stacked = CELL.model_copy(update={"stack": "ort131"})
+    watched = make_result().model_copy(update={"telemetry": {"other_cores_busy": 0.2}})
     with Store.from_location(db_path) as store:
-        store.record_result(new_run, cell=stacked, outcome="passed", result=make_result())
+        store.record_result(new_run, cell=stacked, outcome="passed", result=watched)
         found = store.latest_results(new_run)
     assert found[stacked.id].cell == stacked and "@ort131" in stacked.id
-    assert found[CELL.id].cell.stack is None
+    assert found[stacked.id].telemetry == {"other_cores_busy": 0.2}
+    assert found[CELL.id].cell.stack is None and found[CELL.id].telemetry == {}
     with sqlite3.connect(db_path) as connection:
         assert connection.execute("SELECT version FROM schema_version").fetchall() == [
             (SCHEMA_VERSION,)

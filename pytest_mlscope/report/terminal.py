@@ -116,7 +116,15 @@ def matrix_lines(session: MlscopeSession) -> Iterator[str]:
     models = {model: row for model, row in cells.items() if len(row) > 1}
     if not models:
         return
-    frameworks = list(dict.fromkeys(f for row in models.values() for f in row))
+    # Columns in the manifests' order (the reference first, usually), not in the order items ran.
+    declared = [
+        f"{spec.name}@{spec.stack}" if spec.stack else spec.name
+        for model in models
+        if model in session.manifests
+        for spec in session.manifests[model].framework
+    ]
+    seen = {f for row in models.values() for f in row}
+    frameworks = [f for f in dict.fromkeys([*declared, *sorted(seen)]) if f in seen]
     yield "across frameworks (single-stream median; agreement with the manifest's reference):"
     rows = [
         [model, *(row.get(f, (0, "-"))[1] for f in frameworks)] for model, row in models.items()
