@@ -766,6 +766,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(handler=cmd_containers_build)
     listing = container_commands.add_parser("list", help="list the stack images built here")
     listing.set_defaults(handler=cmd_containers_list)
+    prune = container_commands.add_parser(
+        "prune", help="remove stack images that a newer build replaced (no moving tag left)"
+    )
+    prune.add_argument("stacks", nargs="*", metavar="STACK", help="only these stacks")
+    prune.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    prune.set_defaults(handler=cmd_containers_prune)
     return parser
 
 
@@ -805,6 +811,31 @@ def cmd_containers_build(args: argparse.Namespace) -> int:
         print(f"mlscope: not built: {', '.join(failed)}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def cmd_containers_prune(args: argparse.Namespace) -> int:
+    from pytest_mlscope import containers
+
+    docker = containers.client()
+    freed, kept = 0.0, []
+    for image in containers.superseded(docker, args.stacks or None):
+        name = ", ".join(image.tags) or image.short_id
+        size = image.attrs.get("Size", 0) / 1e6
+        if args.dry_run:
+            print(f"would remove {name} ({size:.0f} MB)")
+            continue
+        try:
+            docker.images.remove(image.id)
+        except Exception as exc:  # a container still uses it, say
+            kept.append(f"{name}: {str(exc).splitlines()[0]}")
+            continue
+        freed += size
+        print(f"removed {name} ({size:.0f} MB)")
+    for line in kept:
+        print(f"mlscope: kept {line}", file=sys.stderr)
+    if not args.dry_run:
+        print(f"freed {freed:.0f} MB (layers shared with kept images stay)")
+    return EXIT_ERROR if kept else 0
 
 
 def cmd_containers_list(args: argparse.Namespace) -> int:

@@ -442,3 +442,22 @@ def images(docker: Any) -> list[Any]:
     """Images this tool built, newest first."""
     found = docker.images.list(filters={"label": f"{LABEL}.stack"})
     return sorted(found, key=lambda image: image.attrs.get("Created", ""), reverse=True)
+
+
+def superseded(docker: Any, stacks: list[str] | None = None) -> list[Any]:
+    """Stack images that no moving tag points at any more.
+
+    Every change to what goes into an image builds a new one under a new content-hashed tag and
+    moves the moving tags (``mlscope/onnxruntime:cpu``, ``…:1.32.0-cpu``) to it; the build it
+    replaced keeps only its content-hashed tag, and this finds it.
+    """
+    found = []
+    for image in images(docker):
+        labels = image.labels or {}
+        if stacks and labels.get(f"{LABEL}.stack") not in stacks:
+            continue
+        digest = labels.get(f"{LABEL}.content-hash", "")
+        moving = [t for t in image.tags if not (digest and t.endswith(f"-{digest[:12]}"))]
+        if not moving:
+            found.append(image)
+    return found

@@ -7,6 +7,7 @@ images with ``containers/base/build.sh`` (or any python:3.11 base) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -196,6 +197,34 @@ def test_a_container_has_no_network_cannot_write_the_models_and_is_not_root(
     finally:
         session.close()
     assert artifact.exists() and not (artifact.parent / "probe").exists()
+
+
+def test_a_model_over_the_memory_limit_fails_its_item_naming_the_oom_kill(
+    tmp_path: Path, images: list[str]
+) -> None:
+    from pytest_mlscope.errors import EvaluationFailed, WorkerCrashed
+
+    _readable(tmp_path, os.environ["MLSCOPE_CACHE"])
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    shutil.copy(MANIFESTS / "alexnet.yaml", manifests)
+    shutil.copytree(MANIFESTS / "goldens", manifests / "goldens")
+    session = MlscopeSession(
+        Settings(
+            rootdir=tmp_path, manifest_paths=[manifests], runtime="docker", docker_memory="150m"
+        )
+    )
+    try:  # AlexNet's weights alone are 233 MB
+        with pytest.raises((WorkerCrashed, EvaluationFailed)) as excinfo:
+            session.evaluate(
+                session.manifest("alexnet"),
+                Cell(model="alexnet", framework="torch"),
+                min_count=3,
+                min_duration_s=0.0,
+            )
+    finally:
+        session.close()
+    assert "killed for exceeding its memory limit of 150m (OOM)" in str(excinfo.value)
 
 
 def test_a_killed_container_fails_only_its_item_and_the_next_gets_a_fresh_one(
@@ -508,3 +537,42 @@ def test_two_onnxruntime_releases_in_two_images_are_interleaved(
     assert 0.33 < main.verdict["ratio"] < 3  # the same model on two releases, on one machine
     assert main.accuracy is not None and main.accuracy.passed
     assert len(main.rounds) == main.verdict["pairs"]
+
+
+def test_prune_removes_only_builds_no_moving_tag_points_at(
+    images: list[str], docker_client: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from pytest_mlscope.cli import main
+
+    def build(digest: str, *tags: str) -> object:
+        dockerfile = (
+            f"FROM {ORT_IMAGE}\nLABEL org.mlscope.stack=prunetest "
+            f"org.mlscope.content-hash={digest}\n"
+        )
+        image, _ = docker_client.images.build(  # type: ignore[attr-defined]
+            fileobj=io.BytesIO(dockerfile.encode()), tag=tags[0], rm=True, network_mode="none"
+        )
+        for tag in tags[1:]:
+            repository, _, name = tag.rpartition(":")
+            image.tag(repository, name)
+        return image
+
+    old = build("a" * 64, f"mlscope/prunetest:1.0-cpu-{'a' * 12}")
+    new = build("b" * 64, f"mlscope/prunetest:1.0-cpu-{'b' * 12}", "mlscope/prunetest:cpu")
+    try:
+        found = containers.superseded(docker_client, ["prunetest"])
+        assert [image.id for image in found] == [old.id]  # type: ignore[attr-defined]
+        assert main(["containers", "prune", "prunetest", "--dry-run"]) == 0
+        assert f"would remove mlscope/prunetest:1.0-cpu-{'a' * 12}" in capsys.readouterr().out
+        assert containers.find_image(docker_client, f"mlscope/prunetest:1.0-cpu-{'a' * 12}")
+        assert main(["containers", "prune", "prunetest"]) == 0
+        assert f"removed mlscope/prunetest:1.0-cpu-{'a' * 12}" in capsys.readouterr().out
+        assert containers.find_image(docker_client, f"mlscope/prunetest:1.0-cpu-{'a' * 12}") is None
+        assert containers.find_image(docker_client, "mlscope/prunetest:cpu") is not None
+        assert containers.find_image(docker_client, ORT_IMAGE) is not None  # other stacks: kept
+    finally:
+        for image in (old, new):
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(image.id, force=True)  # type: ignore[attr-defined]
