@@ -12,6 +12,8 @@ pointing to the run that later runs are compared against.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -59,6 +61,23 @@ GIT_TIMEOUT_S = 10
 
 # Branch-like names: release-1.2, feature/x, nightly_cpu.
 BASELINE_NAME = re.compile(r"[A-Za-z0-9._/-]{1,100}")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _json_dumps(value: Any) -> str:
+    """JSON that every backend accepts: PostgreSQL's json type refuses NaN and Infinity (a
+    one-sample summary has a NaN spread), so they are written as strings, which the protocol's
+    float fields read back as the same values."""
+    return json.dumps(_finite(value))
 
 
 class StoreError(MlscopeError):
@@ -294,7 +313,7 @@ class Store:
                 raise StoreError(f"no results database at {path}; run pytest --mlscope first")
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._engine = sa.create_engine(parsed)
+            self._engine = sa.create_engine(parsed, json_serializer=_json_dumps)
         except ImportError as exc:
             raise StoreError(
                 f"cannot open results database {self.url}: its driver is not installed ({exc})"

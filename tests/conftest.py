@@ -6,7 +6,6 @@ that every test, and every pytester-driven inner session (through MLSCOPE_CACHE)
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,13 +15,6 @@ from pytest_mlscope.manifest import Manifest, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "manifests"
-
-
-def requires_ci(reason: str) -> None:
-    """Skip on a laptop, but never under CI=true: there a missing service is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: this test must run)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _services import requires_ci
 
 from pytest_mlscope import containers
 from pytest_mlscope.protocol import Cell
@@ -27,13 +28,6 @@ MANIFESTS = REPO / "manifests"
 QUICK = ("--mlscope-min-count", "5", "--mlscope-min-duration", "0.2", "--mlscope-warmup", "2")
 ORT_IMAGE = containers.default_image("onnxruntime")
 TORCH_IMAGE = containers.default_image("torch")
-
-
-def requires_ci(reason: str) -> None:
-    """Skip on a laptop, but never under CI=true: there a missing service is a failure."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true: this test must run)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

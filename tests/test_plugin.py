@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -383,3 +385,27 @@ def test_a_checksum_mismatch_fails_the_item_naming_the_manifest_line_and_both_ha
             f"expected {wrong}, the artifact */digits.onnx has {actual}"
         ]
     )
+
+
+def test_a_session_stores_into_a_shared_postgresql_database(pytester: pytest.Pytester) -> None:
+    from _services import postgres_database
+
+    _digits_only(pytester.path)
+    with postgres_database() as url:
+        for _ in range(2):
+            _run(
+                pytester, "--mlscope-manifests", "manifests", "--mlscope-db", url,
+                "-k", "onnxruntime and bs1 and single_stream",
+            ).assert_outcomes(passed=1)  # fmt: skip
+        assert not (pytester.path / ".mlscope" / "results.db").exists()
+        with Store.from_location(url, create=False) as store:
+            runs = store.runs()
+            assert len(runs) == 2 and {run.status for run in runs} == {"complete"}
+            (record,) = store.results(runs[0].id)
+            assert record.accuracy is not None and record.accuracy.top1 is not None
+            assert record.accuracy.top1 > 0.97 and len(record.samples_ns) >= 3
+        listed = subprocess.run(
+            [sys.executable, "-m", "pytest_mlscope.cli", "runs", "--db", url],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert runs[0].id[:12] in listed.stdout and "mlscope:***@" not in listed.stdout
