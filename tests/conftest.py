@@ -6,6 +6,7 @@ that every test, and every pytester-driven inner session (through MLSCOPE_CACHE)
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,13 @@ from pytest_mlscope.manifest import Manifest, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "manifests"
+
+if os.environ.get("MLSCOPE_TEST_POSTGRES"):
+    # Pytester puts sys.modules back after each of its tests, so a driver first imported inside
+    # one is dropped while its C extension stays loaded: the next import raises exceptions of
+    # classes SQLAlchemy no longer recognizes. Imported once, here, it is never dropped.
+    import psycopg  # noqa: F401
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
 
 @pytest.fixture(scope="session")
