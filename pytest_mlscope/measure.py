@@ -69,6 +69,20 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
     return Timing(samples, (time.perf_counter_ns() - start) / 1e9, stopped_by, sizes)
 
 
+def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
+    """How many pairs an interleaved measurement takes and each round's floors: the item's count
+    and duration floors split over at least MIN_PAIRS rounds per side. Shared by the in-worker
+    interleave and the host-driven one across two stacks."""
+    pairs = max(options.rounds, MIN_PAIRS)
+    per_round = MeasureOptions(
+        warmup=0,
+        min_count=max(-(-options.min_count // pairs), MIN_ROUND_SAMPLES),
+        min_duration_s=options.min_duration_s / pairs,
+        max_duration_s=max(2 * options.max_duration_s / pairs, options.min_duration_s / pairs),
+    )
+    return pairs, per_round
+
+
 def time_interleaved(
     call_a: Callable[[T], object],
     inputs_a: Sequence[T],
@@ -92,9 +106,9 @@ def time_interleaved(
     for i in range(options.warmup):
         call_a(inputs_a[i % len(inputs_a)])
         call_b(inputs_b[i % len(inputs_b)])
-    pairs = max(options.rounds, MIN_PAIRS)
-    per_round_count = max(-(-options.min_count // pairs), MIN_ROUND_SAMPLES)
-    per_round_ns = int(options.min_duration_s * 1e9 / pairs)
+    pairs, per_round = pair_plan(options)
+    per_round_count = per_round.min_count
+    per_round_ns = int(per_round.min_duration_s * 1e9)
     deadline_ns = time.perf_counter_ns() + int(2 * options.max_duration_s * 1e9)
     rng = random.Random(seed)
     sides: dict[str, tuple[Callable[[T], object], Sequence[T], list[int], list[int]]] = {

@@ -417,9 +417,9 @@ class MlscopeSession:
         import contextlib
         import random
 
-        from pytest_mlscope.measure import MIN_PAIRS, MIN_ROUND_SAMPLES
+        from pytest_mlscope.measure import pair_plan
         from pytest_mlscope.protocol import RoundRequest
-        from pytest_mlscope.stats import summarize
+        from pytest_mlscope.stats import summarize_scenario
 
         a_cell = cell.model_copy(update={"stack": other})
         reason, _ = self.skip_reason(manifest, a_cell)
@@ -430,14 +430,7 @@ class MlscopeSession:
         )
         runtime_b, runtime_a = self.runtime(cell), self.runtime(a_cell)
         timeout = self.settings.timeout
-        measure = request.measure
-        pairs = max(measure.rounds, MIN_PAIRS)
-        per_round = MeasureOptions(
-            warmup=0,
-            min_count=max(-(-measure.min_count // pairs), MIN_ROUND_SAMPLES),
-            min_duration_s=measure.min_duration_s / pairs,
-            max_duration_s=max(2 * measure.max_duration_s / pairs, measure.min_duration_s / pairs),
-        )
+        pairs, per_round = pair_plan(request.measure)
         samples: dict[str, list[int]] = {"a": [], "b": []}
         sizes: dict[str, list[int]] = {"a": [], "b": []}
         sides = {"a": (runtime_a, a_cell), "b": (runtime_b, cell)}
@@ -459,10 +452,7 @@ class MlscopeSession:
                 runtime, which = sides[key]
                 with contextlib.suppress(MlscopeError):
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
-        summary = summarize(samples["b"], cell.batch_size)
-        if cell.scenario == "offline":
-            throughput = cell.batch_size * len(samples["b"]) / (sum(samples["b"]) / 1e9)
-            summary = summary.model_copy(update={"throughput": throughput})
+        summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
         where = ""
         if self.settings.runtime == "docker":
             where = f" in {self.image(a_cell)}"

@@ -116,7 +116,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
     from pytest_mlscope.measure import time_calls
     from pytest_mlscope.predictors import predictor_class
     from pytest_mlscope.slowdown import slowed
-    from pytest_mlscope.stats import summarize
+    from pytest_mlscope.stats import summarize_scenario
     from pytest_mlscope.telemetry import Window
     from pytest_mlscope.tracing.timeline import Timeline
     from pytest_mlscope.zoo.cache import verify
@@ -165,11 +165,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                     else:
                         paired, timing = _interleaved(request, predictor, raw_batches, call, inputs)
                 samples, rounds = timing.samples_ns, timing.rounds
-                summary = summarize(samples, cell.batch_size)
-                if cell.scenario == "offline":
-                    # Offline throughput is items over the time spent in the model, all batches.
-                    throughput = cell.batch_size * len(samples) / (sum(samples) / 1e9)
-                    summary = summary.model_copy(update={"throughput": throughput})
+                summary = summarize_scenario(samples, cell.batch_size, cell.scenario)
 
             # Profiling pass: only now, after the timing pass has finished.
             layers, trace = [], None

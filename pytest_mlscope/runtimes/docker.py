@@ -30,6 +30,7 @@ from pytest_mlscope.containers import LABEL, ContainerError, client
 from pytest_mlscope.errors import StackUnavailable, WorkerCrashed, WorkerTimeout
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
 from pytest_mlscope.runtimes.base import Runtime, unwrap
+from pytest_mlscope.runtimes.subprocess import exit_description
 
 START_TIMEOUT_S = 120.0
 STDERR_TAIL_LINES = 30
@@ -311,14 +312,10 @@ class DockerRuntime(Runtime):
             return "exit status unknown"
         if oom:
             return f"killed for exceeding its memory limit of {self.memory} (OOM)"
+        # Docker reports 128 + signal where a subprocess reports -signal.
         if status is not None and status > 128:
-            import signal
-
-            try:
-                return f"killed by {signal.Signals(status - 128).name}"
-            except ValueError:
-                pass
-        return f"exit status {status}"
+            return exit_description(128 - status)
+        return exit_description(status)
 
     def _read_reply(self, timeout: float | None, what: str) -> WorkerReply:
         assert self.stream is not None and self.container is not None

@@ -32,7 +32,7 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _exit_description(code: int | None) -> str:
+def exit_description(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
@@ -110,7 +110,7 @@ class SubprocessRuntime(Runtime):
             code = process.wait(timeout=10)
             self.process = None
             raise WorkerCrashed(
-                f"worker (pid {process.pid}) died during {what}: {_exit_description(code)}; "
+                f"worker (pid {process.pid}) died during {what}: {exit_description(code)}; "
                 f"its stderr ends with:\n{_tail(self.stderr_path) or '(empty)'}"  # type: ignore[arg-type]
             )
         return WorkerReply.model_validate_json(line)
@@ -130,7 +130,7 @@ class SubprocessRuntime(Runtime):
             code = process.wait(timeout=10)
             raise WorkerCrashed(
                 f"worker (pid {process.pid}) was gone before {request.cell.id}: "
-                f"{_exit_description(code)}"
+                f"{exit_description(code)}"
             ) from None
         return unwrap(self._read_reply(process, timeout, what=request.cell.id))
 
