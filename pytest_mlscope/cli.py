@@ -394,6 +394,62 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_INVALID if changes else EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pytest_mlscope.report import data as report_data
+    from pytest_mlscope.report import html
+
+    with _open_store(args.db) as store:
+        if args.across_systems:
+            if args.run or args.baseline:
+                raise MlscopeError("--across-systems takes no RUN and no --baseline")
+            views = [report_data.across_systems(store, model) for model in args.across_systems]
+            location = store.url
+        else:
+            run_ref = args.run
+            if run_ref is None:
+                newest = store.runs(limit=1)
+                if not newest:
+                    raise MlscopeError(f"no runs in {store.url}; run pytest --mlscope first")
+                run_ref = newest[0].id
+            data = report_data.load(store, run_ref, baseline=args.baseline, history=args.history)
+    if args.across_systems:
+        for view in views:
+            _print_across(view)
+        if args.output:
+            print(f"wrote {html.write(html.render_across(views, location), args.output)}")
+        return EXIT_OK
+    output = args.output or "report.html"
+    html.write(html.render(data), output)
+    counts = ", ".join(f"{n} {kind}" for kind, n in data.counts().items())
+    print(f"wrote {output}: run {data.run.id[:12]}, {len(data.items)} items ({counts})")
+    for note in data.notes:
+        print(f"note: {note}")
+    if args.md:
+        from pytest_mlscope.report import markdown
+
+        Path(args.md).write_text(markdown.render(data, html_path=output), encoding="utf-8")
+        print(f"wrote {args.md}")
+    return EXIT_OK
+
+
+def _print_across(view: Any) -> None:
+    if not view.systems:
+        print(f"{view.model}: no timed results in the database")
+        return
+    print(f"{view.model} on {_plural(len(view.systems), 'system')}:")
+    for number, system in enumerate(view.systems, 1):
+        hosts = ", ".join(system.hostnames)
+        print(f"  system {number}: {system.label} ({hosts}; newest {_local_time(system.latest)})")
+    for difference in view.differences:
+        print(f"  differs in {difference}")
+    header = ["configuration", *(f"system {i} ms" for i in range(1, len(view.systems) + 1))]
+    rows = [
+        [config, *(ms(view.median(config, system.key)) for system in view.systems)]
+        for config in view.configs
+    ]
+    print(table(header, rows, set(range(1, len(header)))))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pytest_mlscope.export import export_run
 
@@ -704,6 +760,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--db", metavar="LOCATION", help=db_help)
     history.set_defaults(handler=cmd_history)
+
+    report = commands.add_parser(
+        "report",
+        help="write the HTML report of a run (default: the newest), or --across-systems MODEL",
+    )
+    report.add_argument("run", metavar="RUN", nargs="?", help="a run id or a unique prefix")
+    report.add_argument(
+        "--baseline",
+        metavar="NAME",
+        help="compare with this baseline now (default: the verdicts stored with the run)",
+    )
+    report.add_argument(
+        "--across-systems",
+        metavar="MODEL",
+        action="append",
+        help="compare the newest results of MODEL from every system in the database "
+        "(repeatable); prints a table, and writes HTML with -o",
+    )
+    report.add_argument("-o", "--output", help="the HTML file (default report.html)")
+    report.add_argument("--md", metavar="PATH", help="also write the markdown summary here")
+    report.add_argument(
+        "--history", type=_positive_int, default=30, help="runs in each trend plot (default 30)"
+    )
+    report.add_argument("--db", metavar="LOCATION", help=db_help)
+    report.set_defaults(handler=cmd_report)
 
     export = commands.add_parser(
         "export", help="write a run as pyperf or pytest-benchmark JSON for their own tools"

@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from pytest_mlscope.manifest import Manifest
     from pytest_mlscope.protocol import Cell, EvaluationResult
     from pytest_mlscope.session import MlscopeSession
+    from pytest_mlscope.shard import Shard
 
 SESSION_KEY = pytest.StashKey["MlscopeSession"]()
 
 KNOWN_FRAMEWORKS = ("torch", "onnxruntime", "tensorflow", "tensorrt", "caffe", "mxnet")
 DEVICES = ("cpu", "gpu")
+DEFAULT_HTML = ".mlscope/report.html"
 SCENARIOS = ("single_stream", "offline")
 
 
@@ -117,6 +119,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="time each item in alternating rounds with its baseline (the baseline's artifact, "
         "without injected slowdown) in one worker, and judge on the pairs",
     )
+    group.addoption(
+        "--mlscope-html",
+        metavar="PATH",
+        help="write the HTML regression report here (default: ini mlscope_html, "
+        ".mlscope/report.html; 'none' writes none)",
+    )
+    group.addoption(
+        "--mlscope-md",
+        metavar="PATH",
+        help="write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set)",
+    )
+    group.addoption(
+        "--mlscope-shard",
+        metavar="K/N",
+        help="run only the K-th of N parts of the suite (a CI matrix of N runners sharing one "
+        "database), balanced by stored item durations",
+    )
+    group.addoption(
+        "--mlscope-shard-group",
+        metavar="ID",
+        help="the runners that split one suite (default: the CI pipeline id, else the commit): "
+        "the first to collect stores the plan, the others follow it",
+    )
+    parser.addini("mlscope_html", "HTML report path ('none': no report)", default=DEFAULT_HTML)
     parser.addini("mlscope_baseline", "baseline to compare with by default", default="")
     parser.addini("mlscope_trace", "trace level for manifests that set none", default="none")
     parser.addini(
@@ -166,6 +192,26 @@ def _trace_ini(config: pytest.Config) -> str:
             f"mlscope_trace: expected one of {', '.join(TRACE_LEVELS)}, got {value!r}"
         )
     return value
+
+
+def _report_path(option: str | None, ini: str, rootdir: Path) -> Path | None:
+    """A report file: the option's path from the working directory, the ini's from the root."""
+    if option is not None:
+        return None if option.strip().lower() in ("", "none") else Path(option).resolve()
+    if ini.strip().lower() in ("", "none"):
+        return None
+    return (rootdir / ini).resolve()
+
+
+def _shard(text: str | None) -> Shard | None:
+    if text is None:
+        return None
+    from pytest_mlscope.shard import parse
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--mlscope-shard: {exc}") from None
 
 
 def _register_marker(config: pytest.Config, name: str, text: str) -> None:
@@ -234,6 +280,10 @@ def pytest_configure(config: pytest.Config) -> None:
         trace_level=config.getoption("mlscope_trace"),
         docker_memory=config.getini("mlscope_docker_memory") or None,
         default_trace_level=_trace_ini(config),
+        html=_report_path(config.getoption("mlscope_html"), config.getini("mlscope_html"), rootdir),
+        markdown=_report_path(config.getoption("mlscope_md"), "none", rootdir),
+        shard=_shard(config.getoption("mlscope_shard")),
+        shard_group=config.getoption("mlscope_shard_group") or None,
         interleave=bool(
             config.getoption("mlscope_interleave")
             if config.getoption("mlscope_interleave") is not None
@@ -241,6 +291,8 @@ def pytest_configure(config: pytest.Config) -> None:
         ),
     )
     session = MlscopeSession(settings)
+    if settings.shard is not None:
+        config.pluginmanager.register(_Sharding(session), "mlscope-shard")
     if settings.baseline_required or settings.save_baseline:
         from pytest_mlscope.errors import MlscopeError
 
@@ -452,6 +504,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.stash.get(RESULT_KEY, None),
         message,
         item.stash.get(VERDICT_KEY, None),
+        duration_s=report.duration if report.when == "call" else None,
     )
     return report
 
@@ -485,6 +538,59 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(device)
         if unmet:
             item.add_marker(pytest.mark.skip(reason=f"this host {'; '.join(unmet)}"))
+
+
+class _Sharding:
+    """``--mlscope-shard K/N``: keep this runner's part of the collected items.
+
+    Runs after ``-k``/``-m`` deselection (trylast), so the runners split what they all select.
+    """
+
+    def __init__(self, session: MlscopeSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        from pytest_mlscope.shard import default_group, items_digest, load, plan
+        from pytest_mlscope.store import git_info
+
+        shard = self.session.settings.shard
+        assert shard is not None
+        nodes = [item.nodeid for item in items]
+        cells = {item.nodeid: item.cell.id for item in items if isinstance(item, MlscopeItem)}
+        store = self.session.store
+        stored = store.item_durations(cells.values())
+        durations = {node: stored[cell] for node, cell in cells.items() if cell in stored}
+        group = self.session.settings.shard_group
+        if group is None:
+            git = git_info(self.session.settings.rootdir)
+            group = default_group(commit=git.commit if git else None)
+        if group is None:
+            assigned, made = plan(nodes, shard.count, durations), True
+        else:
+            assigned, made = store.shard_plan(
+                group,
+                shard.count,
+                items_digest(nodes),
+                lambda: plan(nodes, shard.count, durations),
+            )
+        mine = shard.index - 1
+        keep = [item for item in items if assigned.get(item.nodeid, mine) == mine]
+        drop = [item for item in items if assigned.get(item.nodeid, mine) != mine]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        total = sum(load(assigned, durations, s) for s in range(shard.count))
+        how = "made here" if made else "read from the database"
+        self.session.shard = (str(shard), group)
+        self.session.shard_note = (
+            f"shard {shard}: {len(keep)} of {len(nodes)} items, about "
+            f"{load(assigned, durations, mine):.0f} s of {total:.0f} s by stored durations "
+            f"({len(durations)} items known); plan {how}"
+            + (f" for group {group}" if group else " (no group: runners must share history)")
+        )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

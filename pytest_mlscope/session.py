@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pytest_mlscope.hardware import Host
     from pytest_mlscope.manifest import Manifest
     from pytest_mlscope.runtimes import Runtime
+    from pytest_mlscope.shard import Shard
     from pytest_mlscope.store import Store
 
 
@@ -57,6 +58,10 @@ class Settings:
     trace_level: str | None = None  # overrides every manifest's performance.trace
     default_trace_level: str = "none"  # ini mlscope_trace
     docker_memory: str | None = None  # the docker runtime's memory limit (default: half the host)
+    html: Path | None = None  # the HTML report written at the end of the session
+    markdown: Path | None = None  # the markdown summary written at the end of the session
+    shard: Shard | None = None  # run only this part of the suite
+    shard_group: str | None = None  # the runners that split one suite
 
     @property
     def state_dir(self) -> Path:
@@ -118,6 +123,9 @@ class MlscopeSession:
         self.baseline_note: str | None = None
         self.comparisons = 1  # items compared this session, for the multiple-testing correction
         self.saved_baseline: str | None = None
+        self.shard: tuple[str, str | None] | None = None  # (K/N, group) once items were split
+        self.shard_note: str | None = None
+        self.report_lines: list[str] = []  # where the reports went, or why they did not
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
         self._image_reasons: dict[str, tuple[str | None, bool]] = {}
@@ -724,6 +732,10 @@ class MlscopeSession:
             tags = {}
             if self.settings.inject_slowdown:
                 tags[INJECTED_TAG] = str(self.settings.inject_slowdown)
+            if self.shard is not None:
+                tags["shard"] = self.shard[0]
+                if self.shard[1]:
+                    tags["shard_group"] = self.shard[1]
             self._run_id = self.store.start_run(
                 host=self.host.fingerprint(),
                 git=git_info(self.settings.rootdir),
@@ -743,6 +755,7 @@ class MlscopeSession:
         result: EvaluationResult | None = None,
         message: str | None = None,
         verdict: Verdict | None = None,
+        duration_s: float | None = None,
     ) -> None:
         self.records.append(Record(cell, outcome, result, message, verdict))
         self.store.record_result(
@@ -752,6 +765,7 @@ class MlscopeSession:
             result=result,
             message=message,
             verdict=verdict.as_dict() if verdict else None,
+            duration_s=duration_s,
         )
 
     def close(self, status: str = "complete") -> None:
@@ -772,4 +786,48 @@ class MlscopeSession:
                 if name and status == "complete":
                     self._store.set_baseline(name, self._run_id, force=self.settings.force_baseline)
                     self.saved_baseline = name
+                self._write_reports()
             self._store.close()
+
+    def _write_reports(self) -> None:
+        """The HTML report and the markdown summary of the stored run.
+
+        Built from the database, like ``mlscope report``, so both show the same thing. A report
+        that cannot be written is said in the summary, never raised: the results are stored.
+        """
+        markdown_targets = [self.settings.markdown] if self.settings.markdown else []
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY", "").strip()
+        if step_summary:
+            markdown_targets.append(Path(step_summary))
+        if self.settings.html is None and not markdown_targets:
+            return
+        from pytest_mlscope.report import data as report_data
+
+        try:
+            data = report_data.load(self.store, self.run_id)
+        except Exception as exc:  # the run is stored; a report bug must not hide that
+            self.report_lines.append(f"no report: reading run {self.run_id[:12]} failed: {exc}")
+            return
+        if self.settings.html is not None:
+            from pytest_mlscope.report import html
+
+            try:
+                html.write(html.render(data), self.settings.html)
+                self.report_lines.append(f"HTML report: {self.settings.html}")
+            except Exception as exc:
+                self.report_lines.append(f"HTML report not written: {exc}")
+        if markdown_targets:
+            from pytest_mlscope.report import markdown
+
+            text = markdown.render(
+                data, html_path=str(self.settings.html) if self.settings.html else None
+            )
+            for target in markdown_targets:
+                appending = target != self.settings.markdown
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with target.open("a" if appending else "w", encoding="utf-8") as handle:
+                        handle.write(text)
+                    self.report_lines.append(f"markdown summary: {target}")
+                except OSError as exc:
+                    self.report_lines.append(f"markdown summary not written to {target}: {exc}")

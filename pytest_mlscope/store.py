@@ -16,8 +16,10 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,10 +40,11 @@ from pytest_mlscope.protocol import (
     TraceInfo,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Each step takes a database from version N to N + 1, in one transaction. Only additions: a
-# database written by an older pytest-mlscope keeps every result it had.
-MIGRATIONS: dict[int, list[str]] = {
+# database written by an older pytest-mlscope keeps every result it had. A step is SQL text
+# ({json} is the backend's JSON type) or a function of the connection (new tables, indexes).
+MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     1: [
         "ALTER TABLE results ADD COLUMN layers {json}",
         "ALTER TABLE results ADD COLUMN trace {json}",
@@ -49,6 +52,14 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE results ADD COLUMN stack VARCHAR(255)",
         "ALTER TABLE results ADD COLUMN telemetry {json}",
+    ],
+    3: [
+        # Development builds between 0.1.0 and this step wrote version 3 before telemetry joined
+        # step 2: such a database gets the column now.
+        lambda connection: _add_missing_column(connection, "results", "telemetry", "{json}"),
+        "ALTER TABLE results ADD COLUMN duration_s FLOAT",
+        lambda connection: _create_indexes(connection),
+        lambda connection: shard_plans_table.create(connection, checkfirst=True),
     ],
 }
 
@@ -76,8 +87,12 @@ def _finite(value: Any) -> Any:
 def _json_dumps(value: Any) -> str:
     """JSON that every backend accepts: PostgreSQL's json type refuses NaN and Infinity (a
     one-sample summary has a NaN spread), so they are written as strings, which the protocol's
-    float fields read back as the same values."""
-    return json.dumps(_finite(value))
+    float fields read back as the same values. Most documents hold none: they are written
+    as they are, and only the rest walked (raw samples run to thousands of numbers)."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value))
 
 
 class StoreError(MlscopeError):
@@ -146,6 +161,44 @@ results_table = sa.Table(
     sa.Column("trace", _NullableJSON, nullable=True),
     sa.Column("telemetry", _NullableJSON, nullable=True),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+    # Wall time of the item in pytest (schema 4): what sharding balances on.
+    sa.Column("duration_s", sa.Float, nullable=True),
+)
+
+# History, trend plots and the across-systems view look results up by item or model; runs are
+# listed newest first. Declared here so a new database gets them and migration 3 adds them.
+_INDEXES = (
+    sa.Index("ix_results_item_id", results_table.c.item_id, results_table.c.id),
+    sa.Index("ix_results_model", results_table.c.model),
+    sa.Index("ix_runs_started_at", runs_table.c.started_at),
+)
+
+
+def _add_missing_column(connection: sa.Connection, table: str, column: str, kind: str) -> None:
+    columns = {c["name"] for c in sa.inspect(connection).get_columns(table)}
+    if column not in columns:
+        json_type = "JSONB" if connection.dialect.name == "postgresql" else "JSON"
+        connection.execute(
+            sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}".format(json=json_type))
+        )
+
+
+def _create_indexes(connection: sa.Connection) -> None:
+    for index in _INDEXES:
+        index.create(connection, checkfirst=True)
+
+
+# How one sharded suite was split: the first runner of a group to collect writes the plan, every
+# other runner of the group reads it, so all of them split the same way whatever history
+# arrived in between (the key's primary key makes the first writer win).
+shard_plans_table = sa.Table(
+    "shard_plans",
+    metadata,
+    sa.Column("group_id", sa.String(255), primary_key=True),
+    sa.Column("shards", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("items_digest", sa.String(64), primary_key=True),
+    sa.Column("plan", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 baselines_table = sa.Table(
@@ -217,6 +270,7 @@ class ResultRecord:
     layers: list[LayerRow] = field(default_factory=list)
     trace: TraceInfo | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
+    duration_s: float | None = None
 
 
 INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
@@ -233,6 +287,20 @@ class HistoryPoint:
     median: float
     framework_version: str | None
     cpu_model: str | None
+
+
+@dataclass(frozen=True)
+class SystemPoint:
+    """One timed result of a model with the host it ran on (the across-systems view)."""
+
+    run_id: str
+    started_at: datetime
+    hostname: str
+    host: dict[str, Any]
+    cell: Cell
+    summary: Summary
+    framework_version: str | None
+    container: str | None
 
 
 @dataclass(frozen=True)
@@ -287,6 +355,10 @@ def _enable_sqlite_concurrency(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
+        # In WAL mode NORMAL still survives a killed process (every commit is in the log before
+        # COMMIT returns); only a power cut may drop the last commits, never corrupt the file.
+        # It halves what each per-result commit costs.
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
@@ -383,7 +455,10 @@ class Store:
                     version = current  # someone else migrated meanwhile
                     continue
                 for statement in MIGRATIONS[version]:
-                    connection.execute(sa.text(statement.format(json=json_type)))
+                    if callable(statement):
+                        statement(connection)
+                    else:
+                        connection.execute(sa.text(statement.format(json=json_type)))
                 connection.execute(
                     sa.update(schema_version_table)
                     .where(schema_version_table.c.id == 1)
@@ -453,10 +528,12 @@ class Store:
         result: EvaluationResult | None = None,
         message: str | None = None,
         verdict: dict[str, Any] | None = None,
+        duration_s: float | None = None,
     ) -> None:
         """Store one item's result, committed at once so a later crash never loses it.
 
-        ``verdict`` is the comparison with a baseline, a JSON-able dict stored as given.
+        ``verdict`` is the comparison with a baseline, a JSON-able dict stored as given;
+        ``duration_s`` the item's wall time in pytest, which later shard plans balance on.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
@@ -484,14 +561,15 @@ class Store:
             "trace": None,
             "telemetry": None,
             "recorded_at": _now(),
+            "duration_s": duration_s,
         }
         if result is not None:
             values.update(
                 framework_version=result.predictor.version,
                 artifact_sha256=result.artifact_sha256,
                 summary=result.summary.model_dump() if result.summary else None,
-                samples_ns=[int(sample) for sample in result.samples_ns],
-                rounds=[int(size) for size in result.rounds],
+                samples_ns=list(result.samples_ns),  # ints already: the protocol validated them
+                rounds=list(result.rounds),
                 accuracy=result.accuracy.model_dump(),
                 cold_start=result.cold_start.model_dump(),
                 predictor=result.predictor.model_dump(mode="json"),
@@ -501,7 +579,8 @@ class Store:
             )
         try:
             with self._engine.begin() as connection:
-                connection.execute(sa.insert(results_table).values(**values))
+                # Values as parameters, not in the statement: one compiled INSERT serves all.
+                connection.execute(sa.insert(results_table), [values])
         except sa_exc.IntegrityError:
             raise StoreError(f"cannot record {cell.id}: no run {run_id} in {self.url}") from None
 
@@ -607,40 +686,164 @@ class Store:
         with an injected slowdown (gate self-tests) are left out: they are not the model's
         history.
         """
+        where = [results_table.c.item_id == item_id]
+        if branch is not None:
+            where.append(runs_table.c.git_branch == branch)
+        rows = self._timed_rows(
+            where,
+            [
+                results_table.c.framework_version,
+                runs_table.c.git_commit,
+                runs_table.c.git_branch,
+            ],
+            limit,
+        )
+        return [
+            HistoryPoint(
+                run_id=row["run_id"],
+                started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
+                git_commit=row["git_commit"],
+                git_branch=row["git_branch"],
+                median=float(row["summary"]["median"]),
+                framework_version=row["framework_version"],
+                cpu_model=(row["host"] or {}).get("cpu_model"),
+            )
+            for row in reversed(rows)
+        ]
+
+    def _timed_rows(self, where: list[Any], columns: list[Any], limit: int) -> list[sa.RowMapping]:
+        """Timed results joined with their runs, newest first: the ``limit`` newest that match,
+        less those without a median and those of runs with an injected slowdown (gate
+        self-tests, not the model's history)."""
         query = (
             sa.select(
                 results_table.c.run_id,
                 results_table.c.summary,
-                results_table.c.framework_version,
                 runs_table.c.started_at,
-                runs_table.c.git_commit,
-                runs_table.c.git_branch,
                 runs_table.c.host,
                 runs_table.c.tags,
+                *columns,
             )
             .join(runs_table, runs_table.c.id == results_table.c.run_id)
-            .where(results_table.c.item_id == item_id, results_table.c.summary.is_not(None))
+            .where(*where, results_table.c.summary.is_not(None))
             .order_by(runs_table.c.started_at.desc(), results_table.c.id.desc())
             .limit(limit)
         )
-        if branch is not None:
-            query = query.where(runs_table.c.git_branch == branch)
         with self._engine.connect() as connection:
             rows = connection.execute(query).mappings().all()
+        return [
+            row
+            for row in rows
+            if (row["summary"] or {}).get("median") is not None
+            and INJECTED_TAG not in (row["tags"] or {})
+        ]
+
+    def item_durations(self, item_ids: Iterable[str], *, last: int = 5) -> dict[str, float]:
+        """Each item's median wall time over its ``last`` results that recorded one.
+
+        Items never run (or only by a pytest-mlscope before schema 4) are absent.
+        """
+        wanted = sorted(set(item_ids))
+        if not wanted:
+            return {}
+        rank = (
+            sa.func.row_number()
+            .over(partition_by=results_table.c.item_id, order_by=results_table.c.id.desc())
+            .label("rank")
+        )
+        recent = (
+            sa.select(results_table.c.item_id, results_table.c.duration_s, rank)
+            .where(results_table.c.item_id.in_(wanted), results_table.c.duration_s.is_not(None))
+            .subquery()
+        )
+        query = sa.select(recent.c.item_id, recent.c.duration_s).where(recent.c.rank <= last)
+        with self._engine.connect() as connection:
+            rows = connection.execute(query).all()
+        found: dict[str, list[float]] = {}
+        for item_id, duration in rows:
+            found.setdefault(item_id, []).append(float(duration))
+        return {item: statistics.median(values) for item, values in found.items()}
+
+    def shard_plan(
+        self,
+        group: str,
+        shards: int,
+        items_digest: str,
+        make: Callable[[], dict[str, int]],
+    ) -> tuple[dict[str, int], bool]:
+        """The plan of a sharded suite: item id -> shard index, and whether this call made it.
+
+        The first runner of ``group`` to get here stores what ``make`` returns; the others
+        read that, so a plan never changes under a group even as new durations arrive.
+        """
+        key = (
+            shard_plans_table.c.group_id == group,
+            shard_plans_table.c.shards == shards,
+            shard_plans_table.c.items_digest == items_digest,
+        )
+        select = sa.select(shard_plans_table.c.plan).where(*key)
+        with self._engine.connect() as connection:
+            stored = connection.execute(select).scalar_one_or_none()
+        if stored is not None:
+            return dict(stored), False
+        plan = make()
+        try:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    sa.insert(shard_plans_table).values(
+                        group_id=group,
+                        shards=shards,
+                        items_digest=items_digest,
+                        plan=plan,
+                        created_at=_now(),
+                    )
+                )
+        except sa_exc.IntegrityError:
+            with self._engine.connect() as connection:
+                return dict(connection.execute(select).scalar_one()), False
+        return plan, True
+
+    def model_results(self, model: str, *, limit: int = 5000) -> list[SystemPoint]:
+        """A model's timed results from every run, newest first, with the host of each run.
+
+        The across-systems view keeps, per system, the newest of each configuration; reading
+        the summaries only (no raw samples) keeps that cheap on a large shared database.
+        """
+        rows = self._timed_rows(
+            [results_table.c.model == model],
+            [
+                results_table.c.model,
+                results_table.c.framework,
+                results_table.c.device,
+                results_table.c.batch_size,
+                results_table.c.scenario,
+                results_table.c.stack,
+                results_table.c.framework_version,
+                results_table.c.predictor,
+                runs_table.c.hostname,
+            ],
+            limit,
+        )
         points = []
-        for row in reversed(rows):
-            summary = row["summary"] or {}
-            if summary.get("median") is None or INJECTED_TAG in (row["tags"] or {}):
-                continue
+        for row in rows:
+            details = (row["predictor"] or {}).get("details") or {}
             points.append(
-                HistoryPoint(
+                SystemPoint(
                     run_id=row["run_id"],
                     started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
-                    git_commit=row["git_commit"],
-                    git_branch=row["git_branch"],
-                    median=float(summary["median"]),
+                    hostname=row["hostname"],
+                    host=dict(row["host"] or {}),
+                    cell=Cell(
+                        model=row["model"],
+                        framework=row["framework"],
+                        device=row["device"],
+                        batch_size=row["batch_size"],
+                        scenario=row["scenario"],
+                        stack=row["stack"],
+                    ),
+                    summary=Summary.model_validate(row["summary"]),
                     framework_version=row["framework_version"],
-                    cpu_model=(row["host"] or {}).get("cpu_model"),
+                    container=(details.get("container") or {}).get("image"),
                 )
             )
         return points
@@ -834,6 +1037,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         layers=[LayerRow.model_validate(r) for r in row.get("layers") or []],
         trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
         telemetry=dict(row.get("telemetry") or {}),
+        duration_s=row.get("duration_s"),
     )
 
 

@@ -24,6 +24,11 @@ if os.environ.get("MLSCOPE_TEST_POSTGRES"):
     import psycopg  # noqa: F401
     import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 
+# The same holds for the C extensions the report draws with: a pytester test that also renders a
+# report in-process would drop numpy and matplotlib for every test after it.
+import matplotlib.figure  # noqa: E402, F401
+import numpy  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

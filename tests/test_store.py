@@ -710,6 +710,60 @@ def test_threads_racing_to_create_a_baseline_leave_one_winner(db_path: Path) -> 
             store.close()
 
 
+# -- durations and shard plans -------------------------------------------------------------------
+
+
+def test_item_durations_are_the_median_of_the_latest_results(store: Store) -> None:
+    other = Cell(model="alexnet", framework="torch", batch_size=8)
+    run_id = store.start_run(host=HOST)
+    for duration in (50.0, 3.0, 4.0, 5.0):  # the oldest (50 s) falls out of the last three
+        store.record_result(run_id, cell=CELL, outcome="passed", duration_s=duration)
+    store.record_result(run_id, cell=other, outcome="passed")  # no duration recorded
+    found = store.item_durations([CELL.id, other.id, "never-ran"], last=3)
+    assert found == {CELL.id: pytest.approx(4.0)}
+    assert store.latest_results(run_id)[CELL.id].duration_s == pytest.approx(5.0)
+    assert store.item_durations([]) == {}
+
+
+def test_the_first_shard_plan_of_a_group_is_the_one_every_runner_reads(store: Store) -> None:
+    first, made = store.shard_plan("GITHUB_RUN_ID=7.1", 2, "d1", lambda: {"a": 0, "b": 1})
+    assert made and first == {"a": 0, "b": 1}
+    again, made = store.shard_plan("GITHUB_RUN_ID=7.1", 2, "d1", lambda: {"a": 1, "b": 0})
+    assert not made and again == first
+    other, made = store.shard_plan("GITHUB_RUN_ID=7.1", 3, "d1", lambda: {"a": 2, "b": 0})
+    assert made and other == {"a": 2, "b": 0}  # another N is another plan
+
+
+def test_runners_racing_to_store_a_shard_plan_all_get_the_winners(store_location: str) -> None:
+    stores = [Store.from_location(store_location) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[object] = [None] * len(stores)
+
+    def runner(index: int) -> None:
+        def make() -> dict[str, int]:
+            barrier.wait(timeout=30)  # everyone has read "no plan yet" before anyone writes
+            return {"item": index}
+
+        try:
+            outcomes[index] = stores[index].shard_plan("race", 4, "digest", make)
+        except Exception as exc:  # pragma: no cover - shown by the assertion below
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(len(stores))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        for opened in stores:
+            opened.close()
+    plans = [o[0] for o in outcomes if isinstance(o, tuple)]
+    assert len(plans) == len(stores), outcomes
+    assert all(plan == plans[0] for plan in plans)
+    assert sum(made for _, made in outcomes) == 1  # type: ignore[misc]
+
+
 # -- git -----------------------------------------------------------------------------------------
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")
@@ -767,7 +821,8 @@ def test_git_info_reports_commit_branch_and_dirtiness(bounded_git: Path) -> None
 
 
 def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -> None:
-    """Through every migration since: layers and trace (2), stack and telemetry (3)."""
+    """Through every migration since: layers and trace (2), stack and telemetry (3), durations,
+    indexes and shard plans (4)."""
     from pytest_mlscope.protocol import LayerRow, TraceInfo
 
     with Store.from_location(db_path) as store:
@@ -779,6 +834,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         connection.execute("ALTER TABLE results DROP COLUMN trace")
         connection.execute("ALTER TABLE results DROP COLUMN stack")
         connection.execute("ALTER TABLE results DROP COLUMN telemetry")
+        connection.execute("ALTER TABLE results DROP COLUMN duration_s")
+        for index in ("ix_results_item_id", "ix_results_model", "ix_runs_started_at"):
+            connection.execute(f"DROP INDEX {index}")
+        connection.execute("DROP TABLE shard_plans")
         connection.execute("UPDATE schema_version SET version = 1")
     traced = make_result().model_copy(
         update={
@@ -805,3 +864,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         assert connection.execute("SELECT version FROM schema_version").fetchall() == [
             (SCHEMA_VERSION,)
         ]
+        indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master "
+                                                         "WHERE type = 'index'")}  # fmt: skip
+    assert {"ix_results_item_id", "ix_results_model", "ix_runs_started_at"} <= indexes
+    with Store.from_location(db_path) as store:
+        store.record_result(new_run, cell=CELL, outcome="passed", duration_s=2.5)
+        assert store.item_durations([CELL.id]) == {CELL.id: 2.5}
+        assert store.shard_plan("g", 2, "d", lambda: {"x": 1}) == ({"x": 1}, True)

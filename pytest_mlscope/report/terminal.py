@@ -133,11 +133,33 @@ def matrix_lines(session: MlscopeSession) -> Iterator[str]:
         yield "  " + line
 
 
+SHORT_TABLE = 30  # rows in the end-of-session table before passing items are left out
+
+
+def _worth_showing(records: Sequence[Any]) -> list[Any]:
+    """Every record if they fit; else failures, regressions and unsure verdicts first, then as
+    many others as fit. The HTML report has them all."""
+    if len(records) <= SHORT_TABLE:
+        return list(records)
+    quiet = ("ok", "new", None)
+
+    def remarkable(record: Any) -> bool:
+        kind = record.verdict.kind if record.verdict else None
+        return record.outcome not in ("passed", "skipped") or kind not in quiet
+
+    chosen = [r for r in records if remarkable(r)]
+    room = max(0, SHORT_TABLE - len(chosen))
+    chosen_ids = {id(r) for r in chosen} | {id(r) for r in
+                  [r for r in records if not remarkable(r)][:room]}  # fmt: skip
+    return [r for r in records if id(r) in chosen_ids]
+
+
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
     interleaved = session.settings.interleave
     compared = bool(session.settings.baseline) or interleaved
     rows = []
-    for record in session.records:
+    shown = _worth_showing(session.records)
+    for record in shown:
         result = record.result
         row = result_row(
             record.cell.id,
@@ -152,6 +174,10 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
         rows.append(row)
     columns = [*RESULT_COLUMNS, *(VERDICT_COLUMNS if compared else ())]
     yield from table(columns, rows, RESULT_NUMBERS).splitlines()
+    hidden = len(session.records) - len(shown)
+    if hidden:
+        where = f" in {session.settings.html}" if session.settings.html else ""
+        yield f"... and {hidden} more items that passed unremarkably (every item{where})"
     if compared:
         counts: dict[str, int] = {}
         for record in session.records:
@@ -189,7 +215,10 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
                 f"host not tuned for benchmarking ({', '.join(noisy)}): expect noisier timings "
                 "(`python -m pyperf system tune` fixes what it can)"
             )
+    if session.shard_note:
+        yield session.shard_note
     if session.started:
         yield f"run {session.run_id} stored in {session.store.url}"
+    yield from session.report_lines
     if session.saved_baseline:
         yield f"baseline {session.saved_baseline!r} now points to run {session.run_id}"

@@ -1,0 +1,107 @@
+"""The run as a short markdown page for CI job summaries (GitHub's ``$GITHUB_STEP_SUMMARY``).
+
+Short on purpose: the verdict counts, the items that need a look with their numbers, and one
+table. Names come from manifests and a shared database, so every cell is escaped for markdown
+and HTML (GitHub renders both).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_mlscope.report.data import ReportData
+
+MAX_ROWS = 50  # a job summary is read, not searched; the HTML report has every row
+# What can start emphasis, code, links, tables or strike-through inside a table cell; < > &
+# are HTML-escaped first (GitHub renders inline HTML).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def escape(text: str) -> str:
+    """Text that shows as itself in a markdown table cell, whatever it contains."""
+    flat = " ".join(str(text).split())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
+
+
+def _code(text: str) -> str:
+    """Inline code, which markdown shows verbatim; only a backtick could end it early."""
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
+
+
+def render(data: ReportData, *, html_path: str | None = None) -> str:
+    from pytest_mlscope.report.terminal import ms, number
+
+    run = data.run
+    lines = [f"## pytest-mlscope: run `{run.id[:12]}` ({escape(run.status)})", ""]
+    commit = (run.git_commit or "-")[:10]
+    where = f"{escape(run.hostname)}, {escape(str(run.host.get('cpu_model') or '?'))}"
+    lines.append(f"commit `{commit}` on {escape(run.git_branch or '-')} · host {where}")
+    if data.baseline_runs:
+        base = ", ".join(
+            f"`{b.id[:12]}` ({(b.git_commit or '-')[:10]})" for b in data.baseline_runs
+        )
+        name = f"**{escape(data.baseline.name)}** → " if data.baseline else ""
+        lines.append(f"baseline: {name}run {base}")
+    counts = data.counts()
+    if data.compared:
+        lines += ["", " · ".join(f"**{n}** {kind}" for kind, n in counts.items())]
+    outcomes = ", ".join(f"{n} {outcome}" for outcome, n in data.outcomes().items())
+    lines += ["", f"items: {outcomes or 'none'}"]
+    for note in data.notes:
+        lines.append(f"> {escape(note)}")
+
+    flagged = data.flagged()
+    if flagged:
+        lines += ["", "### Needs a look", ""]
+        for item in flagged:
+            verdict = item.verdict or {}
+            text = f"- **{escape(item.kind or '')}** {_code(item.id)}"
+            if verdict.get("ratio_text"):
+                text += f" {escape(verdict['ratio_text'])}"
+            text += f": {escape(verdict.get('reason') or '')}"
+            lines.append(text)
+            movers = verdict.get("layer_changes") or []
+            if movers:
+                lines.append(f"  - slowest movers: {escape('; '.join(movers))}")
+
+    failed = [i for i in data.items if i.record.outcome in ("failed", "error")]
+    if failed:
+        lines += ["", "### Failed", ""]
+        for item in failed:
+            first = (item.record.message or "").strip().splitlines()
+            lines.append(f"- {_code(item.id)}: {escape(first[-1] if first else '')}")
+
+    lines += [
+        "",
+        "| item | outcome | accuracy | median ms | p99 ms | items/s | vs baseline | verdict |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    order = {id(item): i for i, item in enumerate(flagged)}
+    rows = sorted(data.items, key=lambda item: order.get(id(item), len(order)))
+    for item in rows[:MAX_ROWS]:
+        record, summary = item.record, item.record.summary
+        verdict = item.verdict or {}
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    escape(item.id),
+                    escape(record.outcome),
+                    escape(record.accuracy.headline() if record.accuracy else "-"),
+                    ms(summary.median if summary else None),
+                    ms(summary.p99 if summary else None),
+                    number(summary.throughput if summary else None),
+                    escape(verdict.get("ratio_text") or "-"),
+                    escape(verdict.get("kind") or "-"),
+                ]
+            )
+            + " |"
+        )
+    if len(rows) > MAX_ROWS:
+        lines.append(f"\n{len(rows) - MAX_ROWS} more items in the HTML report")
+    if html_path:
+        lines += ["", f"Full report (plots, layer diffs, history): `{html_path}`"]
+    return "\n".join(lines) + "\n"
