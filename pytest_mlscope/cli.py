@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -450,6 +451,48 @@ def _print_across(view: Any) -> None:
     print(table(header, rows, set(range(1, len(header)))))
 
 
+def cmd_copy(args: argparse.Namespace) -> int:
+    """Copy runs (and baselines) into another database: moving a laptop's or a runner's history
+    into the team's shared PostgreSQL, or the other way round for offline work."""
+    from pytest_mlscope.store import Store, StoreError
+
+    with _open_store(args.db) as source, Store.from_location(args.to) as target:
+        if source.url == target.url:
+            raise MlscopeError(f"--to is the database the runs come from: {target.url}")
+        if args.runs:
+            chosen = [source.get_run(ref) for ref in args.runs]
+        else:
+            chosen = [r for r in source.runs(limit=1_000_000) if r.status != "running"]
+        copied = skipped = results = 0
+        for run in reversed(chosen):  # oldest first, as they were made
+            row, rows = source.export_run(run.id)
+            if target.import_run(row, rows):
+                copied += 1
+                results += len(rows)
+            else:
+                skipped += 1
+        print(
+            f"copied {_plural(copied, 'run')} ({_plural(results, 'result')}) to {target.url}"
+            + (f"; {skipped} already there" if skipped else "")
+        )
+        if not args.baselines:
+            return EXIT_OK
+        status = EXIT_OK
+        for baseline in source.baselines():
+            if not target.has_run(baseline.run_id):
+                print(f"baseline {baseline.name!r}: its run {baseline.run_id[:12]} was not copied")
+                continue
+            try:
+                target.set_baseline(
+                    baseline.name, baseline.run_id, force=args.force, note=baseline.note
+                )
+                print(f"baseline {baseline.name!r} -> run {baseline.run_id[:12]}")
+            except StoreError as exc:
+                print(f"baseline {baseline.name!r} not copied: {exc}")
+                status = EXIT_INVALID
+    return status
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pytest_mlscope.export import export_run
 
@@ -786,6 +829,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--db", metavar="LOCATION", help=db_help)
     report.set_defaults(handler=cmd_report)
 
+    copy = commands.add_parser(
+        "copy", help="copy runs and baselines into another database (e.g. a shared PostgreSQL)"
+    )
+    copy.add_argument(
+        "runs", metavar="RUN", nargs="*", help="runs to copy (default: every finished run)"
+    )
+    copy.add_argument("--to", required=True, metavar="LOCATION", help="the database to copy into")
+    copy.add_argument("--baselines", action="store_true", help="copy the baselines too")
+    copy.add_argument(
+        "--force", action="store_true", help="let a copied baseline move one of the same name"
+    )
+    copy.add_argument("--db", metavar="LOCATION", help=db_help)
+    copy.set_defaults(handler=cmd_copy)
+
     export = commands.add_parser(
         "export", help="write a run as pyperf or pytest-benchmark JSON for their own tools"
     )
@@ -973,6 +1030,10 @@ def main(argv: list[str] | None = None) -> int:
     except MlscopeError as exc:
         print(f"mlscope: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # `mlscope runs | head`: the reader left; say nothing more (Python's documented recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ DISTRIBUTION = "pytest-mlscope"
 REPOSITORY = "mlscope"  # images are mlscope/<stack>:<tag>
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LABEL = "org.mlscope"
-# The worker never imports these: the store and pytest live on the host side only.
-HOST_ONLY = frozenset({"pytest", "sqlalchemy"})
+# The worker never imports these: the store, the reports and pytest live on the host side only.
+HOST_ONLY = frozenset({"pytest", "sqlalchemy", "jinja2", "matplotlib"})
 # The distribution that carries a framework's GPU build, where it differs from the CPU one.
 GPU_DISTRIBUTIONS = {"onnxruntime": "onnxruntime-gpu"}
 # Docker's names for machine architectures, as manifests' container maps use them.

@@ -66,6 +66,8 @@ TRACKED_PACKAGES = (
     "onnxruntime",
     "onnxruntime-gpu",
     "tensorflow",
+    "tensorflow-cpu",
+    "keras",
     "tensorrt",
     "onnx",
     "scikit-learn",

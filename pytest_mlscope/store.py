@@ -19,7 +19,7 @@ import re
 import statistics
 import subprocess
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -847,6 +847,63 @@ class Store:
                 )
             )
         return points
+
+    # -- copying between databases ---------------------------------------------------------------
+
+    def has_run(self, run_id: str) -> bool:
+        query = sa.select(runs_table.c.id).where(runs_table.c.id == run_id)
+        with self._engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
+    def export_run(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A run's row and its results' rows, as stored (ids of results left out)."""
+        with self._engine.connect() as connection:
+            run = (
+                connection.execute(sa.select(runs_table).where(runs_table.c.id == run_id))
+                .mappings()
+                .first()
+            )
+            if run is None:
+                raise StoreError(f"no run {run_id} in {self.url}")
+            rows = (
+                connection.execute(
+                    sa.select(results_table)
+                    .where(results_table.c.run_id == run_id)
+                    .order_by(results_table.c.id)
+                )
+                .mappings()
+                .all()
+            )
+
+        # SQLite hands datetimes back naive (they were written in UTC); say so, or PostgreSQL
+        # would read them in its session's time zone.
+        def plain(row: sa.RowMapping, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+            return {
+                key: _aware(value) if isinstance(value, datetime) else value
+                for key, value in row.items()
+                if key not in drop
+            }
+
+        return plain(run), [plain(row, ("id",)) for row in rows]
+
+    def import_run(self, run: dict[str, Any], results: Sequence[dict[str, Any]]) -> bool:
+        """Add a run exported from another database, in one transaction; False (and nothing
+        written) when a run with its id is here already. Run ids are UUIDs, so a run copied
+        twice is recognised, and copying again adds only what is new."""
+        try:
+            with self._engine.begin() as connection:
+                if connection.execute(
+                    sa.select(runs_table.c.id).where(runs_table.c.id == run["id"])
+                ).first():
+                    return False
+                connection.execute(sa.insert(runs_table), [run])
+                if results:
+                    connection.execute(sa.insert(results_table), list(results))
+        except sa_exc.IntegrityError:
+            if self.has_run(run["id"]):  # another copy got there first
+                return False
+            raise
+        return True
 
     # -- baselines -------------------------------------------------------------------------------
 

@@ -59,11 +59,28 @@ def digits_manifest() -> Manifest:
     return load_manifest(MANIFESTS / "digits_cnn.yaml")
 
 
+TENSORFLOW_ENTRY = '  - name: tensorflow\n    version: ">=2.16"\n'
+
+
+def copy_manifest(name: str, target: Path, *, tensorflow: bool = False) -> Path:
+    """A bundled manifest copied for a test project; without its TensorFlow entry unless asked.
+
+    The plugin's tests of sessions, stores and verdicts need one cheap framework or two; a
+    TensorFlow worker takes seconds to start. TensorFlow itself is tested in test_zoo,
+    test_tracing and the bundled-suite test.
+    """
+    text = (MANIFESTS / f"{name}.yaml").read_text()
+    assert TENSORFLOW_ENTRY in text
+    path = target / f"{name}.yaml"
+    path.write_text(text if tensorflow else text.replace(TENSORFLOW_ENTRY, ""))
+    return path
+
+
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester project with the digits manifest: the cheapest real model, one file to edit."""
     target = pytester.path / "manifests"
     target.mkdir()
-    shutil.copy(MANIFESTS / "digits_cnn.yaml", target)
+    copy_manifest("digits_cnn", target)
     pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
     return pytester

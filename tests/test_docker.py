@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from _services import requires_ci
 
+from conftest import copy_manifest
 from pytest_mlscope import containers
 from pytest_mlscope.protocol import Cell
 from pytest_mlscope.session import MlscopeSession, Settings
@@ -66,7 +67,7 @@ def _project(pytester: pytest.Pytester, *names: str) -> Path:
     target = pytester.path / "manifests"
     target.mkdir()
     for name in names:
-        shutil.copy(MANIFESTS / f"{name}.yaml", target)
+        copy_manifest(name, target)
     if (MANIFESTS / "goldens").exists():
         shutil.copytree(MANIFESTS / "goldens", target / "goldens")
     pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
@@ -125,7 +126,7 @@ def _session(tmp_path: Path, **settings: object) -> MlscopeSession:
     _readable(tmp_path, os.environ["MLSCOPE_CACHE"])
     manifests = tmp_path / "manifests"
     manifests.mkdir()
-    shutil.copy(MANIFESTS / "digits_cnn.yaml", manifests)
+    copy_manifest("digits_cnn", manifests)
     return MlscopeSession(
         Settings(rootdir=tmp_path, manifest_paths=[manifests], runtime="docker", **settings)  # type: ignore[arg-type]
     )
@@ -308,7 +309,7 @@ def test_ctrl_c_removes_the_container_and_a_left_over_one_is_reaped(
     project.mkdir()
     _readable(tmp_path, project, os.environ["MLSCOPE_CACHE"])
     (project / "manifests").mkdir()
-    shutil.copy(MANIFESTS / "digits_cnn.yaml", project / "manifests")
+    copy_manifest("digits_cnn", project / "manifests")
     (project / "pytest.ini").write_text("[pytest]\nmlscope_manifests = manifests\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "--mlscope", "-p", "no:cacheprovider",
@@ -430,9 +431,13 @@ def test_requirements_pin_what_the_host_runs_and_leave_out_host_only_packages() 
     assert older == "1.20.1" and "onnxruntime==1.20.1" in other
     gpu, _ = containers.worker_requirements("onnxruntime", device="gpu")
     assert any(line.startswith("onnxruntime-gpu==") for line in gpu)
-    # TensorFlow's predictor arrives later; its extra already says what the image installs.
+    # The extra's environment markers pick the distribution: tensorflow-cpu on Linux x86_64.
     tensorflow, _ = containers.worker_requirements("tensorflow", framework_version="2.20.0")
-    assert "tensorflow==2.20.0" in tensorflow
+    import platform
+
+    name = "tensorflow-cpu" if platform.machine() == "x86_64" else "tensorflow"
+    assert f"{name}==2.20.0" in tensorflow
+    assert not any(line.lower().startswith(("jinja2", "matplotlib")) for line in tensorflow)
     with pytest.raises(containers.ContainerError, match="no extra 'nosuch'"):
         containers.worker_requirements("nosuch", framework_version="1.0")
 

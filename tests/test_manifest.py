@@ -50,7 +50,7 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
 
 def test_the_bundled_alexnet_manifest_loads(alexnet_manifest: Manifest) -> None:
     assert alexnet_manifest.name == "alexnet"
-    assert [f.name for f in alexnet_manifest.framework] == ["torch", "onnxruntime"]
+    assert [f.name for f in alexnet_manifest.framework] == ["torch", "onnxruntime", "tensorflow"]
     assert alexnet_manifest.inputs[0].shape == [3, 224, 224]
     assert alexnet_manifest.accuracy.golden is not None
     assert alexnet_manifest.resolve(alexnet_manifest.accuracy.golden.path).is_file()
@@ -194,14 +194,14 @@ def test_a_missing_nested_key_is_reported_at_its_parent(tmp_path: Path) -> None:
 
 
 def test_an_agreement_reference_must_be_one_of_the_frameworks(tmp_path: Path) -> None:
-    text = altered("reference: torch", "reference: tensorflow")
+    text = altered("reference: torch", "reference: caffe")
 
     problems = problems_of(tmp_path, text)
 
-    line = line_of(text, "reference: tensorflow")
+    line = line_of(text, "reference: caffe")
     assert problems == [
         f"manifest bad.yaml:{line}: accuracy.agreement.reference: expected one of this "
-        "manifest's frameworks (torch, onnxruntime), got 'tensorflow'"
+        "manifest's frameworks (torch, onnxruntime, tensorflow), got 'caffe'"
     ]
 
 
@@ -311,7 +311,7 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_semantic_problems_are_all_reported_too(tmp_path: Path) -> None:
-    text = altered("reference: torch", "reference: tensorflow")
+    text = altered("reference: torch", "reference: caffe")
     text = altered("  top1: {min: 0.97}", "  top1: {min: 0.97}\n  golden: ../x.npz", text)
 
     problems = problems_of(tmp_path, text)

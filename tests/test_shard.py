@@ -105,7 +105,7 @@ def test_two_runners_split_the_bundled_suite_through_one_database(
     assert one | two == items and not one & two
     alexnet = {i for i in items if "::alexnet[" in i}
     assert one & alexnet and two & alexnet  # the long items are spread
-    assert len(one & alexnet) == len(two & alexnet)
+    assert abs(len(one & alexnet) - len(two & alexnet)) <= 1
     with Store.from_location(db) as store:
         # A later runner of the same group follows the stored plan even after new durations.
         later_run = store.start_run(host={"hostname": "later"})
@@ -128,6 +128,7 @@ def test_a_sharded_run_is_tagged_and_says_how_it_was_split(suite: pytest.Pyteste
         "--mlscope-shard-group=g1", "--mlscope-min-count=20", "--mlscope-min-duration=0",
         "--mlscope-html=none",
     )  # fmt: skip
+    # Two items of equal (unknown) weight, dealt in id order: onnxruntime here.
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
@@ -139,4 +140,5 @@ def test_a_sharded_run_is_tagged_and_says_how_it_was_split(suite: pytest.Pyteste
         run = store.runs(limit=1)[0]
         assert run.tags == {"shard": "1/2", "shard_group": "g1"}
         (record,) = store.latest_results(run.id).values()
+        assert record.cell.framework == "onnxruntime"
         assert record.duration_s is not None and record.duration_s > 0

@@ -764,6 +764,62 @@ def test_runners_racing_to_store_a_shard_plan_all_get_the_winners(store_location
     assert sum(made for _, made in outcomes) == 1  # type: ignore[misc]
 
 
+# -- copying between databases -------------------------------------------------------------------
+
+
+def test_a_run_copied_into_another_database_reads_back_the_same(
+    db_path: Path, store_location: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a SQLite file into each backend: every stored document and sample survives."""
+    from pytest_mlscope.cli import main
+
+    with Store.from_location(db_path.with_name("source.db")) as source:
+        kept = complete_run(source, results=2)
+        source.record_result(kept, cell=CELL, outcome="failed", message="x", duration_s=1.5,
+                             verdict={"kind": "ok", "ratio": 1.01})  # fmt: skip
+        moved = source.set_baseline("main", kept)
+        unfinished = source.start_run(host=HOST)  # a session still running: not copied
+        before = source.results(kept)
+        run_before = source.get_run(kept)
+        location = source.url
+    argv = ["copy", "--db", location, "--to", store_location]
+    assert main([*argv, "--baselines"]) == 0
+    assert "copied 1 run (3 results)" in capsys.readouterr().out
+    after = store.results(kept)
+    assert [(r.cell, r.outcome, r.samples_ns, r.summary, r.accuracy, r.verdict, r.duration_s)
+            for r in after] == [(r.cell, r.outcome, r.samples_ns, r.summary, r.accuracy,
+                                 r.verdict, r.duration_s) for r in before]  # fmt: skip
+    run_after = store.get_run(kept)
+    assert run_after.started_at == run_before.started_at and run_after.host == run_before.host
+    assert store.get_baseline("main").run_id == moved.run_id
+    assert not store.has_run(unfinished)
+    assert main(argv) == 0  # again: nothing new
+    assert "copied 0 runs (0 results)" in capsys.readouterr().out
+    assert len(store.results(kept)) == 3
+
+
+def test_copy_refuses_its_own_database_and_a_baseline_that_would_move(
+    db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_mlscope.cli import main
+
+    with (
+        Store.from_location(db_path) as source,
+        Store.from_location(db_path.with_name("other.db")) as other,
+    ):
+        source.set_baseline("main", complete_run(source))
+        other.set_baseline("main", complete_run(other))
+    assert main(["copy", "--db", str(db_path), "--to", str(db_path)]) == 2
+    assert "--to is the database the runs come from" in capsys.readouterr().err
+    argv = ["copy", "--db", str(db_path), "--to", str(db_path.with_name("other.db")), "--baselines"]
+    assert main(argv) == 1
+    assert "baseline 'main' not copied: baseline 'main' already points to run" in (
+        capsys.readouterr().out
+    )
+    assert main([*argv, "--force"]) == 0
+
+
+# -- git -----------------------------------------------------------------------------------------
 # -- git -----------------------------------------------------------------------------------------
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git executable")

@@ -120,7 +120,7 @@ def _modules(manifest: Manifest, cache: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("model", ["digits_cnn", "alexnet"])
-@pytest.mark.parametrize("framework", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("framework", ["torch", "onnxruntime", "tensorflow"])
 def test_layer_tables_name_every_conv_and_linear_layer_and_the_trace_is_one_timeline(
     model: str, framework: str, artifact_dir: Path, tmp_path: Path
 ) -> None:
@@ -140,6 +140,18 @@ def test_layer_tables_name_every_conv_and_linear_layer_and_the_trace_is_one_time
         if model == "alexnet":  # large convolutions go to oneDNN, and the table says which
             for name in convs:
                 assert any(k.startswith("oneDNN convolution") for k in by_name[name].kernels)
+    elif framework == "tensorflow":
+        # Keras layers carry the torch names; Grappler's fused conv/matmul+bias+relu ops sit
+        # on the convolution or dense layer that starts them, not on the ReLU they are named by.
+        by_name = {row.layer: row for row in rows}
+        for name in convs:
+            assert by_name[name].op_type == "Conv2D", by_name.get(name)
+            assert "FusedConv2D" in by_name[name].kernels[0], by_name[name]
+        for name in linears:
+            assert by_name[name].op_type == "Dense", by_name.get(name)
+            assert "FusedMatMul" in by_name[name].kernels[0], by_name[name]
+        relus = [n for n, t in modules.items() if t == "ReLU"]
+        assert not any(name in by_name for name in relus)  # fused away, not double-counted
     else:
         # ORT runs the optimized graph; the original one (onnx) maps fused nodes back to layers.
         by_name = {row.layer: row for row in rows}

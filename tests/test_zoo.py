@@ -44,10 +44,10 @@ def _line_of(text: str, fragment: str) -> int:
 # -- building and caching ------------------------------------------------------------------------
 
 
-def test_building_digits_gives_a_state_dict_and_an_onnx_file_with_their_sha256(
+def test_building_digits_gives_a_state_dict_an_onnx_file_and_weights_with_their_sha256(
     digits_artifacts: dict[str, ArtifactRef], artifact_dir: Path
 ) -> None:
-    assert set(digits_artifacts) == {"torch_state_dict", "onnx"}
+    assert set(digits_artifacts) == {"torch_state_dict", "onnx", "numpy_weights"}
     for fmt, artifact in digits_artifacts.items():
         path = Path(artifact.path)
         assert artifact.format == fmt
@@ -110,7 +110,7 @@ def test_a_framework_whose_formats_the_model_lacks_is_told_what_there_is(
         ArtifactCache(artifact_dir).for_framework(digits_manifest, "tensorflow", ("savedmodel",))
 
     message = str(excinfo.value)
-    assert "model.source gives formats onnx, torch_state_dict" in message
+    assert "model.source gives formats numpy_weights, onnx, torch_state_dict" in message
     assert "tensorflow loads savedmodel" in message
 
 
@@ -153,7 +153,7 @@ def test_a_record_whose_file_is_missing_is_rebuilt(
 
     rebuilt = cache.artifacts(digits_manifest)
 
-    assert set(rebuilt) == {"torch_state_dict", "onnx"}
+    assert set(rebuilt) == {"torch_state_dict", "onnx", "numpy_weights"}
     for artifact in rebuilt.values():
         assert Path(artifact.path).is_relative_to(private_cache.resolve())
         verify(artifact)
@@ -227,10 +227,14 @@ def test_a_pinned_sha256_that_matches_is_named_as_the_expectation(
 def digits_outputs(
     digits_artifacts: dict[str, ArtifactRef], digits_manifest: Manifest
 ) -> dict[str, np.ndarray]:
-    """Logits of every test digit, from torch and from ONNX Runtime."""
+    """Logits of every test digit, from torch, ONNX Runtime and TensorFlow."""
     inputs = prepare(digits_manifest).inputs
     outputs = {}
-    for framework, fmt in (("torch", "torch_state_dict"), ("onnxruntime", "onnx")):
+    for framework, fmt in (
+        ("torch", "torch_state_dict"),
+        ("onnxruntime", "onnx"),
+        ("tensorflow", "numpy_weights"),
+    ):
         predictor = predictor_class(framework)()
         predictor.load(digits_artifacts[fmt])
         try:
@@ -250,6 +254,32 @@ def test_torch_and_onnxruntime_agree_on_the_digits_model(
     assert torch_logits.shape == ort_logits.shape == (450, 10)
     np.testing.assert_array_equal(torch_logits.argmax(axis=1), ort_logits.argmax(axis=1))
     assert np.abs(torch_logits - ort_logits).max() < 1e-4
+
+
+def test_tensorflow_computes_what_torch_computes_from_the_shared_weights(
+    digits_outputs: dict[str, np.ndarray],
+) -> None:
+    """The Keras model is laid out from the torch-trained weights (kernels transposed, the
+    flattened feature map reordered): the same logits, not just the same classes."""
+    torch_logits, tf_logits = digits_outputs["torch"], digits_outputs["tensorflow"]
+
+    assert tf_logits.shape == (450, 10)
+    np.testing.assert_array_equal(torch_logits.argmax(axis=1), tf_logits.argmax(axis=1))
+    assert np.abs(torch_logits - tf_logits).max() < 1e-4
+
+
+def test_the_numpy_weights_are_torch_names_in_torch_layout_without_pickle(
+    digits_artifacts: dict[str, ArtifactRef],
+) -> None:
+    import torch
+
+    artifact = digits_artifacts["numpy_weights"]
+    assert artifact.metadata["architecture"] == "pytest_mlscope.zoo.keras_models:digits_cnn"
+    state = torch.load(digits_artifacts["torch_state_dict"].path, weights_only=True)
+    with np.load(artifact.path, allow_pickle=False) as weights:
+        assert sorted(weights.files) == sorted(state)
+        for name, tensor in state.items():
+            np.testing.assert_array_equal(weights[name], tensor.numpy())
 
 
 def test_the_digits_model_reaches_its_top1_target_in_torch(

@@ -34,6 +34,7 @@ ENTRY_POINT_GROUP = "mlscope.predictors"
 BUILTIN = {
     "torch": "pytest_mlscope.predictors.torch:TorchPredictor",
     "onnxruntime": "pytest_mlscope.predictors.onnxruntime:OnnxRuntimePredictor",
+    "tensorflow": "pytest_mlscope.predictors.tensorflow:TensorFlowPredictor",
 }
 
 

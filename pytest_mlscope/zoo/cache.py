@@ -144,12 +144,15 @@ class ArtifactCache:
 
     def _key(self, manifest: Manifest) -> str:
         source = manifest.model.source
+        target = getattr(source, "builder", None)
         recipe = json.dumps(
             {
-                "builder": getattr(source, "builder", None),
+                "builder": target,
                 "seed": getattr(source, "seed", None),
                 "params": getattr(source, "params", None),
                 "version": manifest.version,
+                # What the builder writes (zoo.builders.revision); None for unmarked builders.
+                "revision": getattr(_import_builder(target), "revision", None) if target else None,
             },
             sort_keys=True,
         )
