@@ -833,14 +833,7 @@ class Store:
                     started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
                     hostname=row["hostname"],
                     host=dict(row["host"] or {}),
-                    cell=Cell(
-                        model=row["model"],
-                        framework=row["framework"],
-                        device=row["device"],
-                        batch_size=row["batch_size"],
-                        scenario=row["scenario"],
-                        stack=row["stack"],
-                    ),
+                    cell=_cell(row),
                     summary=Summary.model_validate(row["summary"]),
                     framework_version=row["framework_version"],
                     container=(details.get("container") or {}).get("image"),
@@ -1058,6 +1051,17 @@ def _run_record(row: sa.RowMapping, counts: dict[str, int]) -> RunRecord:
     )
 
 
+def _cell(row: sa.RowMapping) -> Cell:
+    return Cell(
+        model=row["model"],
+        framework=row["framework"],
+        device=row["device"],
+        batch_size=row["batch_size"],
+        scenario=row["scenario"],
+        stack=row.get("stack"),
+    )
+
+
 def _result_record(row: sa.RowMapping) -> ResultRecord:
     recorded_at = _aware(row["recorded_at"])
     assert recorded_at is not None
@@ -1065,14 +1069,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         id=row["id"],
         run_id=row["run_id"],
         item_id=row["item_id"],
-        cell=Cell(
-            model=row["model"],
-            framework=row["framework"],
-            device=row["device"],
-            batch_size=row["batch_size"],
-            scenario=row["scenario"],
-            stack=row.get("stack"),
-        ),
+        cell=_cell(row),
         outcome=row["outcome"],
         message=row["message"],
         framework_version=row["framework_version"],

@@ -22,7 +22,7 @@ import numpy as np
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from pytest_mlscope.errors import StackUnavailable
+from pytest_mlscope.errors import ArtifactError, StackUnavailable
 from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
 
 if TYPE_CHECKING:
@@ -56,6 +56,19 @@ class Predictor(ABC):
     @abstractmethod
     def load(self, artifact: ArtifactRef) -> None:
         """Load the (already verified) artifact; timed as the cold start."""
+
+    @staticmethod
+    def named_callable(artifact: ArtifactRef, key: str, what: str) -> Any:
+        """The ``package.module:name`` an artifact's metadata names under ``key`` (the class or
+        function that builds the model its weights belong to), imported."""
+        target = str(artifact.metadata.get(key, ""))
+        module_name, _, attribute = target.partition(":")
+        if not module_name or not attribute:
+            raise ArtifactError(
+                f"{artifact.path}: a {artifact.format} artifact needs metadata "
+                f"{key!r} = 'package.module:{what}'"
+            )
+        return getattr(importlib.import_module(module_name), attribute)
 
     def prepare_input(self, batch: np.ndarray) -> Any:
         """Turn a numpy batch into what ``predict`` takes. Not timed."""

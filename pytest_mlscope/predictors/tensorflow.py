@@ -9,7 +9,6 @@ size (the input signature leaves the batch dimension open).
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
@@ -46,14 +45,7 @@ class TensorFlowPredictor(Predictor):
             raise ArtifactError(
                 f"{artifact.path}: tensorflow cannot load format {artifact.format!r}"
             )
-        target = str(artifact.metadata.get("architecture", ""))
-        module_name, _, attribute = target.partition(":")
-        if not module_name or not attribute:
-            raise ArtifactError(
-                f"{artifact.path}: a numpy_weights artifact needs metadata "
-                "'architecture' = 'package.module:function'"
-            )
-        builder = getattr(importlib.import_module(module_name), attribute)
+        builder = self.named_callable(artifact, "architecture", "function")
         with np.load(artifact.path, allow_pickle=False) as stored:
             weights = {name: stored[name] for name in stored.files}
         kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]

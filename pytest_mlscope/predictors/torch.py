@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
@@ -27,14 +26,7 @@ class TorchPredictor(Predictor):
         import torch
 
         if artifact.format == "torch_state_dict":
-            target = str(artifact.metadata.get("module", ""))
-            module_name, _, attribute = target.partition(":")
-            if not module_name or not attribute:
-                raise ArtifactError(
-                    f"{artifact.path}: a torch_state_dict artifact needs metadata "
-                    "'module' = 'package.module:Class'"
-                )
-            factory = getattr(importlib.import_module(module_name), attribute)
+            factory = self.named_callable(artifact, "module", "Class")
             kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]
             module = factory(**kwargs)
             # weights_only: a state dict never needs arbitrary unpickling.
