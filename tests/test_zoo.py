@@ -274,12 +274,28 @@ def test_the_numpy_weights_are_torch_names_in_torch_layout_without_pickle(
     import torch
 
     artifact = digits_artifacts["numpy_weights"]
-    assert artifact.metadata["architecture"] == "pytest_mlscope.zoo.keras_models:digits_cnn"
+    assert artifact.metadata["architecture"] == {
+        "tensorflow": "pytest_mlscope.zoo.keras_models:digits_cnn"
+    }
     state = torch.load(digits_artifacts["torch_state_dict"].path, weights_only=True)
     with np.load(artifact.path, allow_pickle=False) as weights:
         assert sorted(weights.files) == sorted(state)
         for name, tensor in state.items():
             np.testing.assert_array_equal(weights[name], tensor.numpy())
+
+
+def test_a_new_build_revision_is_a_new_cache_key(
+    digits_manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache built before the builders wrote numpy_weights is rebuilt, not served without it."""
+    import pytest_mlscope.zoo
+
+    cache = ArtifactCache(tmp_path)
+    now = cache._key(digits_manifest)
+    monkeypatch.setattr(pytest_mlscope.zoo.digits_cnn, "revision", 1)
+    assert cache._key(digits_manifest) != now
+    monkeypatch.delattr(pytest_mlscope.zoo.digits_cnn, "revision")
+    assert cache._key(digits_manifest) not in (now,)
 
 
 def test_the_digits_model_reaches_its_top1_target_in_torch(

@@ -57,11 +57,15 @@ class Predictor(ABC):
     def load(self, artifact: ArtifactRef) -> None:
         """Load the (already verified) artifact; timed as the cold start."""
 
-    @staticmethod
-    def named_callable(artifact: ArtifactRef, key: str, what: str) -> Any:
+    def named_callable(self, artifact: ArtifactRef, key: str, what: str) -> Any:
         """The ``package.module:name`` an artifact's metadata names under ``key`` (the class or
-        function that builds the model its weights belong to), imported."""
-        target = str(artifact.metadata.get(key, ""))
+        function that builds the model its weights belong to), imported. The metadata may map
+        framework names to targets: weights shared by several frameworks name one builder each.
+        """
+        named = artifact.metadata.get(key, "")
+        if isinstance(named, dict):
+            named = named.get(self.name, "")
+        target = str(named)
         module_name, _, attribute = target.partition(":")
         if not module_name or not attribute:
             raise ArtifactError(

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pytest_mlscope.zoo import BUILD_REVISION, revision
+
 
 @dataclass(frozen=True)
 class BuiltArtifact:
@@ -64,31 +66,19 @@ def _save_torch(module: Any, path: Path, factory: str, kwargs: dict[str, Any]) -
     return BuiltArtifact("torch_state_dict", path.name, {"module": factory, "kwargs": kwargs})
 
 
-def _save_numpy(
-    module: Any, path: Path, architecture: str, kwargs: dict[str, Any]
-) -> BuiltArtifact:
-    """Every parameter under its torch name, in torch's layout: the weights any framework's
-    builder of the same architecture (``architecture``, a ``module:function``) can lay out its
-    own way. No pickle: ``numpy.load(allow_pickle=False)`` reads it."""
+def _save_numpy(module: Any, path: Path, model: str, kwargs: dict[str, Any]) -> BuiltArtifact:
+    """Every parameter under its torch name, in torch's layout: the weights each framework's
+    builder of the same architecture lays out its own way (TensorFlow's in Keras), named per
+    framework in the metadata. No pickle: ``numpy.load(allow_pickle=False)`` reads it."""
     arrays = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
     np.savez(path, **arrays)
+    architecture = {"tensorflow": f"pytest_mlscope.zoo.keras_models:{model}"}
     return BuiltArtifact(
         "numpy_weights", path.name, {"architecture": architecture, "kwargs": kwargs}
     )
 
 
-def revision(number: int) -> Any:
-    """Mark what a builder writes; the artifact cache rebuilds when the number changes (a new
-    format added, say), instead of serving an older build that lacks it."""
-
-    def mark(builder: Any) -> Any:
-        builder.revision = number
-        return builder
-
-    return mark
-
-
-@revision(2)  # 2: numpy_weights for TensorFlow
+@revision(BUILD_REVISION)
 def alexnet(out_dir: Path, *, seed: int = 0, num_classes: int = 1000) -> list[BuiltArtifact]:
     """AlexNet with seeded random weights: a torch state dict, an ONNX export and the weights as
     numpy arrays (TensorFlow builds its AlexNet from them)."""
@@ -103,13 +93,11 @@ def alexnet(out_dir: Path, *, seed: int = 0, num_classes: int = 1000) -> list[Bu
         model, out_dir / "alexnet.pt", "pytest_mlscope.zoo.models:AlexNet", kwargs
     )
     _export_onnx(model, torch.zeros(1, 3, 224, 224), out_dir / "alexnet.onnx")
-    numpy_artifact = _save_numpy(
-        model, out_dir / "alexnet.npz", "pytest_mlscope.zoo.keras_models:alexnet", kwargs
-    )
+    numpy_artifact = _save_numpy(model, out_dir / "alexnet.npz", "alexnet", kwargs)
     return [torch_artifact, BuiltArtifact("onnx", "alexnet.onnx"), numpy_artifact]
 
 
-@revision(2)  # 2: numpy_weights for TensorFlow
+@revision(BUILD_REVISION)
 def digits_cnn(
     out_dir: Path,
     *,
@@ -153,7 +141,5 @@ def digits_cnn(
         model, out_dir / "digits_cnn.pt", "pytest_mlscope.zoo.models:DigitsCNN", kwargs
     )
     _export_onnx(model, torch.zeros(1, 1, 8, 8), out_dir / "digits_cnn.onnx")
-    numpy_artifact = _save_numpy(
-        model, out_dir / "digits_cnn.npz", "pytest_mlscope.zoo.keras_models:digits_cnn", kwargs
-    )
+    numpy_artifact = _save_numpy(model, out_dir / "digits_cnn.npz", "digits_cnn", kwargs)
     return [torch_artifact, BuiltArtifact("onnx", "digits_cnn.onnx"), numpy_artifact]
