@@ -493,6 +493,31 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_stacks_setup(args: argparse.Namespace) -> int:
+    from pytest_mlscope import stacks
+
+    for name in args.stacks or sorted(stacks.STACKS):
+        stack = stacks.get(name)
+        print(
+            f"{name}: setting up {stacks.location(stack)} ({', '.join(stack.requirements[:2])}, …)"
+        )
+        stacks.setup(stack, force=args.force)
+        print(f"{name}: {stack.framework} {stacks.installed_version(stack)} ready")
+    return EXIT_OK
+
+
+def cmd_stacks_list(args: argparse.Namespace) -> int:
+    from pytest_mlscope import stacks
+
+    rows = [
+        [name, stacks.installed_version(stack) or "not set up", str(stacks.location(stack)),
+         stack.why]
+        for name, stack in sorted(stacks.STACKS.items())
+    ]  # fmt: skip
+    print(table(["stack", "version", "venv", "why a venv of its own"], rows))
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pytest_mlscope.export import export_run
 
@@ -828,6 +853,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--db", metavar="LOCATION", help=db_help)
     report.set_defaults(handler=cmd_report)
+
+    stacks_parser = commands.add_parser(
+        "stacks", help="venv stacks: frameworks that cannot share the host's environment"
+    )
+    stack_commands = stacks_parser.add_subparsers(dest="stack_command", required=True)
+    stacks_setup = stack_commands.add_parser("setup", help="make a stack's venv (registry access)")
+    stacks_setup.add_argument("stacks", metavar="STACK", nargs="*", help="default: all")
+    stacks_setup.add_argument("--force", action="store_true", help="make it again")
+    stacks_setup.set_defaults(handler=cmd_stacks_setup)
+    stack_commands.add_parser("list", help="the venv stacks and their state").set_defaults(
+        handler=cmd_stacks_list
+    )
 
     copy = commands.add_parser(
         "copy", help="copy runs and baselines into another database (e.g. a shared PostgreSQL)"

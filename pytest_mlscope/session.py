@@ -194,7 +194,33 @@ class MlscopeSession:
         with the docker runtime, each image is a stack of its own."""
         if self.settings.runtime == "docker":
             return self._docker_runtime(cell, self.image(cell))
+        from pytest_mlscope.predictors import predictor_class
+
+        stack = predictor_class(cell.framework, self.settings.predictors).venv_stack
+        if stack:
+            return self._venv_runtime(stack)
         return self._host_runtime(self.settings.runtime)
+
+    def _venv_runtime(self, name: str) -> Runtime:
+        """A subprocess worker in the stack's own venv (``pytest_mlscope.stacks``), with this
+        pytest-mlscope on its path: the same worker and protocol, another interpreter."""
+        from pytest_mlscope import stacks
+        from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
+
+        key = f"venv:{name}"
+        if key not in self._runtimes:
+            stack = stacks.get(name)
+            self._runtimes[key] = SubprocessRuntime(
+                work_dir=self.work_dir / "workers",
+                python=str(stacks.python(stack)),
+                python_path=[
+                    stacks.source_path(),
+                    str(self.settings.rootdir),
+                    *self.settings.python_path,
+                ],
+                env=dict(stack.env),
+            )
+        return self._runtimes[key]
 
     def _host_runtime(self, kind: str) -> Runtime:
         from pytest_mlscope.runtimes import make_runtime
@@ -243,12 +269,27 @@ class MlscopeSession:
         reason = skip_reason(
             manifest, cell, self.host, self.settings.predictors, in_container=docker
         )
+        if reason and not docker:
+            return reason, self._venv_stack_missing(cell)
         if reason or not docker:
             return reason, False
         image = self.image(cell)
         if image not in self._image_reasons:
             self._image_reasons[image] = self._check_image(manifest, cell, image)
         return self._image_reasons[image]
+
+    def _venv_stack_missing(self, cell: Cell) -> bool:
+        """Whether the cell's framework lives in a venv stack that is not set up: a missing
+        service like a Docker image, which CI must provide (``mlscope stacks setup``)."""
+        from pytest_mlscope import stacks
+        from pytest_mlscope.errors import StackUnavailable
+        from pytest_mlscope.predictors import predictor_class
+
+        try:
+            name = predictor_class(cell.framework, self.settings.predictors).venv_stack
+        except StackUnavailable:
+            return False
+        return bool(name) and stacks.unavailable(stacks.get(name)) is not None
 
     def _check_image(self, manifest: Manifest, cell: Cell, image: str) -> tuple[str | None, bool]:
         from packaging.specifiers import SpecifierSet

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_mlscope import stacks
 from pytest_mlscope.manifest import Manifest, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,9 +36,15 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("artifacts")
 
 
+# Where the venv stacks are (`mlscope stacks setup`), read before pytester points HOME at a
+# temporary folder: inner sessions find them through MLSCOPE_STACKS.
+STACKS_ROOT = stacks.root()
+
+
 @pytest.fixture(autouse=True)
 def _shared_artifact_cache(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSCOPE_CACHE", str(artifact_dir))
+    monkeypatch.setenv("MLSCOPE_STACKS", str(STACKS_ROOT))
     monkeypatch.delenv("MLSCOPE_DB", raising=False)
 
 
@@ -60,19 +67,20 @@ def digits_manifest() -> Manifest:
 
 
 TENSORFLOW_ENTRY = '  - name: tensorflow\n    version: ">=2.16"\n'
+MXNET_ENTRY = '  - name: mxnet\n    version: ">=1.9"\n'
 
 
-def copy_manifest(name: str, target: Path, *, tensorflow: bool = False) -> Path:
-    """A bundled manifest copied for a test project; without its TensorFlow entry unless asked.
+def copy_manifest(name: str, target: Path) -> Path:
+    """A bundled manifest copied for a test project, on torch and ONNX Runtime only.
 
     The plugin's tests of sessions, stores and verdicts need one cheap framework or two; a
-    TensorFlow worker takes seconds to start. TensorFlow itself is tested in test_zoo,
-    test_tracing and the bundled-suite test.
+    TensorFlow worker takes seconds to start and MXNet's lives in a venv stack. Those two are
+    tested in test_zoo, test_tracing, test_stacks and the bundled-suite test.
     """
     text = (MANIFESTS / f"{name}.yaml").read_text()
-    assert TENSORFLOW_ENTRY in text
+    assert TENSORFLOW_ENTRY in text and MXNET_ENTRY in text
     path = target / f"{name}.yaml"
-    path.write_text(text if tensorflow else text.replace(TENSORFLOW_ENTRY, ""))
+    path.write_text(text.replace(TENSORFLOW_ENTRY, "").replace(MXNET_ENTRY, ""))
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TENSORFLOW_ENTRY, copy_manifest
+from conftest import MXNET_ENTRY, TENSORFLOW_ENTRY, copy_manifest
 from pytest_mlscope.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def _db(pytester: pytest.Pytester) -> Store:
     return Store.from_location(pytester.path / ".mlscope" / "results.db", create=False)
 
 
-def test_bundled_suite_passes_on_three_frameworks_and_is_stored(pytester: pytest.Pytester) -> None:
+def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.Pytester) -> None:
     """The quick start: manifests and hand-written tests, configured as in this repo."""
     shutil.copytree(REPO / "manifests", pytester.path / "manifests")
     shutil.copytree(REPO / "test_suites", pytester.path / "test_suites")
@@ -42,7 +42,7 @@ def test_bundled_suite_passes_on_three_frameworks_and_is_stored(pytester: pytest
         'mlscope_manifests = ["manifests"]\n'
     )
     result = _run(pytester, "-v")
-    result.assert_outcomes(passed=20)
+    result.assert_outcomes(passed=26)
     result.stdout.fnmatch_lines(
         [
             "*alexnet?torch-cpu-bs1-single_stream? PASSED*",
@@ -50,12 +50,13 @@ def test_bundled_suite_passes_on_three_frameworks_and_is_stored(pytester: pytest
             "*alexnet?tensorflow-cpu-bs1-single_stream? PASSED*",
             "*digits_cnn?onnxruntime-cpu-bs8-single_stream? PASSED*",
             "*digits_cnn?tensorflow-cpu-bs8-offline? PASSED*",
+            "*digits_cnn?mxnet-cpu-bs8-offline? PASSED*",
             "*= mlscope =*",
             "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms",
             "across frameworks (single-stream median; agreement with the manifest's reference):",
-            "  model * torch * onnxruntime * tensorflow",
-            "  alexnet * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1)",
-            "  digits_cnn * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1)",
+            "  model * torch * onnxruntime * tensorflow * mxnet",
+            "  alexnet * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)",
+            "  digits_cnn * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)",
             "run * stored in sqlite:///*results.db",
         ]
     )
@@ -68,9 +69,9 @@ def test_bundled_suite_passes_on_three_frameworks_and_is_stored(pytester: pytest
     assert run.status == "complete"
     results = store.results(run.id)
     assert {r.outcome for r in results} == {"passed"}
-    assert len(results) == 18 + 3  # the hand-written tests store what they evaluate too
+    assert len(results) == 24 + 3  # the hand-written tests store what they evaluate too
     digits = [r for r in results if r.cell.model == "digits_cnn"]
-    assert {r.cell.framework for r in digits} == {"torch", "onnxruntime", "tensorflow"}
+    assert {r.cell.framework for r in digits} == {"torch", "onnxruntime", "tensorflow", "mxnet"}
     for record in digits:
         assert record.accuracy is not None and record.accuracy.top1 is not None
         assert record.accuracy.top1 >= 0.97
@@ -78,9 +79,14 @@ def test_bundled_suite_passes_on_three_frameworks_and_is_stored(pytester: pytest
     assert len(onnx_alexnet) == 2
     checks = {c.name: c.passed for c in onnx_alexnet[0].accuracy.checks}  # type: ignore[union-attr]
     assert checks == {"golden": True, "agreement": True}
-    (tf_alexnet,) = [r for r in results if r.cell.id == "alexnet[tensorflow-cpu-bs1-single_stream]"]
-    checks = {c.name: c.passed for c in tf_alexnet.accuracy.checks}  # type: ignore[union-attr]
-    assert checks == {"golden": True, "agreement": True}
+    for framework in ("tensorflow", "mxnet"):
+        item = f"alexnet[{framework}-cpu-bs1-single_stream]"
+        (record,) = [r for r in results if r.cell.id == item]
+        checks = {c.name: c.passed for c in record.accuracy.checks}  # type: ignore[union-attr]
+        assert checks == {"golden": True, "agreement": True}, item
+    (mxnet,) = [r for r in results if r.cell.id == "digits_cnn[mxnet-cpu-bs1-single_stream]"]
+    assert mxnet.framework_version == "1.9.1"
+    assert mxnet.predictor.details["numpy"] == "1.23.5"  # type: ignore[union-attr]
     for record in results:
         assert record.summary is not None and record.summary.count >= 3
         assert len(record.samples_ns) == record.summary.count
@@ -374,7 +380,8 @@ def test_a_checksum_mismatch_fails_the_item_naming_the_manifest_line_and_both_ha
     wrong = "0" * 64
     text = (REPO / "manifests" / "digits_cnn.yaml").read_text()
     text = text.replace('  - name: torch\n    version: ">=2.2"\n', "")
-    text = text.replace(TENSORFLOW_ENTRY, "")  # one framework, reading the one local file
+    # One framework, reading the one local file.
+    text = text.replace(TENSORFLOW_ENTRY, "").replace(MXNET_ENTRY, "")
     text = text.replace(
         "  agreement: {reference: torch, atol: 1.0e-4, rtol: 1.0e-3, top1_match: 1.0}\n", ""
     )

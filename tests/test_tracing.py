@@ -334,7 +334,9 @@ def test_a_regression_names_its_slowest_layer(suite: pytest.Pytester) -> None:
         "--mlscope-threshold", "0.5",
     )  # fmt: skip
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*regression*slowest movers: features.2 Conv2d +*"])
+    # The retrained variant also loses a point of accuracy (0.991 -> 0.980), which the verdict
+    # states first; on a loaded machine "(other)" may outgrow features.2 in the movers' list.
+    result.stdout.fnmatch_lines(["*regression*slowest movers: *features.2 Conv2d +*"])
 
 
 def test_an_unknown_trace_level_is_a_usage_error(suite: pytest.Pytester) -> None:

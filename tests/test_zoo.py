@@ -275,7 +275,8 @@ def test_the_numpy_weights_are_torch_names_in_torch_layout_without_pickle(
 
     artifact = digits_artifacts["numpy_weights"]
     assert artifact.metadata["architecture"] == {
-        "tensorflow": "pytest_mlscope.zoo.keras_models:digits_cnn"
+        "tensorflow": "pytest_mlscope.zoo.keras_models:digits_cnn",
+        "mxnet": "pytest_mlscope.zoo.gluon_models:digits_cnn",
     }
     state = torch.load(digits_artifacts["torch_state_dict"].path, weights_only=True)
     with np.load(artifact.path, allow_pickle=False) as weights:

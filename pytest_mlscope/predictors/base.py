@@ -35,6 +35,7 @@ BUILTIN = {
     "torch": "pytest_mlscope.predictors.torch:TorchPredictor",
     "onnxruntime": "pytest_mlscope.predictors.onnxruntime:OnnxRuntimePredictor",
     "tensorflow": "pytest_mlscope.predictors.tensorflow:TensorFlowPredictor",
+    "mxnet": "pytest_mlscope.predictors.mxnet:MXNetPredictor",
 }
 
 
@@ -49,6 +50,9 @@ class Predictor(ABC):
     # The pytest-mlscope extra that installs it, for the skip reason.
     extra: ClassVar[str | None] = None
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    # A framework that cannot share the host's environment names its venv stack
+    # (pytest_mlscope.stacks): its worker runs with that venv's Python.
+    venv_stack: ClassVar[str | None] = None
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -178,7 +182,16 @@ def framework_unavailable(
         )
     if not host or not cls.distributions:
         return None
-    installed = cls.installed_version()
+    if cls.venv_stack:
+        from pytest_mlscope import stacks
+
+        stack = stacks.get(cls.venv_stack)
+        reason = stacks.unavailable(stack)
+        if reason:
+            return reason
+        installed = stacks.installed_version(stack)
+    else:
+        installed = cls.installed_version()
     if installed is None:
         hint = f": pip install pytest-mlscope[{cls.extra}]" if cls.extra else ""
         return f"{name} is not installed{hint}"

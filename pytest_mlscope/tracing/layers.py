@@ -58,6 +58,8 @@ class LayerChange:
         text = f"{self.layer} {self.op_type}"
         if self.ratio is not None:
             text += f" {self.ratio - 1:+.0%} ({self.before_us:.1f} -> {self.after_us:.1f} µs)"
+        elif self.before_us is not None and self.after_us is not None:  # from nothing
+            text += f" ({self.before_us:.1f} -> {self.after_us:.1f} µs)"
         if self.kernels_before != self.kernels_after:
             text += (
                 f", kernel {', '.join(self.kernels_before) or '?'} -> "

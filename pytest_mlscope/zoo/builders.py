@@ -68,11 +68,15 @@ def _save_torch(module: Any, path: Path, factory: str, kwargs: dict[str, Any]) -
 
 def _save_numpy(module: Any, path: Path, model: str, kwargs: dict[str, Any]) -> BuiltArtifact:
     """Every parameter under its torch name, in torch's layout: the weights each framework's
-    builder of the same architecture lays out its own way (TensorFlow's in Keras), named per
-    framework in the metadata. No pickle: ``numpy.load(allow_pickle=False)`` reads it."""
+    builder of the same architecture lays out its own way (TensorFlow's in Keras, MXNet's in
+    Gluon), named per framework in the metadata. No pickle: ``numpy.load(allow_pickle=False)``
+    reads it."""
     arrays = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
     np.savez(path, **arrays)
-    architecture = {"tensorflow": f"pytest_mlscope.zoo.keras_models:{model}"}
+    architecture = {
+        "tensorflow": f"pytest_mlscope.zoo.keras_models:{model}",
+        "mxnet": f"pytest_mlscope.zoo.gluon_models:{model}",
+    }
     return BuiltArtifact(
         "numpy_weights", path.name, {"architecture": architecture, "kwargs": kwargs}
     )

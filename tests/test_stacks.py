@@ -1,0 +1,76 @@
+"""Venv stacks: MXNet in a virtual environment of its own (numpy 1.23), beside the host stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _services import requires_ci
+
+from conftest import MANIFESTS
+from pytest_mlscope import stacks
+from pytest_mlscope.store import Store
+
+MXNET = stacks.get("mxnet")
+QUICK = ("--mlscope-min-count", "20", "--mlscope-min-duration", "0", "--mlscope-warmup", "2")
+
+
+def _project(pytester: pytest.Pytester) -> None:
+    target = pytester.path / "manifests"
+    target.mkdir()
+    (target / "digits_cnn.yaml").write_text((MANIFESTS / "digits_cnn.yaml").read_text())
+    pytester.makeini("[pytest]\nmlscope_manifests = manifests\n")
+
+
+def test_an_unknown_stack_names_the_known_ones() -> None:
+    with pytest.raises(stacks.StackError, match="no venv stack 'caffe' \\(known: mxnet\\)"):
+        stacks.get("caffe")
+
+
+def test_a_stack_that_is_not_set_up_skips_its_items_with_the_command_and_fails_under_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _project(pytester)
+    monkeypatch.setenv("MLSCOPE_STACKS", str(tmp_path / "no-stacks-here"))
+    monkeypatch.delenv("CI", raising=False)
+    select = ("-k", "mxnet and bs1", "-rs", "--mlscope-html=none", *QUICK)
+    laptop = pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *select)
+    laptop.assert_outcomes(skipped=1)
+    laptop.stdout.fnmatch_lines(
+        [
+            "SKIPPED*the mxnet stack (a venv of its own: mxnet 1.9.1 fails to import with numpy "
+            ">= 1.24*) is not set up: run `mlscope stacks setup mxnet`"
+        ]
+    )
+    monkeypatch.setenv("CI", "true")
+    ci = pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *select)
+    ci.assert_outcomes(failed=1)
+    ci.stdout.fnmatch_lines(["*is not set up: run `mlscope stacks setup mxnet` (CI=true: fails*"])
+
+
+def test_mxnet_runs_in_its_venv_and_agrees_with_torch_on_the_host(
+    pytester: pytest.Pytester,
+) -> None:
+    if stacks.unavailable(MXNET):
+        requires_ci(stacks.unavailable(MXNET) or "")
+    _project(pytester)
+    result = pytester.runpytest_subprocess(
+        "--mlscope", "-p", "no:cacheprovider", "-k", "bs1 and (mxnet or torch)", *QUICK,
+        "--mlscope-html=none",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    with Store.from_location(pytester.path / ".mlscope" / "results.db") as store:
+        (run,) = store.runs()
+        records = store.latest_results(run.id)
+    mxnet = records["digits_cnn[mxnet-cpu-bs1-single_stream]"]
+    assert mxnet.framework_version == "1.9.1"
+    assert mxnet.predictor is not None and mxnet.predictor.details["numpy"] == "1.23.5"
+    assert mxnet.accuracy is not None and mxnet.accuracy.top1 is not None
+    assert mxnet.accuracy.top1 >= 0.97
+    checks = {c.name: c for c in mxnet.accuracy.checks}
+    assert checks["agreement"].passed, checks["agreement"].detail  # against torch, numpy 2
+    # The host's numpy is not the stack's: two environments, one session.
+    import numpy
+
+    assert numpy.__version__ != "1.23.5"
+    assert records["digits_cnn[torch-cpu-bs1-single_stream]"].outcome == "passed"
