@@ -289,13 +289,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _sides(store: Store, run: RunRecord) -> dict[str, Any]:
-    from pytest_mlscope.compare import side_of
+    from pytest_mlscope.compare import run_sides
 
-    return {
-        item: side_of(record, run.host, run.id)
-        for item, record in store.latest_results(run.id).items()
-        if record.samples_ns or record.accuracy
-    }
+    return run_sides(store.latest_results(run.id), run.host, run.id)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -427,6 +427,16 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
     )
 
 
+def run_sides(records: Mapping[str, Any], host: Mapping[str, Any], run_id: str) -> dict[str, Side]:
+    """A stored run's results (item -> ``store.ResultRecord``) as comparison sides; items that
+    measured nothing (skipped, errors before the worker answered) are left out."""
+    return {
+        item: side_of(record, host, run_id)
+        for item, record in records.items()
+        if record.samples_ns or record.accuracy
+    }
+
+
 def compare_runs(
     baseline: Mapping[str, Side],
     current: Mapping[str, Side],

@@ -218,7 +218,6 @@ class MlscopeSession:
                     str(self.settings.rootdir),
                     *self.settings.python_path,
                 ],
-                env=dict(stack.env),
             )
         return self._runtimes[key]
 

@@ -31,7 +31,6 @@ class VenvStack:
     framework: str  # the distribution whose version the manifest's specifier is checked against
     requirements: tuple[str, ...]
     why: str
-    env: tuple[tuple[str, str], ...] = ()  # set for the stack's worker
 
 
 # The worker's own needs (pydantic, PyYAML, packaging, scipy, scikit-learn's bundled data,

@@ -184,17 +184,12 @@ def across_systems(store: Store, model: str) -> AcrossSystems:
 def _recompute(
     store: Store, run: RunRecord, results: dict[str, ResultRecord], baseline_run: RunRecord
 ) -> dict[str, dict[str, Any]]:
-    from pytest_mlscope.compare import compare_runs, side_of
-
-    def sides(of: RunRecord, records: dict[str, ResultRecord]) -> dict[str, Any]:
-        return {
-            item: side_of(record, of.host, of.id)
-            for item, record in records.items()
-            if record.samples_ns or record.accuracy
-        }
+    from pytest_mlscope.compare import compare_runs, run_sides
 
     base = store.latest_results(baseline_run.id)
-    verdicts = compare_runs(sides(baseline_run, base), sides(run, results))
+    verdicts = compare_runs(
+        run_sides(base, baseline_run.host, baseline_run.id), run_sides(results, run.host, run.id)
+    )
     return {item: verdict.as_dict() for item, verdict in verdicts.items()}
 
 

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_mlscope.report.terminal import ms, number
+
 if TYPE_CHECKING:
     from pytest_mlscope.report.data import AcrossSystems, Item, ReportData
 
@@ -58,23 +60,11 @@ def _environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["ms"] = _ms
-    environment.filters["number"] = _number
+    environment.filters["ms"] = ms
+    environment.filters["number"] = number
     environment.filters["pct"] = _pct
     environment.filters["when"] = _when
     return environment
-
-
-def _number(value: float | None) -> str:
-    from pytest_mlscope.report.terminal import number
-
-    return number(value)
-
-
-def _ms(seconds: float | None) -> str:
-    from pytest_mlscope.report.terminal import ms
-
-    return ms(seconds)
 
 
 def _pct(value: float | None, signed: bool = False) -> str:
