@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         exported = [store.export_run(run_id) for run_id in run_ids]
     with Store.from_location(args.copy_to or str(Path(folder.name) / "copy.db")) as target:
         started = time.perf_counter()
-        for run, rows in exported:
-            target.import_run(run, rows)
+        target.import_runs(exported)
         bulk = time.perf_counter() - started
         bulk_url = target.url
     if args.keep:

@@ -459,14 +459,11 @@ def cmd_copy(args: argparse.Namespace) -> int:
             chosen = [source.get_run(ref) for ref in args.runs]
         else:
             chosen = [r for r in source.runs(limit=1_000_000) if r.status != "running"]
-        copied = skipped = results = 0
-        for run in reversed(chosen):  # oldest first, as they were made
-            row, rows = source.export_run(run.id)
-            if target.import_run(row, rows):
-                copied += 1
-                results += len(rows)
-            else:
-                skipped += 1
+        counts = {run.id: run.total for run in chosen}
+        # Oldest first, as they were made; read lazily so a large history never sits in memory.
+        added = target.import_runs(source.export_run(run.id) for run in reversed(chosen))
+        copied, results = len(added), sum(counts[run_id] for run_id in added)
+        skipped = len(chosen) - copied
         print(
             f"copied {_plural(copied, 'run')} ({_plural(results, 'result')}) to {target.url}"
             + (f"; {skipped} already there" if skipped else "")

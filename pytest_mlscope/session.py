@@ -761,6 +761,13 @@ class MlscopeSession:
             from pytest_mlscope.store import Store
 
             self._store = Store.from_location(self.settings.db_location)
+            # A session of this host killed before it could finish its run (kill -9, OOM):
+            # nobody else will close it. Said in the summary, so the gap is not a mystery.
+            for run_id in self._store.close_abandoned_runs():
+                self.report_lines.append(
+                    f"run {run_id[:12]} was left 'running' by a session that was killed; "
+                    "marked incomplete (its stored results are kept)"
+                )
         return self._store
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -798,6 +799,67 @@ def test_a_run_copied_into_another_database_reads_back_the_same(
     assert len(store.results(kept)) == 3
 
 
+def test_a_bulk_import_adds_whole_runs_in_batches_and_passes_over_those_present(
+    store: Store, tmp_path: Path
+) -> None:
+    with Store.from_location(tmp_path / "source.db") as source:
+        run_ids = []
+        for index in range(7):
+            run_id = source.start_run(host=HOST)
+            for size in range(index % 3 + 1):
+                samples = [1_000_000 + index, 2_000_000 + size, 2**40]  # past 32 bits as well
+                source.record_result(run_id, cell=CELL.model_copy(update={"batch_size": size + 1}),
+                                     outcome="passed", result=make_result(samples_ns=samples))  # fmt: skip
+            source.finish_run(run_id)
+            run_ids.append(run_id)
+        exported = [source.export_run(run_id) for run_id in run_ids]
+        expected = {run_id: [r.samples_ns for r in source.results(run_id)] for run_id in run_ids}
+    assert store.import_run(*exported[3])  # one already there
+    twice = [*exported, exported[0]]  # and one twice in the same batch
+    added = store.import_runs(twice, runs_per_transaction=3)
+    assert added == [run_id for run_id in run_ids if run_id != run_ids[3]]
+    for run_id in run_ids:
+        assert [r.samples_ns for r in store.results(run_id)] == expected[run_id]
+    assert store.import_runs(exported) == []
+
+
+def test_a_run_left_running_by_a_killed_session_is_closed_as_incomplete(
+    store_location: str,
+) -> None:
+    # A real kill -9 of the writing process, after it stored two results.
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pytest_mlscope.protocol import Cell
+        from pytest_mlscope.store import Store
+
+        store = Store.from_location({store_location!r})
+        run_id = store.start_run(host={{"hostname": "killed"}})
+        cell = Cell(model="alexnet", framework="torch")
+        store.record_result(run_id, cell=cell, outcome="passed")
+        store.record_result(run_id, cell=cell, outcome="failed", message="too slow")
+        print(run_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), *sys.path])}
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert completed.returncode == -9, completed.stderr
+    killed = completed.stdout.strip()
+    with Store.from_location(store_location) as store:
+        alive = store.start_run(host=HOST)  # this process's own run: still going
+        assert store.get_run(killed).status == "running"
+        assert store.close_abandoned_runs() == [killed]
+        run = store.get_run(killed)
+        assert run.status == "incomplete"
+        assert run.counts == {"passed": 1, "failed": 1}
+        assert run.finished_at == store.results(killed)[-1].recorded_at
+        assert store.get_run(alive).status == "running"
+        assert store.close_abandoned_runs() == []
+
+
 def test_copy_refuses_its_own_database_and_a_baseline_that_would_move(
     db_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -878,7 +940,7 @@ def test_git_info_reports_commit_branch_and_dirtiness(bounded_git: Path) -> None
 
 def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -> None:
     """Through every migration since: layers and trace (2), stack and telemetry (3), durations,
-    indexes and shard plans (4)."""
+    indexes and shard plans (4), run owners, CPU models and packed samples (5)."""
     from pytest_mlscope.protocol import LayerRow, TraceInfo
 
     with Store.from_location(db_path) as store:
@@ -894,6 +956,12 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         for index in ("ix_results_item_id", "ix_results_model", "ix_runs_started_at"):
             connection.execute(f"DROP INDEX {index}")
         connection.execute("DROP TABLE shard_plans")
+        connection.execute("ALTER TABLE runs DROP COLUMN owner")
+        connection.execute("ALTER TABLE runs DROP COLUMN cpu_model")
+        # Before schema 5 raw samples were JSON text.
+        connection.execute(
+            "UPDATE results SET samples_ns = ?", (json.dumps(make_result().samples_ns),)
+        )
         connection.execute("UPDATE schema_version SET version = 1")
     traced = make_result().model_copy(
         update={
@@ -927,3 +995,4 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         store.record_result(new_run, cell=CELL, outcome="passed", duration_s=2.5)
         assert store.item_durations([CELL.id]) == {CELL.id: 2.5}
         assert store.shard_plan("g", 2, "d", lambda: {"x": 1}) == ({"x": 1}, True)
+        assert [point.cpu_model for point in store.item_history(CELL.id)] == ["x", "x"]
