@@ -36,6 +36,15 @@ NAME_PATTERN = r"^[a-z0-9_]+$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_DEPTH = 32
+# Values after anchors and aliases are expanded: a few hundred in a real manifest, while a
+# kilobyte of nested aliases ("billion laughs") expands to 10**9.
+MAX_VALUES = 100_000
+# Plain YAML only: a tag such as !!python/object/apply would be ignored by the safe loader's
+# structure anyway, but a manifest that carries one is not what its author thinks it is.
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{kind}"
+    for kind in ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")
+)
 
 Device = Literal["cpu", "gpu"]
 Scenario = Literal["single_stream", "offline"]
@@ -394,6 +403,7 @@ class _Composer:
         self.source = source
         self.constructor = yaml.constructor.SafeConstructor()
         self.problems: list[str] = []
+        self.values = 0
 
     def problem(self, line: int, key: tuple[str | int, ...], message: str) -> None:
         self.problems.append(
@@ -405,15 +415,34 @@ class _Composer:
         if depth > MAX_DEPTH:
             self.problem(node.start_mark.line + 1, key, f"nested deeper than {MAX_DEPTH} levels")
             return None
+        self.values += 1
+        if self.values > MAX_VALUES:
+            if self.values == MAX_VALUES + 1:
+                self.problem(
+                    node.start_mark.line + 1,
+                    key,
+                    f"expected at most {MAX_VALUES} values with aliases expanded; "
+                    "the document holds more",
+                )
+            return None
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.problem(
+                node.start_mark.line + 1,
+                key,
+                f"expected plain YAML values, got the tag {tag} "
+                "(a manifest is data: nothing in it is constructed or run)",
+            )
+            return None
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 line = key_node.start_mark.line + 1
-                if not isinstance(key_node, yaml.ScalarNode):
-                    self.problem(line, key, "expected scalar keys")
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_TAGS:
+                    self.problem(line, key, "expected plain scalar keys")
                     continue
-                name = self.constructor.construct_object(key_node)
+                name = self._scalar(key_node, key)
                 if not isinstance(name, str):
                     name = str(name)
                 if name in seen:
@@ -427,7 +456,15 @@ class _Composer:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*key, i), depth + 1) for i, item in enumerate(node.value)]
-        return self.constructor.construct_object(node)
+        return self._scalar(node, key)
+
+    def _scalar(self, node: yaml.Node, key: tuple[str | int, ...]) -> Any:
+        try:
+            return self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:  # a date like 2024-13-45
+            what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            self.problem(node.start_mark.line + 1, key, f"expected a valid value: {what}")
+            return None
 
 
 def _parse(path: Path, text: str, source: ManifestSource) -> tuple[Any, list[str]]:
@@ -442,8 +479,22 @@ def _parse(path: Path, text: str, source: ManifestSource) -> tuple[Any, list[str
         line = mark.line + 1 if mark else 1
         what = exc.problem or str(exc)
         return None, [f"manifest {source.display}:{line}: (document): invalid YAML: {what}"]
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        return None, [
+            f"manifest {source.display}:{line}: (document): invalid YAML: expected printable "
+            f"characters, got {exc.character!r}"
+            if isinstance(exc.character, str)
+            else f"manifest {source.display}:{line}: (document): invalid YAML: {exc.reason}"
+        ]
     except yaml.YAMLError as exc:
-        return None, [f"manifest {source.display}:1: (document): invalid YAML: {exc}"]
+        what = " ".join(str(exc).split())
+        return None, [f"manifest {source.display}:1: (document): invalid YAML: {what}"]
+    except RecursionError:  # PyYAML composes nested collections recursively
+        return None, [
+            f"manifest {source.display}:1: (document): expected at most {MAX_DEPTH} levels of "
+            "nesting, got too many for the YAML parser"
+        ]
     if node is None:
         return None, [
             f"manifest {source.display}:1: (document): expected a mapping, got an empty file"
@@ -683,7 +734,7 @@ def load_manifest(path: str | Path, *, require_files: bool = True) -> Manifest:
             [f"manifest {source.display}:1: (document): expected UTF-8 text: {exc}"]
         ) from None
     data, problems = _parse(path, text, source)
-    if data is None or problems:
+    if problems:
         raise ManifestError(problems)
     if not isinstance(data, dict):
         raise ManifestError(

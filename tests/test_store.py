@@ -808,8 +808,9 @@ def test_a_bulk_import_adds_whole_runs_in_batches_and_passes_over_those_present(
             run_id = source.start_run(host=HOST)
             for size in range(index % 3 + 1):
                 samples = [1_000_000 + index, 2_000_000 + size, 2**40]  # past 32 bits as well
-                source.record_result(run_id, cell=CELL.model_copy(update={"batch_size": size + 1}),
-                                     outcome="passed", result=make_result(samples_ns=samples))  # fmt: skip
+                cell = CELL.model_copy(update={"batch_size": size + 1})
+                result = make_result(cell, samples_ns=samples)
+                source.record_result(run_id, cell=cell, outcome="passed", result=result)
             source.finish_run(run_id)
             run_ids.append(run_id)
         exported = [source.export_run(run_id) for run_id in run_ids]
