@@ -157,7 +157,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "mlscope_docker_memory",
-        "memory limit of docker runtime containers, e.g. 8g (default: half the host's memory)",
+        "memory limit of docker runtime containers, e.g. 8g (default: mlscope_worker_memory)",
+        default="",
+    )
+    parser.addini(
+        "mlscope_worker_memory",
+        "memory limit of each worker, e.g. 8g; past it the worker is killed and its item fails "
+        "(default: half the host's memory)",
         default="",
     )
     parser.addini("mlscope_db", "results database (path or SQLAlchemy URL)", default="")
@@ -192,6 +198,19 @@ def _trace_ini(config: pytest.Config) -> str:
             f"mlscope_trace: expected one of {', '.join(TRACE_LEVELS)}, got {value!r}"
         )
     return value
+
+
+def _memory_ini(config: pytest.Config, name: str) -> str | None:
+    from pytest_mlscope.errors import MlscopeError
+    from pytest_mlscope.runtimes.base import memory_bytes
+
+    value = str(config.getini(name) or "").strip()
+    if value:
+        try:
+            memory_bytes(value)
+        except MlscopeError as exc:
+            raise pytest.UsageError(f"{name}: {exc}") from None
+    return value or None
 
 
 def _report_path(option: str | None, ini: str, rootdir: Path) -> Path | None:
@@ -278,7 +297,8 @@ def pytest_configure(config: pytest.Config) -> None:
         fail_on_regression=not config.getoption("mlscope_no_fail"),
         inject_slowdown=config.getoption("mlscope_inject_slowdown"),
         trace_level=config.getoption("mlscope_trace"),
-        docker_memory=config.getini("mlscope_docker_memory") or None,
+        worker_memory=_memory_ini(config, "mlscope_worker_memory"),
+        docker_memory=_memory_ini(config, "mlscope_docker_memory"),
         default_trace_level=_trace_ini(config),
         html=_report_path(config.getoption("mlscope_html"), config.getini("mlscope_html"), rootdir),
         markdown=_report_path(config.getoption("mlscope_md"), "none", rootdir),

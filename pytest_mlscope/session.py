@@ -57,7 +57,8 @@ class Settings:
     interleave: bool = False  # time items in alternating rounds with their baseline
     trace_level: str | None = None  # overrides every manifest's performance.trace
     default_trace_level: str = "none"  # ini mlscope_trace
-    docker_memory: str | None = None  # the docker runtime's memory limit (default: half the host)
+    worker_memory: str | None = None  # each worker's memory limit (default: half the host)
+    docker_memory: str | None = None  # the docker runtime's (default: worker_memory)
     html: Path | None = None  # the HTML report written at the end of the session
     markdown: Path | None = None  # the markdown summary written at the end of the session
     shard: Shard | None = None  # run only this part of the suite
@@ -218,6 +219,7 @@ class MlscopeSession:
                     str(self.settings.rootdir),
                     *self.settings.python_path,
                 ],
+                memory=self.settings.worker_memory,
             )
         return self._runtimes[key]
 
@@ -226,7 +228,9 @@ class MlscopeSession:
 
         if kind not in self._runtimes:
             python_path = [str(self.settings.rootdir), *self.settings.python_path]
-            self._runtimes[kind] = make_runtime(kind, self.work_dir / "workers", python_path)
+            self._runtimes[kind] = make_runtime(
+                kind, self.work_dir / "workers", python_path, memory=self.settings.worker_memory
+            )
         return self._runtimes[kind]
 
     def image(self, cell: Cell) -> str:
@@ -255,7 +259,7 @@ class MlscopeSession:
                 writable=[self.work_dir, self.trace_dir],
                 python_path=[str(self.settings.rootdir), *self.settings.python_path],
                 gpu=cell.device == "gpu",
-                memory=self.settings.docker_memory,
+                memory=self.settings.docker_memory or self.settings.worker_memory,
             )
         return self._runtimes[key]
 

@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -370,7 +371,28 @@ def serve(stdin: IO[str], out: IO[str]) -> None:
         out.flush()
 
 
+PARENT_POLL_S = 1.0
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Exit when the process that started us is gone (``kill -9`` of pytest, a lost CI job).
+
+    A worker busy in a prediction, or stuck in one, never reads the EOF on its stdin; without
+    this it would run on as an orphan, holding memory and CPU the next session measures with.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="mlscope-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
+    parent = os.environ.get("MLSCOPE_PARENT_PID", "")
+    if parent.isdigit():
+        watch_parent(int(parent))
     parser = argparse.ArgumentParser(prog="python -m pytest_mlscope.worker")
     parser.add_argument("--request", help="evaluate one request from this JSON file")
     parser.add_argument("--reply", help="write the reply here (default: stdout)")

@@ -270,15 +270,41 @@ class HangPredictor(OnnxRuntimePredictor):
         if len(next(iter(prepared.values()))) == 8:
             time.sleep(600)
         return super().predict(prepared)
+
+
+class SegfaultPredictor(OnnxRuntimePredictor):
+    name = "segfaults"
+
+    def predict(self, prepared):
+        if len(next(iter(prepared.values()))) == 8:
+            import ctypes
+
+            ctypes.string_at(0)  # a read of address 0: SIGSEGV, as a buggy native kernel does
+        return super().predict(prepared)
+
+
+class HogPredictor(OnnxRuntimePredictor):
+    name = "hogs"
+
+    def predict(self, prepared):
+        if len(next(iter(prepared.values()))) == 8:
+            import numpy
+
+            hoard = []
+            for _ in range(120):  # up to 6 GB, 50 MB at a time, every page touched
+                hoard.append(numpy.ones(50 * 2**20 // 8))
+                time.sleep(0.02)
+        return super().predict(prepared)
 """
 
 
-def _faulty_suite(pytester: pytest.Pytester, framework: str) -> None:
+def _faulty_suite(pytester: pytest.Pytester, framework: str, extra_ini: str = "") -> None:
     manifests = _digits_only(pytester.path)
     pytester.makepyfile(faulty=FAULTY)
     pytester.makeini(
         "[pytest]\nmlscope_predictors =\n"
         "    crashy = faulty:CrashPredictor\n    hangs = faulty:HangPredictor\n"
+        "    segfaults = faulty:SegfaultPredictor\n    hogs = faulty:HogPredictor\n" + extra_ini
     )
     path = manifests / "digits_cnn.yaml"
     text = path.read_text().replace(
@@ -332,6 +358,59 @@ def test_a_hung_worker_is_killed_at_the_timeout_and_the_next_item_passes(
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*WorkerTimeout: worker (pid *) gave no answer to*within 20 s*"])
+
+
+def test_a_segfaulting_worker_fails_its_item_with_the_python_stack_and_the_rest_are_stored(
+    pytester: pytest.Pytester,
+) -> None:
+    _faulty_suite(pytester, "segfaults")
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-k", "single_stream")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*WorkerCrashed: worker (pid *) died during digits_cnn?segfaults-cpu-bs8-single_stream?"
+            ": killed by SIGSEGV*",
+            "*Fatal Python error: Segmentation fault*",
+            "*in predict*",  # faulthandler's stack: the predictor's frame
+        ]
+    )
+    with _db(pytester) as store:
+        (run,) = store.runs()
+        outcomes = {r.cell.id: r.outcome for r in store.results(run.id)}
+    assert run.status == "complete"
+    assert outcomes == {
+        "digits_cnn[segfaults-cpu-bs1-single_stream]": "passed",
+        "digits_cnn[segfaults-cpu-bs8-single_stream]": "failed",
+        "digits_cnn[onnxruntime-cpu-bs1-single_stream]": "passed",
+        "digits_cnn[onnxruntime-cpu-bs8-single_stream]": "passed",
+    }
+
+
+def test_a_worker_past_its_memory_limit_is_killed_and_only_its_item_fails(
+    pytester: pytest.Pytester,
+) -> None:
+    _faulty_suite(pytester, "hogs", extra_ini="mlscope_worker_memory = 1g\n")
+    result = _run(pytester, "--mlscope-manifests", "manifests", "-k", "single_stream")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*WorkerCrashed: worker (pid *) was killed during digits_cnn?hogs-cpu-bs8-single_stream"
+            "? for exceeding its memory limit of 1g (resident * MiB; ini mlscope_worker_memory)*",
+        ]
+    )
+    with _db(pytester) as store:
+        (run,) = store.runs()
+        outcomes = [r.outcome for r in store.results(run.id)]
+    assert sorted(outcomes) == ["failed", "passed", "passed", "passed"]
+
+
+def test_a_bad_worker_memory_setting_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    _faulty_suite(pytester, "hogs", extra_ini="mlscope_worker_memory = lots\n")
+    result = _run(pytester, "--mlscope-manifests", "manifests")
+    result.stderr.fnmatch_lines(
+        ["*mlscope_worker_memory: expected a memory size such as 512m or 8g, got 'lots'*"]
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_hand_written_tests_evaluate_through_the_fixture(pytester: pytest.Pytester) -> None:

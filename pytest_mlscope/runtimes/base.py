@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -34,7 +35,27 @@ def unwrap(reply: WorkerReply) -> EvaluationResult:
     raise EvaluationFailed(reply.error or "the worker replied without a result")
 
 
-def make_runtime(kind: str, work_dir: Path, python_path: list[str]) -> Runtime:
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def memory_bytes(text: str) -> int:
+    """A memory size as Docker writes it (``150m``, ``8g``, ``1.5g``, ``4096`` bytes)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*", text.lower())
+    if not match or float(match[1]) <= 0:
+        raise MlscopeError(f"expected a memory size such as 512m or 8g, got {text!r}")
+    return int(float(match[1]) * _UNITS[match[2]])
+
+
+def default_memory() -> str:
+    """Half of this machine's memory: a runaway model fails its item, not the host."""
+    import psutil
+
+    return f"{psutil.virtual_memory().total // 2 // 2**20}m"
+
+
+def make_runtime(
+    kind: str, work_dir: Path, python_path: list[str], memory: str | None = None
+) -> Runtime:
     if kind == "inprocess":
         from pytest_mlscope.runtimes.inprocess import InProcessRuntime
 
@@ -42,5 +63,5 @@ def make_runtime(kind: str, work_dir: Path, python_path: list[str]) -> Runtime:
     if kind == "subprocess":
         from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
-        return SubprocessRuntime(work_dir=work_dir, python_path=python_path)
+        return SubprocessRuntime(work_dir=work_dir, python_path=python_path, memory=memory)
     raise MlscopeError(f"unknown runtime {kind!r}; expected one of {', '.join(RUNTIMES)}")

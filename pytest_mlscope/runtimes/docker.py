@@ -29,7 +29,7 @@ from typing import Any
 from pytest_mlscope.containers import LABEL, ContainerError, client
 from pytest_mlscope.errors import StackUnavailable, WorkerCrashed, WorkerTimeout
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
-from pytest_mlscope.runtimes.base import Runtime, unwrap
+from pytest_mlscope.runtimes.base import Runtime, default_memory, unwrap
 from pytest_mlscope.runtimes.subprocess import exit_description
 
 START_TIMEOUT_S = 120.0
@@ -37,13 +37,6 @@ STDERR_TAIL_LINES = 30
 IMAGE_USER = "10001:10001"  # the unprivileged user every stack image defines
 IMAGE_SOURCE = "/opt/mlscope/src"  # where images keep pytest_mlscope, first on the path
 OWNER_LABEL = f"{LABEL}.owner"  # "<hostname>:<pid>" of the process that started the container
-
-
-def default_memory() -> str:
-    """Half of this machine's memory: a runaway model fails its item, not the host."""
-    import psutil
-
-    return f"{psutil.virtual_memory().total // 2 // 2**20}m"
 
 
 class _Attached:

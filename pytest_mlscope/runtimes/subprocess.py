@@ -1,7 +1,7 @@
 """The subprocess runtime: one worker process per software stack, reused across items.
 
-A worker that dies or hangs fails only the item it was on: the error carries the exit status and
-the tail of the worker's stderr, and the next item starts a fresh worker.
+A worker that dies, hangs or outgrows its memory limit fails only the item it was on: the error
+carries the cause and the tail of the worker's stderr, and the next item starts a fresh worker.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from pathlib import Path
 
 from pytest_mlscope.errors import WorkerCrashed, WorkerTimeout
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
-from pytest_mlscope.runtimes.base import Runtime, unwrap
+from pytest_mlscope.runtimes.base import Runtime, default_memory, memory_bytes, unwrap
 
 STDERR_TAIL_LINES = 30
 START_TIMEOUT_S = 120.0
+# How often the worker's memory is looked at while an answer is awaited. A reading is ~50 µs of
+# host CPU; twice a second keeps that far below anything the timing pass could see.
+MEMORY_POLL_S = 0.5
 
 
 def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
@@ -32,12 +35,31 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _resident_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants; 0 once it is gone."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        tree = [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for member in tree:
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
+
+
 def exit_description(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
         try:
-            return f"killed by {signal.Signals(-code).name}"
+            name = signal.Signals(-code).name
+            if name == "SIGKILL":  # nobody here sent it: the kernel's OOM killer, or a person
+                return "killed by SIGKILL (out of memory, or killed from outside)"
+            return f"killed by {name}"
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit status {code}"
@@ -53,11 +75,16 @@ class SubprocessRuntime(Runtime):
         python: str = sys.executable,
         python_path: list[str] | None = None,
         env: dict[str, str] | None = None,
+        memory: str | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
         self.python = python
         self.python_path = python_path or []
         self.env = env or {}
+        # The worker and what it starts, by resident memory: past the limit the worker is killed
+        # and its item fails saying so, before the kernel's OOM killer picks a victim at random.
+        self.memory = memory or default_memory()
+        self.memory_limit = memory_bytes(self.memory)
         self.process: subprocess.Popen[str] | None = None
         self.stderr_path: Path | None = None
         self.started = 0
@@ -68,7 +95,11 @@ class SubprocessRuntime(Runtime):
     def _start(self) -> subprocess.Popen[str]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = self.work_dir / f"worker-{os.getpid()}-{next(self._counter)}.stderr"
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        # faulthandler: a segfault in a framework leaves the Python stack in the stderr tail.
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+        # A worker outlives a pytest killed with -9 only as long as its current item: it watches
+        # for its parent to go (see worker.watch_parent), even mid-prediction.
+        env["MLSCOPE_PARENT_PID"] = str(os.getpid())
         if self.python_path:
             env["PYTHONPATH"] = os.pathsep.join(
                 [*self.python_path, *filter(None, [env.get("PYTHONPATH")])]
@@ -98,13 +129,27 @@ class SubprocessRuntime(Runtime):
         deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not selector.select(remaining):
-                self._kill()
-                raise WorkerTimeout(
-                    f"worker (pid {process.pid}) gave no answer to {what} within {timeout:g} s "
-                    f"and was killed; its stderr ends with:\n{_tail(self.stderr_path)}"  # type: ignore[arg-type]
-                )
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                wait = MEMORY_POLL_S if remaining is None else min(MEMORY_POLL_S, remaining)
+                if selector.select(wait):
+                    break
+                used = _resident_bytes(process.pid)
+                if used > self.memory_limit:
+                    self._kill()
+                    raise WorkerCrashed(
+                        f"worker (pid {process.pid}) was killed during {what} for exceeding its "
+                        f"memory limit of {self.memory} (resident {used / 2**20:.0f} MiB; "
+                        f"ini mlscope_worker_memory); its stderr ends with:\n"
+                        f"{_tail(self.stderr_path) or '(empty)'}"  # type: ignore[arg-type]
+                    )
+                if remaining is not None and remaining <= wait:
+                    self._kill()
+                    raise WorkerTimeout(
+                        f"worker (pid {process.pid}) gave no answer to {what} within "
+                        f"{timeout:g} s and was killed; its stderr ends with:\n"
+                        f"{_tail(self.stderr_path)}"  # type: ignore[arg-type]
+                    )
         line = process.stdout.readline()
         if not line:
             code = process.wait(timeout=10)
