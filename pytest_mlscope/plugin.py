@@ -254,6 +254,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not config.getoption("mlscope"):
         return
+    from pytest_mlscope import xdist
     from pytest_mlscope.session import MlscopeSession, Settings
 
     rootdir = Path(config.rootpath)
@@ -309,8 +310,11 @@ def pytest_configure(config: pytest.Config) -> None:
             if config.getoption("mlscope_interleave") is not None
             else config.getini("mlscope_interleave")
         ),
+        **xdist.worker_settings(config),
     )
     session = MlscopeSession(settings)
+    if xdist.is_controller(config):
+        config.pluginmanager.register(xdist.Controller(session), "mlscope-xdist")
     if settings.shard is not None:
         config.pluginmanager.register(_Sharding(session), "mlscope-shard")
     if settings.baseline_required or settings.save_baseline:
@@ -398,7 +402,8 @@ class MlscopeItem(pytest.Item):
             from pytest_mlscope.errors import StackUnavailable
 
             raise StackUnavailable(f"{self.blocked} (CI=true: fails instead of skipping)")
-        result, verdict = session.evaluate_and_compare(self.manifest, self.cell)
+        with session.timing_turn():
+            result, verdict = session.evaluate_and_compare(self.manifest, self.cell)
         self.stash[RESULT_KEY] = result
         if verdict is not None:
             self.stash[VERDICT_KEY] = verdict
@@ -526,6 +531,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.stash.get(VERDICT_KEY, None),
         duration_s=report.duration if report.when == "call" else None,
     )
+    if session.settings.shared_run:  # a pytest-xdist worker: the controller prints the summary
+        from pytest_mlscope.xdist import RECORD_ATTRIBUTE, record_to_json
+
+        setattr(report, RECORD_ATTRIBUTE, record_to_json(session, session.records[-1]))
     return report
 
 

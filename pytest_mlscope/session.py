@@ -7,9 +7,11 @@ item ends, so a crash later in the session never loses it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +65,10 @@ class Settings:
     markdown: Path | None = None  # the markdown summary written at the end of the session
     shard: Shard | None = None  # run only this part of the suite
     shard_group: str | None = None  # the runners that split one suite
+    # Under pytest-xdist: the run the controller opened, which this worker records into (the
+    # controller closes it and writes the reports), and the lock that serializes timing.
+    shared_run: str | None = None
+    timing_lock: Path | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -127,6 +133,8 @@ class MlscopeSession:
         self.shard: tuple[str, str | None] | None = None  # (K/N, group) once items were split
         self.shard_note: str | None = None
         self.report_lines: list[str] = []  # where the reports went, or why they did not
+        self.lock_wait_s = 0.0  # the last item's wait for the timing lock (pytest-xdist)
+        self.xdist_workers = 0  # on the controller of a pytest-xdist session: its workers
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
         self._image_reasons: dict[str, tuple[str | None, bool]] = {}
@@ -731,6 +739,25 @@ class MlscopeSession:
         ]
         return between_run_noise(medians)
 
+    @contextlib.contextmanager
+    def timing_turn(self) -> Iterator[None]:
+        """Hold the session's timing lock, when it has one (pytest-xdist workers share it), for
+        as long as an item is measured: parallel items would take each other's cores and
+        memory bandwidth, and measure that. The wait is not the item's time, and is counted."""
+        if self.settings.timing_lock is None:
+            yield
+            return
+        import fcntl
+
+        started = time.monotonic()
+        with open(self.settings.timing_lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.lock_wait_s = time.monotonic() - started
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def evaluate_and_compare(
         self, manifest: Manifest, cell: Cell, **overrides: float
     ) -> tuple[EvaluationResult, Verdict | None]:
@@ -777,6 +804,8 @@ class MlscopeSession:
     @property
     def run_id(self) -> str:
         """The run, started in the store when the first result arrives."""
+        if self._run_id is None and self.settings.shared_run:
+            self._run_id = self.settings.shared_run
         if self._run_id is None:
             from pytest_mlscope.store import INJECTED_TAG, git_info
 
@@ -830,7 +859,7 @@ class MlscopeSession:
         self._runtimes.clear()
         self._prune_work_dirs()
         if self._store is not None:
-            if self._run_id is not None:
+            if self._run_id is not None and not self.settings.shared_run:
                 facts = {"containers": containers} if containers else None
                 self._store.finish_run(self._run_id, status, host_facts=facts)
                 name = self.settings.save_baseline

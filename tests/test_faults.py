@@ -8,6 +8,8 @@ as incomplete by the next session; Ctrl-C stops the workers and stores what fini
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import psutil
 import pytest
 from test_plugin import QUICK, _faulty_suite, _run
 
+from conftest import copy_manifest
 from pytest_mlscope.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,3 +139,34 @@ def test_ctrl_c_stops_the_workers_and_stores_what_finished(pytester: pytest.Pyte
         run = store.get_run(run_id)
     assert run.status == "incomplete"
     assert run.counts == {"passed": 1}
+
+
+def test_four_xdist_workers_store_every_result_in_one_run_and_take_turns_timing(
+    pytester: pytest.Pytester,
+) -> None:
+    manifests = pytester.path / "manifests"
+    manifests.mkdir()
+    for name in ("digits_cnn", "alexnet"):
+        copy_manifest(name, manifests)
+    shutil.copytree(REPO / "manifests" / "goldens", manifests / "goldens")
+    result = pytester.runpytest_subprocess(
+        "--mlscope", "--mlscope-manifests", "manifests", "-p", "no:cacheprovider", *QUICK,
+        "-n", "4",
+    )  # fmt: skip
+    output = result.stdout.str()
+    assert "database is locked" not in output and "Traceback" not in output
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(["4 workers [[]12 items[]]"])
+    waited = re.search(r"4 pytest-xdist workers, one run: items were timed one at a time across "
+                       r"workers \(a lock, ([\d.]+) s waited in all\)", output)  # fmt: skip
+    assert waited and float(waited[1]) > 0, output
+    # The controller's summary has every item, as a session without xdist would.
+    for model in ("digits_cnn", "alexnet"):
+        for framework in ("torch", "onnxruntime"):
+            assert f"{model}[{framework}-cpu-bs1-single_stream]" in output
+    with Store.from_location(pytester.path / ".mlscope" / "results.db", create=False) as store:
+        (run,) = store.runs()
+        results = store.results(run.id)
+    assert run.status == "complete" and run.counts == {"passed": 12}
+    assert len({r.cell.id for r in results}) == 12
+    assert all(r.summary is not None and r.samples_ns for r in results)

@@ -219,6 +219,12 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
         yield session.shard_note
     if session.started:
         yield f"run {session.run_id} stored in {session.store.url}"
+    if session.xdist_workers:
+        yield (
+            f"{session.xdist_workers} pytest-xdist workers, one run: items were timed one at a "
+            f"time across workers (a lock, {session.lock_wait_s:.1f} s waited in all) so "
+            "parallel items did not distort each other's timings"
+        )
     yield from session.report_lines
     if session.saved_baseline:
         yield f"baseline {session.saved_baseline!r} now points to run {session.run_id}"
