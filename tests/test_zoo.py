@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pytest_mlscope.data import prepare
-from pytest_mlscope.errors import ArtifactError
+from pytest_mlscope.errors import ArtifactError, ManifestError
 from pytest_mlscope.manifest import Manifest, load_manifest
 from pytest_mlscope.predictors import predictor_class
 from pytest_mlscope.protocol import ArtifactRef
@@ -308,3 +308,44 @@ def test_the_digits_model_reaches_its_top1_target_in_torch(
     top1 = float(np.mean(digits_outputs["torch"].argmax(axis=1) == labels))
 
     assert top1 >= 0.97
+
+
+class _Payload:
+    """What a hostile state dict carries: an object whose unpickling runs a command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickled_payload_in_a_state_dict_is_refused_not_run(
+    tmp_path: Path, digits_artifacts: dict[str, ArtifactRef]
+) -> None:
+    import torch
+
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "model.pt"
+    torch.save({"weight": _Payload(marker)}, hostile)
+    # Its checksum is "right": what protects us here is weights_only, not the hash.
+    genuine = digits_artifacts["torch_state_dict"]
+    artifact = genuine.model_copy(update={"path": str(hostile), "sha256": sha256_file(hostile)})
+    predictor = predictor_class("torch")()
+    with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
+        predictor.load(artifact)
+    assert not marker.exists()
+
+
+def test_a_python_tag_in_a_manifest_is_refused_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    text = (Path(__file__).parent.parent / "manifests" / "digits_cnn.yaml").read_text()
+    path = tmp_path / "digits_cnn.yaml"
+    path.write_text(
+        text.replace("seed: 0}", f'seed: !!python/object/apply:os.system ["touch {marker}"]}}')
+    )
+    with pytest.raises(ManifestError, match="got the tag !!python/object/apply"):
+        load_manifest(path)
+    assert not marker.exists()
