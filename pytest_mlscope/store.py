@@ -445,6 +445,16 @@ def _owner_alive(owner: str) -> bool:
         return False
 
 
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Text every backend stores: PostgreSQL refuses NUL characters outright, and values past
+    a column's length (SQLite would keep them; the item id, in full, is in a text column)."""
+    if value is None:
+        return None
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    return value[:limit] if limit is not None else value
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -658,15 +668,16 @@ class Store:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         values: dict[str, Any] = {
             "run_id": run_id,
-            "item_id": cell.id,
-            "model": cell.model,
-            "framework": cell.framework,
+            "item_id": _text(cell.id),
+            "model": _text(cell.model, 255),
+            "framework": _text(cell.framework, 255),
             "device": cell.device,
             "batch_size": cell.batch_size,
             "scenario": cell.scenario,
-            "stack": cell.stack,
+            "stack": _text(cell.stack, 255),
             "outcome": outcome,
-            "message": message,
+            # A crashed worker's stderr tail can hold any bytes a framework printed.
+            "message": _text(message),
             "framework_version": None,
             "artifact_sha256": None,
             "summary": None,

@@ -997,3 +997,55 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         assert store.item_durations([CELL.id]) == {CELL.id: 2.5}
         assert store.shard_plan("g", 2, "d", lambda: {"x": 1}) == ({"x": 1}, True)
         assert [point.cpu_model for point in store.item_history(CELL.id)] == ["x", "x"]
+
+
+HOSTILE_NAMES = [
+    "<script>alert(1)</script>",
+    "x'); DROP TABLE runs; --",
+    'quote"s and \\backslashes\\ and %s %(name)s ?',
+    "модель_模型_🚀_e\u0301",
+    "m" * 5000,
+    "\x1b[2J\x1b[31mred\x1b[0m",
+    "nul\x00byte",
+]
+
+
+def test_hostile_names_and_messages_are_stored_read_back_and_shown_safely(store: Store) -> None:
+    from pytest_mlscope.report import data as report_data
+    from pytest_mlscope.report import html, markdown
+
+    run_id = store.start_run(host=HOST)
+    cells = [Cell(model=name, framework="onnxruntime") for name in HOSTILE_NAMES]
+    for cell in cells:
+        store.record_result(run_id, cell=cell, outcome="failed", result=make_result(cell),
+                            message=f"stderr tail: {cell.model}")  # fmt: skip
+    store.finish_run(run_id)
+    stored = store.results(run_id)
+    stored_as = [name.replace("\x00", "\ufffd") for name in HOSTILE_NAMES]  # NUL: not text
+    assert [r.cell.model for r in stored] == [name[:255] for name in stored_as]  # the column
+    assert [r.item_id for r in stored] == [cell.id.replace("\x00", "\ufffd") for cell in cells]
+    assert [r.message for r in stored] == [f"stderr tail: {name}" for name in stored_as]
+    assert store.get_run(run_id).counts == {"failed": len(HOSTILE_NAMES)}  # no table dropped
+    for result in stored:
+        (point,) = store.item_history(result.item_id)
+        assert point.run_id == run_id
+
+    data = report_data.load(store, run_id)
+    page = html.render(data)
+    assert (
+        "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    )
+    assert "DROP TABLE runs" in page and "\x1b" not in page
+    text = markdown.render(data)
+    # Names as inline code (shown verbatim), messages escaped; escape sequences written out.
+    assert "`<script>alert(1)</script>[onnxruntime" in text
+    assert "stderr tail: &lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "\x1b" not in text and "\\x1b[2J" in text
+
+
+def test_the_terminal_table_shows_control_characters_escaped() -> None:
+    from pytest_mlscope.report.terminal import table
+
+    shown = table(["item"], [["\x1b[2Jred\x00\n"]])
+    assert "\x1b" not in shown and "\x00" not in shown
+    assert "\\x1b[2Jred\\x00\\n" in shown

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlscope.report.terminal import ms, number
+from pytest_mlscope.report.terminal import ms, number, printable
 
 if TYPE_CHECKING:
     from pytest_mlscope.report.data import AcrossSystems, Item, ReportData
@@ -59,6 +59,9 @@ def _environment() -> Any:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        # Control characters in a name from a shared database are shown as escapes, as in the
+        # terminal, not passed to the page invisible.
+        finalize=lambda value: printable(value) if isinstance(value, str) else value,
     )
     environment.filters["ms"] = ms
     environment.filters["number"] = number

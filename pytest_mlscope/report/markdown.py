@@ -11,6 +11,8 @@ import html
 import re
 from typing import TYPE_CHECKING
 
+from pytest_mlscope.report.terminal import printable
+
 if TYPE_CHECKING:
     from pytest_mlscope.report.data import ReportData
 
@@ -22,13 +24,13 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
 def escape(text: str) -> str:
     """Text that shows as itself in a markdown table cell, whatever it contains."""
-    flat = " ".join(str(text).split())
+    flat = printable(" ".join(str(text).split()))
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def _code(text: str) -> str:
     """Inline code, which markdown shows verbatim; only a backtick could end it early."""
-    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
+    return "`" + printable(" ".join(str(text).split())).replace("`", "'") + "`"
 
 
 def render(data: ReportData, *, html_path: str | None = None) -> str:

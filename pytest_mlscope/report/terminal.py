@@ -7,6 +7,7 @@ and in ``mlscope show``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +38,27 @@ def ms(seconds: float | None) -> str:
     return number(None if seconds is None else seconds * 1e3)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ESC, NUL, newlines, …) written as escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def table(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
     right: Collection[int] = (),
     rule: bool = True,
 ) -> str:
-    """Columns padded to their widest cell; columns in ``right`` (numbers) right-aligned."""
+    """Columns padded to their widest cell; columns in ``right`` (numbers) right-aligned.
+
+    Control characters are shown escaped: names come from a database others write to, and an
+    escape sequence in one must not repaint the reader's terminal.
+    """
+    header = [printable(title) for title in header]
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(title) for title in header]
     for row in rows:
         for i, cell in enumerate(row):
