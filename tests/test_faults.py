@@ -14,10 +14,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from _services import postgres_database
 from test_plugin import QUICK, _faulty_suite, _run
 
 from conftest import copy_manifest
@@ -141,8 +143,17 @@ def test_ctrl_c_stops_the_workers_and_stores_what_finished(pytester: pytest.Pyte
     assert run.counts == {"passed": 1}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, pytester: pytest.Pytester) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(pytester.path / ".mlscope" / "results.db")
+        return
+    with postgres_database() as url:
+        yield url
+
+
 def test_four_xdist_workers_store_every_result_in_one_run_and_take_turns_timing(
-    pytester: pytest.Pytester,
+    pytester: pytest.Pytester, database: str
 ) -> None:
     manifests = pytester.path / "manifests"
     manifests.mkdir()
@@ -151,7 +162,7 @@ def test_four_xdist_workers_store_every_result_in_one_run_and_take_turns_timing(
     shutil.copytree(REPO / "manifests" / "goldens", manifests / "goldens")
     result = pytester.runpytest_subprocess(
         "--mlscope", "--mlscope-manifests", "manifests", "-p", "no:cacheprovider", *QUICK,
-        "-n", "4",
+        "-n", "4", f"--mlscope-db={database}",
     )  # fmt: skip
     output = result.stdout.str()
     assert "database is locked" not in output and "Traceback" not in output
@@ -164,7 +175,7 @@ def test_four_xdist_workers_store_every_result_in_one_run_and_take_turns_timing(
     for model in ("digits_cnn", "alexnet"):
         for framework in ("torch", "onnxruntime"):
             assert f"{model}[{framework}-cpu-bs1-single_stream]" in output
-    with Store.from_location(pytester.path / ".mlscope" / "results.db", create=False) as store:
+    with Store.from_location(database, create=False) as store:
         (run,) = store.runs()
         results = store.results(run.id)
     assert run.status == "complete" and run.counts == {"passed": 12}
