@@ -5,8 +5,8 @@
    samples (``--samples`` per result), accuracy, cold start, predictor and a verdict. Reported:
    the wall time of the 10 000 ``record_result`` calls (runs are started and finished around
    them, outside the clock, as a session does) and the rate. Then the same 10 000 results
-   inserted in bulk, as ``mlscope copy`` moves history into another database: one transaction
-   per run (``Store.import_run``), into ``--copy-to`` (default: a new SQLite file).
+   inserted in bulk, as ``mlscope copy`` moves history into another database: whole runs, 100 to
+   a transaction (``Store.import_runs``), into ``--copy-to`` (default: a new SQLite file).
 2. **Report**: the HTML report of the newest run, compared now with a named baseline (the 500th
    run), each item's trend plot reading its history over all 1 000 runs (``--history``), the
    across-systems view reading every result of both models. Reported: reading the database, and
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"bulk insert (mlscope copy) of {total} results into {bulk_url.split('://')[0]}: "
-        f"{bulk:.2f} s ({total / bulk:,.0f} results/s, one transaction per run)"
+        f"{bulk:.2f} s ({total / bulk:,.0f} results/s, whole runs 100 to a transaction)"
     )
     print(
         f"report over {args.runs} runs: {report:.2f} s (reading {reading:.2f} s, drawing and "

@@ -279,6 +279,27 @@ def _pack_samples(connection: sa.Connection) -> None:
     connection.execute(sa.text("ALTER TABLE results RENAME COLUMN samples_packed TO samples_ns"))
     if postgres:
         connection.execute(sa.text("ALTER TABLE results ALTER COLUMN samples_ns SET NOT NULL"))
+    _tune_samples_storage(connection)
+
+
+def _tune_samples_storage(connection: sa.Connection) -> None:
+    """PostgreSQL: compress raw samples with lz4, or not at all where the server lacks it.
+
+    Its default (pglz) spent half of a bulk insert's time on the samples; lz4 takes a tenth of
+    that. Needs PostgreSQL 14 built with lz4 (Debian's is); any other server keeps them as
+    they come, which is still faster than pglz.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    try:
+        with connection.begin_nested():
+            connection.execute(
+                sa.text("ALTER TABLE results ALTER COLUMN samples_ns SET COMPRESSION lz4")
+            )
+    except sa_exc.DBAPIError:
+        connection.execute(
+            sa.text("ALTER TABLE results ALTER COLUMN samples_ns SET STORAGE EXTERNAL")
+        )
 
 
 # How one sharded suite was split: the first runner of a group to collect writes the plan, every
@@ -604,6 +625,7 @@ class Store:
         try:
             with self._engine.begin() as connection:
                 metadata.create_all(connection)
+                _tune_samples_storage(connection)
                 connection.execute(
                     sa.insert(schema_version_table).values(id=1, version=SCHEMA_VERSION)
                 )
