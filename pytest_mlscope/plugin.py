@@ -529,7 +529,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         item.stash.get(RESULT_KEY, None),
         message,
         item.stash.get(VERDICT_KEY, None),
-        duration_s=report.duration if report.when == "call" else None,
+        # The item's own time, not its wait for the timing lock: what shard plans balance on.
+        duration_s=max(0.0, report.duration - session.lock_wait_s)
+        if report.when == "call"
+        else None,
     )
     if session.settings.shared_run:  # a pytest-xdist worker: the controller prints the summary
         from pytest_mlscope.xdist import RECORD_ATTRIBUTE, record_to_json

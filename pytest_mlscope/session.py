@@ -744,6 +744,7 @@ class MlscopeSession:
         """Hold the session's timing lock, when it has one (pytest-xdist workers share it), for
         as long as an item is measured: parallel items would take each other's cores and
         memory bandwidth, and measure that. The wait is not the item's time, and is counted."""
+        self.lock_wait_s = 0.0
         if self.settings.timing_lock is None:
             yield
             return
