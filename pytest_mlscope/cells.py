@@ -64,13 +64,15 @@ def skip_reason(
             f"{cell.framework_id} is a stack of its own, in its container image: run it with "
             "--mlscope-runtime docker"
         )
+    unmet = unmet_requirements(manifest.requires, host, cell.device)
+    if unmet and cell.device == "gpu":  # no GPU here: that is the reason, whatever else is missing
+        return f"{manifest.name} {'; '.join(unmet)}"
     if in_container:
         reason = framework_unavailable(cell.framework, None, cell.device, predictors, host=False)
     else:
         reason = framework_unavailable(cell.framework, spec.version, cell.device, predictors)
     if reason:
         return reason
-    unmet = unmet_requirements(manifest.requires, host, cell.device)
     if unmet:
         return f"{manifest.name} {'; '.join(unmet)}"
     return None

@@ -508,7 +508,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     # Recorded from reports, not from runtest, so skips and setup errors are stored too.
     report = yield
     session = _session(item.config)
-    if session is None or not isinstance(item, MlscopeItem):
+    if session is None:
+        return report
+    if session.settings.shared_run and report.when == "teardown":
+        # A pytest-xdist worker: what this test recorded (an item, or mlscope_eval calls in a
+        # hand-written test) goes to the controller, which prints the summary.
+        from pytest_mlscope.xdist import RECORD_ATTRIBUTE, records_to_json
+
+        setattr(report, RECORD_ATTRIBUTE, records_to_json(session))
+    if not isinstance(item, MlscopeItem):
         return report
     if report.when == "call":
         outcome = "passed" if report.passed else "failed"
@@ -534,10 +542,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if report.when == "call"
         else None,
     )
-    if session.settings.shared_run:  # a pytest-xdist worker: the controller prints the summary
-        from pytest_mlscope.xdist import RECORD_ATTRIBUTE, record_to_json
-
-        setattr(report, RECORD_ATTRIBUTE, record_to_json(session, session.records[-1]))
     return report
 
 
@@ -687,7 +691,8 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
             pytest.fail(f"{reason} (CI=true: fails instead of skipping)")
         if reason:
             pytest.skip(reason)
-        result, verdict = session.evaluate_and_compare(manifest, cell, **measure)
+        with session.timing_turn():
+            result, verdict = session.evaluate_and_compare(manifest, cell, **measure)
         outcome = "passed" if result.accuracy.passed else "failed"
         session.record(cell, outcome, result, f"evaluated by {request.node.nodeid}", verdict)
         return result

@@ -134,6 +134,8 @@ class MlscopeSession:
         self.shard_note: str | None = None
         self.report_lines: list[str] = []  # where the reports went, or why they did not
         self.lock_wait_s = 0.0  # the last item's wait for the timing lock (pytest-xdist)
+        self.lock_waited_s = 0.0  # waits not yet reported to the xdist controller
+        self.records_sent = 0  # records already sent to the xdist controller
         self.xdist_workers = 0  # on the controller of a pytest-xdist session: its workers
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
@@ -754,6 +756,7 @@ class MlscopeSession:
         with open(self.settings.timing_lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.lock_wait_s = time.monotonic() - started
+            self.lock_waited_s += self.lock_wait_s
             try:
                 yield
             finally:

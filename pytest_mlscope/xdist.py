@@ -58,36 +58,46 @@ class Controller:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         text = getattr(report, RECORD_ATTRIBUTE, None)
-        if text:
-            record = record_from_json(text)
+        if not text:
+            return
+        data = json.loads(text)
+        for entry in data["records"]:
+            record = record_from_dict(entry)
             self.session.records.append(record)
             with contextlib.suppress(MlscopeError):  # the summary's reference marks need it
                 self.session.manifest(record.cell.model)
-            data = json.loads(text)
-            self.session.comparisons = max(self.session.comparisons, data["comparisons"])
-            self.session.lock_wait_s += data["lock_wait_s"]
+        self.session.comparisons = max(self.session.comparisons, data["comparisons"])
+        self.session.lock_wait_s += data["lock_wait_s"]
 
 
-def record_to_json(session: MlscopeSession, record: Any) -> str:
+def records_to_json(session: MlscopeSession) -> str:
+    """The records this worker made since it last sent any (one test's), with its counters."""
+    fresh = session.records[session.records_sent :]
+    session.records_sent = len(session.records)
+    waited, session.lock_waited_s = session.lock_waited_s, 0.0
     return json.dumps(
         {
-            "cell": record.cell.model_dump(mode="json"),
-            "outcome": record.outcome,
-            "result": record.result.model_dump_json() if record.result else None,
-            "message": record.message,
-            "verdict": dataclasses.asdict(record.verdict) if record.verdict else None,
+            "records": [
+                {
+                    "cell": record.cell.model_dump(mode="json"),
+                    "outcome": record.outcome,
+                    "result": record.result.model_dump_json() if record.result else None,
+                    "message": record.message,
+                    "verdict": dataclasses.asdict(record.verdict) if record.verdict else None,
+                }
+                for record in fresh
+            ],
             "comparisons": session.comparisons,
-            "lock_wait_s": session.lock_wait_s,
+            "lock_wait_s": waited,
         }
     )
 
 
-def record_from_json(text: str) -> Any:
+def record_from_dict(data: dict[str, Any]) -> Any:
     from pytest_mlscope.compare import Verdict
     from pytest_mlscope.protocol import Cell, EvaluationResult
     from pytest_mlscope.session import Record
 
-    data = json.loads(text)
     return Record(
         cell=Cell.model_validate(data["cell"]),
         outcome=data["outcome"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MXNET_ENTRY, TENSORFLOW_ENTRY, copy_manifest
+from conftest import MXNET_ENTRY, TENSORFLOW_ENTRY, TENSORRT_ENTRY, copy_manifest
 from pytest_mlscope.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,8 +41,12 @@ def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.
         'testpaths = ["test_suites"]\n'
         'mlscope_manifests = ["manifests"]\n'
     )
-    result = _run(pytester, "-v")
-    result.assert_outcomes(passed=26)
+    result = _run(pytester, "-v", "-rs")
+    # TensorRT's items need an NVIDIA GPU: skipped here, with the reason.
+    result.assert_outcomes(passed=26, skipped=6)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED [[]*[]] manifests/alexnet.yaml:*: alexnet needs an NVIDIA GPU, none found (*)"]
+    )
     result.stdout.fnmatch_lines(
         [
             "*alexnet?torch-cpu-bs1-single_stream? PASSED*",
@@ -67,7 +71,11 @@ def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.
     store = _db(pytester)
     (run,) = store.runs()
     assert run.status == "complete"
-    results = store.results(run.id)
+    stored = store.results(run.id)
+    skipped = [r for r in stored if r.outcome == "skipped"]
+    assert {r.cell.framework for r in skipped} == {"tensorrt"} and len(skipped) == 6
+    assert all("needs an NVIDIA GPU" in (r.message or "") for r in skipped)
+    results = [r for r in stored if r.outcome != "skipped"]
     assert {r.outcome for r in results} == {"passed"}
     assert len(results) == 24 + 3  # the hand-written tests store what they evaluate too
     digits = [r for r in results if r.cell.model == "digits_cnn"]
@@ -460,7 +468,8 @@ def test_a_checksum_mismatch_fails_the_item_naming_the_manifest_line_and_both_ha
     text = (REPO / "manifests" / "digits_cnn.yaml").read_text()
     text = text.replace('  - name: torch\n    version: ">=2.2"\n', "")
     # One framework, reading the one local file.
-    text = text.replace(TENSORFLOW_ENTRY, "").replace(MXNET_ENTRY, "")
+    for entry in (TENSORFLOW_ENTRY, MXNET_ENTRY, TENSORRT_ENTRY):
+        text = text.replace(entry, "")
     text = text.replace(
         "  agreement: {reference: torch, atol: 1.0e-4, rtol: 1.0e-3, top1_match: 1.0}\n", ""
     )

@@ -36,6 +36,7 @@ BUILTIN = {
     "onnxruntime": "pytest_mlscope.predictors.onnxruntime:OnnxRuntimePredictor",
     "tensorflow": "pytest_mlscope.predictors.tensorflow:TensorFlowPredictor",
     "mxnet": "pytest_mlscope.predictors.mxnet:MXNetPredictor",
+    "tensorrt": "pytest_mlscope.predictors.tensorrt:TensorRTPredictor",
 }
 
 

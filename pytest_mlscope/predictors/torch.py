@@ -1,4 +1,9 @@
-"""PyTorch predictor: eval mode, ``torch.inference_mode``, CPU (GPU comes with the CUDA stack)."""
+"""PyTorch predictor: eval mode, ``torch.inference_mode``, on the CPU or a CUDA GPU.
+
+On a GPU each prediction ends with ``torch.cuda.synchronize()``: a sample is the inference's
+time, not the time to queue its kernels. Inputs are copied to the GPU in ``prepare_input`` and
+outputs back in ``to_numpy``, outside the samples (``benchmarks/gpu_check.py`` measures both).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_mlscope.errors import ArtifactError
+from pytest_mlscope.errors import ArtifactError, StackUnavailable
 from pytest_mlscope.predictors.base import Predictor
 from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
 
@@ -16,6 +21,7 @@ class TorchPredictor(Predictor):
     formats = ("torch_state_dict", "torch_export")
     distributions = ("torch",)
     extra = "torch"
+    devices = ("cpu", "gpu")
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
@@ -38,6 +44,10 @@ class TorchPredictor(Predictor):
             raise ArtifactError(f"{artifact.path}: torch cannot load format {artifact.format!r}")
         if hasattr(module, "eval"):
             module.eval()
+        if self.device == "gpu":
+            if not torch.cuda.is_available():
+                raise StackUnavailable(f"torch {torch.__version__} sees no CUDA GPU")
+            module = module.to("cuda")
         self.module = module
         # Entered once for the predictor's life, not per call: entering and leaving costs ~2 µs,
         # 2-5 % of a small model's latency (benchmarks/overhead.py). The worker calls load,
@@ -48,10 +58,16 @@ class TorchPredictor(Predictor):
     def prepare_input(self, batch: np.ndarray) -> Any:
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(batch))
+        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+        return tensor.to("cuda") if self.device == "gpu" else tensor
 
     def predict(self, prepared: Any) -> Any:
-        return self.module(prepared)
+        output = self.module(prepared)
+        if self.device == "gpu":
+            import torch
+
+            torch.cuda.synchronize()
+        return output
 
     def to_numpy(self, output: Any) -> np.ndarray:
         if isinstance(output, (tuple, list)):
@@ -63,8 +79,9 @@ class TorchPredictor(Predictor):
     ) -> tuple[list[Any], list[float], list[str]]:
         from pytest_mlscope.tracing.torch_profile import profile_torch
 
+        device = "cuda" if self.device == "gpu" else self.device
         return profile_torch(
-            self.module, self.predict, prepared, iterations, level, timeline, self.device
+            self.module, self.predict, prepared, iterations, level, timeline, device
         )
 
     def close(self) -> None:
@@ -83,5 +100,7 @@ class TorchPredictor(Predictor):
             details={
                 "intra_op_threads": torch.get_num_threads(),
                 "inter_op_threads": torch.get_num_interop_threads(),
+                "gpu": torch.cuda.get_device_name() if self.device == "gpu" else None,
+                "cuda": torch.version.cuda,
             },
         )
