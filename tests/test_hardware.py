@@ -241,3 +241,37 @@ def test_throttling_and_busy_neighbours_make_a_slowdown_suspect() -> None:
     )
     ok = Verdict("ok", "within the threshold")
     assert _with_suspicions(ok, result) is ok
+
+
+def test_gpu_items_skip_on_this_host_with_the_gpu_reason_first(
+    alexnet_manifest: object,
+) -> None:
+    """TensorRT is not installed here and there is no GPU: the GPU is what the user must hear."""
+    from pytest_mlscope.cells import expand, skip_reason
+    from pytest_mlscope.predictors import framework_unavailable
+
+    host = current_host()
+    if host.gpus:
+        pytest.skip("this host has an NVIDIA GPU")
+    cells = [c for c in expand(alexnet_manifest) if c.framework == "tensorrt"]  # type: ignore[arg-type]
+    assert cells and {c.device for c in cells} == {"gpu"}
+    for cell in cells:
+        reason = skip_reason(alexnet_manifest, cell, host)  # type: ignore[arg-type]
+        assert reason is not None and reason.startswith("alexnet needs an NVIDIA GPU, none found")
+    # On the CPU the predictor itself says it cannot run there.
+    assert framework_unavailable("tensorrt", None, "cpu") == (
+        "the tensorrt predictor does not run on cpu (it runs on gpu)"
+    )
+
+
+def test_a_tensorrt_engine_is_rebuilt_for_another_model_release_or_gpu() -> None:
+    from pytest_mlscope.predictors.tensorrt import engine_key
+
+    base = engine_key("ab" * 32, "10.9.0", "NVIDIA H200", "9.0")
+    assert engine_key("ab" * 32, "10.9.0", "NVIDIA H200", "9.0") == base
+    others = {
+        engine_key("cd" * 32, "10.9.0", "NVIDIA H200", "9.0"),
+        engine_key("ab" * 32, "10.10.0", "NVIDIA H200", "9.0"),
+        engine_key("ab" * 32, "10.9.0", "NVIDIA A100", "8.0"),
+    }
+    assert base not in others and len(others) == 3
