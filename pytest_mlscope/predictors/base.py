@@ -107,6 +107,13 @@ class Predictor(ABC):
         Called after the timing pass, never during it. A framework without a profiler of ours
         still shows its predictions on the timeline; its layer table stays empty, and says so.
         """
+        steps = self.timeline_predictions(prepared, iterations, timeline)
+        return [], steps, [f"no layer profiler for {self.name}: predictions only"]
+
+    def timeline_predictions(
+        self, prepared: Any, iterations: int, timeline: Timeline
+    ) -> list[float]:
+        """Predict ``iterations`` times, each on the timeline; their durations in µs."""
         import time
 
         steps = []
@@ -118,7 +125,7 @@ class Predictor(ABC):
             timeline.complete(
                 "predict", start / 1e3, duration, "framework", "framework", {"iteration": index}
             )
-        return [], steps, [f"no layer profiler for {self.name}: predictions only"]
+        return steps
 
     @abstractmethod
     def info(self) -> PredictorInfo: ...

@@ -147,8 +147,6 @@ class TensorRTPredictor(Predictor):
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
     ) -> tuple[list[LayerRow], list[float], list[str]]:
-        import time
-
         import tensorrt as trt
 
         totals: dict[str, list[float]] = {}
@@ -158,16 +156,8 @@ class TensorRTPredictor(Predictor):
                 totals.setdefault(layer_name, []).append(ms * 1e3)
 
         self.context.profiler = LayerTimes()
-        steps = []
         try:
-            for index in range(iterations):
-                start = time.perf_counter_ns()
-                self.predict(prepared)
-                duration = (time.perf_counter_ns() - start) / 1e3
-                steps.append(duration)
-                timeline.complete(
-                    "predict", start / 1e3, duration, "framework", "framework", {"iteration": index}
-                )
+            steps = self.timeline_predictions(prepared, iterations, timeline)
         finally:
             self.context.profiler = None
         rows = [
