@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import markupsafe
+
 from pytest_mlscope.report.terminal import ms, number, printable
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ def _environment() -> Any:
         lstrip_blocks=True,
         # Control characters in a name from a shared database are shown as escapes, as in the
         # terminal, not passed to the page invisible.
-        finalize=lambda value: printable(value) if isinstance(value, str) else value,
+        finalize=_shown,
     )
     environment.filters["ms"] = ms
     environment.filters["number"] = number
@@ -78,6 +80,13 @@ def _pct(value: float | None, signed: bool = False) -> str:
 
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def _shown(value: Any) -> Any:
+    """Plain text as the page shows it; markup the report made itself (Markup) as it is."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return printable(value, lines=True)
+    return value
 
 
 def trace_state(path: str | None) -> tuple[str, str | None]:

@@ -39,11 +39,14 @@ def ms(seconds: float | None) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters (ESC, NUL, newlines, …) written as escapes."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` with control characters (ESC, NUL, …) written as escapes; with ``lines``,
+    newlines and tabs are kept (a page shows them as themselves, a table row cannot)."""
+    pattern = _CONTROL_BUT_LINES if lines else _CONTROL
+    return pattern.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def table(
