@@ -441,7 +441,8 @@ class MlscopeSession:
         agreement = manifest.accuracy.agreement
         save = reference = None
         if agreement is not None:
-            if cell.framework == agreement.reference:
+            # The reference runs on the CPU; the same framework on a GPU is checked against it.
+            if cell.framework == agreement.reference and cell.device == "cpu":
                 candidate = self._reference_path(manifest)
                 save = candidate if candidate and not candidate.exists() else None
             else:

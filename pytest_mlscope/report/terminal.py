@@ -118,7 +118,10 @@ def matrix_lines(session: MlscopeSession) -> Iterator[str]:
         agreement = result.accuracy.check("agreement")
         manifest = session.manifests.get(cell.model)
         reference = manifest.accuracy.agreement if manifest else None
-        if reference is not None and reference.reference == cell.framework_id:
+        if reference is not None and (reference.reference, "cpu") == (
+            cell.framework_id,
+            cell.device,
+        ):
             mark = "ref"
         elif agreement is None:
             mark = ""
