@@ -51,7 +51,8 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
 def test_the_bundled_alexnet_manifest_loads(alexnet_manifest: Manifest) -> None:
     assert alexnet_manifest.name == "alexnet"
     names = [f.name for f in alexnet_manifest.framework]
-    assert names == ["torch", "onnxruntime", "tensorflow", "mxnet"]
+    assert names == ["torch", "onnxruntime", "tensorflow", "mxnet", "tensorrt"]
+    assert alexnet_manifest.framework[-1].devices == ["gpu"]
     assert alexnet_manifest.inputs[0].shape == [3, 224, 224]
     assert alexnet_manifest.accuracy.golden is not None
     assert alexnet_manifest.resolve(alexnet_manifest.accuracy.golden.path).is_file()
@@ -202,7 +203,7 @@ def test_an_agreement_reference_must_be_one_of_the_frameworks(tmp_path: Path) ->
     line = line_of(text, "reference: caffe")
     assert problems == [
         f"manifest bad.yaml:{line}: accuracy.agreement.reference: expected one of this "
-        "manifest's frameworks (torch, onnxruntime, tensorflow, mxnet), got 'caffe'"
+        "manifest's frameworks (torch, onnxruntime, tensorflow, mxnet, tensorrt), got 'caffe'"
     ]
 
 
