@@ -134,7 +134,9 @@ class MlscopeSession:
         self.shard_note: str | None = None
         self.report_lines: list[str] = []  # where the reports went, or why they did not
         self.lock_wait_s = 0.0  # the last item's wait for the timing lock (pytest-xdist)
-        self.lock_waited_s = 0.0  # waits not yet reported to the xdist controller
+        # Waits for the timing lock: on an xdist worker those not yet sent to the controller, on
+        # the controller all its workers' (the summary says it).
+        self.lock_waited_s = 0.0
         self.records_sent = 0  # records already sent to the xdist controller
         self.xdist_workers = 0  # on the controller of a pytest-xdist session: its workers
         # Per item id: what the A side of an interleaved measurement was, or why there was none.

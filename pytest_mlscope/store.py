@@ -99,25 +99,19 @@ class Int64Array(sa.types.TypeDecorator[list[int]]):
     def process_bind_param(self, value: Sequence[int] | None, dialect: sa.Dialect) -> bytes | None:
         if value is None:
             return None
-        return array("q", value).tobytes() if _LITTLE_ENDIAN else _swapped(value)
+        values = array("q", value)
+        if sys.byteorder != "little":
+            values.byteswap()
+        return values.tobytes()
 
     def process_result_value(self, value: bytes | None, dialect: sa.Dialect) -> list[int] | None:
         if value is None:
             return None
         values = array("q")
         values.frombytes(bytes(value))
-        if not _LITTLE_ENDIAN:
+        if sys.byteorder != "little":
             values.byteswap()
         return values.tolist()
-
-
-_LITTLE_ENDIAN = sys.byteorder == "little"
-
-
-def _swapped(value: Sequence[int]) -> bytes:
-    values = array("q", value)
-    values.byteswap()
-    return values.tobytes()
 
 
 def _finite(value: Any) -> Any:

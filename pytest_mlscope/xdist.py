@@ -67,7 +67,7 @@ class Controller:
             with contextlib.suppress(MlscopeError):  # the summary's reference marks need it
                 self.session.manifest(record.cell.model)
         self.session.comparisons = max(self.session.comparisons, data["comparisons"])
-        self.session.lock_wait_s += data["lock_wait_s"]
+        self.session.lock_waited_s += data["lock_waited_s"]
 
 
 def records_to_json(session: MlscopeSession) -> str:
@@ -88,7 +88,7 @@ def records_to_json(session: MlscopeSession) -> str:
                 for record in fresh
             ],
             "comparisons": session.comparisons,
-            "lock_wait_s": waited,
+            "lock_waited_s": waited,
         }
     )
 

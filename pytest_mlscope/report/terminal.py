@@ -243,7 +243,7 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
     if session.xdist_workers:
         yield (
             f"{session.xdist_workers} pytest-xdist workers, one run: items were timed one at a "
-            f"time across workers (a lock, {session.lock_wait_s:.1f} s waited in all) so "
+            f"time across workers (a lock, {session.lock_waited_s:.1f} s waited in all) so "
             "parallel items did not distort each other's timings"
         )
     yield from session.report_lines
