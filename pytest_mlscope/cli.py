@@ -919,7 +919,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--base",
         metavar="IMAGE",
         help="base image (default python:3.11-slim; mlscope/base:bookworm from "
-        "containers/base/build.sh where no registry is reachable)",
+        "containers/base/build.sh where no registry is reachable; caffe: "
+        "mlscope/base:bullseye-caffe from containers/caffe/base.sh)",
     )
     build.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     build.add_argument(
@@ -958,7 +959,11 @@ def cmd_containers_build(args: argparse.Namespace) -> int:
                 stack,
                 folder,
                 device=args.device,
-                base_image=args.base,
+                # A stack whose framework is a Debian package (Caffe) has a base of its own; a
+                # --base for every stack means the pip stacks' one.
+                base_image=None
+                if stack in containers.SYSTEM_STACKS and len(chosen) > 1
+                else args.base,
                 framework_version=args.framework_version,
                 docker=docker,
             )

@@ -48,6 +48,47 @@ GPU_DISTRIBUTIONS = {"onnxruntime": "onnxruntime-gpu"}
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
+@dataclass(frozen=True)
+class SystemStack:
+    """A framework that comes with its base image's OS packages, not from pip.
+
+    Caffe has no wheel; Debian packaged it up to bullseye (``python3-caffe``, Python 3.9).
+    Its base image is debootstrapped with the packages (``containers/<stack>/base.sh``) and
+    labelled with their versions; the worker's own dependencies are resolved for the base's
+    Python rather than pinned to the host's (whose releases may not exist for 3.9), and numpy is
+    left to Debian's, the one Caffe was built against.
+    """
+
+    base_image: str
+    packages: tuple[str, ...]  # Debian packages the base holds; the first is the framework's
+    requirements: tuple[str, ...]
+    base_script: str  # builds the base, relative to containers/
+
+
+SYSTEM_STACKS = {
+    "caffe": SystemStack(
+        base_image="mlscope/base:bullseye-caffe",
+        packages=("python3-caffe", "libopenblas0-pthread"),
+        requirements=(
+            "pydantic>=2.6",
+            "eval_type_backport>=0.2",  # pydantic reads `X | None` annotations on Python 3.9
+            "PyYAML>=6.0",
+            "packaging>=23.0",
+            "psutil>=5.9",
+            "scikit-learn>=1.0",  # numpy and scipy stay Debian's: Caffe was built against them
+            "Pillow>=10.0",
+            "opentelemetry-api>=1.20",
+            "opentelemetry-sdk>=1.20",
+            "nvidia-ml-py>=12.535",
+        ),
+        base_script="caffe/base.sh",
+    ),
+}
+# Where ``containers/base/build.sh`` records the Debian packages it put in a base, as
+# ``name=version`` separated by spaces.
+PACKAGES_LABEL = f"{LABEL}.packages"
+
+
 class ContainerError(MlscopeError):
     """An image cannot be planned or built, or no Docker daemon answers."""
 
@@ -269,20 +310,32 @@ def plan(
             f"{dockerfile} builds FROM a CUDA base image: pass --base (e.g. an nvidia/cuda "
             "runtime image with Python)"
         )
-    requirements, version = worker_requirements(stack, device, framework_version)
-    base = base_image or DEFAULT_BASE_IMAGE
+    system = SYSTEM_STACKS.get(stack)
+    base = base_image or (system.base_image if system else DEFAULT_BASE_IMAGE)
     base_id = None
+    base_labels: dict[str, str] = {}
     if docker is not None:
         try:
-            base_id = docker.images.get(base).id
+            found = docker.images.get(base)
+            base_id, base_labels = found.id, dict(found.labels or {})
         except Exception:
             base_id = None
+    python = "{}.{}".format(*sys.version_info[:2])
+    if system is not None:
+        requirements, version, python = _system_requirements(stack, system, base, base_labels)
+        if framework_version and framework_version != version:
+            raise ContainerError(
+                f"{stack} comes from the base image's Debian package ({version} in {base}); "
+                "another release needs another base, not --framework-version"
+            )
+    else:
+        requirements, version = worker_requirements(stack, device, framework_version)
     made = ImagePlan(
         stack=stack,
         device=device,
         dockerfile=dockerfile,
         base_image=base,
-        python="{}.{}".format(*sys.version_info[:2]),
+        python=python,
         requirements=tuple(requirements),
         framework_version=version,
         source=Path(pytest_mlscope.__file__).resolve().parent,
@@ -303,6 +356,29 @@ def plan(
     return ImagePlan(**{**made.__dict__, "digest": digest.hexdigest()})
 
 
+def _system_requirements(
+    stack: str, system: SystemStack, base: str, labels: dict[str, str]
+) -> tuple[list[str], str, str]:
+    """The worker's requirements, the framework version and the Python of a system stack's
+    base, read from the labels ``containers/base/build.sh`` gave it."""
+    packages = dict(
+        item.split("=", 1) for item in labels.get(PACKAGES_LABEL, "").split() if "=" in item
+    )
+    framework_package = system.packages[0]
+    if framework_package not in packages:
+        where = f"{base} has no label {PACKAGES_LABEL} naming it" if labels else f"no {base} here"
+        raise ContainerError(
+            f"the {stack} stack builds FROM a base image with Debian's {framework_package} "
+            f"({where}): build it with containers/{system.base_script}"
+        )
+    python = labels.get(f"{LABEL}.python", "")
+    if python.count(".") < 1:
+        raise ContainerError(f"{base} has no label {LABEL}.python saying its Python version")
+    # Debian's 1.0.0+git20180821.99bd997-8: the upstream release before any "+" or revision.
+    version = re.split(r"[+~-]", packages[framework_package])[0]
+    return sorted(system.requirements, key=str.lower), version, ".".join(python.split(".")[:2])
+
+
 # -- building ------------------------------------------------------------------------------------
 
 
@@ -311,13 +387,21 @@ def wheelhouse_dir() -> Path:
     return Path(root) / "mlscope" / "wheelhouse"
 
 
-def build_wheelhouse(requirements: list[str] | tuple[str, ...], target: Path) -> None:
+def build_wheelhouse(
+    requirements: list[str] | tuple[str, ...], target: Path, python: str | None = None
+) -> None:
     """Wheels for every requirement and their dependencies, with this host's pip and network.
 
     ``pip wheel`` (not ``download``) so that a dependency published only as an sdist arrives
-    built: the image has no compiler.
+    built: the image has no compiler. For another Python than the host's (a system stack's
+    base), ``pip download`` of binary wheels for that Python and this machine: the host cannot
+    build wheels for an interpreter it does not have.
     """
     target.mkdir(parents=True, exist_ok=True)
+    host_python = "{}.{}".format(*sys.version_info[:2])
+    if python and python != host_python:
+        _download_wheels(requirements, target, python)
+        return
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
         handle.write("\n".join(requirements) + "\n")
     try:
@@ -342,6 +426,31 @@ def build_wheelhouse(requirements: list[str] | tuple[str, ...], target: Path) ->
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
         raise ContainerError(f"pip wheel for {', '.join(requirements)} failed:\n{tail}")
+
+
+def _download_wheels(requirements: list[str] | tuple[str, ...], target: Path, python: str) -> None:
+    tag = python.replace(".", "")
+    machine = platform.machine()
+    # Debian bullseye has glibc 2.31: any manylinux wheel up to that.
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in (31, 28, 27, 24, 17, 12, 5)] + [
+        f"manylinux2014_{machine}",
+        f"manylinux2010_{machine}",
+        f"manylinux1_{machine}",
+    ]
+    command = [
+        sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet",
+        "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+        "--abi", f"cp{tag}", "--abi", "abi3", "--abi", "none",
+        *(arg for p in platforms for arg in ("--platform", p)),
+        "--dest", str(target), *requirements,
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
+        raise ContainerError(
+            f"pip download of wheels for Python {python} ({', '.join(requirements)}) failed:\n"
+            f"{tail}"
+        )
 
 
 @dataclass
@@ -374,7 +483,7 @@ def build(made: ImagePlan, docker: Any, *, force: bool = False, log: Any = None)
         wheels = wheelhouse_dir() / f"py{made.python}-{key[:16]}"
         if log:
             log(f"{made.stack}: building wheels for {len(made.requirements)} requirements")
-        build_wheelhouse(made.requirements, wheels)
+        build_wheelhouse(made.requirements, wheels, made.python)
         with tempfile.TemporaryDirectory(prefix="mlscope-build-") as context_dir:
             context = Path(context_dir)
             shutil.copy(made.dockerfile, context / "Dockerfile")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import types
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,10 +114,14 @@ def _source_kind(value: Any) -> str | None:
     return None
 
 
+# Union[...] rather than |: these aliases are evaluated at import, and the Caffe image's worker
+# runs on Python 3.9, where | does not combine typing forms.
 ModelSource = Annotated[
-    Annotated[BuilderSource, Tag("builder")]
-    | Annotated[PathSource, Tag("path")]
-    | Annotated[UrlSource, Tag("url")],
+    Union[  # noqa: UP007
+        Annotated[BuilderSource, Tag("builder")],
+        Annotated[PathSource, Tag("path")],
+        Annotated[UrlSource, Tag("url")],
+    ],
     Discriminator(
         _source_kind,
         custom_error_type="model_source",
@@ -144,7 +149,7 @@ class Normalize(_Strict):
         return self
 
 
-Size = PositiveInt | tuple[PositiveInt, PositiveInt]
+Size = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]  # noqa: UP007
 
 
 class DecodeStep(_Strict):
@@ -182,12 +187,14 @@ def _step_kind(value: Any) -> str | None:
 
 
 PreprocessStep = Annotated[
-    Annotated[DecodeStep, Tag("decode")]
-    | Annotated[ResizeStep, Tag("resize")]
-    | Annotated[CenterCropStep, Tag("center_crop")]
-    | Annotated[ScaleStep, Tag("scale")]
-    | Annotated[NormalizeStep, Tag("normalize")]
-    | Annotated[LayoutStep, Tag("layout")],
+    Union[  # noqa: UP007
+        Annotated[DecodeStep, Tag("decode")],
+        Annotated[ResizeStep, Tag("resize")],
+        Annotated[CenterCropStep, Tag("center_crop")],
+        Annotated[ScaleStep, Tag("scale")],
+        Annotated[NormalizeStep, Tag("normalize")],
+        Annotated[LayoutStep, Tag("layout")],
+    ],
     Discriminator(
         _step_kind,
         custom_error_type="preprocess_step",
@@ -546,27 +553,19 @@ def _model_fields_at(loc: tuple[str | int, ...]) -> list[str] | None:
 
 
 def _unwrap(annotation: Any) -> Any:
+    # ``X | None`` is a types.UnionType (Python 3.10+), ``Optional[X]`` a typing.Union; the
+    # Caffe image's worker runs on Python 3.9, which has only the latter.
+    unions = tuple(u for u in (Union, getattr(types, "UnionType", None)) if u is not None)
     while True:
         origin = get_origin(annotation)
         if origin is Annotated:
             annotation = get_args(annotation)[0]
-        elif origin is Union:
+        elif origin in unions:
             members = [a for a in get_args(annotation) if a is not type(None)]
             if len(members) != 1:
                 return annotation
             annotation = members[0]
         else:
-            try:
-                import types
-
-                if isinstance(annotation, types.UnionType):
-                    members = [a for a in get_args(annotation) if a is not type(None)]
-                    if len(members) != 1:
-                        return annotation
-                    annotation = members[0]
-                    continue
-            except ImportError:  # pragma: no cover
-                pass
             return annotation
 
 

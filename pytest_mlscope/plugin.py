@@ -361,13 +361,12 @@ class ManifestFile(pytest.File):
         except ManifestError as exc:
             raise self.CollectError(str(exc)) from None
         reasons: dict[tuple[str, str], tuple[str | None, bool]] = {}
-        docker = session.settings.runtime == "docker"
         for cell in expand(manifest):
             _register_marker(self.config, cell.framework, f"items on {cell.framework}")
             item = MlscopeItem.from_parent(self, name=cell.id, manifest=manifest, cell=cell)
             for marker in ("mlscope", cell.framework, cell.device, cell.scenario):
                 item.add_marker(marker)
-            if docker:
+            if session.in_container(cell):
                 item.add_marker("docker")
             key = (cell.framework_id, cell.device)
             if key not in reasons:

@@ -202,10 +202,23 @@ class MlscopeSession:
         values.setdefault("precision", None)
         return MeasureOptions(**values)
 
+    def in_container(self, cell: Cell) -> bool:
+        """Whether the cell's worker runs in its stack's image: with the docker runtime, and
+        always for a framework that has no build for the host (Caffe)."""
+        from pytest_mlscope.errors import StackUnavailable
+        from pytest_mlscope.predictors import predictor_class
+
+        if self.settings.runtime == "docker":
+            return True
+        try:
+            return predictor_class(cell.framework, self.settings.predictors).container_only
+        except StackUnavailable:
+            return False
+
     def runtime(self, cell: Cell) -> Runtime:
         """One runtime per software stack: every framework on the host shares the host stack;
         with the docker runtime, each image is a stack of its own."""
-        if self.settings.runtime == "docker":
+        if self.in_container(cell):
             return self._docker_runtime(cell, self.image(cell))
         from pytest_mlscope.predictors import predictor_class
 
@@ -280,7 +293,7 @@ class MlscopeSession:
         image) is the reason: under ``CI=true`` such items fail instead of skipping."""
         from pytest_mlscope.cells import skip_reason
 
-        docker = self.settings.runtime == "docker"
+        docker = self.in_container(cell)
         reason = skip_reason(
             manifest, cell, self.host, self.settings.predictors, in_container=docker
         )
@@ -312,20 +325,25 @@ class MlscopeSession:
 
         from pytest_mlscope.containers import (
             LABEL,
+            SYSTEM_STACKS,
             ContainerError,
             client,
             find_image,
             source_digest,
         )
 
+        stack = image.split("/")[-1].split(":")[0]
+        # Caffe's items use a container under any runtime: say which container needs the daemon.
+        where = "docker runtime" if self.settings.runtime == "docker" else f"{stack} container"
         try:
             found = find_image(client(), image)
         except ContainerError as exc:
-            return f"docker runtime: {exc}", True
+            return f"{where}: {exc}", True
         if found is None:
-            stack = image.split("/")[-1].split(":")[0]
+            system = SYSTEM_STACKS.get(stack)
+            first = f"containers/{system.base_script} (its base), then " if system else ""
             return (
-                f"docker runtime: no image {image} here; build it with "
+                f"{where}: no image {image} here; build it with {first}"
                 f"`mlscope containers build {stack}`",
                 True,
             )
@@ -391,7 +409,7 @@ class MlscopeSession:
         # No image for the reference: its outputs from the host's stack, when it has one.
         if (
             reason
-            and self.settings.runtime == "docker"
+            and self.in_container(cell)
             and skip_reason(manifest, cell, self.host, self.settings.predictors) is None
         ):
             reason, runtime = None, self._host_runtime("subprocess")
@@ -519,7 +537,7 @@ class MlscopeSession:
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
         summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
         where = ""
-        if self.settings.runtime == "docker":
+        if self.in_container(a_cell):
             where = f" in {self.image(a_cell)}"
         self._interleaved[cell.id] = (
             True,

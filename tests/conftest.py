@@ -68,6 +68,7 @@ def digits_manifest() -> Manifest:
 
 TENSORFLOW_ENTRY = '  - name: tensorflow\n    version: ">=2.16"\n'
 MXNET_ENTRY = '  - name: mxnet\n    version: ">=1.9"\n'
+CAFFE_ENTRY = '  - name: caffe\n    version: ">=1.0"\n'
 TENSORRT_ENTRY = '  - name: tensorrt\n    version: ">=10.0"\n    devices: [gpu]\n'
 
 
@@ -75,12 +76,12 @@ def copy_manifest(name: str, target: Path) -> Path:
     """A bundled manifest copied for a test project, on torch and ONNX Runtime only.
 
     The plugin's tests of sessions, stores and verdicts need one cheap framework or two; a
-    TensorFlow worker takes seconds to start, MXNet's lives in a venv stack and TensorRT's items
-    (GPU only) would be skips in every outcome count. Those two are
-    tested in test_zoo, test_tracing, test_stacks and the bundled-suite test.
+    TensorFlow worker takes seconds to start, MXNet's lives in a venv stack, Caffe's in its
+    container image, and TensorRT's items (GPU only) would be skips in every outcome count. Those
+    are tested in test_zoo, test_tracing, test_stacks, test_caffe and the bundled-suite test.
     """
     text = (MANIFESTS / f"{name}.yaml").read_text()
-    entries = (TENSORFLOW_ENTRY, MXNET_ENTRY, TENSORRT_ENTRY)
+    entries = (TENSORFLOW_ENTRY, MXNET_ENTRY, CAFFE_ENTRY, TENSORRT_ENTRY)
     assert all(entry in text for entry in entries)
     for entry in entries:
         text = text.replace(entry, "")

@@ -130,7 +130,7 @@ def test_validate_a_good_manifest_says_ok(capsys: pytest.CaptureFixture[str]) ->
     assert main(["validate", str(GOOD_MANIFEST)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("ok  ")
-    assert out[0].endswith("digits_cnn.yaml (digits_cnn: 5 frameworks)")
+    assert out[0].endswith("digits_cnn.yaml (digits_cnn: 6 frameworks)")
     assert out[-1] == "1 manifest, 0 invalid"
 
 
@@ -144,7 +144,7 @@ def test_validate_prints_every_problem_with_file_line_and_key(
     assert main(["validate", str(manifests)]) == 1
     out = capsys.readouterr().out
     extras_line = len(GOOD_MANIFEST.read_text().splitlines()) + 1
-    assert "ok  manifests/digits_cnn.yaml (digits_cnn: 5 frameworks)" in out
+    assert "ok  manifests/digits_cnn.yaml (digits_cnn: 6 frameworks)" in out
     assert (
         f"manifest manifests/wrong_type.yaml:{BATCH_LINE}: performance.batch_sizes: "
         'expected a list of positive integers, got "eight"' in out

@@ -51,7 +51,7 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
 def test_the_bundled_alexnet_manifest_loads(alexnet_manifest: Manifest) -> None:
     assert alexnet_manifest.name == "alexnet"
     names = [f.name for f in alexnet_manifest.framework]
-    assert names == ["torch", "onnxruntime", "tensorflow", "mxnet", "tensorrt"]
+    assert names == ["torch", "onnxruntime", "tensorflow", "mxnet", "caffe", "tensorrt"]
     assert alexnet_manifest.framework[-1].devices == ["gpu"]
     assert alexnet_manifest.inputs[0].shape == [3, 224, 224]
     assert alexnet_manifest.accuracy.golden is not None
@@ -196,14 +196,14 @@ def test_a_missing_nested_key_is_reported_at_its_parent(tmp_path: Path) -> None:
 
 
 def test_an_agreement_reference_must_be_one_of_the_frameworks(tmp_path: Path) -> None:
-    text = altered("reference: torch", "reference: caffe")
+    text = altered("reference: torch", "reference: cntk")
 
     problems = problems_of(tmp_path, text)
 
-    line = line_of(text, "reference: caffe")
+    line = line_of(text, "reference: cntk")
     assert problems == [
         f"manifest bad.yaml:{line}: accuracy.agreement.reference: expected one of this "
-        "manifest's frameworks (torch, onnxruntime, tensorflow, mxnet, tensorrt), got 'caffe'"
+        "manifest's frameworks (torch, onnxruntime, tensorflow, mxnet, caffe, tensorrt), got 'cntk'"
     ]
 
 
@@ -313,7 +313,7 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_semantic_problems_are_all_reported_too(tmp_path: Path) -> None:
-    text = altered("reference: torch", "reference: caffe")
+    text = altered("reference: torch", "reference: cntk")
     text = altered("  top1: {min: 0.97}", "  top1: {min: 0.97}\n  golden: ../x.npz", text)
 
     problems = problems_of(tmp_path, text)

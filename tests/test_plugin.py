@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MXNET_ENTRY, TENSORFLOW_ENTRY, TENSORRT_ENTRY, copy_manifest
+from conftest import CAFFE_ENTRY, MXNET_ENTRY, TENSORFLOW_ENTRY, TENSORRT_ENTRY, copy_manifest
 from pytest_mlscope.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +33,17 @@ def _db(pytester: pytest.Pytester) -> Store:
     return Store.from_location(pytester.path / ".mlscope" / "results.db", create=False)
 
 
-def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.Pytester) -> None:
+def _caffe_image_present() -> bool:
+    from pytest_mlscope import containers
+
+    try:
+        client = containers.client()
+    except containers.ContainerError:
+        return False
+    return containers.find_image(client, containers.default_image("caffe")) is not None
+
+
+def test_bundled_suite_passes_on_five_frameworks_and_is_stored(pytester: pytest.Pytester) -> None:
     """The quick start: manifests and hand-written tests, configured as in this repo."""
     shutil.copytree(REPO / "manifests", pytester.path / "manifests")
     shutil.copytree(REPO / "test_suites", pytester.path / "test_suites")
@@ -41,9 +52,14 @@ def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.
         'testpaths = ["test_suites"]\n'
         'mlscope_manifests = ["manifests"]\n'
     )
+    # TensorRT's items need an NVIDIA GPU: skipped here, with the reason. Caffe's run in their
+    # image (.ci/run builds it; without it they skip here and fail under CI=true), as an
+    # unprivileged user who must be able to read the project and the artifact cache.
+    caffe = _caffe_image_present()
+    for folder in (pytester.path, os.environ["MLSCOPE_CACHE"]):
+        os.chmod(folder, 0o755)
     result = _run(pytester, "-v", "-rs")
-    # TensorRT's items need an NVIDIA GPU: skipped here, with the reason.
-    result.assert_outcomes(passed=26, skipped=6)
+    result.assert_outcomes(passed=26 + 6 * caffe, skipped=6 + 6 * (not caffe))
     result.stdout.fnmatch_lines(
         ["SKIPPED [[]3[]] manifests/alexnet.yaml: alexnet needs an NVIDIA GPU, none found (*)"]
     )
@@ -58,9 +74,9 @@ def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.
             "*= mlscope =*",
             "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms",
             "across frameworks (single-stream median; agreement with the manifest's reference):",
-            "  model * torch * onnxruntime * tensorflow * mxnet",
-            "  alexnet * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)",
-            "  digits_cnn * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)",
+            "  model * torch * onnxruntime * tensorflow * mxnet*",
+            "  alexnet * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)*",
+            "  digits_cnn * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)*",
             "run * stored in sqlite:///*results.db",
         ]
     )
@@ -73,13 +89,19 @@ def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.
     assert run.status == "complete"
     stored = store.results(run.id)
     skipped = [r for r in stored if r.outcome == "skipped"]
-    assert {r.cell.framework for r in skipped} == {"tensorrt"} and len(skipped) == 6
-    assert all("needs an NVIDIA GPU" in (r.message or "") for r in skipped)
+    assert {r.cell.framework for r in skipped} == ({"tensorrt"} if caffe else {"tensorrt", "caffe"})
+    assert len(skipped) == 6 + 6 * (not caffe)
+    for record in skipped:
+        caffe_skip = record.cell.framework == "caffe"
+        expected = "caffe container: " if caffe_skip else "needs an NVIDIA GPU"
+        assert expected in (record.message or ""), record.message
     results = [r for r in stored if r.outcome != "skipped"]
     assert {r.outcome for r in results} == {"passed"}
-    assert len(results) == 24 + 3  # the hand-written tests store what they evaluate too
+    # The hand-written tests store what they evaluate too.
+    assert len(results) == 24 + 6 * caffe + 3
     digits = [r for r in results if r.cell.model == "digits_cnn"]
-    assert {r.cell.framework for r in digits} == {"torch", "onnxruntime", "tensorflow", "mxnet"}
+    frameworks = {"torch", "onnxruntime", "tensorflow", "mxnet"} | ({"caffe"} if caffe else set())
+    assert {r.cell.framework for r in digits} == frameworks
     for record in digits:
         assert record.accuracy is not None and record.accuracy.top1 is not None
         assert record.accuracy.top1 >= 0.97
@@ -87,7 +109,7 @@ def test_bundled_suite_passes_on_four_frameworks_and_is_stored(pytester: pytest.
     assert len(onnx_alexnet) == 2
     checks = {c.name: c.passed for c in onnx_alexnet[0].accuracy.checks}  # type: ignore[union-attr]
     assert checks == {"golden": True, "agreement": True}
-    for framework in ("tensorflow", "mxnet"):
+    for framework in ("tensorflow", "mxnet", *(["caffe"] if caffe else [])):
         item = f"alexnet[{framework}-cpu-bs1-single_stream]"
         (record,) = [r for r in results if r.cell.id == item]
         checks = {c.name: c.passed for c in record.accuracy.checks}  # type: ignore[union-attr]
@@ -468,7 +490,7 @@ def test_a_checksum_mismatch_fails_the_item_naming_the_manifest_line_and_both_ha
     text = (REPO / "manifests" / "digits_cnn.yaml").read_text()
     text = text.replace('  - name: torch\n    version: ">=2.2"\n', "")
     # One framework, reading the one local file.
-    for entry in (TENSORFLOW_ENTRY, MXNET_ENTRY, TENSORRT_ENTRY):
+    for entry in (TENSORFLOW_ENTRY, MXNET_ENTRY, CAFFE_ENTRY, TENSORRT_ENTRY):
         text = text.replace(entry, "")
     text = text.replace(
         "  agreement: {reference: torch, atol: 1.0e-4, rtol: 1.0e-3, top1_match: 1.0}\n", ""

@@ -56,7 +56,7 @@ def test_mxnet_runs_in_its_venv_and_agrees_with_torch_on_the_host(
     _project(pytester)
     result = pytester.runpytest_subprocess(
         "--mlscope", "-p", "no:cacheprovider", "-k", "bs1 and (mxnet or torch)", *QUICK,
-        "--mlscope-html=none",
+        "--mlscope-html=none", "--mlscope-trace", "framework",
     )  # fmt: skip
     result.assert_outcomes(passed=2)
     with Store.from_location(pytester.path / ".mlscope" / "results.db") as store:
@@ -74,3 +74,18 @@ def test_mxnet_runs_in_its_venv_and_agrees_with_torch_on_the_host(
 
     assert numpy.__version__ != "1.23.5"
     assert records["digits_cnn[torch-cpu-bs1-single_stream]"].outcome == "passed"
+    # Its layer table, from mxnet.profiler on an unbulked copy of the network: every block by its
+    # torch name, in order, adding up to a prediction.
+    layers = [row.layer for row in mxnet.layers]
+    assert layers == [
+        "features.0", "features.1", "features.2", "features.3", "features.4",
+        "classifier.0", "classifier.1", "classifier.2", "classifier.3", "(other)",
+    ]  # fmt: skip
+    by_name = {row.layer: row for row in mxnet.layers}
+    assert by_name["features.2"].op_type == "Conv2D"
+    assert by_name["features.2"].kernels == ["Convolution"]
+    assert by_name["classifier.1"].kernels == ["FullyConnected"]
+    assert all(row.self_us > 0 for row in mxnet.layers[:-1])
+    total = sum(row.self_us for row in mxnet.layers)
+    assert 0.5 < total / (mxnet.summary.median * 1e6) < 2.0  # type: ignore[union-attr]
+    assert mxnet.trace is not None and "unbulked copy" in mxnet.trace.notes[0]

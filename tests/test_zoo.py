@@ -47,7 +47,7 @@ def _line_of(text: str, fragment: str) -> int:
 def test_building_digits_gives_a_state_dict_an_onnx_file_and_weights_with_their_sha256(
     digits_artifacts: dict[str, ArtifactRef], artifact_dir: Path
 ) -> None:
-    assert set(digits_artifacts) == {"torch_state_dict", "onnx", "numpy_weights"}
+    assert set(digits_artifacts) == {"torch_state_dict", "onnx", "numpy_weights", "caffe"}
     for fmt, artifact in digits_artifacts.items():
         path = Path(artifact.path)
         assert artifact.format == fmt
@@ -110,7 +110,7 @@ def test_a_framework_whose_formats_the_model_lacks_is_told_what_there_is(
         ArtifactCache(artifact_dir).for_framework(digits_manifest, "tensorflow", ("savedmodel",))
 
     message = str(excinfo.value)
-    assert "model.source gives formats numpy_weights, onnx, torch_state_dict" in message
+    assert "model.source gives formats caffe, numpy_weights, onnx, torch_state_dict" in message
     assert "tensorflow loads savedmodel" in message
 
 
@@ -153,7 +153,7 @@ def test_a_record_whose_file_is_missing_is_rebuilt(
 
     rebuilt = cache.artifacts(digits_manifest)
 
-    assert set(rebuilt) == {"torch_state_dict", "onnx", "numpy_weights"}
+    assert set(rebuilt) == {"torch_state_dict", "onnx", "numpy_weights", "caffe"}
     for artifact in rebuilt.values():
         assert Path(artifact.path).is_relative_to(private_cache.resolve())
         verify(artifact)

@@ -8,7 +8,10 @@
 #
 # Needs root (debootstrap chroots), debootstrap and a running Docker daemon.
 # Environment: MLSCOPE_BASE_SUITE (default bookworm, whose python3 is 3.11), MLSCOPE_BASE_MIRROR
-# (default http://deb.debian.org/debian), MLSCOPE_BASE_TAG (default mlscope/base:<suite>).
+# (default http://deb.debian.org/debian), MLSCOPE_BASE_TAG (default mlscope/base:<suite>),
+# MLSCOPE_BASE_PACKAGES (Debian packages to add, e.g. "python3-caffe libopenblas0-pthread" on
+# bullseye for the Caffe stack: containers/caffe/base.sh). The image's labels record the suite,
+# the Python version and each added package's version (org.mlscope.packages, name=version).
 set -euo pipefail
 
 suite="${MLSCOPE_BASE_SUITE:-bookworm}"
@@ -36,6 +39,33 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
 rm -f "$rootfs.log"
 bootstrapped=$((SECONDS - started))
 
+# Added packages go in with apt inside the root file system (debootstrap's own resolver does not
+# follow alternatives such as libblas.so.3), without recommends and without starting services.
+packages="${MLSCOPE_BASE_PACKAGES:-}"
+package_label=""
+if [ -n "$packages" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+    chmod +x "$rootfs/usr/sbin/policy-rc.d"
+    mount -t proc proc "$rootfs/proc"
+    trap 'umount "$rootfs/proc" 2>/dev/null || true; rm -rf "$rootfs"' EXIT
+    # shellcheck disable=SC2086  # the package list is split on purpose
+    if ! { chroot "$rootfs" apt-get update -q \
+           && DEBIAN_FRONTEND=noninteractive chroot "$rootfs" apt-get install -y -q \
+                --no-install-recommends $packages; } >"$rootfs.log" 2>&1; then
+        echo "build.sh: apt-get install $packages in $suite failed; its log ends with:" >&2
+        tail -20 "$rootfs.log" >&2
+        exit 1
+    fi
+    rm -f "$rootfs.log"
+    umount "$rootfs/proc"
+    rm -f "$rootfs/usr/sbin/policy-rc.d"
+    for package in $packages; do
+        version="$(chroot "$rootfs" dpkg-query -W -f '${Version}' "$package")"
+        package_label="$package_label $package=$version"
+    done
+    package_label="${package_label# }"
+fi
+
 # What an image needs at run time only: no package caches, docs or apt lists.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
     "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
@@ -46,5 +76,6 @@ tar --numeric-owner -C "$rootfs" -c . | docker import \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["python3"]' \
     --change "LABEL org.mlscope.base=debootstrap org.mlscope.suite=$suite org.mlscope.python=$python" \
+    --change "LABEL org.mlscope.packages=\"$package_label\"" \
     - "$tag" >/dev/null
-echo "built $tag (Debian $suite, Python $python): debootstrap ${bootstrapped}s, total $((SECONDS - started))s, $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')"
+echo "built $tag (Debian $suite, Python $python${package_label:+, $package_label}): debootstrap ${bootstrapped}s, total $((SECONDS - started))s, $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')"

@@ -37,6 +37,7 @@ BUILTIN = {
     "tensorflow": "pytest_mlscope.predictors.tensorflow:TensorFlowPredictor",
     "mxnet": "pytest_mlscope.predictors.mxnet:MXNetPredictor",
     "tensorrt": "pytest_mlscope.predictors.tensorrt:TensorRTPredictor",
+    "caffe": "pytest_mlscope.predictors.caffe:CaffePredictor",
 }
 
 
@@ -54,6 +55,9 @@ class Predictor(ABC):
     # A framework that cannot share the host's environment names its venv stack
     # (pytest_mlscope.stacks): its worker runs with that venv's Python.
     venv_stack: ClassVar[str | None] = None
+    # A framework with no build for the host's OS or Python (Caffe: Debian bullseye's package)
+    # runs in its container image whatever the session's runtime (``containers.SYSTEM_STACKS``).
+    container_only: ClassVar[bool] = False
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -140,10 +144,18 @@ class Predictor(ABC):
         return None
 
 
+def _entry_points(group: str) -> list[Any]:
+    """Entry points of one group; Python 3.9 (the Caffe image's) has no ``group=`` keyword."""
+    found = metadata.entry_points()
+    if hasattr(found, "select"):
+        return list(found.select(group=group))
+    return list(found.get(group, []))  # type: ignore[attr-defined]
+
+
 def registered_predictors(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Framework name -> "module:Class", from built-ins, entry points, then the project's ini."""
     found = dict(BUILTIN)
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for entry in _entry_points(ENTRY_POINT_GROUP):
         found[entry.name] = entry.value
     found.update(extra or {})
     return found

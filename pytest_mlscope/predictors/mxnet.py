@@ -25,15 +25,20 @@ class MXNetPredictor(Predictor):
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
         self.net: Any = None
+        self._artifact: ArtifactRef | None = None
 
     def load(self, artifact: ArtifactRef) -> None:
         if artifact.format != "numpy_weights":
             raise ArtifactError(f"{artifact.path}: mxnet cannot load format {artifact.format!r}")
+        self._artifact = artifact
+        self.net = self._build(artifact)
+
+    def _build(self, artifact: ArtifactRef) -> Any:
         builder = self.named_callable(artifact, "architecture", "function")
         with np.load(artifact.path, allow_pickle=False) as stored:
             weights = {name: stored[name] for name in stored.files}
         kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]
-        self.net = builder(weights, **kwargs)
+        return builder(weights, **kwargs)
 
     def prepare_input(self, batch: np.ndarray) -> Any:
         import mxnet as mx
@@ -51,14 +56,14 @@ class MXNetPredictor(Predictor):
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
     ) -> tuple[list[Any], list[float], list[str]]:
-        rows, steps, _ = super().profile(prepared, iterations, level, timeline, trace_dir)
-        return (
-            rows,
-            steps,
-            [
-                "no layer table for mxnet: its profiler records a hybridized network's oneDNN "
-                "operators as engine bulks ('ImperativeBulk'), not by operator or layer"
-            ],
+        """Operators from mxnet.profiler, on an unbulked copy of the network (see
+        :mod:`pytest_mlscope.tracing.mxnet_profile`); the timed network is never touched."""
+        from pytest_mlscope.tracing.mxnet_profile import profile_mxnet
+
+        artifact = self._artifact
+        assert artifact is not None, "profile() before load()"
+        return profile_mxnet(
+            lambda: self._build(artifact), self.predict, prepared, iterations, timeline
         )
 
     def close(self) -> None:

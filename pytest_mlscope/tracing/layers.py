@@ -20,6 +20,17 @@ MOVE_FRACTION = 0.10
 MOVE_US = 2.0
 
 
+def other_row(
+    rows: Iterable[LayerRow], prediction_us: float, op_type: str, device: str = "cpu"
+) -> LayerRow:
+    """The ``(other)`` row: what an uninstrumented prediction spends outside every layer (none,
+    when instrumented layers already add up to more)."""
+    other = max(prediction_us - total_self_us(rows), 0.0)
+    return LayerRow(
+        layer=OTHER, op_type=op_type, device=device, calls=1.0, self_us=other, total_us=other
+    )
+
+
 def top_layers(rows: Iterable[LayerRow], k: int | None = None) -> list[LayerRow]:
     """Rows by self time, largest first."""
     ordered = sorted(rows, key=lambda row: row.self_us, reverse=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlscope.protocol import LayerRow
-from pytest_mlscope.tracing import includes
+from pytest_mlscope.tracing import includes, plain_times
 from pytest_mlscope.tracing.layers import OTHER
 from pytest_mlscope.tracing.timeline import Timeline
 
@@ -102,12 +102,7 @@ def profile_tf(
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     clock = time.perf_counter_ns
-    call(prepared)
-    plain = []
-    for _ in range(iterations):
-        start = clock()
-        call(prepared)
-        plain.append((clock() - start) / 1e3)
+    plain = plain_times(call, prepared, iterations)
     trace_dir.mkdir(parents=True, exist_ok=True)
     logdir = Path(tempfile.mkdtemp(prefix="tf-profile-", dir=trace_dir))
     ours: list[tuple[int, int]] = []

@@ -11,9 +11,9 @@ if TYPE_CHECKING:
 
 
 # What the bundled builders write: 2 added numpy_weights (TensorFlow), 3 names each framework's
-# builder of them (TensorFlow, MXNet). The artifact cache keys builds by it, so an older cache is
-# rebuilt, not served short of a format.
-BUILD_REVISION = 3
+# builder of them (TensorFlow, MXNet), 4 added the Caffe net (prototxt + caffemodel). The artifact
+# cache keys builds by it, so an older cache is rebuilt, not served short of a format.
+BUILD_REVISION = 4
 
 
 def revision(number: int) -> Any:

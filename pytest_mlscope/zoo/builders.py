@@ -82,10 +82,19 @@ def _save_numpy(module: Any, path: Path, model: str, kwargs: dict[str, Any]) -> 
     )
 
 
+def _save_caffe(module: Any, out_dir: Path, model: str, kwargs: dict[str, Any]) -> BuiltArtifact:
+    """A deploy prototxt and a caffemodel, for the Caffe container (``zoo.caffe_models``)."""
+    from pytest_mlscope.zoo import caffe_models
+
+    arrays = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
+    filename, metadata = caffe_models.write(model, out_dir, arrays, **kwargs)
+    return BuiltArtifact("caffe", filename, metadata)
+
+
 @revision(BUILD_REVISION)
 def alexnet(out_dir: Path, *, seed: int = 0, num_classes: int = 1000) -> list[BuiltArtifact]:
-    """AlexNet with seeded random weights: a torch state dict, an ONNX export and the weights as
-    numpy arrays (TensorFlow builds its AlexNet from them)."""
+    """AlexNet with seeded random weights: a torch state dict, an ONNX export, the weights as
+    numpy arrays (TensorFlow and MXNet build their AlexNet from them) and a Caffe net."""
     import torch
 
     from pytest_mlscope.zoo.models import AlexNet
@@ -98,7 +107,8 @@ def alexnet(out_dir: Path, *, seed: int = 0, num_classes: int = 1000) -> list[Bu
     )
     _export_onnx(model, torch.zeros(1, 3, 224, 224), out_dir / "alexnet.onnx")
     numpy_artifact = _save_numpy(model, out_dir / "alexnet.npz", "alexnet", kwargs)
-    return [torch_artifact, BuiltArtifact("onnx", "alexnet.onnx"), numpy_artifact]
+    caffe_artifact = _save_caffe(model, out_dir, "alexnet", kwargs)
+    return [torch_artifact, BuiltArtifact("onnx", "alexnet.onnx"), numpy_artifact, caffe_artifact]
 
 
 @revision(BUILD_REVISION)
@@ -146,4 +156,10 @@ def digits_cnn(
     )
     _export_onnx(model, torch.zeros(1, 1, 8, 8), out_dir / "digits_cnn.onnx")
     numpy_artifact = _save_numpy(model, out_dir / "digits_cnn.npz", "digits_cnn", kwargs)
-    return [torch_artifact, BuiltArtifact("onnx", "digits_cnn.onnx"), numpy_artifact]
+    caffe_artifact = _save_caffe(model, out_dir, "digits_cnn", kwargs)
+    return [
+        torch_artifact,
+        BuiltArtifact("onnx", "digits_cnn.onnx"),
+        numpy_artifact,
+        caffe_artifact,
+    ]
