@@ -142,6 +142,7 @@ class MlscopeSession:
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
         self._image_reasons: dict[str, tuple[str | None, bool]] = {}
+        self._container_only: dict[str, bool] = {}  # framework -> its predictor's container_only
         token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.work_dir = settings.state_dir / "work" / token
 
@@ -210,10 +211,13 @@ class MlscopeSession:
 
         if self.settings.runtime == "docker":
             return True
-        try:
-            return predictor_class(cell.framework, self.settings.predictors).container_only
-        except StackUnavailable:
-            return False
+        if cell.framework not in self._container_only:  # asked for every item at collection
+            try:
+                cls = predictor_class(cell.framework, self.settings.predictors)
+                self._container_only[cell.framework] = cls.container_only
+            except StackUnavailable:
+                self._container_only[cell.framework] = False
+        return self._container_only[cell.framework]
 
     def runtime(self, cell: Cell) -> Runtime:
         """One runtime per software stack: every framework on the host shares the host stack;

@@ -12,6 +12,7 @@ annotations (which ``from __future__ import annotations`` keeps as strings).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import statistics
@@ -159,6 +160,7 @@ def _kernels(layer_type: str) -> list[str]:
     return []
 
 
+@functools.cache
 def _blas() -> str:
     """The BLAS libcaffe links through Debian's alternatives (OpenBLAS, or the slow reference)."""
     for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib"):

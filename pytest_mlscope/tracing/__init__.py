@@ -47,13 +47,28 @@ def repetitions(
         count += 1
 
 
-def plain_times(call: Callable[[Any], Any], argument: Any, iterations: int) -> list[float]:
-    """Uninstrumented predictions (µs) after one warm call: what a layer table adds up to."""
+def timed_runs(
+    call: Callable[[Any], Any],
+    argument: Any,
+    iterations: int,
+    limit: int = MAX_REPETITIONS,
+    *,
+    warm: bool = True,
+) -> list[tuple[int, int]]:
+    """(start, end) in ns of each call for ``repetitions(iterations)``, after one warm call
+    unless the caller warmed up already (a warm call inside a profiler's window is one more
+    prediction in its events than there are spans)."""
     clock = time.perf_counter_ns
-    call(argument)
-    times = []
-    for _ in repetitions(iterations):
+    if warm:
+        call(argument)
+    spans = []
+    for _ in repetitions(iterations, limit=limit):
         start = clock()
         call(argument)
-        times.append((clock() - start) / 1e3)
-    return times
+        spans.append((start, clock()))
+    return spans
+
+
+def plain_times(call: Callable[[Any], Any], argument: Any, iterations: int) -> list[float]:
+    """Uninstrumented predictions (µs): what a layer table adds up to."""
+    return [(end - start) / 1e3 for start, end in timed_runs(call, argument, iterations)]

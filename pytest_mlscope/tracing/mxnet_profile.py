@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from scipy.stats import trim_mean
 
 from pytest_mlscope.protocol import LayerRow
-from pytest_mlscope.tracing import plain_times, repetitions
+from pytest_mlscope.tracing import plain_times, timed_runs
 from pytest_mlscope.tracing.layers import other_row
 from pytest_mlscope.tracing.timeline import Timeline
 
@@ -61,7 +60,6 @@ def profile_mxnet(
     """
     from mxnet import profiler
 
-    clock = time.perf_counter_ns
     plain = plain_times(plain_call, prepared, iterations)
     median_plain = statistics.median(plain)
 
@@ -72,17 +70,15 @@ def profile_mxnet(
     os.environ[BULK_ENV] = "0"
     path = _dump_path(profiler)
     seen_before = len(_read_dump(path)) if path.exists() else 0
-    ours: list[tuple[int, int]] = []
     try:
         net = build()
         for _ in range(5):  # the first calls build the cached graph and allocate
             net(prepared).wait_to_read()
         profiler.set_state("run")
         try:
-            for _ in repetitions(iterations, limit=MAX_RUNS):
-                start = clock()
-                net(prepared).wait_to_read()
-                ours.append((start, clock()))
+            ours = timed_runs(
+                lambda x: net(x).wait_to_read(), prepared, iterations, MAX_RUNS, warm=False
+            )
         finally:
             profiler.set_state("stop")
         profiler.dump(finished=False)

@@ -23,7 +23,7 @@ from typing import Any
 from scipy.stats import trim_mean
 
 from pytest_mlscope.protocol import LayerRow
-from pytest_mlscope.tracing import includes, plain_times, repetitions
+from pytest_mlscope.tracing import includes, plain_times, timed_runs
 from pytest_mlscope.tracing.layers import other_row
 from pytest_mlscope.tracing.timeline import Timeline
 
@@ -80,18 +80,6 @@ def resolve(
     return layer_of(found[0]), fused[::-1]
 
 
-def _profiled_runs(session: Any, feed: dict[str, Any], iterations: int) -> list[tuple[int, int]]:
-    """(start, end) on our clock of each profiled run, after one that allocates."""
-    clock = time.perf_counter_ns
-    session.run(None, feed)
-    ours = []
-    for _ in repetitions(iterations, limit=MAX_RUNS):
-        start = clock()
-        session.run(None, feed)
-        ours.append((start, clock()))
-    return ours
-
-
 def _device(provider: str) -> str:
     return "cuda" if "CUDA" in provider or "Tensorrt" in provider else "cpu"
 
@@ -119,14 +107,14 @@ def profile_ort(
     # large model evict each other's weights from the caches: AlexNet's rows then add up to
     # twice a prediction.)
     plain = plain_times(plain_call, feed, iterations)
-    ours = _profiled_runs(session, feed, iterations)
+    ours = timed_runs(lambda f: session.run(None, f), feed, iterations, MAX_RUNS)
     if len(ours) > 5 * iterations:
         # Each profiled node leaves a couple of KB of event behind, and the first time a process
         # does that the heap grows into fresh pages: the page faults land inside the node spans
         # and put a small model's rows 15-30 % high. A second profiled session reuses the pages.
         Path(session.end_profiling()).unlink(missing_ok=True)
         session = session_factory(prefix + "-again")
-        ours = _profiled_runs(session, feed, iterations)
+        ours = timed_runs(lambda f: session.run(None, f), feed, iterations, MAX_RUNS)
     path = Path(session.end_profiling())
     try:
         events = json.loads(path.read_text())
@@ -169,14 +157,14 @@ def profile_ort(
             variant = "NCHWc" if "_nchwc" in node["name"] else ""
             kernel = "+".join([op, *fused]) + (f"/{variant}" if variant else "")
             info[key] = {"provider": provider, "kernel": kernel}
+            if index < shown:
+                continue  # counted, not drawn: the timeline shows the last runs only
             detail = {
                 "op_type": op,
                 "provider": provider,
                 "node": node["name"].removesuffix(SUFFIX),
                 "input_shapes": json.dumps(args.get("input_type_shape", [])),
             }
-            if index < shown:
-                continue
             timeline.complete(
                 key[0], node["ts"] + offset, node["dur"], "framework", "layer", detail
             )
@@ -192,10 +180,8 @@ def profile_ort(
     # Per node a trimmed mean, not the median: ORT's timestamps are whole µs, and the median of
     # a node that takes 5.5 µs is 5 or 6 by chance, while the mean of rounded values is the
     # true one. Trimming a tenth at each end keeps a preempted run out of it.
-    medians = {
-        key: float(trim_mean([step.get(key, 0.0) for step in per_step], 0.1)) for key in calls
-    }
-    per_call = {key: medians[key] / max(calls[key] / len(runs), 1e-9) for key in calls}
+    means = {key: float(trim_mean([step.get(key, 0.0) for step in per_step], 0.1)) for key in calls}
+    per_call = {key: means[key] / max(calls[key] / len(runs), 1e-9) for key in calls}
     nodes_per_run = sum(calls.values()) / max(len(runs), 1)
     median_plain = statistics.median(plain)
     whole = (statistics.median(steps) - median_plain) / max(nodes_per_run, 1)
@@ -203,7 +189,7 @@ def profile_ort(
     rows = []
     for key in calls:
         layer, op = key
-        self_us = max(medians[key] - per_node * calls[key] / len(runs), 0.0)
+        self_us = max(means[key] - per_node * calls[key] / len(runs), 0.0)
         provider = info[key]["provider"]
         rows.append(
             LayerRow(
