@@ -23,6 +23,13 @@ B is either A again (A/A: every flag is a false alarm) or A with a calibrated sl
    repetition times A (the model) and B (the model with the slowdown) in alternating rounds,
    random order within each pair; round i of A and of B form a pair.
 
+3. ``--design counted`` (not part of the default run): the stored-baseline design on
+   instruction counts, as ``--mlscope-count-instructions`` measures them. Each repetition counts
+   A in one fresh worker under callgrind and B for every condition in its own fresh worker (the
+   slowdown sized in instructions), two workers at a time: counts do not depend on the load.
+   The rules see per-round instructions per call instead of samples: ours (``count_verdict``),
+   pytest-benchmark's 5 % median rule and pyperf's t-test, on the same figures.
+
 Conditions run in a seeded random order, so drift on the machine does not line up with one.
 
 Run from the repository root::
@@ -30,6 +37,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/verdicts.py            # full run, about 18 minutes on 2 cores
     .venv/bin/python benchmarks/verdicts.py --quick    # smoke run, about 3.5 minutes
     .venv/bin/python benchmarks/verdicts.py --json verdicts.json
+    .venv/bin/python benchmarks/verdicts.py --design counted   # needs Valgrind, about 90 minutes
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from pytest_mlscope.callgrind import ROUND_INSTRUCTIONS
 from pytest_mlscope.measure import MIN_ROUND_SAMPLES
 from pytest_mlscope.protocol import MeasureOptions
 
@@ -71,7 +80,10 @@ DESIGNS = {
     "worker processes, one after the other)",
     "interleaved": "Interleaved A/B, `--mlscope-interleave` (one worker, paired rounds, random "
     "order within a pair)",
+    "counted": "Stored baseline from an earlier session, counting instructions (A and B in "
+    "separate fresh worker processes under callgrind)",
 }
+COUNT_ROUNDS = 5  # counted design: rounds of about 5M instructions per side
 
 
 # -- plans ---------------------------------------------------------------------------------------
@@ -111,6 +123,7 @@ class SideFigures:
     round_medians_s: list[float]
     worker_pid: int | None = None
     framework_version: str | None = None
+    instructions: list[float] = field(default_factory=list)  # counted design: per call, per round
 
 
 @dataclass
@@ -149,9 +162,14 @@ def our_key(threshold: float) -> str:
 
 def rule_label(key: str, design: str) -> str:
     if key.startswith("ours_"):
-        function = "verdict" if design == "stored" else "paired_verdict"
+        function = {"stored": "verdict", "counted": "count_verdict"}.get(design, "paired_verdict")
         default = " (default)" if key == our_key(0.05) else ""
         return f"ours, `{function}`, T = {key.removeprefix('ours_')} %{default}"
+    if design == "counted":
+        return {
+            "pytest_benchmark": "pytest-benchmark's rule (median B / median A − 1 > 5 %), counts",
+            "pyperf": "pyperf's `compare_to` rule (t-test, significant and slower) on the counts",
+        }[key]
     return {
         "pytest_benchmark": "pytest-benchmark `--benchmark-compare-fail=median:5%`",
         "pyperf": "pyperf `compare_to` (significant, slower) on our export (quantiles per round)",
@@ -240,6 +258,30 @@ def judge(
     repetition.flagged["pyperf_equal"] = significant and (
         statistics.fmean(b_s[:n]) > statistics.fmean(a_s[:n])
     )
+
+
+def judge_counts(repetition: Repetition, between_run_noise: float | None = None) -> None:
+    """Every rule's decision on one counted repetition's figures (instructions per call per
+    round, both sides): ours, pytest-benchmark's 5 % median rule, and pyperf's t-test."""
+    from pyperf._utils import is_significant
+
+    from pytest_mlscope.compare import count_verdict
+
+    a, b = repetition.a.instructions, repetition.b.instructions
+    for threshold in THRESHOLDS:
+        ours = count_verdict(a, b, threshold=threshold, between_run_noise=between_run_noise)
+        key = our_key(threshold)
+        repetition.ours[key] = OurVerdict(
+            ours.kind, ours.ratio, ours.ratio_low, ours.ratio_high, ours.threshold, ours.noise
+        )
+        repetition.flagged[key] = ours.kind == "regression"
+    repetition.flagged["pytest_benchmark"] = repetition.ratio - 1 > PYTEST_BENCHMARK_FAIL
+    try:
+        significant, t_score = is_significant(a, b)
+        repetition.pyperf_t = float(t_score)
+    except Exception:  # as pyperf._compare.is_significant_benchs does
+        significant = True
+    repetition.flagged["pyperf"] = significant and statistics.fmean(b) > statistics.fmean(a)
 
 
 def side_figures(
@@ -348,6 +390,67 @@ def measure_in_fresh_worker(
     return samples, list(result.rounds), result.worker_pid, result.predictor.version
 
 
+def count_in_fresh_worker(
+    model: Model, slowdown: float, work_dir: Path, rounds: int = COUNT_ROUNDS
+) -> SideFigures:
+    """Instructions per call, one figure per round, from a worker started under callgrind.
+
+    The worker reads the model's input from a file, as the plugin's count pass does (preparing
+    the dataset under Valgrind would take longer than the counting)."""
+    from pytest_mlscope import callgrind
+    from pytest_mlscope.protocol import Cell, CountOptions, EvaluationRequest
+    from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
+
+    inputs = work_dir / "inputs.npz"
+    if not inputs.exists():
+        np.savez(inputs, model.batch)
+    cell = Cell(model=model.manifest.name, framework=model.framework, device="cpu", batch_size=1)
+    request = EvaluationRequest(
+        cell=cell,
+        manifest_path=str(model.manifest.path),
+        artifact=model.artifact,
+        measure=MeasureOptions(warmup=model.warmup),
+        work_dir=str(work_dir),
+        checks=[],
+        inject_slowdown=slowdown,
+        count=CountOptions(rounds=rounds),
+        inputs_path=str(inputs),
+    )
+    out = work_dir / "callgrind"
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = SubprocessRuntime(
+        work_dir=work_dir / "workers",
+        launcher=callgrind.launcher(out),
+        env=callgrind.environment(out),
+    )
+    try:
+        result = runtime.evaluate(request, timeout=600)
+    finally:
+        runtime.close()
+    return SideFigures(
+        median_s=math.nan,
+        mean_s=math.nan,
+        count=len(result.instructions),
+        round_sizes=[],
+        round_medians_s=[],
+        worker_pid=result.worker_pid,
+        framework_version=result.predictor.version,
+        instructions=list(result.instructions),
+    )
+
+
+def counted_processes(
+    model: Model, slowdowns: Sequence[float], work_dir: Path
+) -> list[SideFigures]:
+    """One fresh worker under callgrind per entry of ``slowdowns``, two at a time (one per
+    core): counts do not depend on what else the machine does — that is their point — and a
+    worker under Valgrind takes about 30 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda f: count_in_fresh_worker(model, f, work_dir), slowdowns))
+
+
 def stored_repetition(
     model: Model, plan: Plan, slowdown: float, work_dir: Path
 ) -> tuple[np.ndarray, list[int], np.ndarray, list[int], SideFigures, SideFigures]:
@@ -418,6 +521,8 @@ def run_design(
             _progress(
                 f"[stored history {index + 1}/{HISTORY_SEED_RUNS}] A {_duration(history[-1])}"
             )
+    if design == "counted":
+        return run_counted(model, plan, rng, start, work_dir)
     for index, slowdown in enumerate(order):
         started = time.perf_counter() - start
         load = os.getloadavg()[0]
@@ -449,6 +554,46 @@ def run_design(
             f"[{design} {index + 1}/{len(order)} {time.perf_counter() - start:.0f} s] "
             f"{_condition(slowdown)}: A {_duration(a.median_s)}, B {_duration(b.median_s)} "
             f"({_pct(repetition.ratio - 1, 1, True)}); flagged by: {', '.join(flagged) or 'none'}"
+        )
+    return results
+
+
+def run_counted(
+    model: Model, plan: Plan, rng: random.Random, start: float, work_dir: Path
+) -> list[Repetition]:
+    """The stored-baseline design on instruction counts. Each repetition counts A (the baseline
+    session) in one fresh worker and B for every condition, each in its own fresh worker: every
+    condition's verdicts rest on 40 independent pairs of processes, and A is shared between the
+    conditions of one repetition (5 workers per repetition instead of 8)."""
+    from pytest_mlscope.stats import between_run_noise
+
+    history: list[float] = []  # the baseline branch's stored medians, as the plugin keeps them
+    for side in counted_processes(model, [0.0] * HISTORY_SEED_RUNS, work_dir):
+        history.append(statistics.median(side.instructions))
+    _progress(f"[counted history] A medians {', '.join(f'{h:.0f}' for h in history)}")
+    results = []
+    for index in range(plan.repetitions):
+        started = time.perf_counter() - start
+        load = os.getloadavg()[0]
+        noise = between_run_noise(history[-HISTORY:])
+        conditions = list(CONDITIONS)
+        rng.shuffle(conditions)
+        a, *bs = counted_processes(model, [0.0, *conditions], work_dir)
+        history.append(statistics.median(a.instructions))
+        line = []
+        for slowdown, b in zip(conditions, bs, strict=True):
+            ratio = statistics.median(b.instructions) / statistics.median(a.instructions)
+            repetition = Repetition("counted", index, slowdown, started, load, a, b, ratio)
+            judge_counts(repetition, noise)
+            results.append(repetition)
+            flagged = [k for k, v in repetition.flagged.items() if v]
+            line.append(
+                f"{_condition(slowdown)} {_pct(ratio - 1, 1, True)} "
+                f"[{', '.join(flagged) or 'none'}]"
+            )
+        _progress(
+            f"[counted {index + 1}/{plan.repetitions} {time.perf_counter() - start:.0f} s] "
+            f"A {statistics.median(a.instructions):.0f} instructions per call; " + "; ".join(line)
         )
     return results
 
@@ -539,7 +684,8 @@ def table(design: str, repetitions: Sequence[Repetition]) -> str:
             header.append(f"{_pct(condition)} caught (realized {_pct(realized, 1, True)})")
     header.append("targets")
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(CONDITIONS) + "---|"]
-    for key in rule_keys():
+    present = [k for k in rule_keys() if repetitions and k in repetitions[0].flagged]
+    for key in present:
         cells = [rule_label(key, design)]
         missed = []
         for condition, reps in by_condition.items():
@@ -612,6 +758,37 @@ def _progress(message: str) -> None:
 # -- main ----------------------------------------------------------------------------------------
 
 
+def _repetition(data: dict[str, Any]) -> Repetition:
+    data = dict(data)
+    data["a"], data["b"] = SideFigures(**data["a"]), SideFigures(**data["b"])
+    data["ours"] = {k: OurVerdict(**v) for k, v in data["ours"].items()}
+    return Repetition(**data)
+
+
+def print_saved(paths: Sequence[Path]) -> int:
+    """The tables of saved runs, repetitions pooled per design; each run's facts first."""
+    pooled: dict[str, list[Repetition]] = {}
+    for path in paths:
+        document = json.loads(path.read_text())
+        print(
+            f"{path.name}: seed {document['seed']}, {document['wall_s']:.0f} s; "
+            + machine_line(document["machine"])
+        )
+        for data in document["repetitions"]:
+            repetition = _repetition(data)
+            pooled.setdefault(repetition.design, []).append(repetition)
+    for index, (design, repetitions) in enumerate(pooled.items(), 1):
+        n = sum(1 for r in repetitions if r.slowdown == 0)
+        print()
+        print(f"### {index}. {DESIGNS[design]} ({n} repetitions per condition)")
+        print()
+        print(table(design, repetitions))
+        print()
+        for line in notes(design, repetitions):
+            print(f"- {line}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="8 repetitions (smoke run)")
@@ -623,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--design",
         choices=("both", *DESIGNS),
         default="both",
-        help="run one design only (default: both)",
+        help="run one design only (default: both time designs; 'counted' needs Valgrind)",
     )
     parser.add_argument("--repetitions", type=int, help="per condition and design")
     parser.add_argument("--rounds", type=int, help="rounds per side, stored design")
@@ -639,7 +816,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=Path(os.environ.get("MLSCOPE_CACHE") or DEFAULT_CACHE),
         help="artifact cache (default: $MLSCOPE_CACHE, else .mlscope/artifacts in the repository)",
     )
+    parser.add_argument(
+        "--tables-from",
+        metavar="JSON",
+        type=Path,
+        nargs="+",
+        help="measure nothing: print the tables of earlier runs' --json files, their "
+        "repetitions pooled per design (two runs of 20 read as one of 40)",
+    )
     args = parser.parse_args(argv)
+    if args.tables_from:
+        return print_saved(args.tables_from)
     plan = QUICK if args.quick else FULL
     plan = Plan(
         repetitions=args.repetitions or plan.repetitions,
@@ -649,7 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pair_round_s=args.pair_round_seconds or plan.pair_round_s,
         max_side_s=plan.max_side_s,
     )
-    designs = list(DESIGNS) if args.design == "both" else [args.design]
+    designs = ["stored", "interleaved"] if args.design == "both" else [args.design]
 
     start = time.perf_counter()
     facts = machine(args.model, args.framework)
@@ -671,7 +858,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(seed {args.seed}); stored: each side {plan.rounds} rounds × {plan.round_s:g} s, "
         f"run-to-run noise from the last {HISTORY} stored A runs (after {HISTORY_SEED_RUNS} "
         f"seed runs); interleaved: {plan.pairs} pairs of {plan.pair_round_s:g} s rounds; "
-        f"wall time {wall_s:.0f} s"
+        f"counted: {COUNT_ROUNDS} rounds of about {ROUND_INSTRUCTIONS / 1e6:g}M instructions per "
+        f"side, run-to-run noise from the stored A medians (after {HISTORY_SEED_RUNS} seed "
+        f"runs); wall time {wall_s:.0f} s"
     )
     n = plan.repetitions
     print(

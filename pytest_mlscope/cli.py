@@ -313,15 +313,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"  environment differs: {difference}")
     rows = []
     for item, found in verdicts.items():
-        rows.append(
-            [
-                item,
-                ms(found.baseline_median),
-                ms(found.current_median),
-                found.ratio_text or "-",
-                found.kind,
-            ]
-        )
+        a, b = ms(found.baseline_median), ms(found.current_median)
+        if found.baseline_instructions is not None and found.current_instructions is not None:
+            a = f"{found.baseline_instructions:,.0f} instr"  # both runs counted: work decided
+            b = f"{found.current_instructions:,.0f} instr"
+        rows.append([item, a, b, found.ratio_text or "-", found.kind])
     print()
     print(table(["item", "A median ms", "B median ms", "B vs A", "verdict"], rows, {1, 2}))
     counts: dict[str, int] = {}

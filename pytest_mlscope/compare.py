@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +61,7 @@ class Side:
     run_id: str | None = None
     artifact_sha256: str | None = None
     layers: Sequence[Any] = ()  # the layer table (protocol.LayerRow), when the side was traced
+    instructions: Sequence[float] = ()  # per call, per round, when the side was counted
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,9 @@ class Verdict:
     baseline_run: str | None = None
     design: str | None = None  # "stored" (unpaired) or "interleaved" (paired rounds)
     pairs: int | None = None  # interleaved: pairs of rounds the decision rests on
+    # design "instructions": the medians are instructions per call, not seconds
+    baseline_instructions: float | None = None
+    current_instructions: float | None = None
 
     @property
     def ratio_text(self) -> str:
@@ -175,8 +179,76 @@ def latency_verdict(
     """
     a = round_medians(baseline.samples_ns, baseline.rounds)
     b = round_medians(current.samples_ns, current.rounds)
-    base_median = float(np.median(np.asarray(baseline.samples_ns)) / 1e9)
-    cur_median = float(np.median(np.asarray(current.samples_ns)) / 1e9)
+    return _unpaired(
+        a,
+        b,
+        threshold=threshold,
+        confidence=confidence,
+        between_run_noise=between_run_noise,
+        baseline_median=float(np.median(np.asarray(baseline.samples_ns)) / 1e9),
+        current_median=float(np.median(np.asarray(current.samples_ns)) / 1e9),
+        p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
+        baseline_run=baseline.run_id,
+        design="stored",
+    )
+
+
+def count_verdict(
+    baseline_counts: Sequence[float],
+    current_counts: Sequence[float],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    confidence: float = 1 - DEFAULT_ALPHA,
+    between_run_noise: float | None = None,
+    baseline_run: str | None = None,
+) -> Verdict:
+    """The work verdict: instructions per call (pytest_mlscope.callgrind), one figure per round.
+
+    The same interval rule as for latency, on the log round figures. Counts barely move between
+    rounds or processes (a fraction of a per cent), so a stored baseline from another CI job can
+    resolve a change of a few per cent: the comparison wall time cannot make on a shared machine.
+    What they cannot see is a change in speed at equal work (cache behaviour, threading).
+    """
+    a = np.asarray(baseline_counts, dtype=np.float64)
+    b = np.asarray(current_counts, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("count_verdict needs instruction counts on both sides")
+    found = _unpaired(
+        a,
+        b,
+        threshold=threshold,
+        confidence=confidence,
+        between_run_noise=between_run_noise,
+        baseline_median=math.nan,
+        current_median=math.nan,
+        p_value=slower_p_value(b, a),  # type: ignore[arg-type]
+        baseline_run=baseline_run,
+        design="instructions",
+    )
+    return replace(
+        found,
+        baseline_median=None,  # seconds, elsewhere: counts have fields of their own
+        current_median=None,
+        baseline_instructions=float(np.median(a)),
+        current_instructions=float(np.median(b)),
+    )
+
+
+def _unpaired(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    threshold: float,
+    confidence: float,
+    between_run_noise: float | None,
+    baseline_median: float,
+    current_median: float,
+    p_value: float,
+    baseline_run: str | None,
+    design: str,
+) -> Verdict:
+    """Stored baseline against a fresh run, on per-round figures of each (round medians of
+    latency, or instructions per call)."""
     log_a, log_b = np.log(a), np.log(b)
     shift = shift_interval(log_a, log_b, confidence)
     pooled = np.concatenate([log_a - np.median(log_a), log_b - np.median(log_b)])
@@ -200,12 +272,12 @@ def latency_verdict(
         threshold=threshold,
         floor=between_run_noise or 0.0,
         floor_name="the run-to-run noise",
-        baseline_median=base_median,
-        current_median=cur_median,
-        p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
-        baseline_run=baseline.run_id,
+        baseline_median=baseline_median,
+        current_median=current_median,
+        p_value=p_value,
+        baseline_run=baseline_run,
         between_run_noise=between_run_noise,
-        design="stored",
+        design=design,
     )
 
 
@@ -347,13 +419,23 @@ def verdict(
             differences=differences,
             baseline_run=baseline.run_id,
         )
+    confidence = 1 - alpha / max(1, comparisons)
+    if baseline.instructions and current.instructions:
+        # Both sides counted: work, which a shared machine's drift does not move, decides.
+        found = count_verdict(
+            baseline.instructions,
+            current.instructions,
+            threshold=threshold,
+            confidence=confidence,
+            baseline_run=baseline.run_id,
+        )
+        return replace(found, reason=f"instructions per call: {found.reason}")
     if not baseline.samples_ns or not current.samples_ns:
         return Verdict(
             "new",
             "no timing samples on " + ("the baseline" if not baseline.samples_ns else "this run"),
             baseline_run=baseline.run_id,
         )
-    confidence = 1 - alpha / max(1, comparisons)
     return latency_verdict(
         baseline,
         current,
@@ -395,7 +477,6 @@ def interleaved_verdict(
         confidence=1 - alpha / max(1, comparisons),
         baseline_run=baseline.run_id if baseline else None,
     )
-    from dataclasses import replace
 
     return replace(
         found, reason=f"interleaved with {against}, {found.pairs} pairs of rounds: {found.reason}"
@@ -424,6 +505,7 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         run_id=run_id,
         artifact_sha256=getattr(record, "artifact_sha256", None),
         layers=list(getattr(record, "layers", None) or []),
+        instructions=list(getattr(record, "instructions", None) or []),
     )
 
 
@@ -433,7 +515,7 @@ def run_sides(records: Mapping[str, Any], host: Mapping[str, Any], run_id: str) 
     return {
         item: side_of(record, host, run_id)
         for item, record in records.items()
-        if record.samples_ns or record.accuracy
+        if record.samples_ns or record.accuracy or getattr(record, "instructions", None)
     }
 
 
@@ -462,6 +544,7 @@ def compare_runs(
                 host=base.host,
                 framework_version=base.framework_version,
                 run_id=side.run_id,
+                instructions=side.instructions,
             )
         framework = item.partition("[")[2].partition("-")[0] or "framework"
         verdicts[item] = verdict(

@@ -7,6 +7,7 @@ nothing heavy: no framework, no SQLAlchemy, not even pydantic until ``--mlscope`
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="add calibrated CPU work to every timed call (e.g. 0.05): checks that the gate fires",
     )
     group.addoption(
+        "--mlscope-count-instructions",
+        action="store_true",
+        default=None,
+        help="after timing, count each item's instructions per call under Valgrind's callgrind "
+        "(x86-64, host and venv stacks); a baseline that has counts is then compared on them",
+    )
+    group.addoption(
         "--mlscope-trace",
         choices=("none", "model", "framework", "library", "system", "full"),
         metavar="LEVEL",
@@ -147,6 +155,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mlscope_trace", "trace level for manifests that set none", default="none")
     parser.addini(
         "mlscope_interleave", "interleave every item with its baseline", type="bool", default=False
+    )
+    parser.addini(
+        "mlscope_count_instructions",
+        "count instructions per call under callgrind after timing",
+        type="bool",
+        default=False,
     )
     parser.addini(
         "mlscope_threshold", "regression threshold for manifests that set none", default="0.05"
@@ -305,6 +319,11 @@ def pytest_configure(config: pytest.Config) -> None:
         markdown=_report_path(config.getoption("mlscope_md"), "none", rootdir),
         shard=_shard(config.getoption("mlscope_shard")),
         shard_group=config.getoption("mlscope_shard_group") or None,
+        count_instructions=bool(
+            config.getoption("mlscope_count_instructions")
+            if config.getoption("mlscope_count_instructions") is not None
+            else config.getini("mlscope_count_instructions")
+        ),
         interleave=bool(
             config.getoption("mlscope_interleave")
             if config.getoption("mlscope_interleave") is not None
@@ -317,13 +336,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(xdist.Controller(session), "mlscope-xdist")
     if settings.shard is not None:
         config.pluginmanager.register(_Sharding(session), "mlscope-shard")
-    if settings.baseline_required or settings.save_baseline:
-        from pytest_mlscope.errors import MlscopeError
+    from pytest_mlscope.errors import MlscopeError
 
-        try:
+    try:
+        if settings.baseline_required or settings.save_baseline:
             session.check_baselines()
-        except MlscopeError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        session.check_counting()
+    except MlscopeError as exc:
+        raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = session
     # With no paths on the command line, the manifests join whatever pytest collects anyway.
     if config.args_source != pytest.Config.ArgsSource.ARGS:
@@ -440,6 +460,13 @@ VERDICT_KEY = pytest.StashKey["Verdict"]()
 
 def _regression_message(verdict: Verdict) -> str:
     lines = [verdict.describe()]
+    if verdict.baseline_instructions is not None and verdict.current_instructions is not None:
+        lines.append(
+            f"instructions per call {verdict.baseline_instructions:,.0f} (baseline run "
+            f"{(verdict.baseline_run or '?')[:12]}) -> {verdict.current_instructions:,.0f}; "
+            f"threshold {verdict.threshold:.1%}, noise {verdict.noise:.2%}, "
+            f"Mann-Whitney p={verdict.p_value:.2g}"
+        )
     if verdict.baseline_median is not None and verdict.current_median is not None:
         if verdict.design == "interleaved":
             lines.append(
@@ -474,6 +501,8 @@ def _properties(result: EvaluationResult, verdict: Verdict | None = None) -> dic
             mlscope_throughput=round(result.summary.throughput, 2),
             mlscope_samples=result.summary.count,
         )
+    if result.instructions:
+        props["mlscope_instructions"] = round(statistics.median(result.instructions))
     if result.trace is not None:
         props["mlscope_trace_level"] = result.trace.level
         if result.trace.path:
@@ -497,6 +526,8 @@ def _properties(result: EvaluationResult, verdict: Verdict | None = None) -> dic
                 props[f"mlscope_{name}"] = round(value, 6)
         if verdict.baseline_median is not None:
             props["mlscope_baseline_median_ms"] = round(verdict.baseline_median * 1e3, 4)
+        if verdict.baseline_instructions is not None:
+            props["mlscope_baseline_instructions"] = round(verdict.baseline_instructions)
         if verdict.baseline_run:
             props["mlscope_baseline_run"] = verdict.baseline_run
     return props

@@ -61,6 +61,14 @@ class MeasureOptions(_Document):
     precision: float | None = None  # target relative half-width of the median's 95 % interval
 
 
+class CountOptions(_Document):
+    """The instruction-count pass (pytest_mlscope.callgrind): rounds of calls under callgrind."""
+
+    rounds: int = 5
+    # Calls per round: enough to execute about this many instructions (callgrind.count_calls).
+    round_instructions: float = 3_000_000
+
+
 class ArtifactRef(_Document):
     """A model file the worker loads, with the checksum it must have."""
 
@@ -112,6 +120,13 @@ class EvaluationRequest(_Document):
     # Load, check accuracy and warm up, then keep the model loaded for RoundRequests instead of
     # timing: the host alternates rounds between two workers (two stacks of one framework).
     hold: bool = False
+    # Count instructions instead of timing (a worker under callgrind, callgrind.launcher); the
+    # accuracy pass still runs the checks asked for.
+    count: CountOptions | None = None
+    # Write the timing pass's input batches here (npz), and read them from inputs_path instead
+    # of preparing the dataset: how a count pass gets the inputs the timing pass used.
+    save_inputs: str | None = None
+    inputs_path: str | None = None
 
 
 class RoundRequest(_Document):
@@ -233,6 +248,8 @@ class EvaluationResult(_Document):
     paired_artifact_sha256: str | None = None
     # The A side's predictor, when A ran in another worker (another stack, another image).
     paired_predictor: PredictorInfo | None = None
+    # Instructions per call, one figure per round, from the count pass (callgrind).
+    instructions: list[float] = Field(default_factory=list)
     layers: list[LayerRow] = Field(default_factory=list)
     trace: TraceInfo | None = None
     # The machine during the timing pass (pytest_mlscope.telemetry): CPU load, RSS, clocks, GPU.

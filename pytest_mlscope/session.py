@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Settings:
     fail_on_regression: bool = True
     inject_slowdown: float = 0.0
     interleave: bool = False  # time items in alternating rounds with their baseline
+    count_instructions: bool = False  # after timing, count instructions under callgrind
     trace_level: str | None = None  # overrides every manifest's performance.trace
     default_trace_level: str = "none"  # ini mlscope_trace
     worker_memory: str | None = None  # each worker's memory limit (default: half the host)
@@ -97,6 +99,7 @@ class Record:
 
 
 KEEP_WORK_DIRS = 5
+COUNT_ROUNDS = 5  # rounds of the count pass (each about 3M instructions, callgrind.count_calls)
 HISTORY_FOR_NOISE = 30  # earlier runs whose spread sets an item's run-to-run noise
 
 
@@ -108,6 +111,8 @@ def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
 
     seen = suspicions(result.telemetry)
     if not seen or found.kind not in ("regression", "inconclusive"):
+        return found
+    if found.design == "instructions":  # counts are what a busy machine cannot move
         return found
     return replace(found, reason=f"{found.reason}; suspect: {'; '.join(seen)} during timing")
 
@@ -141,6 +146,8 @@ class MlscopeSession:
         self.xdist_workers = 0  # on the controller of a pytest-xdist session: its workers
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
+        # Per item id: why its instructions were not counted (a container stack, say).
+        self.not_counted: dict[str, str] = {}
         self._image_reasons: dict[str, tuple[str | None, bool]] = {}
         self._container_only: dict[str, bool] = {}  # framework -> its predictor's container_only
         token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -484,7 +491,79 @@ class MlscopeSession:
         if across:
             assert other is not None
             return self._interleave_stacks(manifest, cell, other, request, **overrides)
-        return self.runtime(cell).evaluate(request, self.settings.timeout)
+        counting = self.settings.count_instructions and self._countable(cell)
+        if counting:
+            inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}.npz"
+            request = request.model_copy(update={"save_inputs": str(inputs)})
+        result = self.runtime(cell).evaluate(request, self.settings.timeout)
+        if counting:
+            result = self._count(cell, request, result)
+        return result
+
+    def check_counting(self) -> None:
+        """Fail fast, before any item runs, when instructions cannot be counted here."""
+        if self.settings.count_instructions:
+            from pytest_mlscope.callgrind import supported
+
+            reason = supported()
+            if reason:
+                raise MlscopeError(f"--mlscope-count-instructions: {reason}")
+
+    def _countable(self, cell: Cell) -> bool:
+        if self.in_container(cell):
+            self.not_counted[cell.id] = (
+                "instructions not counted: the count pass runs on host and venv stacks only "
+                "(container images carry no Valgrind)"
+            )
+            return False
+        return True
+
+    def _count(
+        self, cell: Cell, timed: EvaluationRequest, result: EvaluationResult
+    ) -> EvaluationResult:
+        """The count pass: the same model and inputs as the timing pass, in a worker of the same
+        stack started under callgrind; instructions per call per round join the result."""
+        from pytest_mlscope.protocol import CountOptions
+
+        request = timed.model_copy(
+            update={
+                "count": CountOptions(rounds=COUNT_ROUNDS),
+                "checks": [],
+                "inputs_path": timed.save_inputs,
+                "save_inputs": None,
+                "save_outputs": None,
+                "reference_outputs": None,
+                "interleave": None,
+                "trace_level": "none",
+            }
+        )
+        counted = self._count_runtime(cell).evaluate(request, self.settings.timeout)
+        return result.model_copy(update={"instructions": counted.instructions})
+
+    def _count_runtime(self, cell: Cell) -> Runtime:
+        """A worker under callgrind with the interpreter and path the cell's stack uses."""
+        from pytest_mlscope import callgrind
+        from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
+
+        stack = self.runtime(cell)
+        if isinstance(stack, SubprocessRuntime):
+            python, python_path, env = stack.python, stack.python_path, stack.env
+        else:  # the in-process runtime: this interpreter, in a worker of its own
+            python_path = [str(self.settings.rootdir), *self.settings.python_path]
+            python, env = sys.executable, {}
+        key = f"count:{python}"
+        if key not in self._runtimes:
+            out = self.work_dir / "callgrind"
+            out.mkdir(parents=True, exist_ok=True)
+            self._runtimes[key] = SubprocessRuntime(
+                work_dir=self.work_dir / "workers",
+                python=python,
+                python_path=python_path,
+                env={**env, **callgrind.environment(out)},
+                memory=self.settings.worker_memory,
+                launcher=callgrind.launcher(out),
+            )
+        return self._runtimes[key]
 
     def _interleave_stacks(
         self,
@@ -693,6 +772,7 @@ class MlscopeSession:
             accuracy=result.accuracy,
             host=environment(self.host.fingerprint(), result.predictor),
             framework_version=result.predictor.version,
+            instructions=result.instructions,
         )
         threshold = (
             self.settings.threshold
@@ -751,6 +831,14 @@ class MlscopeSession:
         skipped = self._interleaved.get(result.cell.id)
         if skipped is not None and not skipped[0]:
             found = replace(found, reason=f"{found.reason} ({skipped[1]})")
+        if result.cell.id in self.not_counted:
+            found = replace(found, reason=f"{found.reason} ({self.not_counted[result.cell.id]})")
+        elif baseline is not None and bool(baseline.instructions) != bool(result.instructions):
+            which = "this run" if baseline.instructions else "the baseline"
+            found = replace(
+                found,
+                reason=f"{found.reason} (decided on latency: {which} has no instruction counts)",
+            )
         return _with_suspicions(found, result)
 
     def _between_run_noise(self, result: EvaluationResult) -> float | None:

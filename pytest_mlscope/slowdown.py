@@ -15,6 +15,8 @@ from typing import Any
 
 CALIBRATION_CALLS = 30
 CALIBRATION_SPIN = 200_000
+CALLGRIND_SPIN = 2_000
+CALLGRIND_CORRECTIONS = 2
 
 
 def spin(iterations: int) -> int:
@@ -34,10 +36,19 @@ def _spin_rate() -> float:
     return statistics.median(rates)
 
 
-def slowed(call: Callable[[Any], Any], example: Any, fraction: float) -> Callable[[Any], Any]:
-    """``call`` followed by spinning for ``fraction`` of its median latency."""
+def slowed(
+    call: Callable[[Any], Any], example: Any, fraction: float, metric: str = "time"
+) -> Callable[[Any], Any]:
+    """``call`` followed by spinning for ``fraction`` of its median latency.
+
+    With ``metric="instructions"`` (a worker under callgrind) the spin is sized in instructions
+    instead: ``fraction`` of the instructions one call executes, so the injected slowdown is exact
+    in the unit that is measured.
+    """
     if fraction <= 0:
         return call
+    if metric == "instructions":
+        return _slowed_by_count(call, example, fraction)
     for _ in range(CALIBRATION_CALLS):  # warm-up: the first calls of a fresh model are slow,
         call(example)  # and sizing the spin from them over-delivers the slowdown
     latencies = []
@@ -53,3 +64,35 @@ def slowed(call: Callable[[Any], Any], example: Any, fraction: float) -> Callabl
         return output
 
     return slower
+
+
+def _slowed_by_count(
+    call: Callable[[Any], Any], example: Any, fraction: float
+) -> Callable[[Any], Any]:
+    """Spin sized in instructions: estimated from two spin lengths, then corrected twice on the
+    slowed call itself (a short spin costs more per iteration than a long one: the call's own
+    cost, and integers small enough to be cached)."""
+    from pytest_mlscope.callgrind import SETTLE_ROUNDS, count_calls, count_one
+
+    def count(function: Callable[[Any], Any], rounds: int = 1, settle: int = 1) -> float:
+        return statistics.median(count_calls(function, [example], rounds, settle_rounds=settle))
+
+    def with_spin(iterations: int) -> Callable[[Any], Any]:
+        def slower(prepared: Any) -> Any:
+            output = call(prepared)
+            spin(iterations)
+            return output
+
+        return slower
+
+    per_call = count(call, rounds=2, settle=SETTLE_ROUNDS)  # a fresh process's first count high
+    short = count_one(lambda: spin(CALLGRIND_SPIN))
+    long = count_one(lambda: spin(2 * CALLGRIND_SPIN))
+    wanted = fraction * per_call
+    iterations = max(1, round(wanted * CALLGRIND_SPIN / (long - short)))
+    for _ in range(CALLGRIND_CORRECTIONS):
+        added = count(with_spin(iterations)) - per_call
+        if added <= 0:
+            break
+        iterations = max(1, round(iterations * wanted / added))
+    return with_spin(iterations)

@@ -43,7 +43,7 @@ from pytest_mlscope.protocol import (
     TraceInfo,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Each step takes a database from version N to N + 1, in one transaction. A database written by
 # an older pytest-mlscope keeps every result it had. A step is SQL text ({json} is the backend's
 # JSON type) or a function of the connection (new tables, indexes, converted columns).
@@ -72,6 +72,10 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
         lambda connection: _fill_cpu_models(connection),
         # Raw samples as packed int64 instead of JSON text: a tenth of the encoding time.
         lambda connection: _pack_samples(connection),
+    ],
+    5: [
+        # Instructions per call, per round, from the count pass (pytest_mlscope.callgrind).
+        "ALTER TABLE results ADD COLUMN instructions {json}",
     ],
 }
 
@@ -208,6 +212,8 @@ results_table = sa.Table(
     sa.Column("layers", _NullableJSON, nullable=True),
     sa.Column("trace", _NullableJSON, nullable=True),
     sa.Column("telemetry", _NullableJSON, nullable=True),
+    # Instructions per call, one figure per round, from the count pass (schema 6).
+    sa.Column("instructions", _NullableJSON, nullable=True),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     # Wall time of the item in pytest (schema 4): what sharding balances on.
     sa.Column("duration_s", sa.Float, nullable=True),
@@ -379,6 +385,7 @@ class ResultRecord:
     trace: TraceInfo | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
+    instructions: list[float] = field(default_factory=list)
 
 
 INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
@@ -706,6 +713,7 @@ class Store:
             "layers": None,
             "trace": None,
             "telemetry": None,
+            "instructions": None,
             "recorded_at": _now(),
             "duration_s": duration_s,
         }
@@ -722,6 +730,7 @@ class Store:
                 layers=[row.model_dump() for row in result.layers] if result.layers else None,
                 trace=result.trace.model_dump() if result.trace else None,
                 telemetry=dict(result.telemetry) or None,
+                instructions=list(result.instructions) or None,
             )
         try:
             with self._engine.begin() as connection:
@@ -1313,6 +1322,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
         telemetry=dict(row.get("telemetry") or {}),
         duration_s=row.get("duration_s"),
+        instructions=[float(x) for x in row.get("instructions") or []],
     )
 
 

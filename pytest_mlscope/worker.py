@@ -53,6 +53,19 @@ def _prepared(manifest_path: str, manifest: object) -> object:
     return _PREPARED_CACHE[key]
 
 
+def _save_inputs(path: str, batches: list[np.ndarray], scenario: str) -> None:
+    """The batches the timing pass uses (the first alone for single-stream), for a count pass."""
+    used = batches[:1] if scenario == "single_stream" else batches
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, *used)
+
+
+def _load_inputs(path: str) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        names = sorted(archive.files, key=lambda name: int(name.removeprefix("arr_")))
+        return [archive[name] for name in names]
+
+
 def _golden(spec: object, manifest: object, output_name: str) -> np.ndarray | None:
     golden = spec.golden  # type: ignore[attr-defined]
     if golden is None:
@@ -127,7 +140,9 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
     with spans.span("item", item=cell.id, level=request.trace_level):
         with spans.span("preprocess"):
             manifest = load_manifest(request.manifest_path, require_files=False)
-            data = _prepared(request.manifest_path, manifest)
+            # A count pass under Valgrind gets the timing pass's inputs as a file: preparing the
+            # dataset again there (scikit-learn, decoding, resizing) would take a minute.
+            data = None if request.inputs_path else _prepared(request.manifest_path, manifest)
         predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
         with spans.span("load", artifact=request.artifact.path):
             verify(request.artifact)
@@ -135,7 +150,12 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             predictor.load(request.artifact)
             load_s = time.perf_counter() - before
         try:
-            raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
+            if request.inputs_path:
+                raw_batches = _load_inputs(request.inputs_path)
+            else:
+                raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
+                if request.save_inputs:
+                    _save_inputs(request.save_inputs, raw_batches, cell.scenario)
             batches = [predictor.prepare_input(b) for b in raw_batches]
             with spans.span("first inference"):
                 before = time.perf_counter()
@@ -144,11 +164,20 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 del first
 
             # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
-            with spans.span("accuracy pass"):
-                accuracy = _accuracy(request, manifest, data, predictor, batches)
+            if request.inputs_path and request.checks != []:
+                raise ValueError(
+                    "a request with inputs_path has no dataset to check accuracy on: "
+                    "it must ask for no checks (checks=[])"
+                )
+            if request.count is not None and request.checks == []:
+                accuracy = AccuracyReport()  # a count pass after a checked timing pass: no rerun
+            else:
+                with spans.span("accuracy pass"):
+                    accuracy = _accuracy(request, manifest, data, predictor, batches)
 
             # Timing pass: the predictor call alone, on inputs prepared beforehand.
             summary, samples, rounds = None, [], []
+            instructions: list[float] = []
             paired: Timing | None = None
             window = None
             held = request.hold and not request.accuracy_only
@@ -157,6 +186,17 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
                 for i in range(request.measure.warmup):
                     call(inputs[i % len(inputs)])
+            elif request.count is not None and not request.accuracy_only:
+                from pytest_mlscope.callgrind import count_calls
+
+                inputs = batches[:1] if cell.scenario == "single_stream" else batches
+                call = slowed(predictor.predict, inputs[0], request.inject_slowdown, "instructions")
+                for i in range(request.measure.warmup):
+                    call(inputs[i % len(inputs)])
+                with spans.span("count pass"):
+                    instructions = count_calls(
+                        call, inputs, request.count.rounds, request.count.round_instructions
+                    )
             elif not request.accuracy_only:
                 inputs = batches[:1] if cell.scenario == "single_stream" else batches
                 with spans.span("timing pass"), Window(gpu=cell.device == "gpu") as window:
@@ -194,6 +234,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
         paired_samples_ns=paired.samples_ns if paired else [],
         paired_rounds=paired.rounds if paired else [],
         paired_artifact_sha256=request.interleave.artifact.sha256 if paired else None,  # type: ignore[union-attr]
+        instructions=instructions,
         layers=layers,
         trace=trace,
         telemetry=window.values if window is not None else {},
@@ -390,8 +431,13 @@ def watch_parent(parent_pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pytest_mlscope.callgrind import running_on_valgrind
+
     parent = os.environ.get("MLSCOPE_PARENT_PID", "")
-    if parent.isdigit():
+    # Not under callgrind: the watcher's wake-ups (a GIL hand-over each) would land in whichever
+    # round they fall in, tens of thousands of instructions. A counting worker is idle on its
+    # stdin between requests, so it still ends with its parent, at the latest after one count.
+    if parent.isdigit() and not running_on_valgrind():
         watch_parent(int(parent))
     parser = argparse.ArgumentParser(prog="python -m pytest_mlscope.worker")
     parser.add_argument("--request", help="evaluate one request from this JSON file")

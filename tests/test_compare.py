@@ -229,3 +229,32 @@ def test_a_flat_history_has_no_step_and_a_short_one_has_no_noise_estimate() -> N
     assert step_changes(list(rng.normal(1.0, 0.02, 40))) == []
     assert between_run_noise([1.0, 1.1, 0.9, 1.0]) is None
     assert between_run_noise([1.0, 1.02, 0.98, 1.01, 0.99, 1.0]) == pytest.approx(0.0149, abs=0.01)
+
+
+# Instructions per call per round, as a count pass gives them for digits_cnn here.
+COUNTS = [151_377.0, 151_088.0, 151_103.0, 151_516.0, 151_342.0]
+
+
+def test_counts_decide_when_both_sides_have_them_whatever_the_timings() -> None:
+    """Timings say 30 % slower (two processes on a busy machine); counts say the same work."""
+    rng = np.random.default_rng(7)
+    baseline = run(rng, instructions=COUNTS)
+    current = run(rng, median_s=0.013, instructions=[c * 1.001 for c in COUNTS])
+    found = verdict(baseline, current, threshold=0.01)
+    assert found.kind == "ok" and found.design == "instructions", found.describe()
+    assert found.reason.startswith("instructions per call: ")
+    assert found.baseline_median is None and found.baseline_instructions == pytest.approx(151_342)
+    slower = verdict(baseline, run(rng, instructions=[c * 1.03 for c in COUNTS]), threshold=0.01)
+    assert slower.kind == "regression" and slower.ratio == pytest.approx(1.03, abs=0.002)
+    # One side without counts: latency decides, as before.
+    assert verdict(baseline, run(rng), threshold=0.01).design == "stored"
+
+
+def test_a_count_verdict_still_puts_accuracy_and_environment_first() -> None:
+    rng = np.random.default_rng(8)
+    other_cpu = {**HOST, "cpu_model": "Xeon Y"}
+    found = verdict(
+        run(rng, instructions=COUNTS),
+        run(rng, instructions=COUNTS, host=other_cpu),
+    )
+    assert found.kind == "incomparable" and "CPU model" in found.reason

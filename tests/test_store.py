@@ -941,7 +941,8 @@ def test_git_info_reports_commit_branch_and_dirtiness(bounded_git: Path) -> None
 
 def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -> None:
     """Through every migration since: layers and trace (2), stack and telemetry (3), durations,
-    indexes and shard plans (4), run owners, CPU models and packed samples (5)."""
+    indexes and shard plans (4), run owners, CPU models and packed samples (5), instruction
+    counts (6)."""
     from pytest_mlscope.protocol import LayerRow, TraceInfo
 
     with Store.from_location(db_path) as store:
@@ -959,6 +960,7 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         connection.execute("DROP TABLE shard_plans")
         connection.execute("ALTER TABLE runs DROP COLUMN owner")
         connection.execute("ALTER TABLE runs DROP COLUMN cpu_model")
+        connection.execute("ALTER TABLE results DROP COLUMN instructions")
         # Before schema 5 raw samples were JSON text.
         connection.execute(
             "UPDATE results SET samples_ns = ?", (json.dumps(make_result().samples_ns),)
@@ -997,6 +999,10 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         assert store.item_durations([CELL.id]) == {CELL.id: 2.5}
         assert store.shard_plan("g", 2, "d", lambda: {"x": 1}) == ({"x": 1}, True)
         assert [point.cpu_model for point in store.item_history(CELL.id)] == ["x", "x"]
+        counted = make_result().model_copy(update={"instructions": [151_000.5, 151_200.0]})
+        store.record_result(new_run, cell=CELL, outcome="passed", result=counted)
+        assert store.latest_results(new_run)[CELL.id].instructions == [151_000.5, 151_200.0]
+        assert store.latest_results(old_run)[CELL.id].instructions == []
 
 
 HOSTILE_NAMES = [

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from pytest_mlscope.tracing.timeline import Timeline
 
 ENTRY_POINT_GROUP = "mlscope.predictors"
+# Set by the host for the instruction-count pass: predictors run their framework on this many
+# threads. Counting measures work, and an idle thread pool's spin-waits would count as work.
+THREADS_ENV = "MLSCOPE_THREADS"
 
 # Used when the package's own entry points are not installed (running from a source tree).
 BUILTIN = {
@@ -142,6 +145,14 @@ class Predictor(ABC):
             except metadata.PackageNotFoundError:
                 continue
         return None
+
+
+def worker_threads() -> int | None:
+    """The thread count the host asked this worker's frameworks to use, if any."""
+    import os
+
+    value = os.environ.get(THREADS_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _entry_points(group: str) -> list[Any]:

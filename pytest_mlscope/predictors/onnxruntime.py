@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pytest_mlscope.errors import ArtifactError
-from pytest_mlscope.predictors.base import Predictor
+from pytest_mlscope.predictors.base import Predictor, worker_threads
 from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
 
 
@@ -43,6 +43,12 @@ class OnnxRuntimePredictor(Predictor):
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = worker_threads()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            if threads == 1:  # nothing to hand work to: an idle pool's spinning is pure waste
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def profile(

@@ -76,8 +76,11 @@ class SubprocessRuntime(Runtime):
         python_path: list[str] | None = None,
         env: dict[str, str] | None = None,
         memory: str | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
+        # A command the worker runs under (callgrind.launcher for the instruction-count pass).
+        self.launcher = launcher or []
         self.python = python
         self.python_path = python_path or []
         self.env = env or {}
@@ -106,7 +109,7 @@ class SubprocessRuntime(Runtime):
             )
         with open(self.stderr_path, "w") as stderr:
             process = subprocess.Popen(
-                [self.python, "-m", "pytest_mlscope.worker"],
+                [*self.launcher, self.python, "-m", "pytest_mlscope.worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
