@@ -71,6 +71,40 @@ def test_threads_hint_reaches_the_onnxruntime_session(
         predictor.close()
 
 
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_threads_hint_reaches_torch_and_tensorflow_in_a_fresh_worker(
+    framework: str, digits_manifest: Manifest, artifact_dir: Path
+) -> None:
+    """Their thread pools are set before the runtime starts, so in a process of its own, as the
+    count worker is; the hint is read when the model loads."""
+    artifact = ArtifactCache(artifact_dir).for_framework(
+        digits_manifest, framework, predictor_class(framework).formats
+    )
+    program = textwrap.dedent(
+        f"""
+        import json, sys
+        from pytest_mlscope.predictors import predictor_class
+        from pytest_mlscope.protocol import ArtifactRef
+
+        predictor = predictor_class({framework!r})(device="cpu")
+        predictor.load(ArtifactRef.model_validate_json(sys.stdin.read()))
+        print(json.dumps(predictor.info().details))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program],
+        input=artifact.model_dump_json(),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLSCOPE_THREADS": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    details = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert details["intra_op_threads"] == 1 and details["inter_op_threads"] == 1, details
+
+
 @x86_64
 def test_counts_are_exact_and_repeatable_under_callgrind(tmp_path: Path) -> None:
     """A program under the launcher counts a Python loop of two lengths: the difference is the

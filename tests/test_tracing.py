@@ -119,6 +119,36 @@ def _modules(manifest: Manifest, cache: Path) -> dict[str, str]:
         predictor.close()
 
 
+def test_a_tensorflow_layer_too_cheap_to_trace_after_the_timing_pass_keeps_its_row(
+    tmp_path: Path,
+) -> None:
+    """TensorFlow's executor stops tracing an op once it has timed it under 8,000 cycles: a
+    rescaling of four numbers after the timing pass's calls here, digits_cnn's last dense layer
+    on a fast CPU. The profiled calls go to a fresh function, so the layer keeps its row."""
+    import numpy as np
+
+    from pytest_mlscope.predictors.tensorflow import TensorFlowPredictor, import_tensorflow
+    from pytest_mlscope.tracing.timeline import Timeline
+
+    import_tensorflow()
+    import keras
+
+    inputs = keras.Input((4,), name="input")
+    scaled = keras.layers.Rescaling(2.0, offset=0.5, name="cheap")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(8, name="wide")(scaled), name="small")
+    predictor = TensorFlowPredictor()
+    predictor.use(model)
+    prepared = predictor.prepare_input(np.ones((1, 4), dtype=np.float32))
+    for _ in range(500):  # an estimate starts at 1e8 cycles and loses a tenth per call
+        predictor.predict(prepared)
+    rows, steps, notes = predictor.profile(prepared, 10, "framework", Timeline("small"), tmp_path)
+    by_name = {row.layer: row for row in rows}
+    assert {"wide", "cheap"} <= set(by_name), ([(r.layer, r.kernels) for r in rows], notes)
+    assert by_name["cheap"].op_type == "Rescaling" and by_name["cheap"].self_us > 0
+    assert {"Mul", "AddV2"} <= set(by_name["cheap"].kernels), by_name["cheap"]
+    assert len(steps) == 10
+
+
 @pytest.mark.parametrize("model", ["digits_cnn", "alexnet"])
 @pytest.mark.parametrize("framework", ["torch", "onnxruntime", "tensorflow"])
 def test_layer_tables_name_every_conv_and_linear_layer_and_the_trace_is_one_timeline(
@@ -144,6 +174,8 @@ def test_layer_tables_name_every_conv_and_linear_layer_and_the_trace_is_one_time
         # Keras layers carry the torch names; Grappler's fused conv/matmul+bias+relu ops sit
         # on the convolution or dense layer that starts them, not on the ReLU they are named by.
         by_name = {row.layer: row for row in rows}
+        notes = result.trace.notes if result.trace else []
+        assert set(convs + linears) <= set(by_name), ([r.layer for r in rows], notes)
         for name in convs:
             assert by_name[name].op_type == "Conv2D", by_name.get(name)
             assert "FusedConv2D" in by_name[name].kernels[0], by_name[name]

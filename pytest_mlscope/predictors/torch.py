@@ -7,12 +7,13 @@ outputs back in ``to_numpy``, outside the samples (``benchmarks/gpu_check.py`` m
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 
 from pytest_mlscope.errors import ArtifactError, StackUnavailable
-from pytest_mlscope.predictors.base import Predictor
+from pytest_mlscope.predictors.base import Predictor, worker_threads
 from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
 
 
@@ -31,6 +32,13 @@ class TorchPredictor(Predictor):
     def load(self, artifact: ArtifactRef) -> None:
         import torch
 
+        threads = worker_threads()
+        if threads:
+            torch.set_num_threads(threads)
+            # Settable once, before any inter-op work: a fresh worker has done none; a process
+            # that ran torch already keeps its pool.
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(threads)
         if artifact.format == "torch_state_dict":
             factory = self.named_callable(artifact, "module", "Class")
             kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]

@@ -1,7 +1,8 @@
 """TensorFlow's profiler (XSpace) -> the layer table, and its ops onto the item's timeline.
 
-The profiled predictions run the same ``tf.function`` as the timing pass, inside
-``tf.profiler.experimental`` with a named step around each, after the timing pass. Every executed op
+The profiled predictions run a fresh copy of the timing pass's ``tf.function`` (the executor
+has not yet learned which ops are too cheap to trace), inside ``tf.profiler.experimental`` with a
+named step around each, after the timing pass. Every executed op
 is an event on the host plane named ``<node>:<op type>``, the node carrying the Keras layer's name
 scope (``digits_cnn_1/features.3_1/Relu``). Grappler fuses a convolution or matmul with its bias and
 activation into one op named after the activation; such an op is put on the layer that starts the
@@ -89,13 +90,15 @@ def _events(space: Any) -> tuple[list[tuple[int, int]], list[tuple[int, int, str
 def profile_tf(
     model: Any,
     call: Any,
+    profiled: Any,
     prepared: Any,
     iterations: int,
     level: str,
     timeline: Timeline,
     trace_dir: Path,
 ) -> tuple[list[LayerRow], list[float], list[str]]:
-    """Layer rows (per inference), profiled prediction times (µs) and notes."""
+    """Layer rows (per inference), profiled prediction times (µs) and notes: ``call`` is timed
+    uninstrumented (what the table adds up to), ``profiled`` is called under the profiler."""
     from pytest_mlscope.predictors.tensorflow import import_tensorflow
 
     tf = import_tensorflow()
@@ -112,7 +115,7 @@ def profile_tf(
             for index in range(iterations):
                 with tf.profiler.experimental.Trace(STEP, step_num=index, _r=1):
                     start = clock()
-                    call(prepared)
+                    profiled(prepared)
                     ours.append((start, clock()))
         finally:
             tf.profiler.experimental.stop()
@@ -137,7 +140,7 @@ def profile_tf(
     per_step: list[dict[str, float]] = []
     calls: dict[str, int] = defaultdict(int)
     kernels: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    unplaced = 0
+    unplaced: dict[str, int] = defaultdict(int)
     position = 0
     for index, (begin, end) in enumerate(steps):
         timeline.complete(
@@ -152,7 +155,7 @@ def profile_tf(
             position += 1
             layer = _layer_of(node, classes)
             if layer is None:
-                unplaced += 1
+                unplaced[f"{node}:{op_type}"] += 1
                 layer = OTHER
             elif FUSED.search(op_type) and not classes[layer].startswith(WEIGHTED):
                 layer = owner.get(layer, layer)
@@ -203,5 +206,13 @@ def profile_tf(
         "prediction; fused convolution/matmul ops are put on the layer that starts the fusion"
     ]
     if unplaced:
-        notes.append(f"{unplaced} op events outside any Keras layer's scope went to {OTHER}")
+        named = ", ".join(sorted(unplaced, key=unplaced.__getitem__, reverse=True)[:5])
+        notes.append(
+            f"{sum(unplaced.values())} op events outside any Keras layer's scope went to "
+            f"{OTHER} ({named})"
+        )
+    unseen = [name for name, kind in classes.items() if kind.startswith(WEIGHTED)]
+    unseen = [name for name in unseen if name not in calls]
+    if unseen:
+        notes.append(f"no profiled op of weighted layers {', '.join(unseen)}")
     return rows, [(end - start) / 1e3 for start, end in ours], notes
