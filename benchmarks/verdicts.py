@@ -37,7 +37,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/verdicts.py            # full run, about 18 minutes on 2 cores
     .venv/bin/python benchmarks/verdicts.py --quick    # smoke run, about 3.5 minutes
     .venv/bin/python benchmarks/verdicts.py --json verdicts.json
-    .venv/bin/python benchmarks/verdicts.py --design counted   # needs Valgrind, about 90 minutes
+    .venv/bin/python benchmarks/verdicts.py --design counted   # needs Valgrind, about 75 minutes
 """
 
 from __future__ import annotations
