@@ -26,7 +26,7 @@ B is either A again (A/A: every flag is a false alarm) or A with a calibrated sl
 3. ``--design counted`` (not part of the default run): the stored-baseline design on
    instruction counts, as ``--mlscope-count-instructions`` measures them. Each repetition counts
    A in one fresh worker under callgrind and B for every condition in its own fresh worker (the
-   slowdown sized in instructions), two workers at a time: counts do not depend on the load.
+   slowdown sized in instructions), two workers at a time: counts depend little on the load.
    The rules see per-round instructions per call instead of samples: ours (``count_verdict``),
    pytest-benchmark's 5 % median rule and pyperf's t-test, on the same figures.
 
@@ -443,8 +443,9 @@ def counted_processes(
     model: Model, slowdowns: Sequence[float], work_dir: Path
 ) -> list[SideFigures]:
     """One fresh worker under callgrind per entry of ``slowdowns``, two at a time (one per
-    core): counts do not depend on what else the machine does — that is their point — and a
-    worker under Valgrind takes about 30 s."""
+    core): counts depend little on what else the machine does (a few tenths of a percent, where
+    wall time moves tens) and a worker under Valgrind takes about 30 s; the sides of one
+    repetition run side by side, so what load does to them it does to both."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
