@@ -443,9 +443,9 @@ def counted_processes(
     model: Model, slowdowns: Sequence[float], work_dir: Path
 ) -> list[SideFigures]:
     """One fresh worker under callgrind per entry of ``slowdowns``, two at a time (one per
-    core): counts depend little on what else the machine does (a few tenths of a percent, where
-    wall time moves tens) and a worker under Valgrind takes about 30 s; the sides of one
-    repetition run side by side, so what load does to them it does to both."""
+    core): counts depend little on what else the machine does (under 1 % through a 75-minute run
+    beside a CI run, where wall time moves tens of percent) and a worker under Valgrind takes
+    about 30 s; the sides of one repetition run side by side, so a drift reaches both."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:

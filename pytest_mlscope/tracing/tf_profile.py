@@ -2,9 +2,9 @@
 
 The profiled predictions run a fresh copy of the timing pass's ``tf.function`` (the executor
 has not yet learned which ops are too cheap to trace), inside ``tf.profiler.experimental`` with a
-named step around each, after the timing pass. Every executed op
-is an event on the host plane named ``<node>:<op type>``, the node carrying the Keras layer's name
-scope (``digits_cnn_1/features.3_1/Relu``). Grappler fuses a convolution or matmul with its bias and
+named step around each, after the timing pass. Every executed op is an event on the host plane
+named ``<node>:<op type>``, the node carrying the Keras layer's name scope
+(``digits_cnn_1/features.3_1/Relu``). Grappler fuses a convolution or matmul with its bias and
 activation into one op named after the activation; such an op is put on the layer that starts the
 fusion (the convolution or dense layer before it), where its work belongs and where torch's and
 ONNX Runtime's tables put it.
@@ -211,8 +211,7 @@ def profile_tf(
             f"{sum(unplaced.values())} op events outside any Keras layer's scope went to "
             f"{OTHER} ({named})"
         )
-    unseen = [name for name, kind in classes.items() if kind.startswith(WEIGHTED)]
-    unseen = [name for name in unseen if name not in calls]
+    unseen = [n for n, kind in classes.items() if kind.startswith(WEIGHTED) and n not in calls]
     if unseen:
         notes.append(f"no profiled op of weighted layers {', '.join(unseen)}")
     return rows, [(end - start) / 1e3 for start, end in ours], notes
