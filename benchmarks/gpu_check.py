@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     report = root / "report.html"
     command = [
         sys.executable, "-m", "pytest", "--mlscope", "-p", "no:cacheprovider", "-v", "-rs",
-        "--mlscope-manifests", "manifests", f"--mlscope-db={db}", f"--mlscope-html={report}",
+        "--mlscope-manifests=manifests", f"--mlscope-db={db}", f"--mlscope-html={report}",
         "--mlscope-trace", "full", "-k", "gpu or (torch and cpu and bs1)",
     ]  # fmt: skip
     if args.quick:

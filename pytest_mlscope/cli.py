@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,14 @@ from pytest_mlscope.errors import ManifestError, MlscopeError
 from pytest_mlscope.report.terminal import RESULT_COLUMNS, RESULT_NUMBERS, ms, result_row, table
 
 if TYPE_CHECKING:
-    from pytest_mlscope.store import BaselineRecord, ResultRecord, RunRecord, Store
+    from pytest_mlscope.store import (
+        ArtifactEntry,
+        BaselineArtifact,
+        BaselineRecord,
+        ResultRecord,
+        RunRecord,
+        Store,
+    )
 
 # Exit statuses: 1 means "what you asked about is not right" (an invalid manifest); 2 means the
 # command could not do its job (no database, unknown run), as argparse uses for usage errors.
@@ -43,6 +51,17 @@ def _plural(count: int, noun: str) -> str:
 
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "no results"
+
+
+def _bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    size = count / 1024
+    for unit in ("KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
@@ -288,25 +307,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 # -- compare and export --------------------------------------------------------------------------
 
 
-def _sides(store: Store, run: RunRecord) -> dict[str, Any]:
-    from pytest_mlscope.compare import run_sides
-
-    return run_sides(store.latest_results(run.id), run.host, run.id)
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pytest_mlscope.compare import compare_runs, host_differences
+    from pytest_mlscope.compare import host_differences
+    from pytest_mlscope.judging import compare_stored_runs
 
     with _open_store(args.db) as store:
         run_a = store.get_run(args.run_a)
         run_b = store.get_run(args.run_b)
-        sides_a, sides_b = _sides(store, run_a), _sides(store, run_b)
-    verdicts = compare_runs(
-        sides_a,
-        sides_b,
-        threshold=args.threshold,
-        ignore_environment=args.ignore_environment,
-    )
+        verdicts = compare_stored_runs(
+            store,
+            run_a,
+            run_b,
+            threshold=args.threshold,
+            ignore_environment=args.ignore_environment,
+        )
     print(f"A (baseline): run {run_a.id[:12]}  {_local_time(run_a.started_at)}  {_git_text(run_a)}")
     print(f"B (current):  run {run_b.id[:12]}  {_local_time(run_b.started_at)}  {_git_text(run_b)}")
     for difference in host_differences(run_a.host, run_b.host):
@@ -472,14 +486,37 @@ def cmd_copy(args: argparse.Namespace) -> int:
                 print(f"baseline {baseline.name!r}: its run {baseline.run_id[:12]} was not copied")
                 continue
             try:
-                target.set_baseline(
-                    baseline.name, baseline.run_id, force=args.force, note=baseline.note
-                )
-                print(f"baseline {baseline.name!r} -> run {baseline.run_id[:12]}")
+                with tempfile.TemporaryDirectory(prefix="mlscope-copy-") as scratch:
+                    # The models it keeps travel with it, through a scratch copy on disk.
+                    artifacts = _fetched_artifacts(source, baseline.name, Path(scratch))
+                    target.set_baseline(
+                        baseline.name,
+                        baseline.run_id,
+                        force=args.force,
+                        note=baseline.note,
+                        artifacts=artifacts or None,
+                    )
+                kept = f" with {_plural(len(artifacts), 'artifact')}" if artifacts else ""
+                print(f"baseline {baseline.name!r} -> run {baseline.run_id[:12]}{kept}")
             except StoreError as exc:
                 print(f"baseline {baseline.name!r} not copied: {exc}")
                 status = EXIT_INVALID
     return status
+
+
+def _fetched_artifacts(store: Store, name: str, directory: Path) -> list[ArtifactEntry]:
+    from pytest_mlscope.store import ArtifactEntry
+
+    return [
+        ArtifactEntry(
+            sha256=kept.sha256,
+            model=kept.model,
+            framework=kept.framework,
+            format=kept.format,
+            path=store.fetch_artifact(kept.sha256, directory),
+        )
+        for kept in store.baseline_artifacts(name)
+    ]
 
 
 def cmd_stacks_setup(args: argparse.Namespace) -> int:
@@ -678,22 +715,45 @@ def cmd_baseline_show(args: argparse.Namespace) -> int:
     with _open_store(args.db) as store:
         baseline = store.get_baseline(args.name)
         run = store.get_run(baseline.run_id)
+        artifacts = store.baseline_artifacts(baseline.name)
         results = store.results(run.id)
         location = store.url
     extra = f"set {_local_time(baseline.updated_at)}"
     print(_baseline_line(baseline, run, extra))
     if baseline.note:
         print(f"note: {baseline.note.strip()}")
+    _print_baseline_artifacts(artifacts)
     print()
     _print_run(run, results, location)
     return EXIT_OK
 
 
+def _print_baseline_artifacts(artifacts: Sequence[BaselineArtifact]) -> None:
+    """What a machine without the model files still has of the baseline: the ones it keeps."""
+    if not artifacts:
+        print("artifacts: none kept in the database")
+        return
+    # Counted once per file: one file may serve several frameworks.
+    stored = sum({kept.sha256: kept.stored_size for kept in artifacts}.values())
+    print(
+        f"artifacts: {_plural(len(artifacts), 'artifact')} kept in the database "
+        f"({_bytes(stored)} stored)"
+    )
+    rows = [
+        [kept.sha256[:12], kept.model, kept.framework, kept.format, _bytes(kept.size)]
+        for kept in artifacts
+    ]
+    print(table(["sha256", "model", "framework", "format", "size"], rows, {4}))
+
+
 def cmd_baseline_delete(args: argparse.Namespace) -> int:
     with _open_store(args.db) as store:
         baseline = store.get_baseline(args.name)
-        store.delete_baseline(args.name)
-    print(f"deleted baseline {baseline.name} (was run {baseline.run_id[:12]}; the run is kept)")
+        freed = store.delete_baseline(args.name)
+    kept = f"; {_bytes(freed)} of artifacts freed" if freed else ""
+    print(
+        f"deleted baseline {baseline.name} (was run {baseline.run_id[:12]}; the run is kept{kept})"
+    )
     return EXIT_OK
 
 
@@ -768,7 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
     baseline_list.add_argument("--db", metavar="LOCATION", help=db_help)
     baseline_list.set_defaults(handler=cmd_baseline_list)
 
-    baseline_show = baseline_commands.add_parser("show", help="show a baseline and its run")
+    baseline_show = baseline_commands.add_parser(
+        "show", help="show a baseline, the artifacts it keeps and its run"
+    )
     baseline_show.add_argument("name", metavar="NAME", help="the baseline to show")
     baseline_show.add_argument("--db", metavar="LOCATION", help=db_help)
     baseline_show.set_defaults(handler=cmd_baseline_show)
@@ -786,7 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", metavar="RUN_A", help="the baseline run (id or prefix)")
     compare.add_argument("run_b", metavar="RUN_B", help="the run to judge (id or prefix)")
     compare.add_argument(
-        "--threshold", type=float, default=0.05, help="regression threshold (default 0.05)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="the slowdown to catch (default: what B's session used, else 0.05)",
     )
     compare.add_argument(
         "--ignore-environment",

@@ -36,7 +36,12 @@ from pytest_mlscope.stats import (
 VerdictKind = Literal["ok", "regression", "improvement", "inconclusive", "incomparable", "new"]
 
 DEFAULT_THRESHOLD = 0.05
-DEFAULT_ALPHA = 0.05
+# The chance that an unchanged suite fails anywhere (A/A), over all of a session's comparisons.
+DEFAULT_ALPHA = 0.01
+# Per item: the chance to miss a slowdown of T, and the chance to flag one of T/2, each.
+DEFAULT_BETA = 0.025
+# Comparable stored runs an item needs before its run-to-run noise is known (stats).
+MIN_NOISE_RUNS = 5
 # Top-1/top-5 may drop by this much (absolute) before it counts as an accuracy regression:
 # one flipped sample in a few hundred is numerical noise across builds, not a model change.
 ACCURACY_TOLERANCE = 0.005
@@ -62,6 +67,12 @@ class Side:
     artifact_sha256: str | None = None
     layers: Sequence[Any] = ()  # the layer table (protocol.LayerRow), when the side was traced
     instructions: Sequence[float] = ()  # per call, per round, when the side was counted
+    # Interleaved: the A side's samples and rounds, timed beside this one (round i of each is
+    # pair i), and what A was (its framework version, its artifact).
+    paired_samples_ns: Sequence[int] = ()
+    paired_rounds: Sequence[int] = ()
+    paired_version: str | None = None
+    paired_artifact_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,9 @@ class Verdict:
     # design "instructions": the medians are instructions per call, not seconds
     baseline_instructions: float | None = None
     current_instructions: float | None = None
+    # When instructions decided: what latency said beside them (kind, change, reason).
+    latency: str | None = None
+    comparisons: int | None = None  # items the session compared (the family-wise correction)
 
     @property
     def ratio_text(self) -> str:
@@ -162,35 +176,84 @@ def accuracy_changes(
     return changes
 
 
+def decision_levels(
+    comparisons: int = 1,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    beta: float = DEFAULT_BETA,
+    looks: int = 1,
+) -> tuple[float, float]:
+    """The two-sided confidence of the item's interval and of the family-wise one.
+
+    Each of the ``looks`` of a sequential measurement spends an equal share of the error rates
+    (Bonferroni over looks), so adding pairs until the decision is clear cannot inflate them.
+    """
+    looks = max(1, looks)
+    item = 1 - 2 * beta / looks
+    family = 1 - 2 * alpha / (max(1, comparisons) * looks)
+    return item, family
+
+
 def latency_verdict(
     baseline: Side,
     current: Side,
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    confidence: float = 1 - DEFAULT_ALPHA,
+    comparisons: int = 1,
+    alpha: float = DEFAULT_ALPHA,
     between_run_noise: float | None = None,
+    noise_runs: int | None = None,
 ) -> Verdict:
-    """The latency part of a verdict, on the log round medians of both sides.
+    """The stored design: a fresh run against stored results, on the log round medians of both.
 
     Rounds show drift within a run but not what changes between runs (a new process, other
-    neighbours). When the store knows the item's run-to-run spread (``between_run_noise``, from
-    earlier runs on the same environment), the interval is at least as wide as two runs' levels
-    can differ by that spread, and the threshold at least that spread.
+    neighbours, another memory layout). Only the item's run-to-run spread across comparable
+    stored runs (``between_run_noise``) can say how far apart two runs' levels may lie; the
+    interval is widened by it. Without it a latency change cannot be told from a process's
+    offset, so no regression is called: the verdict is inconclusive and says how to get one.
     """
     a = round_medians(baseline.samples_ns, baseline.rounds)
     b = round_medians(current.samples_ns, current.rounds)
-    return _unpaired(
+    found = _unpaired(
         a,
         b,
         threshold=threshold,
-        confidence=confidence,
+        comparisons=comparisons,
+        alpha=alpha,
         between_run_noise=between_run_noise,
         baseline_median=float(np.median(np.asarray(baseline.samples_ns)) / 1e9),
         current_median=float(np.median(np.asarray(current.samples_ns)) / 1e9),
         p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
         baseline_run=baseline.run_id,
         design="stored",
+        noise_runs=noise_runs,
     )
+    if between_run_noise is not None:
+        return found
+    if found.kind in ("regression", "improvement"):
+        stored = (
+            f"{noise_runs} comparable stored run{'s' if noise_runs != 1 else ''}, "
+            if (noise_runs is not None)
+            else ""
+        )
+        return replace(
+            found,
+            kind="inconclusive",
+            reason=(
+                f"{found.kind} within this run ({found.ratio_text}), but the stored design has no "
+                f"run-to-run noise estimate for this item ({stored}{MIN_NOISE_RUNS} needed on this "
+                "CPU and framework version): a new process alone moves latency this much. For a "
+                "decision: keep the baseline's model reachable so it is timed beside this one "
+                "(interleaved, the default), store more runs on this machine, or count "
+                "instructions (--mlscope-count-instructions)"
+            ),
+            detectable=None,
+        )
+    if found.kind == "ok":
+        return replace(
+            found, reason=f"{found.reason} (within this run; its run-to-run noise is unknown)"
+        )
+    return found
 
 
 def count_verdict(
@@ -198,16 +261,19 @@ def count_verdict(
     current_counts: Sequence[float],
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    confidence: float = 1 - DEFAULT_ALPHA,
+    comparisons: int = 1,
+    alpha: float = DEFAULT_ALPHA,
     between_run_noise: float | None = None,
+    noise_runs: int | None = None,
     baseline_run: str | None = None,
 ) -> Verdict:
     """The work verdict: instructions per call (pytest_mlscope.callgrind), one figure per round.
 
-    The same interval rule as for latency, on the log round figures. Counts barely move between
-    rounds or processes (a fraction of a per cent), so a stored baseline from another CI job can
-    resolve a change of a few per cent: the comparison wall time cannot make on a shared machine.
-    What they cannot see is a change in speed at equal work (cache behaviour, threading).
+    The same rule as for latency, on the log round figures, widened by the spread of the item's
+    stored counts when known. Counts barely move between rounds or processes (a fraction of a
+    per cent), so a stored baseline from another CI job can resolve a change of a few per cent:
+    the comparison wall time cannot make on a shared machine. What they cannot see is a change in
+    speed at equal work (cache behaviour, threading).
     """
     a = np.asarray(baseline_counts, dtype=np.float64)
     b = np.asarray(current_counts, dtype=np.float64)
@@ -217,13 +283,15 @@ def count_verdict(
         a,
         b,
         threshold=threshold,
-        confidence=confidence,
+        comparisons=comparisons,
+        alpha=alpha,
         between_run_noise=between_run_noise,
         baseline_median=math.nan,
         current_median=math.nan,
         p_value=slower_p_value(b, a),  # type: ignore[arg-type]
         baseline_run=baseline_run,
         design="instructions",
+        noise_runs=noise_runs,
     )
     return replace(
         found,
@@ -239,39 +307,39 @@ def _unpaired(
     b: np.ndarray,
     *,
     threshold: float,
-    confidence: float,
+    comparisons: int,
+    alpha: float,
     between_run_noise: float | None,
     baseline_median: float,
     current_median: float,
     p_value: float,
     baseline_run: str | None,
     design: str,
+    noise_runs: int | None = None,
 ) -> Verdict:
     """Stored baseline against a fresh run, on per-round figures of each (round medians of
     latency, or instructions per call)."""
-    log_a, log_b = np.log(a), np.log(b)
-    shift = shift_interval(log_a, log_b, confidence)
-    pooled = np.concatenate([log_a - np.median(log_a), log_b - np.median(log_b)])
-    noise = math.expm1(robust_sd(pooled))
-    if between_run_noise is not None:
-        from scipy.stats import norm
+    from scipy.stats import norm, t
 
-        half = (
-            float(norm.ppf(1 - (1 - confidence) / 2)) * math.sqrt(2) * math.log1p(between_run_noise)
-        )
-        shift = Shift(
-            shift.estimate,
-            min(shift.low, shift.estimate - half),
-            max(shift.high, shift.estimate + half),
-            shift.confidence,
-            shift.exact_confidence_reached,
-        )
+    log_a, log_b = np.log(a), np.log(b)
+    pooled = np.concatenate([log_a - np.median(log_a), log_b - np.median(log_b)])
+
+    def interval(confidence: float) -> Shift:
+        shift = shift_interval(log_a, log_b, confidence)
+        if between_run_noise is None:
+            return shift
+        # The noise is itself estimated from a few runs: Student's t with their degrees of
+        # freedom, not the normal quantile, keeps the false-alarm rate where it is promised.
+        tail = 1 - (1 - confidence) / 2
+        q = float(t.ppf(tail, noise_runs - 1)) if noise_runs and noise_runs > 1 else norm.ppf(tail)
+        return shift.widened(float(q) * math.sqrt(2) * math.log1p(between_run_noise))
+
+    item, family = decision_levels(comparisons, alpha=alpha)
     return _decide(
-        shift,
-        noise=noise,
+        interval(item),
+        interval(family),
+        noise=math.expm1(robust_sd(pooled)),
         threshold=threshold,
-        floor=between_run_noise or 0.0,
-        floor_name="the run-to-run noise",
         baseline_median=baseline_median,
         current_median=current_median,
         p_value=p_value,
@@ -286,24 +354,28 @@ def paired_verdict(
     current_rounds: Sequence[float],
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    confidence: float = 1 - DEFAULT_ALPHA,
+    comparisons: int = 1,
+    alpha: float = DEFAULT_ALPHA,
+    looks: int = 1,
     baseline_run: str | None = None,
 ) -> Verdict:
     """Latency verdict for interleaved A/B: round i of each ran back to back, so drift hits both.
 
     The decision uses the per-pair log ratios: their Hodges–Lehmann shift with the Wilcoxon
     signed-rank interval, and the one-sided signed-rank p-value. Pairing cancels the slow drift
-    that dominates unpaired comparisons on a shared machine, so no run-to-run floor is added to
-    the threshold: both sides share the run.
+    that dominates unpaired comparisons on a shared machine, so no run-to-run term is needed:
+    both sides share the run. ``looks`` is how many times the measurement may stop to decide
+    (pytest_mlscope.measure.SEQUENTIAL_PAIRS); each look spends its share of the error rates.
     """
     a = np.asarray(baseline_rounds, dtype=np.float64)
     b = np.asarray(current_rounds, dtype=np.float64)
     if a.size != b.size or a.size == 0:
         raise ValueError("paired_verdict needs the same number of A and B rounds, at least one")
     differences = np.log(b) - np.log(a)
-    shift = paired_shift_interval(differences, confidence)
+    item, family = decision_levels(comparisons, alpha=alpha, looks=looks)
     return _decide(
-        shift,
+        paired_shift_interval(differences, item),
+        paired_shift_interval(differences, family),
         noise=math.expm1(robust_sd(differences) / math.sqrt(2)),
         threshold=threshold,
         baseline_median=float(np.median(a)),
@@ -315,8 +387,27 @@ def paired_verdict(
     )
 
 
+def settled(
+    baseline_rounds: Sequence[float],
+    current_rounds: Sequence[float],
+    *,
+    threshold: float,
+    comparisons: int = 1,
+    looks: int = 1,
+) -> bool:
+    """Whether interleaved rounds so far decide the item (anything but inconclusive): the
+    sequential measurement's stopping rule, the same rule the verdict applies."""
+    if len(baseline_rounds) < 2 or len(baseline_rounds) != len(current_rounds):
+        return False
+    found = paired_verdict(
+        baseline_rounds, current_rounds, threshold=threshold, comparisons=comparisons, looks=looks
+    )
+    return found.kind != "inconclusive"
+
+
 def _decide(
     shift: Shift,
+    family: Shift,
     *,
     noise: float,
     threshold: float,
@@ -324,24 +415,34 @@ def _decide(
     current_median: float,
     p_value: float,
     baseline_run: str | None,
-    floor: float = 0.0,
-    floor_name: str = "",
     between_run_noise: float | None = None,
     design: str | None = None,
     pairs: int | None = None,
 ) -> Verdict:
-    """The interval rule, shared by the unpaired and the paired designs."""
-    applied = max(threshold, floor)
+    """The rule every design shares; T is the smallest slowdown the gate must catch.
+
+    ``shift`` is the item's interval (each tail at beta over the looks), ``family`` the
+    family-wise one (alpha over the comparisons and the looks). In that order:
+
+    - ``regression``: the item's interval lies wholly above +T/2, and the family-wise one above
+      zero. A true slowdown of T/2 is flagged at most beta of the time; an unchanged model
+      almost never (its interval would have to miss by T/2), and the suite at most alpha.
+    - ``improvement``: the mirror image, below -T/2.
+    - ``ok``: the item's interval ends below +T, so a slowdown of T is ruled out; a true one of
+      T is called ok at most beta of the time. A change between -T/2 and +T/2 is ok, and a
+      clear slowdown of +4 % at T = 5 % is a regression, not ok.
+    - ``inconclusive``: neither yet; with the smallest slowdown the data could have caught.
+    """
     ratio, low, high = (math.exp(x) for x in (shift.estimate, shift.low, shift.high))
-    confidence = shift.confidence
+    half = threshold / 2
     common = dict(
         baseline_median=baseline_median,
         current_median=current_median,
         ratio=ratio,
         ratio_low=low,
         ratio_high=high,
-        confidence=confidence,
-        threshold=applied,
+        confidence=shift.reached if not shift.exact_confidence_reached else shift.confidence,
+        threshold=threshold,
         noise=noise,
         p_value=p_value,
         baseline_run=baseline_run,
@@ -349,25 +450,35 @@ def _decide(
         design=design,
         pairs=pairs,
     )
-    limit = f"{applied:.1%}" + (f" ({floor_name})" if applied > threshold else "")
-    level = f"{confidence:.1%}"
-    if low - 1 > applied:
+    level = f"{common['confidence']:.1%}"
+    if not shift.exact_confidence_reached:
+        level += f" (the most {shift.confidence:.1%} asks for that this data can give)"
+    family_low, family_high = math.exp(family.low), math.exp(family.high)
+    if low > 1 + half and family_low > 1:
         return Verdict(
             "regression",
-            f"slower: the whole {level} interval is beyond the {limit} threshold",
+            f"slower: the whole {level} interval is above +{half:.1%}, half the "
+            f"{threshold:.1%} threshold",
             **common,
         )
-    if high - 1 < -applied:
+    if high < 1 / (1 + half) and family_high < 1:
         return Verdict(
-            "improvement", f"faster: the whole {level} interval is beyond -{limit}", **common
+            "improvement",
+            f"faster: the whole {level} interval is below {1 / (1 + half) - 1:+.1%}",
+            **common,
         )
-    if -applied <= low - 1 and high - 1 <= applied:
-        return Verdict("ok", f"the whole {level} interval is within ±{limit}", **common)
-    detectable = applied + (ratio - low)
+    if high < 1 + threshold:
+        return Verdict(
+            "ok",
+            f"a slowdown of {threshold:.1%} or more is ruled out: the {level} interval ends at "
+            f"{high - 1:+.1%}",
+            **common,
+        )
+    detectable = (1 + half) * ratio / low - 1
     return Verdict(
         "inconclusive",
-        f"the {level} interval straddles the ±{limit} threshold; only a slowdown of "
-        f"{detectable:.1%} or more could have been told from noise",
+        f"the {level} interval neither rules out a {threshold:.1%} slowdown nor lies above "
+        f"+{half:.1%}; only a slowdown of {detectable:.1%} or more could have been caught",
         detectable=detectable,
         **common,
     )
@@ -396,77 +507,108 @@ def verdict(
     accuracy_tolerance: float = ACCURACY_TOLERANCE,
     framework: str = "framework",
     between_run_noise: float | None = None,
+    noise_runs: int | None = None,
+    count_noise: float | None = None,
 ) -> Verdict:
-    """The verdict for one item. ``comparisons`` is how many items the session compares: each
-    interval is widened to 1 - alpha/comparisons (Bonferroni), so the suite as a whole keeps a
-    false-alarm rate of at most alpha."""
-    if baseline is None:
-        return Verdict("new", "no baseline result for this item")
-    lost = _accuracy_regression(baseline, current, accuracy_tolerance)
-    if lost is not None:
-        return lost
-    differences = host_differences(
-        baseline.host,
-        current.host,
-        baseline.framework_version,
-        current.framework_version,
-        framework,
+    """The verdict for one item: the one policy the session, ``mlscope compare`` and the report
+    all apply. ``comparisons`` is how many items the session compares (the family-wise
+    correction); ``between_run_noise`` and ``count_noise`` are the item's spread across
+    comparable stored runs (``noise_runs`` of them), None when too few are stored.
+
+    Order of decisions: no baseline (and no A side timed beside) → ``new``; accuracy lost →
+    ``regression``; latency on the pairs when the item was interleaved (the environment is the
+    same by construction), else ``incomparable`` on another environment, else the stored
+    design; instructions decide instead when both sides were counted on one environment, with
+    latency's verdict kept beside them.
+    """
+    interleaved = bool(current.paired_samples_ns)
+    if baseline is None and not interleaved:
+        return Verdict("new", "no baseline result for this item", comparisons=comparisons)
+    if baseline is not None:
+        lost = _accuracy_regression(baseline, current, accuracy_tolerance)
+        if lost is not None:
+            return replace(lost, comparisons=comparisons)
+    differences = (
+        host_differences(
+            baseline.host,
+            current.host,
+            baseline.framework_version,
+            current.framework_version,
+            framework,
+        )
+        if baseline is not None
+        else []
     )
-    if differences:
+    latency: Verdict | None = None
+    if interleaved:
+        latency = _interleaved_latency(
+            baseline, current, threshold=threshold, comparisons=comparisons, alpha=alpha
+        )
+    elif differences:
         return Verdict(
             "incomparable",
             "different environment: " + "; ".join(differences),
             differences=differences,
-            baseline_run=baseline.run_id,
+            baseline_run=baseline.run_id if baseline else None,
+            comparisons=comparisons,
         )
-    confidence = 1 - alpha / max(1, comparisons)
-    if baseline.instructions and current.instructions:
+    elif baseline is not None and baseline.samples_ns and current.samples_ns:
+        latency = latency_verdict(
+            baseline,
+            current,
+            threshold=threshold,
+            comparisons=comparisons,
+            alpha=alpha,
+            between_run_noise=between_run_noise,
+            noise_runs=noise_runs,
+        )
+    if (
+        baseline is not None
+        and baseline.instructions
+        and current.instructions
+        and not (differences)
+    ):
         # Both sides counted: work, which a shared machine's drift does not move, decides.
         found = count_verdict(
             baseline.instructions,
             current.instructions,
             threshold=threshold,
-            confidence=confidence,
+            comparisons=comparisons,
+            alpha=alpha,
+            between_run_noise=count_noise,
+            noise_runs=noise_runs,
             baseline_run=baseline.run_id,
         )
-        return replace(found, reason=f"instructions per call: {found.reason}")
-    if not baseline.samples_ns or not current.samples_ns:
+        reached = "" if found.confidence is None else f" (reached {found.confidence:.1%})"
+        return replace(
+            found,
+            reason=f"instructions per call{reached}: {found.reason}",
+            latency=latency.describe() if latency is not None else None,
+            comparisons=comparisons,
+        )
+    if latency is None:
+        which = "the baseline" if baseline is not None and not baseline.samples_ns else "this run"
         return Verdict(
             "new",
-            "no timing samples on " + ("the baseline" if not baseline.samples_ns else "this run"),
-            baseline_run=baseline.run_id,
+            f"no timing samples on {which}",
+            baseline_run=baseline.run_id if baseline else None,
+            comparisons=comparisons,
         )
-    return latency_verdict(
-        baseline,
-        current,
-        threshold=threshold,
-        confidence=confidence,
-        between_run_noise=between_run_noise,
-    )
+    return replace(latency, comparisons=comparisons)
 
 
-def interleaved_verdict(
+def _interleaved_latency(
     baseline: Side | None,
     current: Side,
-    paired_samples_ns: Sequence[int],
-    paired_rounds: Sequence[int],
     *,
-    threshold: float = DEFAULT_THRESHOLD,
-    comparisons: int = 1,
-    alpha: float = DEFAULT_ALPHA,
-    accuracy_tolerance: float = ACCURACY_TOLERANCE,
-    against: str = "the baseline",
+    threshold: float,
+    comparisons: int,
+    alpha: float,
 ) -> Verdict:
-    """The verdict for an item timed interleaved with its baseline (A) in one worker.
+    """Latency on the pairs of an item timed beside its A side (the baseline's model)."""
+    from pytest_mlscope.measure import LOOKS
 
-    Accuracy is still judged against the stored baseline result, when there is one; latency on
-    the pairs alone. Environment differences do not apply: both sides ran here, now.
-    """
-    if baseline is not None:
-        lost = _accuracy_regression(baseline, current, accuracy_tolerance)
-        if lost is not None:
-            return lost
-    a = round_medians(paired_samples_ns, paired_rounds)
+    a = round_medians(current.paired_samples_ns, current.paired_rounds)
     b = round_medians(current.samples_ns, current.rounds)
     if a.size < 2 or a.size != b.size:
         return Verdict("new", "interleaved timing gave no pairs of rounds to compare")
@@ -474,13 +616,18 @@ def interleaved_verdict(
         a,
         b,
         threshold=threshold,
-        confidence=1 - alpha / max(1, comparisons),
+        comparisons=comparisons,
+        alpha=alpha,
+        looks=LOOKS,
         baseline_run=baseline.run_id if baseline else None,
     )
-
-    return replace(
-        found, reason=f"interleaved with {against}, {found.pairs} pairs of rounds: {found.reason}"
-    )
+    note = f"{found.pairs} pairs of rounds"
+    if found.kind == "inconclusive":
+        note += " (the item's timing budget ran out)"
+    versions = (current.paired_version, current.framework_version)
+    if current.paired_version and versions[0] != versions[1]:
+        note += f", A on {versions[0]}, B on {versions[1]}"
+    return replace(found, reason=f"interleaved, {note}: {found.reason}")
 
 
 def environment(host: Mapping[str, Any], predictor: Any) -> dict[str, Any]:
@@ -496,6 +643,7 @@ def environment(host: Mapping[str, Any], predictor: Any) -> dict[str, Any]:
 
 def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> Side:
     """A stored result (a ``store.ResultRecord``) as one side of a comparison."""
+    paired = getattr(record, "paired_predictor", None)
     return Side(
         samples_ns=record.samples_ns,
         rounds=record.rounds,
@@ -506,6 +654,10 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         artifact_sha256=getattr(record, "artifact_sha256", None),
         layers=list(getattr(record, "layers", None) or []),
         instructions=list(getattr(record, "instructions", None) or []),
+        paired_samples_ns=list(getattr(record, "paired_samples_ns", None) or []),
+        paired_rounds=list(getattr(record, "paired_rounds", None) or []),
+        paired_version=getattr(paired, "version", None) if paired is not None else None,
+        paired_artifact_sha256=getattr(record, "paired_artifact_sha256", None),
     )
 
 
@@ -519,40 +671,52 @@ def run_sides(records: Mapping[str, Any], host: Mapping[str, Any], run_id: str) 
     }
 
 
+@dataclass(frozen=True)
+class Noise:
+    """An item's spread across comparable stored runs, for the stored and counted designs."""
+
+    latency: float | None = None
+    instructions: float | None = None
+    runs: int = 0
+
+
 def compare_runs(
     baseline: Mapping[str, Side],
     current: Mapping[str, Side],
     *,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     alpha: float = DEFAULT_ALPHA,
     ignore_environment: bool = False,
+    noise: Mapping[str, Noise] | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Verdict]:
-    """Verdicts for every item of ``current`` (by item id), against ``baseline``.
+    """Verdicts for every item of ``current`` (by item id), against ``baseline``: ``verdict``
+    for each, so a stored run compared later says what its session said.
 
-    ``ignore_environment`` compares latencies across different environments anyway: the A/B of
-    two framework versions or two machines that a user asked for explicitly.
+    ``settings`` are what each item's session judged with (its stored verdict's threshold and
+    comparisons); ``threshold`` overrides them, else the default applies. ``noise`` is each
+    item's run-to-run spread from runs stored before ``current``. ``ignore_environment``
+    compares latencies across different environments anyway: the A/B of two framework versions
+    or two machines that a user asked for explicitly.
     """
-    comparisons = max(1, sum(1 for item in current if item in baseline))
+    compared = max(1, sum(1 for item in current if item in baseline))
     verdicts = {}
     for item, side in current.items():
         base = baseline.get(item)
         if ignore_environment and base is not None:
-            side = Side(
-                samples_ns=side.samples_ns,
-                rounds=side.rounds,
-                accuracy=side.accuracy,
-                host=base.host,
-                framework_version=base.framework_version,
-                run_id=side.run_id,
-                instructions=side.instructions,
-            )
+            side = replace(side, host=base.host, framework_version=base.framework_version)
+        used = (settings or {}).get(item) or {}
+        known = (noise or {}).get(item, Noise())
         framework = item.partition("[")[2].partition("-")[0] or "framework"
         verdicts[item] = verdict(
             base,
             side,
-            threshold=threshold,
-            comparisons=comparisons,
+            threshold=threshold or used.get("threshold") or DEFAULT_THRESHOLD,
+            comparisons=int(used.get("comparisons") or compared),
             alpha=alpha,
             framework=framework,
+            between_run_noise=known.latency,
+            noise_runs=known.runs,
+            count_noise=known.instructions,
         )
     return verdicts

@@ -20,6 +20,12 @@ MIN_ROUND_SAMPLES = 3
 # paired interval narrows with the square root of the pairs, and short rounds cost nothing
 # extra: a 3 % slowdown needs tens of pairs to be told from pair-to-pair noise of a few %.
 MIN_PAIRS = 30
+# Sequential interleaving: the verdict's rule is applied after the first block of pairs and after
+# each further block of the same size, at most LOOKS blocks; the measurement stops as soon as the
+# item is decided. Each look spends a share of the error rates (compare.decision_levels), so
+# looking cannot inflate them: a clear change or a clear no-change costs one block, a change
+# near the threshold gets up to LOOKS times the pairs before it is called inconclusive.
+LOOKS = 4
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,9 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
 
 
 def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
-    """How many pairs an interleaved measurement takes and each round's floors: the item's count
-    and duration floors split over at least MIN_PAIRS rounds per side. Shared by the in-worker
-    interleave and the host-driven one across two stacks."""
+    """How many pairs one block of an interleaved measurement takes and each round's floors: the
+    item's count and duration floors split over at least MIN_PAIRS rounds per side. Shared by the
+    in-worker interleave and the host-driven one across two stacks."""
     pairs = max(options.rounds, MIN_PAIRS)
     per_round = MeasureOptions(
         warmup=0,
@@ -90,14 +96,16 @@ def time_interleaved(
     inputs_b: Sequence[T],
     options: MeasureOptions,
     seed: int = 0,
+    settled: Callable[[list[float], list[float]], bool] | None = None,
 ) -> tuple[Timing, Timing]:
     """Alternate rounds of A and B, in random order within each pair; returns (A, B).
 
     Each side gets the floors of ``options`` (count, duration), split into at least MIN_PAIRS
-    rounds, and ``max_duration_s`` each. Round i of A and of B ran back to back, so anything that
-    drifts slower than a pair (frequency, neighbours, thermal state) hits both; the random order
-    keeps "B always second" from becoming a bias of its own. A pair cut short by the deadline is
-    dropped from both sides.
+    rounds, per block. Round i of A and of B ran back to back, so anything that drifts slower
+    than a pair (frequency, neighbours, thermal state) hits both; the random order keeps "B
+    always second" from becoming a bias of its own. With ``settled`` (A's and B's round medians
+    so far -> decided?), blocks are added until it says yes or LOOKS blocks ran; without it, one
+    block. A pair cut short by the deadline (2 x ``max_duration_s``) is dropped from both sides.
     """
     import random
 
@@ -117,23 +125,38 @@ def time_interleaved(
     }
     start = time.perf_counter_ns()
     stopped_by = "target"
-    for _ in range(pairs):
-        order = ["a", "b"] if rng.random() < 0.5 else ["b", "a"]
-        taken: dict[str, list[int]] = {}
-        for key in order:
-            call, inputs, _, _ = sides[key]
-            taken[key] = []
-            if not _sample(call, inputs, taken[key], per_round_count, per_round_ns, deadline_ns):
-                stopped_by = "max_duration"
+    medians: dict[str, list[float]] = {"a": [], "b": []}
+    for _ in range(LOOKS if settled is not None else 1):
+        for _ in range(pairs):
+            order = ["a", "b"] if rng.random() < 0.5 else ["b", "a"]
+            taken: dict[str, list[int]] = {}
+            for key in order:
+                call, inputs, _, _ = sides[key]
+                taken[key] = []
+                if not _sample(
+                    call, inputs, taken[key], per_round_count, per_round_ns, deadline_ns
+                ):
+                    stopped_by = "max_duration"
+                    break
+            if stopped_by != "target":
                 break
-        if stopped_by != "target":
+            for key, values in taken.items():
+                sides[key][2].extend(values)
+                sides[key][3].append(len(values))
+                medians[key].append(_median(values) / 1e9)
+        if stopped_by != "target" or settled is None or settled(medians["a"], medians["b"]):
             break
-        for key, values in taken.items():
-            sides[key][2].extend(values)
-            sides[key][3].append(len(values))
     total = (time.perf_counter_ns() - start) / 1e9
     return tuple(  # type: ignore[return-value]
         Timing(sides[key][2], total, stopped_by, sides[key][3]) for key in ("a", "b")
+    )
+
+
+def _median(values: list[int]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return float(
+        ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
     )
 
 

@@ -124,8 +124,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mlscope-interleave",
         action="store_true",
         default=None,
-        help="time each item in alternating rounds with its baseline (the baseline's artifact, "
-        "without injected slowdown) in one worker, and judge on the pairs",
+        help="time each item in alternating rounds with an A side and judge on the pairs: the "
+        "default whenever a baseline is named (A: the baseline's model); without one, an A/A "
+        "run of the item against itself",
+    )
+    group.addoption(
+        "--mlscope-stored",
+        action="store_false",
+        dest="mlscope_interleave",
+        help="judge against the baseline's stored numbers only (the stored design), never timing "
+        "its model beside the item",
+    )
+    group.addoption(
+        "--mlscope-strict",
+        action="store_true",
+        default=None,
+        help="fail items whose verdict is inconclusive too, not only regressions",
     )
     group.addoption(
         "--mlscope-html",
@@ -154,7 +168,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("mlscope_baseline", "baseline to compare with by default", default="")
     parser.addini("mlscope_trace", "trace level for manifests that set none", default="none")
     parser.addini(
-        "mlscope_interleave", "interleave every item with its baseline", type="bool", default=False
+        "mlscope_interleave",
+        "auto (interleave when a baseline is named), true (always, A/A without one) or false "
+        "(the stored design)",
+        default="auto",
+    )
+    parser.addini(
+        "mlscope_strict", "fail items whose verdict is inconclusive", type="bool", default=False
     )
     parser.addini(
         "mlscope_count_instructions",
@@ -236,6 +256,18 @@ def _report_path(option: str | None, ini: str, rootdir: Path) -> Path | None:
     return (rootdir / ini).resolve()
 
 
+def _interleave(config: pytest.Config) -> bool | None:
+    """The command line's choice, else the ini's: None is auto (interleave with a baseline)."""
+    chosen = config.getoption("mlscope_interleave")
+    if chosen is not None:
+        return bool(chosen)
+    value = str(config.getini("mlscope_interleave") or "auto").strip().lower()
+    choices = {"auto": None, "true": True, "1": True, "yes": True, "false": False, "0": False}
+    if value not in {*choices, "no"}:
+        raise pytest.UsageError(f"mlscope_interleave: expected auto, true or false, got {value!r}")
+    return choices.get(value, False)
+
+
 def _shard(text: str | None) -> Shard | None:
     if text is None:
         return None
@@ -249,6 +281,16 @@ def _shard(text: str | None) -> Shard | None:
 
 def _register_marker(config: pytest.Config, name: str, text: str) -> None:
     config.addinivalue_line("markers", f"{name}: {text}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
+    # The first hook that sees the rootdir: refuse a path option's value that moved it (see
+    # rootdir.py) before any conftest.py is loaded or .pytest_cache is written in the wrong place.
+    if any(arg.startswith("--mlscope-") for arg in args):
+        from pytest_mlscope import rootdir
+
+        rootdir.check(early_config, args)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -324,10 +366,11 @@ def pytest_configure(config: pytest.Config) -> None:
             if config.getoption("mlscope_count_instructions") is not None
             else config.getini("mlscope_count_instructions")
         ),
-        interleave=bool(
-            config.getoption("mlscope_interleave")
-            if config.getoption("mlscope_interleave") is not None
-            else config.getini("mlscope_interleave")
+        interleave=_interleave(config),
+        strict=bool(
+            config.getoption("mlscope_strict")
+            if config.getoption("mlscope_strict") is not None
+            else config.getini("mlscope_strict")
         ),
         **xdist.worker_settings(config),
     )
@@ -431,7 +474,8 @@ class MlscopeItem(pytest.Item):
         if not result.accuracy.passed:
             lines = [f"{c.name}: {c.detail}" for c in result.accuracy.failures]
             raise AccuracyFailed("accuracy missed its target:\n  " + "\n  ".join(lines))
-        if verdict is not None and verdict.fails:
+        strict = session.settings.strict and verdict is not None and verdict.kind == "inconclusive"
+        if verdict is not None and (verdict.fails or strict):
             message = _regression_message(verdict)
             if session.settings.fail_on_regression:
                 raise RegressionDetected(message)
@@ -482,6 +526,8 @@ def _regression_message(verdict: Verdict) -> str:
                 f"ms; threshold {verdict.threshold:.1%}, noise {verdict.noise:.1%}, "
                 f"Mann-Whitney p={verdict.p_value:.2g}"
             )
+    if verdict.latency:
+        lines.append(f"latency beside the counts: {verdict.latency}")
     return "\n  ".join(lines)
 
 
@@ -530,6 +576,8 @@ def _properties(result: EvaluationResult, verdict: Verdict | None = None) -> dic
             props["mlscope_baseline_instructions"] = round(verdict.baseline_instructions)
         if verdict.baseline_run:
             props["mlscope_baseline_run"] = verdict.baseline_run
+        if verdict.latency:
+            props["mlscope_latency_verdict"] = verdict.latency
     return props
 
 

@@ -91,6 +91,10 @@ class Interleave(_Document):
     artifact: ArtifactRef
     inject_slowdown: float = 0.0
     seed: int = 0
+    # The verdict's rule as the stopping rule: blocks of pairs are added until the item is
+    # decided at this threshold (measure.LOOKS blocks at most); None: one block.
+    threshold: float | None = None
+    comparisons: int = 1
 
 
 class EvaluationRequest(_Document):

@@ -27,7 +27,7 @@ from pytest_mlscope.protocol import (
 )
 
 if TYPE_CHECKING:
-    from pytest_mlscope.compare import Side, Verdict
+    from pytest_mlscope.compare import Noise, Side, Verdict
     from pytest_mlscope.hardware import Host
     from pytest_mlscope.manifest import Manifest
     from pytest_mlscope.runtimes import Runtime
@@ -57,7 +57,11 @@ class Settings:
     default_threshold: float = 0.05  # ini mlscope_threshold: for manifests that set none
     fail_on_regression: bool = True
     inject_slowdown: float = 0.0
-    interleave: bool = False  # time items in alternating rounds with their baseline
+    # Time items in alternating rounds with their baseline's model; None: whenever a baseline
+    # is named (the default design), False: the stored design, True: also without a baseline
+    # (an A/A run of the item against itself).
+    interleave: bool | None = None
+    strict: bool = False  # an inconclusive verdict fails the item too
     count_instructions: bool = False  # after timing, count instructions under callgrind
     trace_level: str | None = None  # overrides every manifest's performance.trace
     default_trace_level: str = "none"  # ini mlscope_trace
@@ -71,6 +75,13 @@ class Settings:
     # controller closes it and writes the reports), and the lock that serializes timing.
     shared_run: str | None = None
     timing_lock: Path | None = None
+
+    @property
+    def interleaving(self) -> bool:
+        """Whether items are timed beside an A side: asked for, or by default with a baseline."""
+        if self.interleave is None:
+            return bool(self.baseline)
+        return self.interleave
 
     @property
     def state_dir(self) -> Path:
@@ -100,7 +111,7 @@ class Record:
 
 KEEP_WORK_DIRS = 5
 COUNT_ROUNDS = 5  # rounds of the count pass (each about 3M instructions, callgrind.count_calls)
-HISTORY_FOR_NOISE = 30  # earlier runs whose spread sets an item's run-to-run noise
+HISTORY_FOR_NOISE = 30  # comparable earlier runs whose spread sets an item's run-to-run noise
 
 
 def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
@@ -479,13 +490,14 @@ class MlscopeSession:
             else:
                 reference = self._ensure_reference(manifest)
         other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
-        across = self.settings.interleave and other is not None
+        interleaving = self.settings.interleaving
+        across = interleaving and other is not None
         request = self._request(
             manifest,
             cell,
             save_outputs=save,
             reference=reference,
-            interleave=self.settings.interleave and not across,
+            interleave=interleaving and not across,
             **overrides,
         )
         if across:
@@ -578,14 +590,16 @@ class MlscopeSession:
 
         Both workers load, check and warm up their model and keep it (``hold``); then the host
         asks each for one round at a time, in random order within each pair, so drift hits both
-        stacks alike. The result is B's, with A's rounds as its pairs.
+        stacks alike, and adds blocks of pairs until the verdict is clear (measure.LOOKS at
+        most), as the in-worker interleave does. The result is B's, with A's rounds as pairs.
         """
         import contextlib
         import random
 
-        from pytest_mlscope.measure import pair_plan
+        from pytest_mlscope.compare import settled
+        from pytest_mlscope.measure import LOOKS, pair_plan
         from pytest_mlscope.protocol import RoundRequest
-        from pytest_mlscope.stats import summarize_scenario
+        from pytest_mlscope.stats import round_medians, summarize_scenario
 
         a_cell = cell.model_copy(update={"stack": other})
         reason, _ = self.skip_reason(manifest, a_cell)
@@ -607,12 +621,24 @@ class MlscopeSession:
             first_a = runtime_a.evaluate(a_request, timeout)
             held.append("a")
             rng = random.Random(random.randrange(2**31))
-            for _ in range(pairs):
-                for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
-                    runtime, which = sides[key]
-                    got = runtime.evaluate(RoundRequest(cell=which, measure=per_round), timeout)
-                    samples[key].extend(got.samples_ns)
-                    sizes[key].append(len(got.samples_ns))
+            threshold = self.threshold(manifest)
+            for _ in range(LOOKS):
+                for _ in range(pairs):
+                    for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
+                        runtime, which = sides[key]
+                        got = runtime.evaluate(RoundRequest(cell=which, measure=per_round), timeout)
+                        samples[key].extend(got.samples_ns)
+                        sizes[key].append(len(got.samples_ns))
+                a_rounds = round_medians(samples["a"], sizes["a"])
+                b_rounds = round_medians(samples["b"], sizes["b"])
+                if settled(
+                    a_rounds,
+                    b_rounds,
+                    threshold=threshold,
+                    comparisons=self.comparisons,
+                    looks=LOOKS,
+                ):
+                    break
         finally:
             for key in held:
                 runtime, which = sides[key]
@@ -653,16 +679,20 @@ class MlscopeSession:
         return self.settings.state_dir / "traces" / self.work_dir.name
 
     def _interleave_side(self, manifest: Manifest, cell: Cell, artifact: Any) -> Interleave | None:
-        """The A side for ``--mlscope-interleave``: the baseline's artifact, unslowed.
+        """The A side of the interleaved design: the baseline's artifact, unslowed.
 
         Without a baseline result, A is the item's own artifact: an A/A run that shows the
-        pair-to-pair noise, or the gate self-test when a slowdown is injected into B. A baseline
-        artifact that the cache no longer holds cannot be timed, and the item falls back to the
-        stored comparison, saying so.
+        pair-to-pair noise, or the gate self-test when a slowdown is injected into B. The
+        baseline's artifact is looked up in the local cache, then in the artifact store that
+        lives with the results database (every saved baseline keeps its artifacts there), so a
+        fresh CI runner or a replaced model file still times the baseline's model. Only when
+        neither has it does the item fall back to the stored design, saying why.
         """
         import random
 
         baseline = self._baseline_sides().get(cell.id) if self.settings.baseline else None
+        if baseline is None and self.settings.interleave is None:
+            return None  # new to the baseline: nothing to time it against, unless asked (A/A)
         chosen = artifact
         if baseline is None or baseline.artifact_sha256 in (None, artifact.sha256):
             if self.settings.inject_slowdown:
@@ -673,19 +703,44 @@ class MlscopeSession:
                 what = "the same model (A/A)"
         else:
             assert baseline.artifact_sha256 is not None
-            found = self.cache.find(manifest.name, baseline.artifact_sha256)
+            found, where = self._baseline_artifact(manifest, baseline.artifact_sha256)
             if found is None or found.format != artifact.format:
                 self._interleaved[cell.id] = (
                     False,
-                    f"not interleaved: the baseline's artifact (sha256 "
-                    f"{baseline.artifact_sha256[:12]}) is no longer in the cache "
-                    f"{self.settings.artifact_dir}",
+                    f"stored design: the baseline's artifact (sha256 "
+                    f"{baseline.artifact_sha256[:12]}) is neither in the cache "
+                    f"{self.settings.artifact_dir} nor in the results database's artifact "
+                    "store (saved baselines keep theirs; this one predates that or was "
+                    "imported without them)",
                 )
                 return None
             chosen = found
-            what = f"the baseline's artifact (sha256 {found.sha256[:12]})"
+            what = f"the baseline's artifact (sha256 {found.sha256[:12]}, {where})"
         self._interleaved[cell.id] = (True, what)
-        return Interleave(artifact=chosen, seed=random.randrange(2**31))
+        return Interleave(
+            artifact=chosen,
+            seed=random.randrange(2**31),
+            threshold=self.threshold(manifest),
+            comparisons=self.comparisons,
+        )
+
+    def _baseline_artifact(self, manifest: Manifest, sha256: str) -> tuple[Any, str]:
+        """The baseline's artifact by checksum: the local cache first, then the store."""
+        found = self.cache.find(manifest.name, sha256)
+        if found is not None:
+            return found, "from the artifact cache"
+        found = self.cache.from_store(self.store, sha256)
+        if found is not None:
+            return found, "fetched from the results database"
+        return None, ""
+
+    def threshold(self, manifest: Manifest) -> float:
+        """The slowdown the gate must catch: command line, else manifest, else ini."""
+        return (
+            self.settings.threshold
+            or manifest.performance.regression_threshold
+            or self.settings.default_threshold
+        )
 
     def write_golden(self, manifest: Manifest, framework: str | None = None) -> Path:
         """Store a framework's outputs as the manifest's golden file (an explicit, reviewed act)."""
@@ -757,14 +812,15 @@ class MlscopeSession:
     def verdict(self, manifest: Manifest, result: EvaluationResult) -> Verdict | None:
         """How a fresh result compares with the baseline; None when there is nothing to compare.
 
-        An interleaved result is judged on its pairs (with or without a baseline configured);
-        any other on the stored baseline result.
+        ``compare.verdict`` decides, as it does for ``mlscope compare`` and the report; the
+        session adds what only it knows: what the A side was, the slowest layers, counts that
+        could not be taken, and load on the machine during timing.
         """
         if not self.settings.baseline and not result.paired_samples_ns:
             return None
         from dataclasses import replace
 
-        from pytest_mlscope.compare import Side, environment, interleaved_verdict, verdict
+        from pytest_mlscope.compare import Side, environment, verdict
 
         current = Side(
             samples_ns=result.samples_ns,
@@ -773,44 +829,50 @@ class MlscopeSession:
             host=environment(self.host.fingerprint(), result.predictor),
             framework_version=result.predictor.version,
             instructions=result.instructions,
-        )
-        threshold = (
-            self.settings.threshold
-            or manifest.performance.regression_threshold
-            or self.settings.default_threshold
+            artifact_sha256=result.artifact_sha256,
+            paired_samples_ns=result.paired_samples_ns,
+            paired_rounds=result.paired_rounds,
+            paired_version=(
+                result.paired_predictor.version
+                if result.paired_predictor is not None
+                else result.predictor.version
+                if result.paired_samples_ns
+                else None
+            ),
+            paired_artifact_sha256=result.paired_artifact_sha256,
         )
         baseline = self._baseline_sides().get(result.cell.id) if self.settings.baseline else None
-        if result.paired_samples_ns:
-            _, against = self._interleaved.get(result.cell.id, (True, "its A side"))
-            found = interleaved_verdict(
-                baseline,
-                current,
-                result.paired_samples_ns,
-                result.paired_rounds,
-                threshold=threshold,
-                comparisons=self.comparisons,
-                against=against,
-            )
-            if (
-                result.paired_predictor is None
-                and baseline is not None
-                and baseline.framework_version not in (None, result.predictor.version)
-            ):
-                found = replace(
-                    found,
-                    reason=f"{found.reason} (both sides ran on {result.cell.framework} "
-                    f"{result.predictor.version}; the baseline's {baseline.framework_version} "
-                    "is not installed here)",
-                )
-            return found
+        noise = self.noise(result)
         found = verdict(
             baseline,
             current,
-            threshold=threshold,
+            threshold=self.threshold(manifest),
             comparisons=self.comparisons,
             framework=result.cell.framework,
-            between_run_noise=self._between_run_noise(result),
+            between_run_noise=noise.latency,
+            noise_runs=noise.runs,
+            count_noise=noise.instructions,
         )
+        interleaved = self._interleaved.get(result.cell.id)
+        if found.design == "interleaved" and interleaved is not None and interleaved[0]:
+            found = replace(
+                found,
+                reason=found.reason.replace(
+                    "interleaved,", f"interleaved with {interleaved[1]},", 1
+                ),
+            )
+        if (
+            found.design == "interleaved"
+            and result.paired_predictor is None
+            and baseline is not None
+            and baseline.framework_version not in (None, result.predictor.version)
+        ):
+            found = replace(
+                found,
+                reason=f"{found.reason} (both sides ran on {result.cell.framework} "
+                f"{result.predictor.version}; the baseline's {baseline.framework_version} "
+                "is not installed here)",
+            )
         if (
             found.kind == "regression"
             and baseline is not None
@@ -828,9 +890,8 @@ class MlscopeSession:
                     reason=f"{found.reason}; slowest movers: {'; '.join(movers)}",
                     layer_changes=movers,
                 )
-        skipped = self._interleaved.get(result.cell.id)
-        if skipped is not None and not skipped[0]:
-            found = replace(found, reason=f"{found.reason} ({skipped[1]})")
+        if interleaved is not None and not interleaved[0]:
+            found = replace(found, reason=f"{found.reason} ({interleaved[1]})")
         if result.cell.id in self.not_counted:
             found = replace(found, reason=f"{found.reason} ({self.not_counted[result.cell.id]})")
         elif baseline is not None and bool(baseline.instructions) != bool(result.instructions):
@@ -841,18 +902,18 @@ class MlscopeSession:
             )
         return _with_suspicions(found, result)
 
-    def _between_run_noise(self, result: EvaluationResult) -> float | None:
-        """The item's spread across earlier runs on this environment (None with fewer than 5)."""
-        from pytest_mlscope.stats import between_run_noise
+    def noise(self, result: EvaluationResult) -> Noise:
+        """The item's spread across comparable stored runs (same CPU model, framework version
+        and container image), for the stored and counted designs."""
+        from pytest_mlscope.compare import environment
+        from pytest_mlscope.judging import item_noise
 
-        cpu = self.host.cpu_model
-        history = self.store.item_history(result.cell.id, limit=HISTORY_FOR_NOISE)
-        medians = [
-            point.median
-            for point in history
-            if point.cpu_model == cpu and point.framework_version == result.predictor.version
-        ]
-        return between_run_noise(medians)
+        return item_noise(
+            self.store,
+            result.cell.id,
+            environment(self.host.fingerprint(), result.predictor),
+            result.predictor.version,
+        )
 
     @contextlib.contextmanager
     def timing_turn(self) -> Iterator[None]:
@@ -878,28 +939,11 @@ class MlscopeSession:
     def evaluate_and_compare(
         self, manifest: Manifest, cell: Cell, **overrides: float
     ) -> tuple[EvaluationResult, Verdict | None]:
-        """Evaluate, compare, and measure once more before calling a slowdown a regression.
-
-        One confirmation round halves the damage of a burst of load that hit one measurement:
-        a regression stands only if the second, independent measurement says so too.
-        """
+        """Evaluate, then compare. No second measurement: the interleaved design adds pairs until
+        the verdict is clear, within the item's budget, and the stored one cannot confirm
+        anything in the same process (a second measurement shares the first one's offset)."""
         result = self.evaluate(manifest, cell, **overrides)
-        found = self.verdict(manifest, result)
-        if found is None or found.kind != "regression" or found.accuracy_changes:
-            return result, found
-        second = self.evaluate(manifest, cell, **overrides)
-        confirmed = self.verdict(manifest, second)
-        assert confirmed is not None
-        from dataclasses import replace
-
-        if confirmed.kind == "regression":
-            note = f"{confirmed.reason}; confirmed by a second measurement ({found.ratio_text})"
-        else:
-            note = (
-                f"{confirmed.reason}; a first measurement said regression {found.ratio_text}, "
-                "this second one did not confirm it"
-            )
-        return second, replace(confirmed, reason=note)
+        return result, self.verdict(manifest, result)
 
     # -- results --------------------------------------------------------------------------------
 
@@ -981,10 +1025,55 @@ class MlscopeSession:
                 self._store.finish_run(self._run_id, status, host_facts=facts)
                 name = self.settings.save_baseline
                 if name and status == "complete":
-                    self._store.set_baseline(name, self._run_id, force=self.settings.force_baseline)
+                    self._store.set_baseline(
+                        name,
+                        self._run_id,
+                        force=self.settings.force_baseline,
+                        artifacts=self._baseline_artifacts(self._run_id),
+                    )
                     self.saved_baseline = name
                 self._write_reports()
             self._store.close()
+
+    def _baseline_artifacts(self, run_id: str) -> list[Any]:
+        """The model files a run measured, for the baseline saved from it to keep: found again
+        from the stored checksums (an xdist controller never loaded them itself). A file that
+        changed since it was measured, or that needs files beside it (Caffe's prototxt), is
+        not kept, and the summary says so: that baseline's items fall back to the stored design
+        on a machine without the file."""
+        from pytest_mlscope.store import ArtifactEntry
+
+        entries: dict[tuple[str, str], ArtifactEntry] = {}
+        missed: list[str] = []
+        for record in self.store.latest_results(run_id).values():
+            key = (record.cell.model, record.cell.framework)
+            if not record.artifact_sha256 or key in entries:
+                continue
+            try:
+                artifact = self._artifact(self.manifest(record.cell.model), record.cell.framework)
+            except MlscopeError as exc:
+                missed.append(f"{record.cell.model}/{record.cell.framework} ({exc})")
+                continue
+            folder = Path(artifact.path).parent
+            siblings = [
+                v
+                for v in artifact.metadata.values()
+                if isinstance(v, str) and (folder / v).is_file()
+            ]
+            if artifact.sha256 != record.artifact_sha256 or siblings:
+                why = "changed since it was measured" if not siblings else "a multi-file model"
+                missed.append(f"{record.cell.model}/{record.cell.framework} ({why})")
+                continue
+            entries[key] = ArtifactEntry(
+                sha256=artifact.sha256,
+                model=record.cell.model,
+                framework=record.cell.framework,
+                format=artifact.format,
+                path=artifact.path,
+            )
+        if missed:
+            self.report_lines.append("the baseline keeps no model file for: " + "; ".join(missed))
+        return list(entries.values())
 
     def _write_reports(self) -> None:
         """The HTML report and the markdown summary of the stored run.

@@ -100,6 +100,20 @@ class Shift:
     high: float
     confidence: float
     exact_confidence_reached: bool
+    # What the interval really covers: below ``confidence`` when too few points exist for the
+    # asked-for level, and the interval is the widest one the data has (the extreme points).
+    reached: float = float("nan")
+
+    def widened(self, half: float) -> Shift:
+        """At least ``half`` either side of the estimate: a noise term this data cannot show."""
+        return Shift(
+            self.estimate,
+            min(self.low, self.estimate - half),
+            max(self.high, self.estimate + half),
+            self.confidence,
+            self.exact_confidence_reached,
+            self.reached,
+        )
 
 
 def shift_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> Shift:
@@ -118,7 +132,8 @@ def shift_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> Sh
     differences = np.sort((b[None, :] - a[:, None]).ravel())
     estimate = float(np.median(differences))
     z = float(norm.ppf(1 - (1 - confidence) / 2))
-    k = int(np.floor(m * n / 2 - z * np.sqrt(m * n * (m + n + 1) / 12)))
+    sd = float(np.sqrt(m * n * (m + n + 1) / 12))
+    k = int(np.floor(m * n / 2 - z * sd))
     reached = k >= 1
     k = max(k, 1)
     return Shift(
@@ -127,6 +142,7 @@ def shift_interval(a: np.ndarray, b: np.ndarray, confidence: float = 0.95) -> Sh
         high=float(differences[-k]),
         confidence=confidence,
         exact_confidence_reached=reached,
+        reached=confidence if reached else _reached(m * n / 2 - 1, sd),
     )
 
 
@@ -157,10 +173,28 @@ def paired_shift_interval(differences: np.ndarray, confidence: float = 0.95) -> 
     walsh = np.sort((d[i] + d[j]) / 2)
     estimate = float(np.median(walsh))
     z = float(norm.ppf(1 - (1 - confidence) / 2))
-    k = int(np.floor(n * (n + 1) / 4 - z * np.sqrt(n * (n + 1) * (2 * n + 1) / 24)))
+    sd = float(np.sqrt(n * (n + 1) * (2 * n + 1) / 24))
+    k = int(np.floor(n * (n + 1) / 4 - z * sd))
     reached = k >= 1
     k = max(k, 1)
-    return Shift(estimate, float(walsh[k - 1]), float(walsh[-k]), confidence, reached)
+    return Shift(
+        estimate,
+        float(walsh[k - 1]),
+        float(walsh[-k]),
+        confidence,
+        reached,
+        confidence if reached else _reached(n * (n + 1) / 4 - 1, sd),
+    )
+
+
+def _reached(distance: float, sd: float) -> float:
+    """The two-sided confidence of the extreme-point interval, by the same normal approximation
+    that chose the index: what a clamped interval really covers."""
+    from scipy.stats import norm
+
+    if sd <= 0:
+        return 0.0
+    return float(max(0.0, 2 * norm.cdf(distance / sd) - 1))
 
 
 def slower_paired_p_value(differences: np.ndarray) -> float:

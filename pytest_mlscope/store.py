@@ -7,11 +7,15 @@ version so an older pytest-mlscope refuses a database written by a newer one ins
 misreading it.
 
 Besides runs and their results it keeps named baselines: a name (``main``, ``release-1.2``)
-pointing to the run that later runs are compared against.
+pointing to the run that later runs are compared against, and the model files that run measured
+(content-addressed, compressed, in chunks), so a fresh CI machine or an edited model file can still
+time the baseline's model beside the current one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import os
@@ -20,7 +24,9 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from pytest_mlscope.errors import MlscopeError
+from pytest_mlscope.errors import ArtifactError, MlscopeError
 from pytest_mlscope.protocol import (
     AccuracyReport,
     Cell,
@@ -43,7 +49,7 @@ from pytest_mlscope.protocol import (
     TraceInfo,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Each step takes a database from version N to N + 1, in one transaction. A database written by
 # an older pytest-mlscope keeps every result it had. A step is SQL text ({json} is the backend's
 # JSON type) or a function of the connection (new tables, indexes, converted columns).
@@ -77,6 +83,13 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
         # Instructions per call, per round, from the count pass (pytest_mlscope.callgrind).
         "ALTER TABLE results ADD COLUMN instructions {json}",
     ],
+    6: [
+        # The model files baselines keep (artifact_blobs, artifact_chunks, baseline_artifacts).
+        lambda connection: _create_artifact_tables(connection),
+        # The A side of an interleaved result (its samples packed, the rest a document), so a
+        # stored run is judged again on its pairs by mlscope compare and the report.
+        lambda connection: _add_paired_columns(connection),
+    ],
 }
 
 RUN_STATUSES = ("running", "complete", "incomplete")
@@ -88,6 +101,16 @@ GIT_TIMEOUT_S = 10
 
 # Branch-like names: release-1.2, feature/x, nightly_cpu.
 BASELINE_NAME = re.compile(r"[A-Za-z0-9._/-]{1,100}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Raw bytes per stored chunk of an artifact: what one statement carries, and all of a file that is
+# ever in memory while it is stored or fetched.
+ARTIFACT_CHUNK_SIZE = 4 * 1024 * 1024
+# Weights barely compress at any level (random-like floats by 7 %), and level 1 is the quickest;
+# files with long runs of zeros still shrink a lot.
+ARTIFACT_COMPRESSION_LEVEL = 1
+# Setting a baseline retries when another session freed or re-referenced its artifacts meanwhile.
+ARTIFACT_ATTEMPTS = 3
 
 
 class Int64Array(sa.types.TypeDecorator[list[int]]):
@@ -214,6 +237,9 @@ results_table = sa.Table(
     sa.Column("telemetry", _NullableJSON, nullable=True),
     # Instructions per call, one figure per round, from the count pass (schema 6).
     sa.Column("instructions", _NullableJSON, nullable=True),
+    # Interleaved (schema 7): the A side's samples, and its rounds, artifact and predictor.
+    sa.Column("paired_samples_ns", Int64Array, nullable=True),
+    sa.Column("paired", _NullableJSON, nullable=True),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     # Wall time of the item in pytest (schema 4): what sharding balances on.
     sa.Column("duration_s", sa.Float, nullable=True),
@@ -325,6 +351,71 @@ baselines_table = sa.Table(
     sa.Column("note", sa.Text, nullable=True),
 )
 
+# Model files, stored once per content (schema 7). A blob's row is written in the same transaction
+# as all of its chunks, so a blob that is listed is whole; ``size`` counts the file's bytes,
+# ``stored_size`` the compressed chunks'. ``filename`` keeps the suffix a loader goes by.
+artifact_blobs_table = sa.Table(
+    "artifact_blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("stored_size", sa.BigInteger, nullable=False),
+    sa.Column("chunks", sa.Integer, nullable=False),
+    sa.Column("format", sa.String(64), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+artifact_chunks_table = sa.Table(
+    "artifact_chunks",
+    metadata,
+    sa.Column("sha256", sa.String(64), sa.ForeignKey("artifact_blobs.sha256"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    # zlib-compressed, ARTIFACT_CHUNK_SIZE bytes of the file before compression.
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+# Which blobs a baseline keeps: the artifact each (model, framework) of its run was measured with.
+# A blob no baseline references is freed.
+baseline_artifacts_table = sa.Table(
+    "baseline_artifacts",
+    metadata,
+    sa.Column("baseline", sa.String(255), sa.ForeignKey("baselines.name"), primary_key=True),
+    sa.Column(
+        "sha256",
+        sa.String(64),
+        sa.ForeignKey("artifact_blobs.sha256"),
+        primary_key=True,
+        index=True,
+    ),
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("framework", sa.String(255), primary_key=True),
+    sa.Column("format", sa.String(64), nullable=False),
+)
+
+_ARTIFACT_TABLES = (artifact_blobs_table, artifact_chunks_table, baseline_artifacts_table)
+
+
+def _add_paired_columns(connection: sa.Connection) -> None:
+    blob = "BYTEA" if connection.dialect.name == "postgresql" else "BLOB"
+    _add_missing_column(connection, "results", "paired_samples_ns", blob)
+    _add_missing_column(connection, "results", "paired", "{json}")
+
+
+def _create_artifact_tables(connection: sa.Connection) -> None:
+    for table in _ARTIFACT_TABLES:
+        table.create(connection, checkfirst=True)
+    _tune_chunk_storage(connection)
+
+
+def _tune_chunk_storage(connection: sa.Connection) -> None:
+    """PostgreSQL: keep chunks as they come; they are zlib output already, and the server's own
+    compression would spend time on every one for nothing."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            sa.text("ALTER TABLE artifact_chunks ALTER COLUMN data SET STORAGE EXTERNAL")
+        )
+
 
 @dataclass(frozen=True)
 class GitInfo:
@@ -386,6 +477,11 @@ class ResultRecord:
     telemetry: dict[str, Any] = field(default_factory=dict)
     duration_s: float | None = None
     instructions: list[float] = field(default_factory=list)
+    # Interleaved: the A side timed beside this result (round i of each is pair i).
+    paired_samples_ns: list[int] = field(default_factory=list)
+    paired_rounds: list[int] = field(default_factory=list)
+    paired_artifact_sha256: str | None = None
+    paired_predictor: PredictorInfo | None = None
 
 
 INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
@@ -402,6 +498,16 @@ class HistoryPoint:
     median: float
     framework_version: str | None
     cpu_model: str | None
+
+
+@dataclass(frozen=True)
+class ComparablePoint:
+    """One stored result of an item on a comparable environment: its median, and its median
+    instructions per call when the run counted them."""
+
+    run_id: str
+    median: float
+    instructions: float | None
 
 
 @dataclass(frozen=True)
@@ -430,6 +536,53 @@ class BaselineRecord:
     created_at: datetime
     updated_at: datetime
     note: str | None
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    """A model file a baseline keeps: the artifact ``model`` was measured with by ``framework``.
+
+    ``sha256`` is the checksum recorded when it was measured; the file at ``path`` must still have
+    it, or storing it is refused (the file changed since).
+    """
+
+    sha256: str
+    model: str
+    framework: str
+    format: str
+    path: str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """A model file as the database holds it: ``size`` bytes of file, ``stored_size`` compressed,
+    in ``chunks`` chunks."""
+
+    sha256: str
+    format: str
+    filename: str
+    size: int
+    stored_size: int
+    chunks: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class BaselineArtifact:
+    """One artifact a baseline keeps, with what it is for and what it takes."""
+
+    sha256: str
+    model: str
+    framework: str
+    format: str
+    filename: str
+    size: int
+    stored_size: int
+
+
+class _ReferencesRaced(Exception):
+    """Another session freed a blob, or referenced it for the same baseline, while this one was
+    writing a baseline's references: the transaction is rolled back and set again."""
 
 
 def default_location() -> str:
@@ -627,6 +780,7 @@ class Store:
             with self._engine.begin() as connection:
                 metadata.create_all(connection)
                 _tune_samples_storage(connection)
+                _tune_chunk_storage(connection)
                 connection.execute(
                     sa.insert(schema_version_table).values(id=1, version=SCHEMA_VERSION)
                 )
@@ -714,6 +868,8 @@ class Store:
             "trace": None,
             "telemetry": None,
             "instructions": None,
+            "paired_samples_ns": None,
+            "paired": None,
             "recorded_at": _now(),
             "duration_s": duration_s,
         }
@@ -732,6 +888,17 @@ class Store:
                 telemetry=dict(result.telemetry) or None,
                 instructions=list(result.instructions) or None,
             )
+            if result.paired_samples_ns:
+                values.update(
+                    paired_samples_ns=list(result.paired_samples_ns),
+                    paired={
+                        "rounds": list(result.paired_rounds),
+                        "artifact_sha256": result.paired_artifact_sha256,
+                        "predictor": result.paired_predictor.model_dump(mode="json")
+                        if result.paired_predictor
+                        else None,
+                    },
+                )
         try:
             with self._engine.begin() as connection:
                 # Values as parameters, not in the statement: one compiled INSERT serves all.
@@ -900,6 +1067,75 @@ class Store:
             )
             for row in reversed(rows)
         ]
+
+    def comparable_history(
+        self,
+        item_id: str,
+        *,
+        cpu_model: str | None,
+        framework_version: str | None,
+        container_image: str | None = None,
+        before: str | None = None,
+        limit: int = 30,
+    ) -> list[ComparablePoint]:
+        """An item's stored medians (and instruction counts) from runs on a comparable
+        environment, oldest first: the ``limit`` newest of those, chosen after filtering, so
+        runs on other machines or framework versions never crowd them out.
+
+        ``before`` (a run id) keeps only runs started before that run: the history a session
+        saw when it judged that run. Gate self-tests (injected slowdowns) are left out.
+        """
+        from pytest_mlscope.compare import environment
+
+        where = [
+            results_table.c.item_id == item_id,
+            runs_table.c.cpu_model == cpu_model
+            if cpu_model is not None
+            else runs_table.c.cpu_model.is_(None),
+            results_table.c.framework_version == framework_version
+            if framework_version is not None
+            else results_table.c.framework_version.is_(None),
+        ]
+        if before is not None:
+            started = sa.select(runs_table.c.started_at).where(runs_table.c.id == before)
+            where.append(runs_table.c.started_at < started.scalar_subquery())
+            where.append(runs_table.c.id != before)
+        query = (
+            sa.select(
+                results_table.c.run_id,
+                results_table.c.summary,
+                results_table.c.instructions,
+                results_table.c.predictor,
+                runs_table.c.tags,
+                runs_table.c.host,
+            )
+            .join(runs_table, runs_table.c.id == results_table.c.run_id)
+            .where(*where, results_table.c.summary.is_not(None))
+            .order_by(runs_table.c.started_at.desc(), results_table.c.id.desc())
+        )
+        points: list[ComparablePoint] = []
+        with self._engine.connect() as connection:
+            for row in connection.execute(query).mappings():
+                median = (row["summary"] or {}).get("median")
+                if median is None or INJECTED_TAG in (row["tags"] or {}):
+                    continue
+                predictor = (
+                    PredictorInfo.model_validate(row["predictor"]) if row["predictor"] else None
+                )
+                image = environment(row["host"] or {}, predictor).get("container_image")
+                if image != container_image:
+                    continue
+                counts = row["instructions"] or []
+                points.append(
+                    ComparablePoint(
+                        run_id=row["run_id"],
+                        median=float(median),
+                        instructions=float(statistics.median(counts)) if counts else None,
+                    )
+                )
+                if len(points) >= limit:
+                    break
+        return points[::-1]
 
     def _timed_rows(self, where: list[Any], columns: list[Any], limit: int) -> list[sa.RowMapping]:
         """Timed results joined with their runs, newest first: the ``limit`` newest that match,
@@ -1137,6 +1373,7 @@ class Store:
         *,
         force: bool = False,
         note: str | None = None,
+        artifacts: Sequence[ArtifactEntry] | None = None,
     ) -> BaselineRecord:
         """Point baseline ``name`` at a run (an id or a unique prefix of one).
 
@@ -1144,33 +1381,74 @@ class Store:
         is not 'complete'. Pointing a baseline at the run it already points to changes nothing
         (except the note, when a different one is given). With ``force`` a moved baseline takes
         the given note, or none.
+
+        ``artifacts`` are the model files the run measured: each is stored (once, whoever else
+        keeps it) and becomes what the baseline keeps, in place of what it kept before. Without
+        them a baseline keeps its artifacts while it points to the same run, and drops them when
+        it moves (they were another run's). Artifacts no baseline keeps any more are freed.
         """
         _check_baseline_name(name)
         run = self.get_run(run_id_or_prefix)
+        entries = _unique_entries(artifacts) if artifacts is not None else None
+        if entries:
+            # Refuse before storing what may be gigabytes of models for nothing.
+            with self._engine.connect() as connection:
+                _check_move(self._baseline(connection, name), run, force=force)
+        stored: set[str] = set()
+        try:
+            for _attempt in range(ARTIFACT_ATTEMPTS):
+                for entry in entries or ():
+                    if self.put_artifact(entry.path, sha256=entry.sha256, format=entry.format):
+                        stored.add(entry.sha256)
+                try:
+                    baseline, released = self._point_baseline(
+                        name, run, force=force, note=note, entries=entries
+                    )
+                except _ReferencesRaced:
+                    continue
+                self._free_artifacts(released)
+                return baseline
+            raise StoreError(
+                f"cannot set baseline {name!r} in {self.url}: other sessions changed its "
+                f"artifacts {ARTIFACT_ATTEMPTS} times while it was being set; retry"
+            )
+        except Exception:
+            # Stored for this baseline, which did not take them; the error is what counts.
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                self._free_artifacts(stored)
+            raise
+
+    def _point_baseline(
+        self,
+        name: str,
+        run: RunRecord,
+        *,
+        force: bool,
+        note: str | None,
+        entries: list[ArtifactEntry] | None,
+    ) -> tuple[BaselineRecord, set[str]]:
+        """Set the baseline row and its artifact references in one transaction; the baseline
+        as stored, and the blobs it stopped referencing."""
         try:
             # One transaction: the name's primary key makes a concurrent insert of the same
             # name fail here rather than silently overwrite, and the update only applies if the
             # baseline still points where it did when read.
             with self._engine.begin() as connection:
                 existing = self._baseline(connection, name)
-                if existing is not None and existing.run_id == run.id:
-                    if note is None or note == existing.note:
-                        return existing
-                elif run.status != "complete" and not force:
-                    raise StoreError(
-                        f"run {run.id[:12]} is {run.status}, not complete; only a complete run "
-                        f"can become a baseline (pass --force to use it anyway)"
-                    )
+                same_run = existing is not None and existing.run_id == run.id
                 now = _now()
-                if existing is None:
+                if existing is not None and same_run and note in (None, existing.note):
+                    if entries is None:
+                        return existing, set()
+                elif existing is None:
+                    _check_move(existing, run, force=force)
                     connection.execute(
                         sa.insert(baselines_table).values(
                             name=name, run_id=run.id, created_at=now, updated_at=now, note=note
                         )
                     )
-                elif existing.run_id != run.id and not force:
-                    raise StoreError(_already_set(existing))
                 else:
+                    _check_move(existing, run, force=force)
                     updated = connection.execute(
                         sa.update(baselines_table)
                         .where(
@@ -1184,6 +1462,12 @@ class Store:
                             f"baseline {name!r} was changed by someone else while being set; "
                             f"look at it again (mlscope baseline show {name}) and retry"
                         )
+                released: set[str] = set()
+                if entries is not None or not same_run:
+                    try:
+                        released = self._refer(connection, name, entries or [])
+                    except sa_exc.IntegrityError:
+                        raise _ReferencesRaced from None
                 stored = self._baseline(connection, name)
         except sa_exc.IntegrityError:
             # Another process created the name between our read and our insert.
@@ -1192,13 +1476,41 @@ class Store:
             if existing is None:
                 raise StoreError(f"cannot set baseline {name!r} in {self.url}") from None
             if existing.run_id == run.id:
-                return existing
+                if entries is not None:
+                    raise _ReferencesRaced from None  # set again, now with the artifacts
+                return existing, set()
             raise StoreError(_already_set(existing)) from None
         except sa_exc.OperationalError as exc:
             reason = getattr(exc, "orig", None) or exc
             raise StoreError(f"cannot set baseline {name!r} in {self.url}: {reason}") from None
         assert stored is not None
-        return stored
+        return stored, released
+
+    @staticmethod
+    def _refer(connection: sa.Connection, name: str, entries: list[ArtifactEntry]) -> set[str]:
+        """Make ``entries`` what baseline ``name`` keeps; the blobs it no longer references."""
+        references = baseline_artifacts_table.c
+        before = set(
+            connection.execute(sa.select(references.sha256).where(references.baseline == name))
+            .scalars()
+            .all()
+        )
+        connection.execute(sa.delete(baseline_artifacts_table).where(references.baseline == name))
+        if entries:
+            connection.execute(
+                sa.insert(baseline_artifacts_table),
+                [
+                    {
+                        "baseline": name,
+                        "sha256": entry.sha256,
+                        "model": _text(entry.model, 255),
+                        "framework": _text(entry.framework, 255),
+                        "format": entry.format,
+                    }
+                    for entry in entries
+                ],
+            )
+        return before - {entry.sha256 for entry in entries}
 
     def baselines(self) -> list[BaselineRecord]:
         """Every baseline, sorted by name."""
@@ -1215,14 +1527,49 @@ class Store:
             raise self._no_baseline(name)
         return found
 
-    def delete_baseline(self, name: str) -> None:
-        """Forget a baseline (its run stays); refused when there is none by that name."""
+    def baseline_artifacts(self, name: str) -> list[BaselineArtifact]:
+        """The artifacts baseline ``name`` keeps, by model and framework; refused, naming the
+        known baselines, when there is none by that name."""
+        blobs, references = artifact_blobs_table.c, baseline_artifacts_table.c
+        query = (
+            sa.select(
+                references.sha256,
+                references.model,
+                references.framework,
+                references.format,
+                blobs.filename,
+                blobs.size,
+                blobs.stored_size,
+            )
+            .join(artifact_blobs_table, blobs.sha256 == references.sha256)
+            .where(references.baseline == name)
+            .order_by(references.model, references.framework, references.sha256)
+        )
+        with self._engine.connect() as connection:
+            if self._baseline(connection, name) is None:
+                raise self._no_baseline(name)
+            rows = connection.execute(query).mappings().all()
+        return [BaselineArtifact(**row) for row in rows]
+
+    def delete_baseline(self, name: str) -> int:
+        """Forget a baseline (its run stays) and free the artifacts no other baseline keeps;
+        the bytes freed, as they were stored. Refused when there is no baseline by that name."""
+        references = baseline_artifacts_table.c
         with self._engine.begin() as connection:
+            kept = set(
+                connection.execute(
+                    sa.select(references.sha256).where(references.baseline == name)
+                ).scalars()
+            )
+            connection.execute(
+                sa.delete(baseline_artifacts_table).where(references.baseline == name)
+            )
             deleted = connection.execute(
                 sa.delete(baselines_table).where(baselines_table.c.name == name)
             )
         if deleted.rowcount == 0:
             raise self._no_baseline(name)
+        return self._free_artifacts(kept)
 
     @staticmethod
     def _baseline(connection: sa.Connection, name: str) -> BaselineRecord | None:
@@ -1237,6 +1584,218 @@ class Store:
         known = [baseline.name for baseline in self.baselines()]
         listed = f"known: {', '.join(known)}" if known else "none set yet"
         return StoreError(f"no baseline named {name!r} ({listed})")
+
+    # -- artifacts -------------------------------------------------------------------------------
+
+    def put_artifact(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sha256: str,
+        format: str,
+        filename: str | None = None,
+    ) -> bool:
+        """Store a model file under its checksum; False (nothing written) when it is stored
+        already, by this session or another one at the same moment.
+
+        The file is read once, a chunk at a time, and hashed as it is read: one that no longer
+        has ``sha256`` is refused with :class:`ArtifactError` and nothing is kept. The blob and
+        all its chunks are one transaction, so a killed session leaves no half of one.
+        ``filename`` (default: the file's name) is what a fetched copy is called.
+        """
+        _check_sha256(sha256)
+        source = Path(path)
+        name = _safe_filename(filename or source.name)
+        if self.has_artifact(sha256):
+            return False
+        try:
+            handle = open(source, "rb")  # noqa: SIM115 - closed below, with the transaction
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
+            ) from None
+        blobs = artifact_blobs_table.c
+        try:
+            with handle, self._engine.begin() as connection:
+                # The blob's row first: a second session storing the same file waits here, on the
+                # primary key, and then finds it taken, instead of writing its chunks twice.
+                connection.execute(
+                    sa.insert(artifact_blobs_table).values(
+                        sha256=sha256,
+                        size=0,
+                        stored_size=0,
+                        chunks=0,
+                        format=format,
+                        filename=name,
+                        created_at=_now(),
+                    )
+                )
+                digest = hashlib.sha256()
+                size = stored_size = count = 0
+                while chunk := handle.read(ARTIFACT_CHUNK_SIZE):
+                    digest.update(chunk)
+                    data = zlib.compress(chunk, ARTIFACT_COMPRESSION_LEVEL)
+                    connection.execute(
+                        sa.insert(artifact_chunks_table).values(sha256=sha256, seq=count, data=data)
+                    )
+                    size += len(chunk)
+                    stored_size += len(data)
+                    count += 1
+                if digest.hexdigest() != sha256:
+                    raise ArtifactError(
+                        f"artifact {source} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                        f"the file changed after its checksum was recorded, so it is not stored"
+                    )
+                connection.execute(
+                    sa.update(artifact_blobs_table)
+                    .where(blobs.sha256 == sha256)
+                    .values(size=size, stored_size=stored_size, chunks=count)
+                )
+        except sa_exc.IntegrityError:
+            if self.has_artifact(sha256):  # another session stored it first
+                return False
+            raise StoreError(f"cannot store artifact {sha256} in {self.url}") from None
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
+            ) from None
+        except sa_exc.OperationalError as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot store artifact {sha256} in {self.url}: {reason}") from None
+        return True
+
+    def has_artifact(self, sha256: str) -> bool:
+        """Whether the file with this checksum is stored (whole: a blob is written at once)."""
+        return self.artifact(sha256) is not None
+
+    def artifact(self, sha256: str) -> StoredArtifact | None:
+        """The stored file with this checksum, or None."""
+        query = sa.select(artifact_blobs_table).where(artifact_blobs_table.c.sha256 == sha256)
+        with self._engine.connect() as connection:
+            row = connection.execute(query).mappings().one_or_none()
+        if row is None:
+            return None
+        created_at = _aware(row["created_at"])
+        assert created_at is not None
+        return StoredArtifact(
+            sha256=row["sha256"],
+            format=row["format"],
+            filename=row["filename"],
+            size=row["size"],
+            stored_size=row["stored_size"],
+            chunks=row["chunks"],
+            created_at=created_at,
+        )
+
+    def fetch_artifact(self, sha256: str, directory: str | os.PathLike[str]) -> Path:
+        """The stored file, written to ``directory/<sha256>/<its filename>``; its path.
+
+        A copy already there with the right checksum is used as it is. Chunks are written to a
+        temporary file, one at a time, and renamed into place only once the whole file has the
+        checksum, so a reader never sees a partial or corrupt model. Refused when the database
+        does not hold the file, or holds it damaged.
+        """
+        from pytest_mlscope.zoo.cache import sha256_file
+
+        _check_sha256(sha256)
+        stored = self.artifact(sha256)
+        if stored is None:
+            raise StoreError(f"artifact {sha256} is not stored in {self.url}")
+        target = Path(directory) / sha256 / _safe_filename(stored.filename)
+        if target.is_file() and sha256_file(target) == sha256:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
+        partial = Path(temporary)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                problem = self._write_chunks(stored, handle)
+            if problem is not None:
+                if not self.has_artifact(sha256):
+                    problem = "it was freed while being fetched"
+                raise StoreError(f"artifact {sha256} in {self.url} is corrupt: {problem}")
+            partial.chmod(0o644)  # mkstemp makes it private; workers in containers read it
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _write_chunks(self, stored: StoredArtifact, handle: Any) -> str | None:
+        """Write a blob's chunks, decompressed, to ``handle``; what is wrong with them, or None."""
+        chunks = artifact_chunks_table.c
+        query = (
+            sa.select(chunks.seq, chunks.data)
+            .where(chunks.sha256 == stored.sha256)
+            .order_by(chunks.seq)
+            # One chunk at a time from the server, not the whole file in the driver's buffer.
+            .execution_options(yield_per=1)
+        )
+        digest = hashlib.sha256()
+        size = count = 0
+        with self._engine.connect() as connection:
+            for seq, data in connection.execute(query):
+                if seq != count:
+                    return f"chunk {count} of {stored.chunks} is missing"
+                try:
+                    raw = zlib.decompress(data)
+                except zlib.error as exc:
+                    return f"chunk {seq} of {stored.chunks} does not decompress ({exc})"
+                digest.update(raw)
+                handle.write(raw)
+                size += len(raw)
+                count += 1
+        if count != stored.chunks:
+            return f"{count} of its {stored.chunks} chunks are stored"
+        if size != stored.size:
+            return f"its chunks hold {size} bytes, expected {stored.size}"
+        if digest.hexdigest() != stored.sha256:
+            return f"its chunks read back with sha256 {digest.hexdigest()}"
+        return None
+
+    def free_artifacts(self) -> int:
+        """Free every stored artifact no baseline keeps (left by an interrupted session, say);
+        the bytes freed, as they were stored."""
+        blobs, references = artifact_blobs_table.c, baseline_artifacts_table.c
+        unreferenced = sa.select(blobs.sha256).where(
+            ~sa.exists().where(references.sha256 == blobs.sha256)
+        )
+        with self._engine.connect() as connection:
+            candidates = set(connection.execute(unreferenced).scalars())
+        return self._free_artifacts(candidates)
+
+    def _free_artifacts(self, candidates: Iterable[str]) -> int:
+        """Delete those of ``candidates`` that no baseline references; the bytes freed.
+
+        One transaction per blob, each deleting only while nothing references it: a blob that
+        another session references meanwhile stays (its reference then holds the row, and the
+        delete fails on the foreign key, undoing the chunks' delete with it).
+        """
+        blobs, chunks = artifact_blobs_table.c, artifact_chunks_table.c
+        freed = 0
+        for sha256 in sorted(set(candidates)):
+            unreferenced = ~sa.exists().where(baseline_artifacts_table.c.sha256 == sha256)
+            try:
+                with self._engine.begin() as connection:
+                    # A write first, so SQLite takes its lock before reading what to delete.
+                    connection.execute(
+                        sa.delete(artifact_chunks_table).where(
+                            chunks.sha256 == sha256, unreferenced
+                        )
+                    )
+                    stored_size = connection.execute(
+                        sa.select(blobs.stored_size).where(blobs.sha256 == sha256, unreferenced)
+                    ).scalar_one_or_none()
+                    if stored_size is None:
+                        continue  # gone already, or referenced: nothing was deleted
+                    connection.execute(
+                        sa.delete(artifact_blobs_table).where(blobs.sha256 == sha256)
+                    )
+                freed += int(stored_size)
+            except sa_exc.IntegrityError:
+                continue  # referenced meanwhile: kept, chunks and all
+        return freed
 
     def close(self) -> None:
         """Release pooled connections (and with them SQLite's file handles)."""
@@ -1293,6 +1852,7 @@ def _cell(row: sa.RowMapping) -> Cell:
 
 
 def _result_record(row: sa.RowMapping) -> ResultRecord:
+    paired = dict(row.get("paired") or {})
     recorded_at = _aware(row["recorded_at"])
     assert recorded_at is not None
     return ResultRecord(
@@ -1323,6 +1883,12 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         telemetry=dict(row.get("telemetry") or {}),
         duration_s=row.get("duration_s"),
         instructions=[float(x) for x in row.get("instructions") or []],
+        paired_samples_ns=[int(sample) for sample in row.get("paired_samples_ns") or []],
+        paired_rounds=[int(size) for size in paired.get("rounds") or []],
+        paired_artifact_sha256=paired.get("artifact_sha256"),
+        paired_predictor=(
+            PredictorInfo.model_validate(paired["predictor"]) if paired.get("predictor") else None
+        ),
     )
 
 
@@ -1345,6 +1911,44 @@ def _check_baseline_name(name: str) -> None:
             f"baseline name {name!r} is not valid: use 1 to 100 letters, digits, "
             f"'.', '_', '-' or '/' (like main, release-1.2, feature/x)"
         )
+
+
+def _check_move(existing: BaselineRecord | None, run: RunRecord, *, force: bool) -> None:
+    """Refuse, unless forced, to use a run that is not complete or to move a name that points
+    to another run; pointing a baseline at its own run again needs nothing."""
+    if force or (existing is not None and existing.run_id == run.id):
+        return
+    if run.status != "complete":
+        raise StoreError(
+            f"run {run.id[:12]} is {run.status}, not complete; only a complete run "
+            f"can become a baseline (pass --force to use it anyway)"
+        )
+    if existing is not None:
+        raise StoreError(_already_set(existing))
+
+
+def _check_sha256(sha256: str) -> None:
+    if not SHA256.fullmatch(sha256):
+        raise StoreError(
+            f"expected an artifact's sha256 as 64 lowercase hex digits, got {sha256!r}"
+        )
+
+
+def _unique_entries(artifacts: Sequence[ArtifactEntry]) -> list[ArtifactEntry]:
+    """The entries once each per (file, model, framework): several cells of one model and
+    framework (batch sizes, devices) measured the same file."""
+    unique: dict[tuple[str, str, str], ArtifactEntry] = {}
+    for entry in artifacts:
+        _check_sha256(entry.sha256)
+        unique.setdefault((entry.sha256, entry.model, entry.framework), entry)
+    return list(unique.values())
+
+
+def _safe_filename(name: str) -> str:
+    """The name a fetched artifact is written under: the last part of the stored one only, so a
+    name stored by someone else (``../../.bashrc``) cannot place it outside the fetch directory."""
+    base = Path(name.replace("\\", "/").replace("\x00", "")).name
+    return base[:255] if base not in ("", ".", "..") else "artifact"
 
 
 def _already_set(existing: BaselineRecord) -> str:

@@ -75,13 +75,16 @@ class Window:
         used = (cpu.user - self._cpu.user) + (cpu.system - self._cpu.system)
         cores = psutil.cpu_count() or 1
         own = 100.0 * used / wall if wall > 0 else 0.0
+        # Stored as measured, never rounded: rounding is for whoever shows a number. A timing
+        # window of a fast model lasts well under a millisecond, which rounding to 3 decimals
+        # stored as a wall time of 0.
         values: dict[str, float | int | str | bool] = {
-            "wall_s": round(wall, 3),
-            "process_cpu_percent": round(own, 1),  # of one core
-            "system_cpu_percent": round(system, 1),  # of all cores
+            "wall_s": wall,
+            "process_cpu_percent": own,  # of one core
+            "system_cpu_percent": system,  # of all cores
             # Other processes' load, in cores: the machine's busy share less ours.
-            "other_cores_busy": round(max(0.0, system * cores - own) / 100.0, 2),
-            "rss_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "other_cores_busy": max(0.0, system * cores - own) / 100.0,
+            "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         end_frequency = _mhz()
         if self._frequency and end_frequency:
@@ -102,12 +105,12 @@ class Window:
             found[prefix + "util_percent"] = rates.gpu
         memory = self._read(nvml.nvmlDeviceGetMemoryInfo, handle)
         if memory is not None:
-            found[prefix + "memory_used_mb"] = round(memory.used / 2**20)
+            found[prefix + "memory_used_mb"] = memory.used / 2**20
         energy = self._read(nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
         if energy is not None and self._energy[index] is not None and wall > 0:
             joules = (energy - self._energy[index]) / 1000
-            found[prefix + "energy_j"] = round(joules, 2)
-            found[prefix + "power_w"] = round(joules / wall, 1)
+            found[prefix + "energy_j"] = joules
+            found[prefix + "power_w"] = joules / wall
         clock = self._read(lambda h: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM), handle)
         if clock is not None:
             found[prefix + "sm_mhz"] = clock
@@ -118,14 +121,14 @@ class Window:
         return found
 
 
-def _mhz() -> int | None:
+def _mhz() -> float | None:
     import psutil
 
     try:
         frequency = psutil.cpu_freq()
     except (OSError, NotImplementedError):
         return None
-    return round(frequency.current) if frequency and frequency.current else None
+    return frequency.current if frequency and frequency.current else None
 
 
 def suspicions(values: dict[str, Any]) -> list[str]:

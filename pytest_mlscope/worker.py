@@ -96,9 +96,21 @@ def _interleaved(
 
     spec = request.interleave
     assert spec is not None
+    decided = None
+    if spec.threshold is not None:
+        from functools import partial
+
+        from pytest_mlscope.compare import settled
+        from pytest_mlscope.measure import LOOKS
+
+        decided = partial(
+            settled, threshold=spec.threshold, comparisons=spec.comparisons, looks=LOOKS
+        )
     if spec.artifact.sha256 == request.artifact.sha256:
         call_a = slowed(predictor.predict, inputs_b[0], spec.inject_slowdown)
-        return time_interleaved(call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed)
+        return time_interleaved(
+            call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
+        )
     verify(spec.artifact)
     model_a = predictor_class(request.cell.framework, request.predictors)(
         device=request.cell.device
@@ -107,7 +119,9 @@ def _interleaved(
         model_a.load(spec.artifact)
         inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
         call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
-        return time_interleaved(call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed)
+        return time_interleaved(
+            call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed, decided
+        )
     finally:
         model_a.close()
 

@@ -562,9 +562,53 @@ def test_baseline_show_prints_the_baseline_and_its_run_like_show(
     lines = out.splitlines()
     assert lines[0].startswith(f"baseline main -> run {old[:12]} (1 result; set ")
     assert lines[1] == "note: nightly"
-    assert lines[2] == ""
+    assert lines[2] == "artifacts: none kept in the database"
+    assert lines[3] == ""
     assert out.endswith(shown)
-    assert "\n".join(lines[3:]) + "\n" == shown
+    assert "\n".join(lines[4:]) + "\n" == shown
+
+
+def test_baseline_show_lists_the_artifacts_it_keeps_and_delete_says_what_it_freed(
+    recorded: tuple[Path, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_mlscope.store import ArtifactEntry
+    from pytest_mlscope.zoo.cache import sha256_file
+
+    db, old, _new = recorded
+    onnx = tmp_path / "models" / "digits_cnn.onnx"
+    onnx.parent.mkdir()
+    onnx.write_bytes(bytes(3 * 1024 * 1024))  # 3 MiB of zeros: stored in a few KiB
+    exported = tmp_path / "models" / "digits_cnn.pt2"
+    exported.write_bytes(b"weights" * 100)
+    onnx_sha, exported_sha = sha256_file(onnx), sha256_file(exported)
+    artifacts = [
+        ArtifactEntry(onnx_sha, "digits_cnn", "onnxruntime", "onnx", onnx),
+        ArtifactEntry(exported_sha, "digits_cnn", "torch", "torch_export", exported),
+    ]
+    with Store.from_location(db) as store:
+        store.set_baseline("main", old, artifacts=artifacts)
+        kept = [store.artifact(sha) for sha in (onnx_sha, exported_sha)]
+    stored = sum(artifact.stored_size for artifact in kept if artifact is not None)
+    assert main(["baseline", "show", "main", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stored_text = f"{stored / 1024:.1f} KiB"
+    assert lines[1] == f"artifacts: 2 artifacts kept in the database ({stored_text} stored)"
+    assert lines[2].split() == ["sha256", "model", "framework", "format", "size"]
+    assert lines[4].split() == [onnx_sha[:12], "digits_cnn", "onnxruntime", "onnx", "3.0", "MiB"]
+    assert lines[5].split() == [
+        exported_sha[:12],
+        "digits_cnn",
+        "torch",
+        "torch_export",
+        "700",
+        "B",
+    ]
+    assert lines[6] == ""
+    assert main(["baseline", "delete", "main", "--db", str(db)]) == 0
+    assert capsys.readouterr().out == (
+        f"deleted baseline main (was run {old[:12]}; the run is kept; "
+        f"{stored_text} of artifacts freed)\n"
+    )
 
 
 def test_baseline_show_of_an_unknown_name_names_the_known_ones(

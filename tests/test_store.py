@@ -11,11 +11,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from _services import postgres_database
 
+from pytest_mlscope import store as store_module
+from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.protocol import (
     AccuracyCheck,
     AccuracyReport,
@@ -27,13 +31,17 @@ from pytest_mlscope.protocol import (
 )
 from pytest_mlscope.store import (
     SCHEMA_VERSION,
+    ArtifactEntry,
     BaselineRecord,
     GitInfo,
     Store,
     StoreError,
+    artifact_blobs_table,
+    artifact_chunks_table,
     default_location,
     git_info,
 )
+from pytest_mlscope.zoo.cache import ArtifactCache, sha256_file, verify
 
 HOST = {"hostname": "bench-01", "arch": "x86_64", "cpu_model": "Test CPU", "memory_gb": 31.2}
 CELL = Cell(model="alexnet", framework="onnxruntime", batch_size=8)
@@ -882,6 +890,347 @@ def test_copy_refuses_its_own_database_and_a_baseline_that_would_move(
     assert main([*argv, "--force"]) == 0
 
 
+# -- artifacts a baseline keeps ------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Chunks of 1 KiB, so a file of a few KiB is stored in several."""
+    monkeypatch.setattr(store_module, "ARTIFACT_CHUNK_SIZE", 1024)
+    return 1024
+
+
+def model_file(directory: Path, name: str = "model.onnx", seed: int = 0) -> tuple[Path, str]:
+    """A file of 5.5 KiB: random bytes (as weights are) and a run of zeros (which compress)."""
+    import random
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    noise = random.Random(seed).randbytes(3 * 1024)
+    path.write_bytes(noise + bytes(2 * 1024) + noise[:512])
+    return path, sha256_file(path)
+
+
+def entry(path: Path, sha256: str, framework: str = "onnxruntime") -> ArtifactEntry:
+    return ArtifactEntry(
+        sha256=sha256, model="alexnet", framework=framework, format="onnx", path=path
+    )
+
+
+def count_rows(store: Store, table: sa.Table) -> int:
+    with store._engine.connect() as connection:
+        return connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def test_a_file_of_several_chunks_round_trips_compressed_under_its_name(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    path, sha256 = model_file(tmp_path / "models")
+    assert store.put_artifact(path, sha256=sha256, format="onnx") is True
+    stored = store.artifact(sha256)
+    assert stored is not None
+    assert (stored.filename, stored.format, stored.size) == ("model.onnx", "onnx", 5632)
+    assert stored.stored_size < stored.size  # the zeros compressed
+    assert count_rows(store, artifact_chunks_table) == 6
+    fetched = store.fetch_artifact(sha256, tmp_path / "fetched")
+    assert fetched == tmp_path / "fetched" / sha256 / "model.onnx"
+    assert fetched.read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in fetched.parent.iterdir()) == ["model.onnx"]  # no temp left
+    # A copy already there is used as it is; a damaged one is written again.
+    assert store.fetch_artifact(sha256, tmp_path / "fetched") == fetched
+    fetched.write_bytes(b"edited")
+    assert store.fetch_artifact(sha256, tmp_path / "fetched").read_bytes() == path.read_bytes()
+
+
+def test_an_empty_file_round_trips(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "empty.pt2"
+    path.write_bytes(b"")
+    sha256 = sha256_file(path)
+    assert store.put_artifact(path, sha256=sha256, format="torch_export")
+    assert store.fetch_artifact(sha256, tmp_path / "fetched").read_bytes() == b""
+
+
+def test_storing_the_same_file_twice_keeps_one_blob(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    path, sha256 = model_file(tmp_path / "a")
+    copy, _ = model_file(tmp_path / "b", name="renamed.onnx")
+    assert store.put_artifact(path, sha256=sha256, format="onnx") is True
+    assert store.put_artifact(path, sha256=sha256, format="onnx") is False
+    assert store.put_artifact(copy, sha256=sha256, format="onnx") is False
+    assert count_rows(store, artifact_blobs_table) == 1
+    assert count_rows(store, artifact_chunks_table) == 6
+    assert store.artifact(sha256).filename == "model.onnx"  # type: ignore[union-attr]
+
+
+def test_sessions_storing_the_same_file_at_once_store_it_once(
+    store_location: str, tmp_path: Path, small_chunks: int
+) -> None:
+    path, sha256 = model_file(tmp_path)
+    stores = [Store.from_location(store_location) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[object] = [None] * len(stores)
+
+    def put(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = stores[i].put_artifact(path, sha256=sha256, format="onnx")
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(len(stores))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(outcomes, key=str) == [False, False, False, True], outcomes
+        assert count_rows(stores[0], artifact_chunks_table) == 6
+        fetched = stores[0].fetch_artifact(sha256, tmp_path / "fetched")
+        assert fetched.read_bytes() == path.read_bytes()
+    finally:
+        for opened in stores:
+            opened.close()
+
+
+def test_a_file_that_changed_since_it_was_hashed_is_refused_with_both_hashes(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    path, sha256 = model_file(tmp_path)
+    path.write_bytes(path.read_bytes() + b"edited")
+    with pytest.raises(ArtifactError) as caught:
+        store.put_artifact(path, sha256=sha256, format="onnx")
+    assert f"has sha256 {sha256_file(path)}, expected {sha256}" in str(caught.value)
+    assert not store.has_artifact(sha256)
+    assert count_rows(store, artifact_chunks_table) == 0
+    with pytest.raises(ArtifactError, match=r"cannot store artifact .*missing\.onnx"):
+        store.put_artifact(tmp_path / "missing.onnx", sha256=sha256, format="onnx")
+
+
+def test_a_tampered_chunk_is_refused_naming_the_sha256_and_leaves_no_file(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    path, sha256 = model_file(tmp_path / "models")
+    store.put_artifact(path, sha256=sha256, format="onnx")
+    chunks = artifact_chunks_table.c
+
+    def tamper(data: bytes) -> None:
+        with store._engine.begin() as connection:
+            connection.execute(
+                sa.update(artifact_chunks_table)
+                .where(chunks.sha256 == sha256, chunks.seq == 2)
+                .values(data=data)
+            )
+
+    target = tmp_path / "fetched"
+    tamper(zlib.compress(bytes(1024)))  # whole, but not the stored bytes
+    with pytest.raises(StoreError) as caught:
+        store.fetch_artifact(sha256, target)
+    assert str(caught.value).startswith(f"artifact {sha256} in {store.url} is corrupt: ")
+    assert "read back with sha256" in str(caught.value)
+    tamper(b"not zlib")
+    with pytest.raises(StoreError, match=f"{sha256} .* corrupt: chunk 2 of 6 does not decompress"):
+        store.fetch_artifact(sha256, target)
+    with store._engine.begin() as connection:
+        connection.execute(
+            sa.delete(artifact_chunks_table).where(chunks.sha256 == sha256, chunks.seq == 2)
+        )
+    with pytest.raises(StoreError, match=f"{sha256} .* is corrupt: chunk 2 of 6 is missing"):
+        store.fetch_artifact(sha256, target)
+    assert list((target / sha256).iterdir()) == []  # no partial file under any name
+
+
+def test_fetching_a_file_that_is_not_stored_names_it_and_the_database(
+    store: Store, tmp_path: Path
+) -> None:
+    with pytest.raises(StoreError) as caught:
+        store.fetch_artifact("ef" * 32, tmp_path)
+    assert str(caught.value) == f"artifact {'ef' * 32} is not stored in {store.url}"
+    with pytest.raises(StoreError, match="expected an artifact's sha256 as 64 lowercase hex"):
+        store.fetch_artifact("../../etc", tmp_path)
+
+
+def test_a_stored_name_cannot_place_a_fetched_file_outside_its_directory(
+    store: Store, tmp_path: Path
+) -> None:
+    path, sha256 = model_file(tmp_path / "models")
+    store.put_artifact(path, sha256=sha256, format="onnx", filename="../../escaped.onnx")
+    fetched = store.fetch_artifact(sha256, tmp_path / "fetched")
+    assert fetched == tmp_path / "fetched" / sha256 / "escaped.onnx"
+
+
+def test_a_baseline_keeps_its_artifacts_and_lists_them_by_model_and_framework(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    onnx, onnx_sha = model_file(tmp_path / "a")
+    exported, exported_sha = model_file(tmp_path / "b", name="model.pt2", seed=1)
+    artifacts = [
+        entry(onnx, onnx_sha, "onnxruntime"),
+        entry(onnx, onnx_sha, "onnxruntime"),  # two cells of one framework: kept once
+        entry(onnx, onnx_sha, "openvino"),  # one file, two frameworks
+        ArtifactEntry(exported_sha, "alexnet", "torch", "torch_export", exported),
+    ]
+    baseline = store.set_baseline("main", complete_run(store), artifacts=artifacts)
+    kept = store.baseline_artifacts("main")
+    assert [(k.framework, k.sha256, k.format, k.filename, k.size) for k in kept] == [
+        ("onnxruntime", onnx_sha, "onnx", "model.onnx", 5632),
+        ("openvino", onnx_sha, "onnx", "model.onnx", 5632),
+        ("torch", exported_sha, "torch_export", "model.pt2", 5632),
+    ]
+    assert count_rows(store, artifact_blobs_table) == 2
+    # Set again, to the same run, with one artifact: the baseline row is unchanged.
+    assert store.set_baseline("main", baseline.run_id, artifacts=artifacts[3:]) == baseline
+    assert [k.sha256 for k in store.baseline_artifacts("main")] == [exported_sha]
+    assert not store.has_artifact(onnx_sha)  # nothing keeps it any more
+    with pytest.raises(StoreError, match=r"no baseline named 'other' \(known: main\)"):
+        store.baseline_artifacts("other")
+
+
+def test_deleting_one_of_two_baselines_sharing_a_blob_keeps_it_and_the_last_frees_it(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    shared, shared_sha = model_file(tmp_path / "a")
+    own, own_sha = model_file(tmp_path / "b", seed=1)
+    run_id = complete_run(store)
+    store.set_baseline("main", run_id, artifacts=[entry(shared, shared_sha), entry(own, own_sha)])
+    store.set_baseline("release-1.2", run_id, artifacts=[entry(shared, shared_sha)])
+    own_size = store.artifact(own_sha).stored_size  # type: ignore[union-attr]
+    shared_size = store.artifact(shared_sha).stored_size  # type: ignore[union-attr]
+    assert store.delete_baseline("main") == own_size
+    assert store.has_artifact(shared_sha) and not store.has_artifact(own_sha)
+    assert store.fetch_artifact(shared_sha, tmp_path / "f").read_bytes() == shared.read_bytes()
+    assert store.delete_baseline("release-1.2") == shared_size
+    assert not store.has_artifact(shared_sha)
+    assert count_rows(store, artifact_chunks_table) == 0
+    assert store.get_run(run_id).total == 1
+
+
+def test_a_baseline_moved_with_force_keeps_only_its_new_run_s_artifacts(
+    store: Store, tmp_path: Path
+) -> None:
+    old, old_sha = model_file(tmp_path / "a")
+    new, new_sha = model_file(tmp_path / "b", seed=1)
+    store.set_baseline("main", complete_run(store), artifacts=[entry(old, old_sha)])
+    store.set_baseline("main", complete_run(store), force=True, artifacts=[entry(new, new_sha)])
+    assert [k.sha256 for k in store.baseline_artifacts("main")] == [new_sha]
+    assert not store.has_artifact(old_sha)
+    # Moved without artifacts: what it kept was the other run's, and goes.
+    store.set_baseline("main", complete_run(store), force=True)
+    assert store.baseline_artifacts("main") == []
+    assert count_rows(store, artifact_blobs_table) == 0
+
+
+def test_a_refused_baseline_stores_none_of_its_artifacts(store: Store, tmp_path: Path) -> None:
+    path, sha256 = model_file(tmp_path)
+    store.set_baseline("main", complete_run(store))
+    with pytest.raises(StoreError, match="pass --force to move it"):
+        store.set_baseline("main", complete_run(store), artifacts=[entry(path, sha256)])
+    assert not store.has_artifact(sha256)
+    # Refused after the first file was stored (the second is missing): the first goes too.
+    missing = entry(tmp_path / "gone.onnx", "00" * 32)
+    with pytest.raises(ArtifactError, match=r"gone\.onnx"):
+        store.set_baseline(
+            "main", complete_run(store), force=True, artifacts=[entry(path, sha256), missing]
+        )
+    assert not store.has_artifact(sha256)
+    assert store.baseline_artifacts("main") == []
+
+
+def test_a_blob_freed_while_a_baseline_is_set_is_stored_again(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another session deletes the last baseline keeping the file between our storing it and
+    # our referencing it: the reference fails on the foreign key, and the set is retried.
+    path, sha256 = model_file(tmp_path)
+    run_id = complete_run(store)
+    store.set_baseline("other", run_id, artifacts=[entry(path, sha256)])
+    real_put = store.put_artifact
+    puts: list[bool] = []
+
+    def put_then_lose_it(*args, **kwargs):  # type: ignore[no-untyped-def]
+        puts.append(real_put(*args, **kwargs))
+        if len(puts) == 1:
+            store.delete_baseline("other")
+        return puts[-1]
+
+    monkeypatch.setattr(store, "put_artifact", put_then_lose_it)
+    store.set_baseline("main", run_id, artifacts=[entry(path, sha256)])
+    assert puts == [False, True]
+    assert [k.sha256 for k in store.baseline_artifacts("main")] == [sha256]
+
+
+def test_unreferenced_artifacts_are_freed_on_request(store: Store, tmp_path: Path) -> None:
+    loose, loose_sha = model_file(tmp_path / "a")
+    kept, kept_sha = model_file(tmp_path / "b", seed=1)
+    store.put_artifact(loose, sha256=loose_sha, format="onnx")
+    store.set_baseline("main", complete_run(store), artifacts=[entry(kept, kept_sha)])
+    loose_size = store.artifact(loose_sha).stored_size  # type: ignore[union-attr]
+    assert store.free_artifacts() == loose_size
+    assert not store.has_artifact(loose_sha) and store.has_artifact(kept_sha)
+    assert store.free_artifacts() == 0
+
+
+def test_the_cache_fetches_a_baseline_s_artifact_from_the_database_once(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    path, sha256 = model_file(tmp_path / "models")
+    cache = ArtifactCache(tmp_path / "cache")
+    assert cache.from_store(store, sha256) is None
+    store.set_baseline("main", complete_run(store), artifacts=[entry(path, sha256)])
+    assert cache.from_store(store, sha256, format="torch_export") is None
+    ref = cache.from_store(store, sha256, format="onnx")
+    assert ref is not None
+    assert ref.path == str(cache.root / "from-store" / sha256 / "model.onnx")
+    assert (ref.format, ref.sha256) == ("onnx", sha256)
+    assert ref.expected_by == f"fetched from the results database {store.url}"
+    verify(ref)
+    path.unlink()  # the model file replaced by an edit: the copy stays
+    assert cache.from_store(store, sha256) == ref
+
+
+def test_a_version_6_database_is_migrated_and_gains_the_artifact_tables(
+    store_location: str, tmp_path: Path
+) -> None:
+    with Store.from_location(store_location) as store:
+        run_id = complete_run(store)
+        store.set_baseline("main", run_id)
+        # What pytest-mlscope wrote before schema 7: no artifact tables, no A side of pairs.
+        with store._engine.begin() as connection:
+            for table in ("baseline_artifacts", "artifact_chunks", "artifact_blobs"):
+                connection.execute(sa.text(f"DROP TABLE {table}"))
+            columns = {c["name"] for c in sa.inspect(connection).get_columns("results")}
+            for column in {"paired_samples_ns", "paired"} & columns:
+                connection.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
+            connection.execute(sa.text("UPDATE schema_version SET version = 6"))
+    with Store.from_location(store_location) as store:
+        assert store.results(run_id)[0].samples_ns == make_result().samples_ns
+        assert store.get_baseline("main").run_id == run_id
+        assert store.baseline_artifacts("main") == []
+        path, sha256 = model_file(tmp_path)
+        store.set_baseline("main", run_id, artifacts=[entry(path, sha256)])
+        assert store.fetch_artifact(sha256, tmp_path / "f").read_bytes() == path.read_bytes()
+        with store._engine.connect() as connection:
+            version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
+    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 7
+
+
+def test_copy_with_baselines_carries_the_artifacts_they_keep(
+    db_path: Path, store_location: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_mlscope.cli import main
+
+    path, sha256 = model_file(db_path.parent / "models")
+    with Store.from_location(db_path.with_name("source.db")) as source:
+        source.set_baseline("main", complete_run(source), artifacts=[entry(path, sha256)])
+        location = source.url
+    path.unlink()  # only the source database has it now
+    assert main(["copy", "--db", location, "--to", store_location, "--baselines"]) == 0
+    assert "with 1 artifact" in capsys.readouterr().out
+    assert [k.sha256 for k in store.baseline_artifacts("main")] == [sha256]
+    fetched = store.fetch_artifact(sha256, db_path.parent / "fetched")
+    assert sha256_file(fetched) == sha256
+
+
 # -- git -----------------------------------------------------------------------------------------
 # -- git -----------------------------------------------------------------------------------------
 
@@ -961,6 +1310,8 @@ def test_a_version_1_database_is_migrated_and_keeps_its_results(db_path: Path) -
         connection.execute("ALTER TABLE runs DROP COLUMN owner")
         connection.execute("ALTER TABLE runs DROP COLUMN cpu_model")
         connection.execute("ALTER TABLE results DROP COLUMN instructions")
+        connection.execute("ALTER TABLE results DROP COLUMN paired_samples_ns")
+        connection.execute("ALTER TABLE results DROP COLUMN paired")
         # Before schema 5 raw samples were JSON text.
         connection.execute(
             "UPDATE results SET samples_ns = ?", (json.dumps(make_result().samples_ns),)

@@ -184,12 +184,9 @@ def across_systems(store: Store, model: str) -> AcrossSystems:
 def _recompute(
     store: Store, run: RunRecord, results: dict[str, ResultRecord], baseline_run: RunRecord
 ) -> dict[str, dict[str, Any]]:
-    from pytest_mlscope.compare import compare_runs, run_sides
+    from pytest_mlscope.judging import compare_stored_runs
 
-    base = store.latest_results(baseline_run.id)
-    verdicts = compare_runs(
-        run_sides(base, baseline_run.host, baseline_run.id), run_sides(results, run.host, run.id)
-    )
+    verdicts = compare_stored_runs(store, baseline_run, run)
     return {item: verdict.as_dict() for item, verdict in verdicts.items()}
 
 
@@ -224,7 +221,8 @@ def load(
             verdicts = _recompute(store, run, results, base_run)
             data.notes.append(
                 f"verdicts computed now against baseline {baseline!r} (run {base_run.id[:12]}) "
-                "at the default 5 % threshold; the session's own verdicts used each manifest's"
+                "by the session's rule, with each item's threshold and the run-to-run noise of "
+                "the runs stored before this one"
             )
     base_ids = list(
         dict.fromkeys(v["baseline_run"] for v in verdicts.values() if v.get("baseline_run"))

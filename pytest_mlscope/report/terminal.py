@@ -176,8 +176,7 @@ def _worth_showing(records: Sequence[Any]) -> list[Any]:
 
 
 def summary_lines(session: MlscopeSession) -> Iterator[str]:
-    interleaved = session.settings.interleave
-    compared = bool(session.settings.baseline) or interleaved
+    compared = bool(session.settings.baseline) or session.settings.interleaving
     rows = []
     shown = _worth_showing(session.records)
     for record in shown:
@@ -201,18 +200,22 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
         yield f"... and {hidden} more items that passed unremarkably (every item{where})"
     if compared:
         counts: dict[str, int] = {}
+        designs: dict[str, int] = {}
         for record in session.records:
             if record.verdict:
                 counts[record.verdict.kind] = counts.get(record.verdict.kind, 0) + 1
+                if record.verdict.design:
+                    design = record.verdict.design
+                    designs[design] = designs.get(design, 0) + 1
         verdicts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
         against = (
             f"baseline {session.settings.baseline!r}" if session.settings.baseline else "A side"
         )
-        how = "interleaved with" if interleaved else "compared with"
+        how = ", ".join(f"{n} {design}" for design, n in sorted(designs.items()))
         yield (
-            f"{how} {against}: {verdicts}"
-            f" (each interval at {1 - 0.05 / session.comparisons:.2%} for "
-            f"{session.comparisons} items)"
+            f"compared with {against}: {verdicts}" + (f" ({how})" if how else "") + "; a "
+            "slowdown of the threshold is caught, half of it is not flagged, over "
+            f"{session.comparisons} items"
         )
         if session.baseline_note:
             yield session.baseline_note

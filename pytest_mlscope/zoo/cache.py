@@ -4,6 +4,8 @@ Layout: ``<root>/<model>/<key>/`` holds the files a builder wrote and ``artifact
 checksums, where ``key`` hashes the builder, its seed and params and the manifest version, so a
 changed recipe builds anew instead of reusing stale weights. Builds go to a temporary directory and
 are renamed into place, under a file lock, so parallel sessions never see half-written files.
+``<root>/from-store/<sha256>/`` holds files fetched from the results database, where baselines keep
+the models they were measured with.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pytest_mlscope.protocol import ArtifactRef
 
 if TYPE_CHECKING:
     from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.store import Store
 
 RECORD = "artifacts.json"
+FROM_STORE = "from-store"
 SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "torch_export"}
 
 
@@ -139,6 +143,38 @@ class ArtifactCache:
                 if ref.sha256 == sha256:
                     return ref
         return None
+
+    def from_store(
+        self, store: Store, sha256: str, format: str | None = None
+    ) -> ArtifactRef | None:
+        """The artifact with this checksum, fetched from the results database into
+        ``<root>/from-store/``; None when the database keeps no such file (of ``format``, when
+        one is asked for).
+
+        Baselines keep there the files they measured: what a fresh CI machine, or a model file
+        replaced by an edit, lacks. The file is fetched once per cache, under a lock so parallel
+        workers do not each stream it, and its checksum is checked as it is written; a damaged
+        copy in the database is refused with :class:`~pytest_mlscope.store.StoreError`.
+        """
+        from pytest_mlscope.store import StoreError
+
+        stored = store.artifact(sha256)
+        if stored is None or (format is not None and stored.format != format):
+            return None
+        directory = self.root / FROM_STORE
+        try:
+            with _locked(directory / f".{sha256}.lock"):
+                path = store.fetch_artifact(sha256, directory)
+        except StoreError:
+            if not store.has_artifact(sha256):  # freed by another session meanwhile
+                return None
+            raise
+        return ArtifactRef(
+            format=stored.format,
+            path=str(path),
+            sha256=sha256,
+            expected_by=f"fetched from the results database {store.url}",
+        )
 
     # -- sources --------------------------------------------------------------------------------
 
