@@ -128,6 +128,14 @@ def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
     return replace(found, reason=f"{found.reason}; suspect: {'; '.join(seen)} during timing")
 
 
+def _installed(metadata: Any, distribution: str) -> bool:
+    try:
+        metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
@@ -161,6 +169,7 @@ class MlscopeSession:
         self.not_counted: dict[str, str] = {}
         self._image_reasons: dict[str, tuple[str | None, bool]] = {}
         self._container_only: dict[str, bool] = {}  # framework -> its predictor's container_only
+        self._failed_stacks: dict[str, str] = {}  # baseline stacks that could not be rebuilt
         token = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.work_dir = settings.state_dir / "work" / token
 
@@ -246,18 +255,19 @@ class MlscopeSession:
 
         stack = predictor_class(cell.framework, self.settings.predictors).venv_stack
         if stack:
-            return self._venv_runtime(stack)
+            from pytest_mlscope import stacks
+
+            return self._venv_runtime(stacks.get(stack))
         return self._host_runtime(self.settings.runtime)
 
-    def _venv_runtime(self, name: str) -> Runtime:
-        """A subprocess worker in the stack's own venv (``pytest_mlscope.stacks``), with this
+    def _venv_runtime(self, stack: Any) -> Runtime:
+        """A subprocess worker in a venv stack (``pytest_mlscope.stacks.VenvStack``), with this
         pytest-mlscope on its path: the same worker and protocol, another interpreter."""
         from pytest_mlscope import stacks
         from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
-        key = f"venv:{name}"
+        key = f"venv:{stacks.location(stack)}"
         if key not in self._runtimes:
-            stack = stacks.get(name)
             self._runtimes[key] = SubprocessRuntime(
                 work_dir=self.work_dir / "workers",
                 python=str(stacks.python(stack)),
@@ -492,17 +502,20 @@ class MlscopeSession:
         other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
         interleaving = self.settings.interleaving
         across = interleaving and other is not None
+        upgrade = self._baseline_stack(manifest, cell) if interleaving and not across else None
         request = self._request(
             manifest,
             cell,
             save_outputs=save,
             reference=reference,
-            interleave=interleaving and not across,
+            interleave=interleaving and not across and upgrade is None,
             **overrides,
         )
         if across:
             assert other is not None
             return self._interleave_stacks(manifest, cell, other, request, **overrides)
+        if upgrade is not None:
+            return self._interleave_baseline_stack(manifest, cell, upgrade, request, **overrides)
         counting = self.settings.count_instructions and self._countable(cell)
         if counting:
             inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}.npz"
@@ -586,12 +599,68 @@ class MlscopeSession:
         **overrides: float,
     ) -> EvaluationResult:
         """Time the item (B, its stack) against another stack of its framework (A, the manifest
-        entry's ``interleave_with``) in alternating rounds, each in its own worker.
+        entry's ``interleave_with``) in alternating rounds, each in its own worker."""
+        a_cell = cell.model_copy(update={"stack": other})
+        reason, _ = self.skip_reason(manifest, a_cell)
+        if reason:
+            raise EvaluationFailed(f"cannot interleave with stack {other!r}: {reason}")
+        a_request = self._request(manifest, a_cell, checks=[], **overrides)
+        result, a_version = self._interleave_workers(
+            manifest, cell, request, a_cell, a_request, self.runtime(a_cell)
+        )
+        where = f" in {self.image(a_cell)}" if self.in_container(a_cell) else ""
+        self._interleaved[cell.id] = (
+            True,
+            f"stack {other} ({cell.framework} {a_version}{where})",
+        )
+        return result
+
+    def _interleave_baseline_stack(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        stack: Any,
+        request: EvaluationRequest,
+        **overrides: float,
+    ) -> EvaluationResult:
+        """Time the item (B, on the host) against the baseline's model on the baseline's own
+        framework release (A, in a venv rebuilt from the package registry): a framework upgrade,
+        A/B-tested by naming the baseline."""
+        side = self._interleave_side(manifest, cell, request.artifact)
+        if side is None:
+            artifact = request.artifact
+            model = "this run's model (the baseline's own file is neither cached nor kept)"
+        else:
+            artifact, model = side.artifact, self._interleaved[cell.id][1]
+        a_request = self._request(manifest, cell, checks=[], **overrides).model_copy(
+            update={"artifact": artifact}
+        )
+        result, a_version = self._interleave_workers(
+            manifest, cell, request, cell, a_request, self._venv_runtime(stack)
+        )
+        self._interleaved[cell.id] = (
+            True,
+            f"{model} on the baseline's {stack.framework} {a_version} (a venv rebuilt from the "
+            "package registry)",
+        )
+        return result
+
+    def _interleave_workers(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        request: EvaluationRequest,
+        a_cell: Cell,
+        a_request: EvaluationRequest,
+        runtime_a: Runtime,
+    ) -> tuple[EvaluationResult, str]:
+        """B in the cell's own worker, A in ``runtime_a``, in alternating rounds.
 
         Both workers load, check and warm up their model and keep it (``hold``); then the host
         asks each for one round at a time, in random order within each pair, so drift hits both
         stacks alike, and adds blocks of pairs until the verdict is clear (measure.LOOKS at
-        most), as the in-worker interleave does. The result is B's, with A's rounds as pairs.
+        most), as the in-worker interleave does. The result is B's, with A's rounds as pairs;
+        with A's framework version.
         """
         import contextlib
         import random
@@ -601,14 +670,10 @@ class MlscopeSession:
         from pytest_mlscope.protocol import RoundRequest
         from pytest_mlscope.stats import round_medians, summarize_scenario
 
-        a_cell = cell.model_copy(update={"stack": other})
-        reason, _ = self.skip_reason(manifest, a_cell)
-        if reason:
-            raise EvaluationFailed(f"cannot interleave with stack {other!r}: {reason}")
-        a_request = self._request(manifest, a_cell, checks=[], **overrides).model_copy(
-            update={"hold": True, "inject_slowdown": 0.0}
+        a_request = a_request.model_copy(
+            update={"hold": True, "inject_slowdown": 0.0, "interleave": None}
         )
-        runtime_b, runtime_a = self.runtime(cell), self.runtime(a_cell)
+        runtime_b = self.runtime(cell)
         timeout = self.settings.timeout
         pairs, per_round = pair_plan(request.measure)
         samples: dict[str, list[int]] = {"a": [], "b": []}
@@ -616,7 +681,9 @@ class MlscopeSession:
         sides = {"a": (runtime_a, a_cell), "b": (runtime_b, cell)}
         held: list[str] = []
         try:
-            first_b = runtime_b.evaluate(request.model_copy(update={"hold": True}), timeout)
+            first_b = runtime_b.evaluate(
+                request.model_copy(update={"hold": True, "interleave": None}), timeout
+            )
             held.append("b")
             first_a = runtime_a.evaluate(a_request, timeout)
             held.append("a")
@@ -645,14 +712,7 @@ class MlscopeSession:
                 with contextlib.suppress(MlscopeError):
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
         summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
-        where = ""
-        if self.in_container(a_cell):
-            where = f" in {self.image(a_cell)}"
-        self._interleaved[cell.id] = (
-            True,
-            f"stack {other} ({cell.framework} {first_a.predictor.version}{where})",
-        )
-        return first_b.model_copy(
+        result = first_b.model_copy(
             update={
                 "summary": summary,
                 "samples_ns": samples["b"],
@@ -663,6 +723,54 @@ class MlscopeSession:
                 "paired_predictor": first_a.predictor,
             }
         )
+        return result, first_a.predictor.version
+
+    def _baseline_stack(self, manifest: Manifest, cell: Cell) -> Any:
+        """The venv stack (``stacks.VenvStack``) of the baseline's framework release, when the
+        item's baseline result was measured on another release than the host's: set up now from
+        the package registry, once per machine and release. None when the releases match, the
+        item runs in a container or a venv stack of its own, or the stack cannot be made (then
+        the reason joins the verdict, and the stored design decides)."""
+        from pytest_mlscope import stacks
+        from pytest_mlscope.predictors import predictor_class
+
+        if not self.settings.baseline or self.in_container(cell):
+            return None
+        baseline = self._baseline_sides().get(cell.id)
+        cls = predictor_class(cell.framework, self.settings.predictors)
+        if baseline is None or not baseline.framework_version or cls.venv_stack:
+            return None
+        installed = cls.installed_version()
+        if installed is None or installed == baseline.framework_version:
+            return None
+        from importlib import metadata
+
+        distribution = next(
+            (d for d in cls.distributions if _installed(metadata, d)), cls.distributions[0]
+        )
+        recorded = dict(baseline.host.get("packages") or {})
+        stack = stacks.baseline_stack(distribution, baseline.framework_version, recorded)
+        if stacks.unavailable(stack) is None:
+            return stack
+        if stack.name in self._failed_stacks:
+            self._interleaved[cell.id] = (False, self._failed_stacks[stack.name])
+            return None
+        started = time.monotonic()
+        try:
+            stacks.setup(stack)
+        except (stacks.StackError, OSError) as exc:
+            self._failed_stacks[stack.name] = (
+                f"the baseline's {distribution} {baseline.framework_version} could not be "
+                f"rebuilt: {exc}"
+            )
+            self._interleaved[cell.id] = (False, self._failed_stacks[stack.name])
+            return None
+        self.report_lines.append(
+            f"the baseline's stack ({distribution} {baseline.framework_version}) was rebuilt "
+            f"from the package registry in {time.monotonic() - started:.0f} s: "
+            f"{stacks.location(stack)}"
+        )
+        return stack
 
     def trace_level(self, manifest: Manifest) -> str:
         """Command line, else the manifest's ``performance.trace`` when set, else ini."""

@@ -59,6 +59,52 @@ STACKS = {
 }
 
 
+# What the worker imports besides the framework: pinned at the host's releases in a rebuilt
+# baseline stack, so only the framework (and its own dependencies) differ from the host.
+WORKER_NEEDS = (
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pydantic",
+    "PyYAML",
+    "packaging",
+    "psutil",
+    "Pillow",
+    "opentelemetry-api",
+    "opentelemetry-sdk",
+    "nvidia-ml-py",
+)
+
+
+def baseline_stack(
+    distribution: str, version: str, recorded: dict[str, str] | None = None
+) -> VenvStack:
+    """The software stack a baseline was measured on, as a venv recipe: its framework release,
+    and the worker's needs at the releases the baseline recorded (numpy, say), else the host's.
+
+    A framework upgrade is then timed A/B by naming the baseline: A in this venv, B on the host,
+    interleaved across two workers. Content-hashed like every stack, so it is built once per
+    machine and release.
+    """
+    from importlib import metadata
+
+    pins = {}
+    for name in WORKER_NEEDS:
+        wanted = (recorded or {}).get(name)
+        if wanted is None:
+            try:
+                wanted = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        pins[name] = wanted
+    return VenvStack(
+        name=f"{distribution}-{version}",
+        framework=distribution,
+        requirements=(f"{distribution}=={version}", *(f"{n}=={v}" for n, v in pins.items())),
+        why=f"the baseline was measured on {distribution} {version}",
+    )
+
+
 class StackError(MlscopeError):
     """A venv stack is unknown, not set up, or could not be made."""
 

@@ -89,3 +89,46 @@ def test_mxnet_runs_in_its_venv_and_agrees_with_torch_on_the_host(
     total = sum(row.self_us for row in mxnet.layers)
     assert 0.5 < total / (mxnet.summary.median * 1e6) < 2.0  # type: ignore[union-attr]
     assert mxnet.trace is not None and "unbulked copy" in mxnet.trace.notes[0]
+
+
+OTHER_ORT = "1.31.1"  # the release CI also builds an image of (tests/test_docker.py)
+
+
+def test_a_baseline_on_another_onnxruntime_release_is_rebuilt_and_timed_beside_the_upgrade(
+    pytester: pytest.Pytester,
+) -> None:
+    """A framework upgrade, A/B-tested by naming the baseline and nothing else: the baseline's
+    release is rebuilt as a venv stack from the package registry and interleaved with the host's
+    across two workers; the verdict names both releases."""
+    import sqlite3
+
+    from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
+
+    installed = OnnxRuntimePredictor.installed_version()
+    assert installed is not None and installed != OTHER_ORT
+    _project(pytester)
+    select = (
+        "--mlscope", "-p", "no:cacheprovider", "-k", "onnxruntime and bs1 and single_stream",
+        "--mlscope-html=none", "--mlscope-min-count=20", "--mlscope-min-duration=0.2",
+        "--mlscope-warmup=5",
+    )  # fmt: skip
+    pytester.runpytest_subprocess(*select, "--mlscope-save-baseline=main").assert_outcomes(passed=1)
+    # The baseline as a run on the other release records it (the host's numpy and the rest
+    # as recorded with the run).
+    with sqlite3.connect(pytester.path / ".mlscope" / "results.db") as connection:
+        connection.execute("UPDATE results SET framework_version = ?", (OTHER_ORT,))
+    result = pytester.runpytest_subprocess(
+        *select, "--mlscope-baseline=main", "--mlscope-threshold=3"
+    )
+    result.assert_outcomes(passed=1)
+    with Store.from_location(pytester.path / ".mlscope" / "results.db", create=False) as store:
+        record = store.latest_results(store.runs(limit=1)[0].id)[
+            "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
+        ]
+    assert record.verdict is not None and record.verdict["design"] == "interleaved"
+    reason = record.verdict["reason"]
+    assert f"on the baseline's onnxruntime {OTHER_ORT} (a venv rebuilt from the package" in reason
+    assert f"A on {OTHER_ORT}, B on {installed}" in reason
+    assert record.paired_predictor is not None and record.paired_predictor.version == OTHER_ORT
+    assert record.framework_version == installed
+    assert len(record.paired_rounds) == len(record.rounds) >= 30

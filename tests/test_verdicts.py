@@ -68,7 +68,7 @@ def test_an_unchanged_model_is_ok_against_its_saved_baseline(suite: pytest.Pytes
             "item*vs baseline*verdict",
             f"{ITEM}*passed*ok",
             "compared with baseline 'main': 1 ok (1 interleaved); a slowdown of the threshold "
-            "is caught, half of it is not flagged, over 1 items",
+            "is caught, half of it is not flagged, over 1 item",
         ]
     )
     verdict = _stored_verdict(suite)

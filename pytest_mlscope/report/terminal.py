@@ -215,7 +215,7 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
         yield (
             f"compared with {against}: {verdicts}" + (f" ({how})" if how else "") + "; a "
             "slowdown of the threshold is caught, half of it is not flagged, over "
-            f"{session.comparisons} items"
+            f"{session.comparisons} item{'s' if session.comparisons != 1 else ''}"
         )
         if session.baseline_note:
             yield session.baseline_note
