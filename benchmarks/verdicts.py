@@ -142,12 +142,24 @@ def session(
     load = []
     if python is not None:
         env["PYTHONPATH"] = str(REPO)
-        load = ["-p", "pytest_mlscope.plugin"]
+        if not _finds_plugin(python, env):
+            load = ["-p", "pytest_mlscope.plugin"]
     command = [
         python or sys.executable, "-m", "pytest", *load, "--mlscope", "-p", "no:cacheprovider",
         "-q", f"--mlscope-db={db}", "--mlscope-html=none", *args,
     ]  # fmt: skip
     return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+
+def _finds_plugin(python: str, env: dict[str, str]) -> bool:
+    """Whether that interpreter sees our pytest11 entry point (a source checkout's metadata on
+    its path does): then ``-p`` would register the plugin twice."""
+    probe = (
+        "import importlib.metadata as m; "
+        "print(any(e.name == 'mlscope' for e in m.entry_points(group='pytest11')))"
+    )
+    done = subprocess.run([python, "-c", probe], env=env, capture_output=True, text=True)
+    return done.stdout.strip() == "True"
 
 
 def judged(db: Path) -> dict[str, Any]:
@@ -158,7 +170,7 @@ def judged(db: Path) -> dict[str, Any]:
     verdict = record.verdict or {}
     return {
         "kind": verdict.get("kind"),
-        "design": verdict.get("design"),
+        "verdict_design": verdict.get("design"),
         "ratio": verdict.get("ratio"),
         "pairs": verdict.get("pairs"),
         "item_s": record.duration_s,
@@ -167,7 +179,9 @@ def judged(db: Path) -> dict[str, Any]:
 
 def _check(done: subprocess.CompletedProcess[str], what: str) -> None:
     if done.returncode not in (0, 1):  # 1: the gate failed the item, which is an answer
-        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+        raise RuntimeError(
+            f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
 
 
 def repetition(design: str, condition: float, models: dict[int, Path], other: str | None) -> dict:
@@ -294,8 +308,8 @@ def _installed(name: str) -> bool:
 def table(rows: list[dict[str, Any]], realized: dict[tuple[str, float], float]) -> str:
     lines = [
         "| change | realized slowdown | regression | ok | inconclusive | other "
-        "| median item time |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| interleaved | median item time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     keys = sorted({(r["design"], r["condition"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for design, condition in keys:
@@ -320,8 +334,9 @@ def table(rows: list[dict[str, Any]], realized: dict[tuple[str, float], float]) 
         times = [r["item_s"] for r in chosen if r["item_s"]]
         lines.append(
             f"| {name} | {seen} | {kinds.count('regression')}/{n} | {kinds.count('ok')}/{n} "
-            f"| {kinds.count('inconclusive')}/{n} | {other}/{n} | "
-            f"{statistics.median(times):.1f} s |"
+            f"| {kinds.count('inconclusive')}/{n} | {other}/{n} "
+            f"| {sum(r['verdict_design'] == 'interleaved' for r in chosen)}/{n} "
+            f"| {statistics.median(times):.1f} s |"
         )
     return "\n".join(lines)
 
@@ -379,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             last = rows[-1]
             print(
                 f"[{index}/{len(order)}] {design} {condition:g}: {last['kind']} "
-                f"{last['design']} ratio {last['ratio'] or 0:.3f} pairs {last['pairs']} "
+                f"{last['verdict_design']} ratio {last['ratio'] or 0:.3f} pairs {last['pairs']} "
                 f"item {last['item_s'] or 0:.1f} s",
                 file=sys.stderr,
                 flush=True,

@@ -769,10 +769,23 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
             pytest.fail(f"{reason} (CI=true: fails instead of skipping)")
         if reason:
             pytest.skip(reason)
+        # Named by its test too: the manifest's own item may evaluate the same cell in this run,
+        # and the two results must stay apart in the store, the exports and the verdicts.
+        item_id = f"{cell.id}@{request.node.nodeid}"
+        taken = sum(1 for r in session.records if r.item_id.startswith(item_id))
+        if taken:
+            item_id += f"#{taken + 1}"
         with session.timing_turn():
-            result, verdict = session.evaluate_and_compare(manifest, cell, **measure)
+            result, verdict = session.evaluate_and_compare(manifest, cell, item_id, **measure)
         outcome = "passed" if result.accuracy.passed else "failed"
-        session.record(cell, outcome, result, f"evaluated by {request.node.nodeid}", verdict)
+        session.record(
+            cell,
+            outcome,
+            result,
+            f"evaluated by {request.node.nodeid}",
+            verdict,
+            item_id=item_id,
+        )
         return result
 
     return evaluate

@@ -107,6 +107,12 @@ class Record:
     result: EvaluationResult | None = None
     message: str | None = None
     verdict: Verdict | None = None
+    # The result's identity: the cell's id for a manifest item; a hand-written test's
+    # evaluation adds the test, so the two never share a name in the store, exports or verdicts.
+    item_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.item_id = self.item_id or self.cell.id
 
 
 KEEP_WORK_DIRS = 5
@@ -467,6 +473,7 @@ class MlscopeSession:
         reference: Path | None = None,
         checks: list[str] | None = None,
         interleave: bool = False,
+        item_id: str | None = None,
         **overrides: float,
     ) -> EvaluationRequest:
         artifact = self._artifact(manifest, cell.framework)
@@ -477,7 +484,9 @@ class MlscopeSession:
             cell=cell,
             manifest_path=str(manifest.path),
             artifact=artifact,
-            interleave=self._interleave_side(manifest, cell, artifact) if interleave else None,
+            interleave=self._interleave_side(manifest, cell, artifact, item_id)
+            if interleave
+            else None,
             measure=self.measure_options(manifest, **overrides),
             work_dir=str(self.work_dir),
             reference_outputs=str(reference) if reference else None,
@@ -488,8 +497,12 @@ class MlscopeSession:
             inject_slowdown=self.settings.inject_slowdown,
         )
 
-    def evaluate(self, manifest: Manifest, cell: Cell, **overrides: float) -> EvaluationResult:
-        """Accuracy and timing for one cell, in the cell's runtime."""
+    def evaluate(
+        self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
+    ) -> EvaluationResult:
+        """Accuracy and timing for one cell, in the cell's runtime; ``item_id`` names the result
+        (and its baseline) when it is not the cell's own id (a hand-written test's evaluation)."""
+        item = item_id or cell.id
         agreement = manifest.accuracy.agreement
         save = reference = None
         if agreement is not None:
@@ -502,20 +515,25 @@ class MlscopeSession:
         other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
         interleaving = self.settings.interleaving
         across = interleaving and other is not None
-        upgrade = self._baseline_stack(manifest, cell) if interleaving and not across else None
+        upgrade = (
+            self._baseline_stack(manifest, cell, item) if interleaving and not across else None
+        )
         request = self._request(
             manifest,
             cell,
             save_outputs=save,
             reference=reference,
             interleave=interleaving and not across and upgrade is None,
+            item_id=item,
             **overrides,
         )
         if across:
             assert other is not None
             return self._interleave_stacks(manifest, cell, other, request, **overrides)
         if upgrade is not None:
-            return self._interleave_baseline_stack(manifest, cell, upgrade, request, **overrides)
+            return self._interleave_baseline_stack(
+                manifest, cell, upgrade, request, item, **overrides
+            )
         counting = self.settings.count_instructions and self._countable(cell)
         if counting:
             inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}.npz"
@@ -621,12 +639,13 @@ class MlscopeSession:
         cell: Cell,
         stack: Any,
         request: EvaluationRequest,
+        item_id: str,
         **overrides: float,
     ) -> EvaluationResult:
         """Time the item (B, on the host) against the baseline's model on the baseline's own
         framework release (A, in a venv rebuilt from the package registry): a framework upgrade,
         A/B-tested by naming the baseline."""
-        side = self._interleave_side(manifest, cell, request.artifact)
+        side = self._interleave_side(manifest, cell, request.artifact, item_id)
         if side is None:
             artifact = request.artifact
             model = "this run's model (the baseline's own file is neither cached nor kept)"
@@ -725,7 +744,7 @@ class MlscopeSession:
         )
         return result, first_a.predictor.version
 
-    def _baseline_stack(self, manifest: Manifest, cell: Cell) -> Any:
+    def _baseline_stack(self, manifest: Manifest, cell: Cell, item_id: str) -> Any:
         """The venv stack (``stacks.VenvStack``) of the baseline's framework release, when the
         item's baseline result was measured on another release than the host's: set up now from
         the package registry, once per machine and release. None when the releases match, the
@@ -736,7 +755,7 @@ class MlscopeSession:
 
         if not self.settings.baseline or self.in_container(cell):
             return None
-        baseline = self._baseline_sides().get(cell.id)
+        baseline = self._baseline_sides().get(item_id)
         cls = predictor_class(cell.framework, self.settings.predictors)
         if baseline is None or not baseline.framework_version or cls.venv_stack:
             return None
@@ -786,7 +805,9 @@ class MlscopeSession:
         the work directories: the store points at them."""
         return self.settings.state_dir / "traces" / self.work_dir.name
 
-    def _interleave_side(self, manifest: Manifest, cell: Cell, artifact: Any) -> Interleave | None:
+    def _interleave_side(
+        self, manifest: Manifest, cell: Cell, artifact: Any, item_id: str | None = None
+    ) -> Interleave | None:
         """The A side of the interleaved design: the baseline's artifact, unslowed.
 
         Without a baseline result, A is the item's own artifact: an A/A run that shows the
@@ -798,7 +819,8 @@ class MlscopeSession:
         """
         import random
 
-        baseline = self._baseline_sides().get(cell.id) if self.settings.baseline else None
+        item = item_id or cell.id
+        baseline = self._baseline_sides().get(item) if self.settings.baseline else None
         if baseline is None and self.settings.interleave is None:
             return None  # new to the baseline: nothing to time it against, unless asked (A/A)
         chosen = artifact
@@ -917,7 +939,9 @@ class MlscopeSession:
                     self._baseline[item_id] = side_of(result, run.host, run.id)
         return self._baseline
 
-    def verdict(self, manifest: Manifest, result: EvaluationResult) -> Verdict | None:
+    def verdict(
+        self, manifest: Manifest, result: EvaluationResult, item_id: str | None = None
+    ) -> Verdict | None:
         """How a fresh result compares with the baseline; None when there is nothing to compare.
 
         ``compare.verdict`` decides, as it does for ``mlscope compare`` and the report; the
@@ -949,8 +973,9 @@ class MlscopeSession:
             ),
             paired_artifact_sha256=result.paired_artifact_sha256,
         )
-        baseline = self._baseline_sides().get(result.cell.id) if self.settings.baseline else None
-        noise = self.noise(result)
+        item = item_id or result.cell.id
+        baseline = self._baseline_sides().get(item) if self.settings.baseline else None
+        noise = self.noise(result, item)
         found = verdict(
             baseline,
             current,
@@ -1010,7 +1035,7 @@ class MlscopeSession:
             )
         return _with_suspicions(found, result)
 
-    def noise(self, result: EvaluationResult) -> Noise:
+    def noise(self, result: EvaluationResult, item_id: str | None = None) -> Noise:
         """The item's spread across comparable stored runs (same CPU model, framework version
         and container image), for the stored and counted designs."""
         from pytest_mlscope.compare import environment
@@ -1018,7 +1043,7 @@ class MlscopeSession:
 
         return item_noise(
             self.store,
-            result.cell.id,
+            item_id or result.cell.id,
             environment(self.host.fingerprint(), result.predictor),
             result.predictor.version,
         )
@@ -1045,13 +1070,13 @@ class MlscopeSession:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def evaluate_and_compare(
-        self, manifest: Manifest, cell: Cell, **overrides: float
+        self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
     ) -> tuple[EvaluationResult, Verdict | None]:
         """Evaluate, then compare. No second measurement: the interleaved design adds pairs until
         the verdict is clear, within the item's budget, and the stored one cannot confirm
         anything in the same process (a second measurement shares the first one's offset)."""
-        result = self.evaluate(manifest, cell, **overrides)
-        return result, self.verdict(manifest, result)
+        result = self.evaluate(manifest, cell, item_id=item_id, **overrides)
+        return result, self.verdict(manifest, result, item_id=item_id)
 
     # -- results --------------------------------------------------------------------------------
 
@@ -1105,11 +1130,13 @@ class MlscopeSession:
         message: str | None = None,
         verdict: Verdict | None = None,
         duration_s: float | None = None,
+        item_id: str | None = None,
     ) -> None:
-        self.records.append(Record(cell, outcome, result, message, verdict))
+        self.records.append(Record(cell, outcome, result, message, verdict, item_id or cell.id))
         self.store.record_result(
             self.run_id,
             cell=cell,
+            item_id=item_id,
             outcome=outcome,
             result=result,
             message=message,

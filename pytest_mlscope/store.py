@@ -835,17 +835,20 @@ class Store:
         message: str | None = None,
         verdict: dict[str, Any] | None = None,
         duration_s: float | None = None,
+        item_id: str | None = None,
     ) -> None:
         """Store one item's result, committed at once so a later crash never loses it.
 
         ``verdict`` is the comparison with a baseline, a JSON-able dict stored as given;
-        ``duration_s`` the item's wall time in pytest, which later shard plans balance on.
+        ``duration_s`` the item's wall time in pytest, which later shard plans balance on;
+        ``item_id`` the result's name when it is not the cell's id (a hand-written test's
+        evaluation of a cell that a manifest item also runs).
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         values: dict[str, Any] = {
             "run_id": run_id,
-            "item_id": _text(cell.id),
+            "item_id": _text(item_id or cell.id),
             "model": _text(cell.model, 255),
             "framework": _text(cell.framework, 255),
             "device": cell.device,

@@ -80,6 +80,7 @@ def records_to_json(session: MlscopeSession) -> str:
             "records": [
                 {
                     "cell": record.cell.model_dump(mode="json"),
+                    "item_id": record.item_id,
                     "outcome": record.outcome,
                     "result": record.result.model_dump_json() if record.result else None,
                     "message": record.message,
@@ -104,4 +105,5 @@ def record_from_dict(data: dict[str, Any]) -> Any:
         result=EvaluationResult.model_validate_json(data["result"]) if data["result"] else None,
         message=data["message"],
         verdict=Verdict(**data["verdict"]) if data["verdict"] else None,
+        item_id=data.get("item_id") or "",
     )

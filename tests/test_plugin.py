@@ -510,13 +510,36 @@ def test_hand_written_tests_evaluate_through_the_fixture(pytester: pytest.Pytest
             """
         )
     )
-    result = pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", "test_hand.py")
-    result.assert_outcomes(passed=1)
+    # The manifest's own item runs the same cell in the same run.
+    result = pytester.runpytest_subprocess(
+        "--mlscope", "-p", "no:cacheprovider", "test_hand.py", "manifests", "-k",
+        "test_digits_on_onnxruntime or onnxruntime and bs8 and single_stream",
+        "--mlscope-min-count=5", "--mlscope-min-duration=0",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
+    cell = "digits_cnn[onnxruntime-cpu-bs8-single_stream]"
+    hand = f"{cell}@test_hand.py::test_digits_on_onnxruntime"
+    result.stdout.fnmatch_lines(
+        ["digits_cnn?onnxruntime-cpu-bs8-single_stream?@test_hand.py::test_digits_on_onnxruntime*"
+         "passed*"]
+    )  # fmt: skip
     store = _db(pytester)
     (run,) = store.runs()
-    (record,) = store.results(run.id)
-    assert record.cell.id == "digits_cnn[onnxruntime-cpu-bs8-single_stream]"
+    results = store.latest_results(run.id)
+    assert set(results) == {cell, hand}  # one identity each
+    assert results[hand].cell.id == results[cell].cell.id == cell
     store.close()
+    # pyperf refuses a suite with two benchmarks of one name: each result exports as its own.
+    exported = pytester.path / "run.json"
+    subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "export", run.id[:12], "--format", "pyperf",
+         "-o", str(exported), "--db", str(pytester.path / ".mlscope" / "results.db")],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    import pyperf
+
+    names = {bench.get_name() for bench in pyperf.BenchmarkSuite.load(str(exported))}
+    assert names == {cell, hand}
     without_flag = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "test_hand.py")
     without_flag.assert_outcomes(skipped=1)
     without_flag.stdout.fnmatch_lines(

@@ -182,7 +182,7 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
     for record in shown:
         result = record.result
         row = result_row(
-            record.cell.id,
+            record.item_id,
             record.outcome,
             result.accuracy if result else None,
             result.summary if result else None,
@@ -228,7 +228,7 @@ def summary_lines(session: MlscopeSession) -> Iterator[str]:
                 f"{row.layer} {row.self_us:.0f} µs"
                 for row in _top(record.result.layers, 3)  # type: ignore[union-attr]
             )
-            yield f"  {record.cell.id}: {trace.path}" + (f" (top: {top})" if top else "")  # type: ignore[union-attr]
+            yield f"  {record.item_id}: {trace.path}" + (f" (top: {top})" if top else "")  # type: ignore[union-attr]
     yield from matrix_lines(session)
     if session.records:
         from pytest_mlscope.hardware import noise_sources
