@@ -1,16 +1,20 @@
 """Verdicts: how an item compares with its baseline. Numbers in, verdict objects out; no I/O.
 
-The latency decision is taken on round medians, not on raw samples: consecutive samples of one run
-share that run's conditions (CPU frequency, neighbours, memory layout), so a confidence interval
-built from them alone is far narrower than the run-to-run noise and raises false alarms on a busy
-CI machine. The spread between rounds enters the interval instead, and the threshold is never
-below the noise measured for the item.
+One policy, applied by the session, ``mlscope compare`` and the report alike (``verdict``). The
+threshold T is the smallest slowdown the gate must catch: ``regression`` when the item's interval
+lies wholly above +T/2 (and the family-wise one above zero), ``ok`` when it ends below +T,
+``inconclusive`` otherwise (``_decide`` says why each rate holds).
 
-Order of decisions: no baseline result → ``new``; an accuracy loss → ``regression`` (always,
-whatever the hardware); a different environment → ``incomparable`` (named); then latency:
-``regression`` when the whole interval of the slowdown lies beyond the threshold, ``improvement``
-when it lies wholly below minus the threshold, ``ok`` when it lies wholly inside, and
-``inconclusive`` otherwise, with the smallest slowdown the data could have detected.
+Latency is judged on round medians, not raw samples: consecutive samples of one run share that
+run's conditions (CPU frequency, neighbours, memory layout), so an interval from them alone is
+far narrower than the run-to-run noise. Interleaved A/B pairs share the run, so drift cancels in
+the per-pair ratio; a stored baseline needs the item's run-to-run noise from comparable stored
+runs, and without it never calls a regression.
+
+Order of decisions: no baseline and no A side → ``new``; an accuracy loss → ``regression``
+(always, whatever the hardware); interleaved pairs → latency on the pairs; else a different
+environment → ``incomparable`` (named), else the stored design; instructions decide instead
+when both sides were counted on one environment, with the latency verdict kept beside them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from pytest_mlscope.protocol import AccuracyReport
 from pytest_mlscope.stats import (
+    MIN_NOISE_RUNS,
     Shift,
     paired_shift_interval,
     robust_sd,
@@ -40,8 +45,6 @@ DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
 # Per item: the chance to miss a slowdown of T, and the chance to flag one of T/2, each.
 DEFAULT_BETA = 0.025
-# Comparable stored runs an item needs before its run-to-run noise is known (stats).
-MIN_NOISE_RUNS = 5
 # Top-1/top-5 may drop by this much (absolute) before it counts as an accuracy regression:
 # one flipped sample in a few hundred is numerical noise across builds, not a model change.
 ACCURACY_TOLERANCE = 0.005

@@ -261,9 +261,14 @@ def step_changes(
     return changes
 
 
+# Comparable stored runs an item needs before its run-to-run noise is estimated at all.
+MIN_NOISE_RUNS = 5
+
+
 def between_run_noise(medians: Sequence[float]) -> float | None:
-    """Robust relative spread of an item's medians across stored runs; None with fewer than 5."""
+    """Robust relative spread of an item's medians across stored runs; None with fewer than
+    MIN_NOISE_RUNS."""
     values = np.asarray(medians, dtype=np.float64)
-    if values.size < 5:
+    if values.size < MIN_NOISE_RUNS:
         return None
     return float(np.expm1(robust_sd(np.log(values))))
