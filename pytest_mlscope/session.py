@@ -823,6 +823,10 @@ class MlscopeSession:
         baseline = self._baseline_sides().get(item) if self.settings.baseline else None
         if baseline is None and self.settings.interleave is None:
             return None  # new to the baseline: nothing to time it against, unless asked (A/A)
+        moved = self._stack_moved(cell, baseline)
+        if moved:
+            self._interleaved[cell.id] = (False, f"stored design: {moved}")
+            return None
         chosen = artifact
         if baseline is None or baseline.artifact_sha256 in (None, artifact.sha256):
             if self.settings.inject_slowdown:
@@ -852,6 +856,23 @@ class MlscopeSession:
             seed=random.randrange(2**31),
             threshold=self.threshold(manifest),
             comparisons=self.comparisons,
+        )
+
+    def _stack_moved(self, cell: Cell, baseline: Side | None) -> str | None:
+        """Why the baseline's side cannot be timed in this item's worker: it ran in another
+        container image (or on the host, and the item in an image, or the other way round).
+        Interleaving in one worker would time both on this stack and hide the change; a
+        baseline's image is not rebuilt yet, so the stored design names the difference."""
+        if baseline is None:
+            return None
+        before = str(baseline.host.get("container_image") or "").split(" (")[0] or None
+        after = self.image(cell) if self.in_container(cell) else None
+        if before == after:
+            return None
+        return (
+            f"the baseline ran {f'in {before}' if before else 'on the host stack'}, this item "
+            f"{f'in {after}' if after else 'on the host stack'}: one worker would time both on "
+            "this one"
         )
 
     def _baseline_artifact(self, manifest: Manifest, sha256: str) -> tuple[Any, str]:

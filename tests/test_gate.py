@@ -8,9 +8,16 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from pytest_mlscope.store import Store
+
+# onnx and onnxruntime are imported here, not in the test: pytester restores sys.modules after a
+# test, and an extension module imported inside one (ml_dtypes, through onnx) cannot be imported
+# twice in a process, which would break the next test that needs it.
 
 ITEM = "tiny_cnn[onnxruntime-cpu-bs1-single_stream]"
 # Short timing: these runs check the plumbing, not the statistics (benchmarks/verdicts.py does).
@@ -54,9 +61,6 @@ performance:
 
 def _export_model(path: Path, identity_convs: int = 0) -> None:
     """Conv(1->8) -> ReLU -> [identity convs] -> Flatten -> Gemm(->10), with fixed weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     channels = 8
     rng = np.random.default_rng(0)
     weights = {
@@ -94,8 +98,6 @@ def _export_model(path: Path, identity_convs: int = 0) -> None:
 
 def _checkout(root: Path, fast_model: Path) -> Path:
     """A project folder as a team's repository holds it: settings, manifest, model, data."""
-    import onnxruntime as ort
-
     root.mkdir()
     (root / "pyproject.toml").write_text(
         '[tool.pytest.ini_options]\nmlscope_manifests = ["manifests"]\n'

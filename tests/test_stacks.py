@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from _services import requires_ci
 
 from conftest import MANIFESTS
 from pytest_mlscope import stacks
+from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
 from pytest_mlscope.store import Store
 
 MXNET = stacks.get("mxnet")
@@ -100,10 +102,6 @@ def test_a_baseline_on_another_onnxruntime_release_is_rebuilt_and_timed_beside_t
     """A framework upgrade, A/B-tested by naming the baseline and nothing else: the baseline's
     release is rebuilt as a venv stack from the package registry and interleaved with the host's
     across two workers; the verdict names both releases."""
-    import sqlite3
-
-    from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
-
     installed = OnnxRuntimePredictor.installed_version()
     assert installed is not None and installed != OTHER_ORT
     _project(pytester)
