@@ -973,7 +973,7 @@ class MlscopeSession:
             return None
         from dataclasses import replace
 
-        from pytest_mlscope.compare import Side, environment, verdict
+        from pytest_mlscope.compare import Noise, Side, environment, verdict
 
         current = Side(
             samples_ns=result.samples_ns,
@@ -996,7 +996,10 @@ class MlscopeSession:
         )
         item = item_id or result.cell.id
         baseline = self._baseline_sides().get(item) if self.settings.baseline else None
-        noise = self.noise(result, item)
+        # Run-to-run noise serves the stored and counted designs only: an interleaved item
+        # without counts skips the history query.
+        needed = not result.paired_samples_ns or bool(result.instructions)
+        noise = self.noise(result, item) if needed else Noise()
         found = verdict(
             baseline,
             current,
