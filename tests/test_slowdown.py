@@ -1,0 +1,63 @@
+"""The injected slowdown is a fraction of each call, whatever the call costs at the moment.
+
+A fake clock stands in for time: the model call and the spin each advance it by a known amount,
+so the sizing is checked exactly, on any machine, under any load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pytest_mlscope import slowdown
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.spins: list[int] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+
+    def spin(iterations: int) -> int:
+        # Short spins run faster per iteration than long ones (cached small integers): a
+        # calibration that sized them from long bursts alone would under-deliver.
+        per_iteration = 8e-9 if iterations < 1000 else 10e-9
+        fake.now += iterations * per_iteration
+        fake.spins.append(iterations)
+        return iterations
+
+    monkeypatch.setattr(slowdown.time, "perf_counter", fake)
+    monkeypatch.setattr(slowdown, "spin", spin)
+    return fake
+
+
+def _model(clock: Clock, seconds: list[float]) -> Any:
+    def call(_: Any) -> str:
+        clock.now += seconds[0]
+        return "output"
+
+    return call
+
+
+def test_the_spin_is_the_fraction_of_the_call_it_follows(clock: Clock) -> None:
+    cost = [4e-6]  # a 4 µs model: the 5 % spin is 200 ns, 25 short iterations
+    slower = slowdown.slowed(_model(clock, cost), None, 0.05)
+    for latency in (4e-6, 8e-6, 40e-6):  # the model slows down (a thread pool's slow mode)
+        cost[0] = latency
+        before = clock.now
+        assert slower(None) == "output"
+        spun = clock.now - before - latency
+        assert spun == pytest.approx(0.05 * latency, rel=0.05), latency
+
+
+def test_no_slowdown_returns_the_call_itself(clock: Clock) -> None:
+    call = _model(clock, [1e-3])
+    assert slowdown.slowed(call, None, 0.0) is call
