@@ -11,6 +11,12 @@ class MlscopeError(Exception):
     """Base of every error pytest-mlscope raises on purpose."""
 
 
+class StoreError(MlscopeError):
+    """The results database cannot be opened, a run or baseline asked for is not in it, or a
+    change asked for (moving a baseline, say) is refused. Defined here, not in the store, so
+    code that also runs in a worker (the artifact cache) catches it without the database."""
+
+
 class ManifestError(MlscopeError):
     """A manifest is invalid; carries every problem found, each with file:line:key."""
 

@@ -1,5 +1,6 @@
 """The verdict policy applied to stored runs: where the session's run-to-run noise comes from,
-and the comparison of two stored runs that ``mlscope compare`` and the report make.
+the comparison of two stored runs that ``mlscope compare`` and the report make, and what a
+failed item says.
 
 ``compare`` stays pure; this module reads the store for it, so a stored run judged later gets
 the noise and settings its session judged it with, and says what the session said.
@@ -9,8 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pytest_mlscope.errors import MlscopeError
+
 if TYPE_CHECKING:
-    from pytest_mlscope.compare import Noise, Verdict
+    from pytest_mlscope.compare import Noise, Side, Verdict
+    from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.protocol import EvaluationResult
     from pytest_mlscope.store import RunRecord, Store
 
 HISTORY_FOR_NOISE = 30  # comparable earlier runs whose spread sets an item's run-to-run noise
@@ -83,3 +88,211 @@ def compare_stored_runs(
         noise=noise,
         settings=settings,
     )
+
+
+def failure_message(verdict: Verdict) -> str:
+    """What a failed item says: the verdict, then the numbers it rests on, by design."""
+    lines = [verdict.describe()]
+    if verdict.baseline_instructions is not None and verdict.current_instructions is not None:
+        lines.append(
+            f"instructions per call {verdict.baseline_instructions:,.0f} (baseline run "
+            f"{(verdict.baseline_run or '?')[:12]}) -> {verdict.current_instructions:,.0f}; "
+            f"threshold {verdict.threshold:.1%}, noise {verdict.noise:.2%}, "
+            f"Mann-Whitney p={verdict.p_value:.2g}"
+        )
+    if verdict.baseline_median is not None and verdict.current_median is not None:
+        if verdict.design == "interleaved":
+            lines.append(
+                f"median {verdict.baseline_median * 1e3:.4g} ms (A) -> "
+                f"{verdict.current_median * 1e3:.4g} ms (B), round medians; threshold "
+                f"{verdict.threshold:.1%}, pair noise {verdict.noise:.1%}, "
+                f"Wilcoxon signed-rank p={verdict.p_value:.2g}"
+            )
+        else:
+            lines.append(
+                f"median {verdict.baseline_median * 1e3:.4g} ms (baseline run "
+                f"{(verdict.baseline_run or '?')[:12]}) -> {verdict.current_median * 1e3:.4g} "
+                f"ms; threshold {verdict.threshold:.1%}, noise {verdict.noise:.1%}, "
+                f"Mann-Whitney p={verdict.p_value:.2g}"
+            )
+    if verdict.latency:
+        lines.append(f"latency beside the counts: {verdict.latency}")
+    return "\n  ".join(lines)
+
+
+def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
+    """A slowdown measured while the GPU throttled or neighbours kept the CPU busy says so."""
+    from dataclasses import replace
+
+    from pytest_mlscope.telemetry import suspicions
+
+    seen = suspicions(result.telemetry)
+    if not seen or found.kind not in ("regression", "inconclusive"):
+        return found
+    if found.design == "instructions":  # counts are what a busy machine cannot move
+        return found
+    return replace(found, reason=f"{found.reason}; suspect: {'; '.join(seen)} during timing")
+
+
+class Judging:
+    """The verdict of each item against the named baseline; a part of :class:`MlscopeSession`."""
+
+    def threshold(self, manifest: Manifest) -> float:
+        """The slowdown the gate must catch: command line, else manifest, else ini."""
+        return (
+            self.settings.threshold
+            or manifest.performance.regression_threshold
+            or self.settings.default_threshold
+        )
+
+    def check_baselines(self) -> None:
+        """Fail fast, before any item runs, on a baseline that cannot be used or saved."""
+        from pytest_mlscope.store import StoreError
+
+        settings = self.settings
+        if settings.baseline and settings.baseline_required:
+            self.store.get_baseline(settings.baseline)
+        if settings.save_baseline and not settings.force_baseline:
+            try:
+                existing = self.store.get_baseline(settings.save_baseline)
+            except StoreError:
+                return
+            raise MlscopeError(
+                f"baseline {settings.save_baseline!r} already points to run "
+                f"{existing.run_id[:12]}; pass --mlscope-force-baseline to move it"
+            )
+
+    def _baseline_sides(self) -> dict[str, Side]:
+        """The baseline's result per item id, loaded once."""
+        if self._baseline is None:
+            from pytest_mlscope.compare import side_of
+            from pytest_mlscope.store import StoreError
+
+            self._baseline = {}
+            name = self.settings.baseline
+            if name:
+                try:
+                    record = self.store.get_baseline(name)
+                except StoreError as exc:
+                    if self.settings.baseline_required:
+                        raise
+                    self.baseline_note = f"{exc}; every item is new"
+                    return self._baseline
+                run = self.store.get_run(record.run_id)
+                for item_id, result in self.store.latest_results(record.run_id).items():
+                    if result.summary is None and result.accuracy is None:
+                        continue
+                    self._baseline[item_id] = side_of(result, run.host, run.id)
+        return self._baseline
+
+    def verdict(
+        self, manifest: Manifest, result: EvaluationResult, item_id: str | None = None
+    ) -> Verdict | None:
+        """How a fresh result compares with the baseline; None when there is nothing to compare.
+
+        ``compare.verdict`` decides, as it does for ``mlscope compare`` and the report; the
+        session adds what only it knows: what the A side was, the slowest layers, counts that
+        could not be taken, and load on the machine during timing.
+        """
+        if not self.settings.baseline and not result.paired_samples_ns:
+            return None
+        from dataclasses import replace
+
+        from pytest_mlscope.compare import Noise, Side, environment, verdict
+
+        current = Side(
+            samples_ns=result.samples_ns,
+            rounds=result.rounds,
+            accuracy=result.accuracy,
+            host=environment(self.host.fingerprint(), result.predictor),
+            framework_version=result.predictor.version,
+            instructions=result.instructions,
+            artifact_sha256=result.artifact_sha256,
+            paired_samples_ns=result.paired_samples_ns,
+            paired_rounds=result.paired_rounds,
+            paired_version=(
+                result.paired_predictor.version
+                if result.paired_predictor is not None
+                else result.predictor.version
+                if result.paired_samples_ns
+                else None
+            ),
+            paired_artifact_sha256=result.paired_artifact_sha256,
+        )
+        item = item_id or result.cell.id
+        baseline = self._baseline_sides().get(item) if self.settings.baseline else None
+        # Run-to-run noise serves the stored and counted designs only: an interleaved item
+        # without counts skips the history query.
+        needed = not result.paired_samples_ns or bool(result.instructions)
+        noise = self.noise(result, item) if needed else Noise()
+        found = verdict(
+            baseline,
+            current,
+            threshold=self.threshold(manifest),
+            comparisons=self.comparisons,
+            framework=result.cell.framework,
+            between_run_noise=noise.latency,
+            noise_runs=noise.runs,
+            count_noise=noise.instructions,
+        )
+        interleaved = self._interleaved.get(result.cell.id)
+        if found.design == "interleaved" and interleaved is not None and interleaved[0]:
+            found = replace(
+                found,
+                reason=found.reason.replace(
+                    "interleaved,", f"interleaved with {interleaved[1]},", 1
+                ),
+            )
+        if (
+            found.design == "interleaved"
+            and result.paired_predictor is None
+            and baseline is not None
+            and baseline.framework_version not in (None, result.predictor.version)
+        ):
+            found = replace(
+                found,
+                reason=f"{found.reason} (both sides ran on {result.cell.framework} "
+                f"{result.predictor.version}; the baseline's {baseline.framework_version} "
+                "is not installed here)",
+            )
+        if (
+            found.kind == "regression"
+            and baseline is not None
+            and baseline.layers
+            and result.layers
+        ):
+            from pytest_mlscope.tracing.layers import diff_layers, slowest_movers
+
+            movers = [
+                c.describe() for c in slowest_movers(diff_layers(baseline.layers, result.layers))
+            ]
+            if movers:
+                found = replace(
+                    found,
+                    reason=f"{found.reason}; slowest movers: {'; '.join(movers)}",
+                    layer_changes=movers,
+                )
+        if interleaved is not None and not interleaved[0]:
+            found = replace(found, reason=f"{found.reason} ({interleaved[1]})")
+        if result.cell.id in self.not_counted:
+            found = replace(found, reason=f"{found.reason} ({self.not_counted[result.cell.id]})")
+        elif baseline is not None and bool(baseline.instructions) != bool(result.instructions):
+            which = "this run" if baseline.instructions else "the baseline"
+            found = replace(
+                found,
+                reason=f"{found.reason} (decided on latency: {which} has no instruction counts)",
+            )
+        return _with_suspicions(found, result)
+
+    def noise(self, result: EvaluationResult, item_id: str | None = None) -> Noise:
+        """The item's spread across comparable stored runs (same CPU model, framework version
+        and container image), for the stored and counted designs."""
+        from pytest_mlscope.compare import environment
+        from pytest_mlscope.judging import item_noise
+
+        return item_noise(
+            self.store,
+            item_id or result.cell.id,
+            environment(self.host.fingerprint(), result.predictor),
+            result.predictor.version,
+        )

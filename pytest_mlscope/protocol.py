@@ -8,10 +8,11 @@ measured. ``PROTOCOL_VERSION`` changes whenever a field changes meaning.
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pytest_mlscope.vocabulary import Scenario
 
 PROTOCOL_VERSION = 1
 
@@ -33,7 +34,7 @@ class Cell(_Document):
     framework: str
     device: str = "cpu"
     batch_size: int = 1
-    scenario: Literal["single_stream", "offline"] = "single_stream"
+    scenario: Scenario = "single_stream"
     stack: str | None = None
 
     @property
@@ -97,8 +98,17 @@ class Interleave(_Document):
     comparisons: int = 1
 
 
+PassKind = Literal["accuracy", "timing", "count", "hold"]
+
+
 class EvaluationRequest(_Document):
+    """Load and check one cell's model, then run one pass on it (``pass_kind``): accuracy only,
+    timing (alone or interleaved with an A side), counting under callgrind, or hold (kept loaded
+    for the host's RoundRequests). Which pass follows from the fields; combinations that mean
+    nothing are refused when the request is made or parsed, before any model is loaded."""
+
     version: int = PROTOCOL_VERSION
+    kind: Literal["evaluate"] = "evaluate"
     cell: Cell
     manifest_path: str
     artifact: ArtifactRef
@@ -132,6 +142,39 @@ class EvaluationRequest(_Document):
     save_inputs: str | None = None
     inputs_path: str | None = None
 
+    @property
+    def pass_kind(self) -> PassKind:
+        if self.accuracy_only:
+            return "accuracy"
+        if self.hold:
+            return "hold"
+        if self.count is not None:
+            return "count"
+        return "timing"
+
+    @model_validator(mode="after")
+    def _one_pass(self) -> EvaluationRequest:
+        chosen = [
+            name
+            for name, on in (
+                ("accuracy_only", self.accuracy_only),
+                ("hold", self.hold),
+                ("count", self.count is not None),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"one pass per request: {' and '.join(chosen)} exclude each other")
+        if self.interleave is not None and chosen:
+            raise ValueError(f"interleave is a timing pass: it excludes {chosen[0]}")
+        if self.inputs_path is not None and self.checks != []:
+            raise ValueError(
+                "inputs_path gives no dataset to check accuracy on: it needs checks=[]"
+            )
+        if self.inputs_path is not None and self.save_inputs is not None:
+            raise ValueError("inputs_path and save_inputs exclude each other")
+        return self
+
 
 class RoundRequest(_Document):
     """One timing round on the model a ``hold`` evaluation left loaded in this worker.
@@ -146,6 +189,11 @@ class RoundRequest(_Document):
     cell: Cell
     measure: MeasureOptions  # this round's floors (count, duration); its warm-up is not repeated
     release: bool = False  # close the held model instead of timing
+
+
+# What a worker reads from its input: the kind field says which document (``round``, or an
+# evaluation). typing.Union, not ``|``: the Caffe image's Python 3.9 evaluates this at import.
+Request = Annotated[Union[EvaluationRequest, RoundRequest], Field(discriminator="kind")]  # noqa: UP007
 
 
 class Summary(_Document):
@@ -261,10 +309,6 @@ class EvaluationResult(_Document):
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0
-
-    @property
-    def median_ms(self) -> float:
-        return self.summary.median * 1e3 if self.summary else math.nan
 
 
 class WorkerReply(_Document):

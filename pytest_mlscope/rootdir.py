@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # Every pytest run given an mlscope option imports this module: the parsers of configuration files
 # are imported only where a path option was written apart and a file must be read.
 
-# The plugin's options whose value is a file or folder. An option added to plugin.py that takes a
+# The plugin's options whose value is a file or folder. An option added to options.py that takes a
 # path belongs here too.
 PATH_OPTIONS = (
     "--mlscope-manifests",

@@ -16,6 +16,12 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_mlscope.session import MlscopeSession
 
 SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 # The id of one CI pipeline run, by CI system: every runner of a matrix sees the same value.
@@ -87,3 +93,56 @@ def load(plan_: Mapping[str, int], durations: Mapping[str, float], shard: int) -
     known = list(durations.values())
     default = statistics.median(known) if known else 0.0
     return sum(durations.get(item, default) for item, s in plan_.items() if s == shard)
+
+
+class Sharding:
+    """``--mlscope-shard K/N``: keep this runner's part of the collected items.
+
+    Runs after ``-k``/``-m`` deselection (trylast), so the runners split what they all select.
+    """
+
+    def __init__(self, session: MlscopeSession) -> None:
+        self.session = session
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        from pytest_mlscope.items import MlscopeItem
+        from pytest_mlscope.store import git_info
+
+        shard = self.session.settings.shard
+        assert shard is not None
+        nodes = [item.nodeid for item in items]
+        cells = {item.nodeid: item.cell.id for item in items if isinstance(item, MlscopeItem)}
+        store = self.session.store
+        stored = store.item_durations(cells.values())
+        durations = {node: stored[cell] for node, cell in cells.items() if cell in stored}
+        group = self.session.settings.shard_group
+        if group is None:
+            git = git_info(self.session.settings.rootdir)
+            group = default_group(commit=git.commit if git else None)
+        if group is None:
+            assigned, made = plan(nodes, shard.count, durations), True
+        else:
+            assigned, made = store.shard_plan(
+                group,
+                shard.count,
+                items_digest(nodes),
+                lambda: plan(nodes, shard.count, durations),
+            )
+        mine = shard.index - 1
+        keep = [item for item in items if assigned.get(item.nodeid, mine) == mine]
+        drop = [item for item in items if assigned.get(item.nodeid, mine) != mine]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+        total = sum(load(assigned, durations, s) for s in range(shard.count))
+        how = "made here" if made else "read from the database"
+        self.session.shard = (str(shard), group)
+        self.session.shard_note = (
+            f"shard {shard}: {len(keep)} of {len(nodes)} items, about "
+            f"{load(assigned, durations, mine):.0f} s of {total:.0f} s by stored durations "
+            f"({len(durations)} items known); plan {how}"
+            + (f" for group {group}" if group else " (no group: runners must share history)")
+        )

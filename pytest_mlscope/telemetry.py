@@ -23,7 +23,6 @@ THROTTLE_REASONS = {
     0x0000000000000040: "hardware thermal slowdown",
     0x0000000000000080: "hardware power brake",
 }
-GPU_IDLE = 0x0000000000000001
 BUSY_NEIGHBOURS = 0.5  # other processes' share of one core, averaged, that makes timings suspect
 
 

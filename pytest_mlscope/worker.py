@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_mlscope.errors import MlscopeError
+from pytest_mlscope.passes import PASSES
 from pytest_mlscope.protocol import (
     AccuracyReport,
     ColdStart,
@@ -36,7 +37,6 @@ from pytest_mlscope.protocol import (
 )
 
 if TYPE_CHECKING:
-    from pytest_mlscope.measure import Timing
     from pytest_mlscope.predictors.base import Predictor
 
 _PREPARED_CACHE: dict[tuple[str, float], object] = {}
@@ -76,56 +76,6 @@ def _golden(spec: object, manifest: object, output_name: str) -> np.ndarray | No
         return np.asarray(archive[key], dtype=np.float64)
 
 
-def _interleaved(
-    request: EvaluationRequest,
-    predictor: Predictor,
-    raw_batches: list[object],
-    call_b: Callable[[object], object],
-    inputs_b: list[object],
-) -> tuple[Timing, Timing]:
-    """Time A (the baseline's artifact, unslowed) and B (this item) in alternating rounds.
-
-    A that is the same file as B shares B's loaded model, so an A/A run compares one model with
-    itself and nothing but the injected slowdown can tell the sides apart; a different file (a
-    model edit) is verified and loaded into a second predictor of the same framework.
-    """
-    from pytest_mlscope.measure import time_interleaved
-    from pytest_mlscope.predictors import predictor_class
-    from pytest_mlscope.slowdown import slowed
-    from pytest_mlscope.zoo.cache import verify
-
-    spec = request.interleave
-    assert spec is not None
-    decided = None
-    if spec.threshold is not None:
-        from functools import partial
-
-        from pytest_mlscope.compare import settled
-        from pytest_mlscope.measure import LOOKS
-
-        decided = partial(
-            settled, threshold=spec.threshold, comparisons=spec.comparisons, looks=LOOKS
-        )
-    if spec.artifact.sha256 == request.artifact.sha256:
-        call_a = slowed(predictor.predict, inputs_b[0], spec.inject_slowdown)
-        return time_interleaved(
-            call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
-        )
-    verify(spec.artifact)
-    model_a = predictor_class(request.cell.framework, request.predictors)(
-        device=request.cell.device
-    )
-    try:  # A is needed for the timing pass only
-        model_a.load(spec.artifact)
-        inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
-        call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
-        return time_interleaved(
-            call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed, decided
-        )
-    finally:
-        model_a.close()
-
-
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
     from pytest_mlscope.tracing.timeline import Spans
 
@@ -141,11 +91,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
 
 def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> EvaluationResult:
     from pytest_mlscope.manifest import load_manifest
-    from pytest_mlscope.measure import time_calls
     from pytest_mlscope.predictors import predictor_class
-    from pytest_mlscope.slowdown import slowed
-    from pytest_mlscope.stats import summarize_scenario
-    from pytest_mlscope.telemetry import Window
     from pytest_mlscope.tracing.timeline import Timeline
     from pytest_mlscope.zoo.cache import verify
 
@@ -163,6 +109,8 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             before = time.perf_counter()
             predictor.load(request.artifact)
             load_s = time.perf_counter() - before
+        held = request.pass_kind == "hold"
+        kept = False  # a held model stays loaded only if everything up to here worked
         try:
             if request.inputs_path:
                 raw_batches = _load_inputs(request.inputs_path)
@@ -178,49 +126,14 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 del first
 
             # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
-            if request.inputs_path and request.checks != []:
-                raise ValueError(
-                    "a request with inputs_path has no dataset to check accuracy on: "
-                    "it must ask for no checks (checks=[])"
-                )
             if request.count is not None and request.checks == []:
                 accuracy = AccuracyReport()  # a count pass after a checked timing pass: no rerun
             else:
                 with spans.span("accuracy pass"):
                     accuracy = _accuracy(request, manifest, data, predictor, batches)
 
-            # Timing pass: the predictor call alone, on inputs prepared beforehand.
-            summary, samples, rounds = None, [], []
-            instructions: list[float] = []
-            paired: Timing | None = None
-            window = None
-            held = request.hold and not request.accuracy_only
-            if held:  # warmed up and kept; the host asks for the rounds (RoundRequest)
-                inputs = batches[:1] if cell.scenario == "single_stream" else batches
-                call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
-                for i in range(request.measure.warmup):
-                    call(inputs[i % len(inputs)])
-            elif request.count is not None and not request.accuracy_only:
-                from pytest_mlscope.callgrind import count_calls
-
-                inputs = batches[:1] if cell.scenario == "single_stream" else batches
-                call = slowed(predictor.predict, inputs[0], request.inject_slowdown, "instructions")
-                for i in range(request.measure.warmup):
-                    call(inputs[i % len(inputs)])
-                with spans.span("count pass"):
-                    instructions = count_calls(
-                        call, inputs, request.count.rounds, request.count.round_instructions
-                    )
-            elif not request.accuracy_only:
-                inputs = batches[:1] if cell.scenario == "single_stream" else batches
-                with spans.span("timing pass"), Window(gpu=cell.device == "gpu") as window:
-                    call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
-                    if request.interleave is None:
-                        timing = time_calls(call, inputs, request.measure)
-                    else:
-                        paired, timing = _interleaved(request, predictor, raw_batches, call, inputs)
-                samples, rounds = timing.samples_ns, timing.rounds
-                summary = summarize_scenario(samples, cell.batch_size, cell.scenario)
+            measured = PASSES[request.pass_kind](request, predictor, raw_batches, batches, spans)
+            inputs, call = measured.inputs, measured.call
 
             # Profiling pass: only now, after the timing pass has finished.
             layers, trace = [], None
@@ -229,9 +142,11 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 with spans.span("profiling pass", iterations=request.trace_iterations):
                     layers, trace = _profile(request, predictor, inputs[0], timeline)
             info = predictor.info()
+            kept = held
         finally:
-            if not held:
+            if not kept:
                 predictor.close()
+    paired = measured.paired
     if trace is not None:
         spans.into(timeline)
         trace.notes.extend(spans.notes)
@@ -242,23 +157,23 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
         artifact_sha256=request.artifact.sha256,
         cold_start=ColdStart(load_s=load_s, first_inference_s=first_inference_s),
         accuracy=accuracy,
-        summary=summary,
-        samples_ns=samples,
-        rounds=rounds,
+        summary=measured.summary,
+        samples_ns=measured.samples,
+        rounds=measured.rounds,
         paired_samples_ns=paired.samples_ns if paired else [],
         paired_rounds=paired.rounds if paired else [],
         paired_artifact_sha256=request.interleave.artifact.sha256 if paired else None,  # type: ignore[union-attr]
-        instructions=instructions,
+        instructions=measured.instructions,
         layers=layers,
         trace=trace,
-        telemetry=window.values if window is not None else {},
+        telemetry=measured.telemetry,
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,
     )
-    if held:
+    if kept:
         _release(cell)
-        _HELD[cell] = _Held(predictor, call, inputs, result)
+        _HELD[cell] = _Held(predictor, call, inputs, result)  # type: ignore[arg-type]
     return result
 
 
@@ -404,10 +319,35 @@ def _protocol_stream() -> IO[str]:
     return os.fdopen(protocol_fd, "w", buffering=1, encoding="utf-8")
 
 
+class ProtocolMismatch(MlscopeError):
+    """The host and this worker run different pytest-mlscope protocols."""
+
+
 def parse_request(line: str) -> EvaluationRequest | RoundRequest:
-    if '"kind":"round"' in line.replace(" ", ""):
-        return RoundRequest.model_validate_json(line)
-    return EvaluationRequest.model_validate_json(line)
+    """One request line: its protocol version checked first (a stale venv stack or image would
+    otherwise fail on some field with a validation error that names neither), then its kind."""
+    import json
+
+    from pydantic import TypeAdapter
+
+    from pytest_mlscope.protocol import PROTOCOL_VERSION, Request
+
+    try:
+        raw = json.loads(line)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    version = raw.get("version") if isinstance(raw, dict) else None
+    if version != PROTOCOL_VERSION:
+        import pytest_mlscope
+
+        raise ProtocolMismatch(
+            f"the host sent worker protocol {version}, this worker speaks {PROTOCOL_VERSION} "
+            f"(pytest-mlscope at {Path(pytest_mlscope.__file__).parent}, Python "
+            f"{sys.version.split()[0]}): the worker's environment has another pytest-mlscope "
+            "than the host; rebuild it (`mlscope stacks setup NAME` for a venv stack, "
+            "`mlscope containers build` for an image)"
+        )
+    return TypeAdapter(Request).validate_python(raw)  # type: ignore[return-value]
 
 
 def serve(stdin: IO[str], out: IO[str]) -> None:
@@ -418,6 +358,8 @@ def serve(stdin: IO[str], out: IO[str]) -> None:
             continue
         try:
             request = parse_request(line)
+        except ProtocolMismatch as exc:
+            reply = WorkerReply(ok=False, error=str(exc), error_type="ProtocolMismatch")
         except ValueError as exc:
             reply = WorkerReply(ok=False, error=f"bad request: {exc}", error_type="BadRequest")
         else:

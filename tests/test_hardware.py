@@ -14,10 +14,10 @@ from pytest_mlscope.hardware import (
     ISA_FLAGS,
     current_host,
     isa_extensions,
-    marker_requirements,
     noise_sources,
     unmet_requirements,
 )
+from pytest_mlscope.items import marker_requirements
 from pytest_mlscope.manifest import Requirements
 
 HOST = current_host()

@@ -896,7 +896,7 @@ def test_copy_refuses_its_own_database_and_a_baseline_that_would_move(
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
     """Chunks of 1 KiB, so a file of a few KiB is stored in several."""
-    monkeypatch.setattr(store_module, "ARTIFACT_CHUNK_SIZE", 1024)
+    monkeypatch.setattr(store_module.artifacts, "ARTIFACT_CHUNK_SIZE", 1024)
     return 1024
 
 

@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from pytest_mlscope.errors import ArtifactError, StackUnavailable
 from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
+from pytest_mlscope.vocabulary import BUILTIN_PREDICTORS
 
 if TYPE_CHECKING:
     from pytest_mlscope.tracing.timeline import Timeline
@@ -34,14 +35,7 @@ ENTRY_POINT_GROUP = "mlscope.predictors"
 THREADS_ENV = "MLSCOPE_THREADS"
 
 # Used when the package's own entry points are not installed (running from a source tree).
-BUILTIN = {
-    "torch": "pytest_mlscope.predictors.torch:TorchPredictor",
-    "onnxruntime": "pytest_mlscope.predictors.onnxruntime:OnnxRuntimePredictor",
-    "tensorflow": "pytest_mlscope.predictors.tensorflow:TensorFlowPredictor",
-    "mxnet": "pytest_mlscope.predictors.mxnet:MXNetPredictor",
-    "tensorrt": "pytest_mlscope.predictors.tensorrt:TensorRTPredictor",
-    "caffe": "pytest_mlscope.predictors.caffe:CaffePredictor",
-}
+BUILTIN = BUILTIN_PREDICTORS
 
 
 class Predictor(ABC):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 from pytest_mlscope.errors import EvaluationFailed, MlscopeError
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
+from pytest_mlscope.vocabulary import RUNTIMES  # noqa: F401 (imported from here)
 
-RUNTIMES = ("subprocess", "inprocess")
+HOST_RUNTIMES = ("subprocess", "inprocess")  # made by make_runtime; docker ones by the pool
 
 
 class Runtime(ABC):
@@ -24,9 +24,6 @@ class Runtime(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Stop whatever the runtime started."""
-
-    def describe(self) -> str:
-        return self.name
 
 
 def unwrap(reply: WorkerReply) -> EvaluationResult:
@@ -53,15 +50,17 @@ def default_memory() -> str:
     return f"{psutil.virtual_memory().total // 2 // 2**20}m"
 
 
-def make_runtime(
-    kind: str, work_dir: Path, python_path: list[str], memory: str | None = None
-) -> Runtime:
-    if kind == "inprocess":
-        from pytest_mlscope.runtimes.inprocess import InProcessRuntime
+def check_ready(reply: WorkerReply, where: str) -> str | None:
+    """Why a started worker cannot serve this host, or None: no ready line, or another protocol
+    (a venv stack or image holding an older pytest-mlscope than the host's)."""
+    from pytest_mlscope.protocol import PROTOCOL_VERSION
 
-        return InProcessRuntime()
-    if kind == "subprocess":
-        from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
-
-        return SubprocessRuntime(work_dir=work_dir, python_path=python_path, memory=memory)
-    raise MlscopeError(f"unknown runtime {kind!r}; expected one of {', '.join(RUNTIMES)}")
+    if reply.error_type != "ready":
+        return f"worker{where} sent {reply!r} instead of its ready line"
+    if reply.version != PROTOCOL_VERSION:
+        return (
+            f"worker{where} speaks protocol {reply.version}, this host {PROTOCOL_VERSION}: its "
+            "pytest-mlscope is not the host's; rebuild it (`mlscope stacks setup NAME` for a "
+            "venv stack, `mlscope containers build` for an image)"
+        )
+    return None

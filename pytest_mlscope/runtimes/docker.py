@@ -29,7 +29,7 @@ from typing import Any
 from pytest_mlscope.containers import LABEL, ContainerError, client
 from pytest_mlscope.errors import StackUnavailable, WorkerCrashed, WorkerTimeout
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
-from pytest_mlscope.runtimes.base import Runtime, default_memory, unwrap
+from pytest_mlscope.runtimes.base import Runtime, check_ready, default_memory, unwrap
 from pytest_mlscope.runtimes.subprocess import exit_description
 
 START_TIMEOUT_S = 120.0
@@ -170,9 +170,6 @@ class DockerRuntime(Runtime):
         self.started = 0
         self._docker: Any = None
 
-    def describe(self) -> str:
-        return f"docker ({self.image})"
-
     @property
     def docker(self) -> Any:
         if self._docker is None:
@@ -274,9 +271,10 @@ class DockerRuntime(Runtime):
             raise WorkerCrashed(f"container for {self.image} did not start: {exc}") from None
         self.started += 1
         reply = self._read_reply(START_TIMEOUT_S, what="start")
-        if reply.error_type != "ready":
+        problem = check_ready(reply, f" in {self.image}")
+        if problem:
             self._remove()
-            raise WorkerCrashed(f"worker in {self.image} sent {reply!r} instead of its ready line")
+            raise WorkerCrashed(problem)
         return self.stream
 
     def _python_path(self) -> list[str]:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 from pytest_mlscope.errors import WorkerCrashed, WorkerTimeout
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
-from pytest_mlscope.runtimes.base import Runtime, default_memory, memory_bytes, unwrap
+from pytest_mlscope.runtimes.base import (
+    Runtime,
+    check_ready,
+    default_memory,
+    memory_bytes,
+    unwrap,
+)
 
 STDERR_TAIL_LINES = 30
 START_TIMEOUT_S = 120.0
@@ -92,9 +98,6 @@ class SubprocessRuntime(Runtime):
         self.stderr_path: Path | None = None
         self.started = 0
 
-    def describe(self) -> str:
-        return f"subprocess ({self.python})"
-
     def _start(self) -> subprocess.Popen[str]:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.stderr_path = self.work_dir / f"worker-{os.getpid()}-{next(self._counter)}.stderr"
@@ -120,9 +123,10 @@ class SubprocessRuntime(Runtime):
         self.started += 1
         self.process = process
         reply = self._read_reply(process, START_TIMEOUT_S, what="start")
-        if reply.error_type != "ready":
+        problem = check_ready(reply, f" {self.python}")
+        if problem:
             self._kill()
-            raise WorkerCrashed(f"worker sent {reply!r} instead of its ready line")
+            raise WorkerCrashed(problem)
         return process
 
     def _read_reply(

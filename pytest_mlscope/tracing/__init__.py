@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
-TraceLevel = Literal["none", "model", "framework", "library", "system", "full"]
-TRACE_LEVELS: tuple[TraceLevel, ...] = ("none", "model", "framework", "library", "system", "full")
+from pytest_mlscope.vocabulary import TRACE_LEVELS, TraceLevel
 
 
 def includes(level: str, wanted: TraceLevel) -> bool:

@@ -99,9 +99,7 @@ def profile_tf(
 ) -> tuple[list[LayerRow], list[float], list[str]]:
     """Layer rows (per inference), profiled prediction times (µs) and notes: ``call`` is timed
     uninstrumented (what the table adds up to), ``profiled`` is called under the profiler."""
-    from pytest_mlscope.predictors.tensorflow import import_tensorflow
-
-    tf = import_tensorflow()
+    import tensorflow as tf  # already imported, quietly, by the predictor being profiled
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     clock = time.perf_counter_ns

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_mlscope.zoo import BUILD_REVISION, revision
+from pytest_mlscope.zoo.revision import BUILD_REVISION, revision
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def _save_numpy(module: Any, path: Path, model: str, kwargs: dict[str, Any]) -> 
 
 def _save_caffe(module: Any, out_dir: Path, model: str, kwargs: dict[str, Any]) -> BuiltArtifact:
     """A deploy prototxt and a caffemodel, for the Caffe container (``zoo.caffe_models``)."""
-    from pytest_mlscope.zoo import caffe_models
+    import pytest_mlscope.zoo.caffe_models as caffe_models
 
     arrays = {name: t.detach().cpu().numpy() for name, t in module.state_dict().items()}
     filename, metadata = caffe_models.write(model, out_dir, arrays, **kwargs)

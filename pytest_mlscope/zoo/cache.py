@@ -156,7 +156,7 @@ class ArtifactCache:
         workers do not each stream it, and its checksum is checked as it is written; a damaged
         copy in the database is refused with :class:`~pytest_mlscope.store.StoreError`.
         """
-        from pytest_mlscope.store import StoreError
+        from pytest_mlscope.errors import StoreError
 
         stored = store.artifact(sha256)
         if stored is None or (format is not None and stored.format != format):

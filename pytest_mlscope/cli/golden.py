@@ -1,0 +1,45 @@
+"""``mlscope golden MANIFEST``: write a manifest's golden outputs from one framework."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pytest_mlscope.cli.common import EXIT_OK, shown_path
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    golden = commands.add_parser(
+        "golden", help="write a manifest's golden outputs from one framework (review the diff)"
+    )
+    golden.add_argument("manifest", metavar="MANIFEST", help="the manifest whose golden to write")
+    golden.add_argument(
+        "--framework", help="whose outputs become the golden (default: the agreement reference)"
+    )
+    golden.add_argument(
+        "--cache", metavar="DIR", help="artifact cache (default .mlscope/artifacts)"
+    )
+    golden.set_defaults(handler=cmd_golden)
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from pytest_mlscope.manifest import load_manifest
+    from pytest_mlscope.session import MlscopeSession, Settings
+
+    manifest = load_manifest(args.manifest, require_files=False)
+    settings = Settings(
+        rootdir=Path.cwd(),
+        manifest_paths=[],
+        runtime="inprocess",
+        cache_dir=Path(args.cache).resolve() if args.cache else None,
+    )
+    session = MlscopeSession(settings)
+    try:
+        path = session.write_golden(manifest, args.framework)
+    finally:
+        session.close()
+    print(
+        f"wrote {shown_path(path)} "
+        f"({manifest.name}, outputs of {args.framework or 'the reference framework'})"
+    )
+    return EXIT_OK

@@ -1,0 +1,135 @@
+"""``mlscope trace RUN [ITEM]`` and ``mlscope trace diff A B [ITEM]``: the layer table of a
+traced item, and the per-layer changes between two traced runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlscope.cli.common import DB_HELP, EXIT_OK, open_store
+from pytest_mlscope.errors import MlscopeError
+
+if TYPE_CHECKING:
+    from pytest_mlscope.store import RunRecord, Store
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    trace = commands.add_parser(
+        "trace", help="show an item's layer table from a traced run; 'trace diff' compares two"
+    )
+    trace.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
+    trace.add_argument("item", metavar="ITEM", nargs="?", help="item id (optional if only one)")
+    trace.add_argument("--top", type=int, default=None, help="only the N slowest layers")
+    trace.add_argument("--db", metavar="LOCATION", help=DB_HELP)
+    trace.set_defaults(handler=cmd_trace)
+
+
+def diff_parser() -> argparse.ArgumentParser:
+    """``mlscope trace diff A B [ITEM]``: its own parser, since ``trace RUN`` takes any word."""
+    parser = argparse.ArgumentParser(
+        prog="mlscope trace diff", description="per-layer changes between two traced runs"
+    )
+    parser.add_argument("run_a", metavar="A", help="the earlier run (id or prefix)")
+    parser.add_argument("run_b", metavar="B", help="the later run")
+    parser.add_argument("item", metavar="ITEM", nargs="?", help="item id (optional if only one)")
+    parser.add_argument("--top", type=int, default=20, help="at most N rows (default 20)")
+    parser.add_argument("--all", action="store_true", help="include layers that did not move")
+    parser.add_argument("--db", metavar="LOCATION", help="results database")
+    parser.set_defaults(handler=cmd_trace_diff)
+    return parser
+
+
+def _traced(store: Store, run_ref: str, item: str | None) -> tuple[RunRecord, Any]:
+    """The latest traced result of ``item`` in a run (the only traced one if no item is named)."""
+    run = store.get_run(run_ref)
+    results = store.latest_results(run.id)
+    traced = {k: r for k, r in results.items() if r.layers or r.trace}
+    if item is None:
+        if len(traced) != 1:
+            names = ", ".join(sorted(traced)) or "none"
+            raise MlscopeError(
+                f"run {run.id[:12]} has {len(traced)} traced items ({names}); name one"
+            )
+        return run, next(iter(traced.values()))
+    if item not in results:
+        raise MlscopeError(f"run {run.id[:12]} has no item {item!r}")
+    if item not in traced:
+        raise MlscopeError(
+            f"{item} in run {run.id[:12]} was not traced; run pytest --mlscope --mlscope-trace "
+            "framework (or a higher level)"
+        )
+    return run, traced[item]
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from pytest_mlscope.report.terminal import table
+    from pytest_mlscope.tracing.layers import top_layers, total_self_us
+
+    with open_store(args.db) as store:
+        run, record = _traced(store, args.run, args.item)
+    rows = top_layers(record.layers, args.top)
+    total = total_self_us(record.layers)
+    print(f"{record.item_id} in run {run.id[:12]}")
+    if record.trace is not None:
+        trace = record.trace
+        print(
+            f"trace level {trace.level}, {trace.iterations} profiled predictions, "
+            f"{trace.wall_s:.2f} s of profiling; file: {trace.path or '-'}"
+        )
+        for note in trace.notes:
+            print(f"note: {note}")
+    if not rows:
+        print("no layer table (the framework has no profiler of ours, or the level was 'model')")
+        return EXIT_OK
+    body = [
+        [
+            row.layer,
+            row.op_type,
+            row.device,
+            f"{row.calls:g}",
+            f"{row.self_us:,.1f}",
+            f"{row.self_us / total:.1%}" if total else "-",
+            ", ".join(row.kernels) or "-",
+        ]
+        for row in rows
+    ]
+    print(table(["layer", "op", "device", "calls", "self µs", "share", "kernels"], body, (3, 4, 5)))
+    median = record.summary.median * 1e6 if record.summary else None
+    line = f"sum of self times {total:,.1f} µs"
+    if median:
+        line += f"; measured median latency {median:,.1f} µs ({total / median - 1:+.1%})"
+    print(line)
+    return EXIT_OK
+
+
+def cmd_trace_diff(args: argparse.Namespace) -> int:
+    from pytest_mlscope.report.terminal import table
+    from pytest_mlscope.tracing.layers import diff_layers
+
+    with open_store(args.db) as store:
+        run_a, a = _traced(store, args.run_a, args.item)
+        run_b, b = _traced(store, args.run_b, args.item or a.item_id)
+    changes = diff_layers(a.layers, b.layers)
+    shown = [c for c in changes if args.all or c.kind != "same"][: args.top]
+    print(f"{a.item_id}: run {run_a.id[:12]} (A) -> run {run_b.id[:12]} (B), biggest movers first")
+    body = [
+        [
+            c.layer,
+            c.op_type,
+            c.kind,
+            "-" if c.before_us is None else f"{c.before_us:,.1f}",
+            "-" if c.after_us is None else f"{c.after_us:,.1f}",
+            f"{c.delta_us:+,.1f}",
+            "-" if c.ratio is None else f"{c.ratio - 1:+.0%}",
+            "" if c.kernels_before == c.kernels_after else
+            f"{', '.join(c.kernels_before) or '?'} -> {', '.join(c.kernels_after) or '?'}",
+        ]
+        for c in shown
+    ]  # fmt: skip
+    if not body:
+        print("no layer moved (by 10 % and 2 µs) and no kernel changed")
+        return EXIT_OK
+    print(
+        table(["layer", "op", "change", "A µs", "B µs", "Δ µs", "Δ", "kernel"], body, (3, 4, 5, 6))
+    )
+    return EXIT_OK

@@ -1,0 +1,113 @@
+"""``mlscope copy`` and ``mlscope export``: move runs (and baselines) into another database,
+or write a run in pyperf's or pytest-benchmark's JSON for their own tools."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_mlscope.cli.common import DB_HELP, EXIT_INVALID, EXIT_OK, open_store, plural
+from pytest_mlscope.errors import MlscopeError
+
+if TYPE_CHECKING:
+    from pytest_mlscope.store import ArtifactEntry, Store
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    copy = commands.add_parser(
+        "copy", help="copy runs and baselines into another database (e.g. a shared PostgreSQL)"
+    )
+    copy.add_argument(
+        "runs", metavar="RUN", nargs="*", help="runs to copy (default: every finished run)"
+    )
+    copy.add_argument("--to", required=True, metavar="LOCATION", help="the database to copy into")
+    copy.add_argument("--baselines", action="store_true", help="copy the baselines too")
+    copy.add_argument(
+        "--force", action="store_true", help="let a copied baseline move one of the same name"
+    )
+    copy.add_argument("--db", metavar="LOCATION", help=DB_HELP)
+    copy.set_defaults(handler=cmd_copy)
+
+    export = commands.add_parser(
+        "export", help="write a run as pyperf or pytest-benchmark JSON for their own tools"
+    )
+    export.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
+    export.add_argument("--format", choices=("pyperf", "pytest-benchmark"), required=True)
+    export.add_argument("-o", "--output", required=True, help="the JSON file to write")
+    export.add_argument("--db", metavar="LOCATION", help=DB_HELP)
+    export.set_defaults(handler=cmd_export)
+
+
+def cmd_copy(args: argparse.Namespace) -> int:
+    """Copy runs (and baselines) into another database: moving a laptop's or a runner's history
+    into the team's shared PostgreSQL, or the other way round for offline work."""
+    from pytest_mlscope.store import Store, StoreError
+
+    with open_store(args.db) as source, Store.from_location(args.to) as target:
+        if source.url == target.url:
+            raise MlscopeError(f"--to is the database the runs come from: {target.url}")
+        if args.runs:
+            chosen = [source.get_run(ref) for ref in args.runs]
+        else:
+            chosen = [r for r in source.runs(limit=1_000_000) if r.status != "running"]
+        counts = {run.id: run.total for run in chosen}
+        # Oldest first, as they were made; read lazily so a large history never sits in memory.
+        added = target.import_runs(source.export_run(run.id) for run in reversed(chosen))
+        copied, results = len(added), sum(counts[run_id] for run_id in added)
+        skipped = len(chosen) - copied
+        print(
+            f"copied {plural(copied, 'run')} ({plural(results, 'result')}) to {target.url}"
+            + (f"; {skipped} already there" if skipped else "")
+        )
+        if not args.baselines:
+            return EXIT_OK
+        status = EXIT_OK
+        for baseline in source.baselines():
+            if not target.has_run(baseline.run_id):
+                print(f"baseline {baseline.name!r}: its run {baseline.run_id[:12]} was not copied")
+                continue
+            try:
+                with tempfile.TemporaryDirectory(prefix="mlscope-copy-") as scratch:
+                    # The models it keeps travel with it, through a scratch copy on disk.
+                    artifacts = _fetched_artifacts(source, baseline.name, Path(scratch))
+                    target.set_baseline(
+                        baseline.name,
+                        baseline.run_id,
+                        force=args.force,
+                        note=baseline.note,
+                        artifacts=artifacts or None,
+                    )
+                kept = f" with {plural(len(artifacts), 'artifact')}" if artifacts else ""
+                print(f"baseline {baseline.name!r} -> run {baseline.run_id[:12]}{kept}")
+            except StoreError as exc:
+                print(f"baseline {baseline.name!r} not copied: {exc}")
+                status = EXIT_INVALID
+    return status
+
+
+def _fetched_artifacts(store: Store, name: str, directory: Path) -> list[ArtifactEntry]:
+    from pytest_mlscope.store import ArtifactEntry
+
+    return [
+        ArtifactEntry(
+            sha256=kept.sha256,
+            model=kept.model,
+            framework=kept.framework,
+            format=kept.format,
+            path=store.fetch_artifact(kept.sha256, directory),
+        )
+        for kept in store.baseline_artifacts(name)
+    ]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pytest_mlscope.export import export_run
+
+    with open_store(args.db) as store:
+        run = store.get_run(args.run)
+        results = store.results(run.id)
+    count = export_run(run, results, args.format, args.output)
+    print(f"wrote {args.output} ({count} benchmarks of run {run.id[:12]}, {args.format} format)")
+    return EXIT_OK

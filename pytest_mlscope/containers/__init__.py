@@ -1,0 +1,99 @@
+"""Container images of software stacks: what goes into one, its content-hashed tag, the build.
+
+An image holds pytest-mlscope's worker and one framework, nothing else. Its build context is put
+together here: the stack's Dockerfile (``containers/<stack>/Dockerfile``), a requirements file
+pinned to the versions installed on this host (so a container runs the same numpy and framework as
+the subprocess runtime unless asked otherwise), a wheelhouse that the host builds with its own pip
+(the image build then needs no network, no registry credentials and no CA bundle: the wheels come
+in, the build runs with ``network_mode=none``), and the package source. The tag carries the stack,
+the framework version, the device and a hash of all of that, so ``mlscope containers build``
+rebuilds only when something that goes into the image changed.
+
+``naming`` holds the repository, tags, labels and system stacks, ``planning`` what goes into an
+image and its hash, ``building`` the daemon and the build. Every name stays importable here.
+"""
+
+from __future__ import annotations
+
+from pytest_mlscope.containers.building import (
+    Built,
+    _build_failure,
+    _download_wheels,
+    _first_line,
+    _link_or_copy,
+    build,
+    build_wheelhouse,
+    client,
+    find_image,
+    images,
+    superseded,
+    wheelhouse_dir,
+)
+from pytest_mlscope.containers.naming import (
+    ARCHES,
+    DEFAULT_BASE_IMAGE,
+    DISTRIBUTION,
+    GPU_DISTRIBUTIONS,
+    HOST_ONLY,
+    LABEL,
+    PACKAGES_LABEL,
+    REPOSITORY,
+    SYSTEM_STACKS,
+    ContainerError,
+    SystemStack,
+    default_image,
+    docker_arch,
+    image_for,
+)
+from pytest_mlscope.containers.planning import (
+    ImagePlan,
+    _installed,
+    _source_files,
+    _system_requirements,
+    containers_dir,
+    plan,
+    source_digest,
+    stacks,
+    worker_requirements,
+)
+from pytest_mlscope.errors import MlscopeError, StackUnavailable
+
+__all__ = [
+    "ARCHES",
+    "DEFAULT_BASE_IMAGE",
+    "DISTRIBUTION",
+    "GPU_DISTRIBUTIONS",
+    "HOST_ONLY",
+    "LABEL",
+    "PACKAGES_LABEL",
+    "REPOSITORY",
+    "SYSTEM_STACKS",
+    "Built",
+    "ContainerError",
+    "ImagePlan",
+    "MlscopeError",
+    "StackUnavailable",
+    "SystemStack",
+    "_build_failure",
+    "_download_wheels",
+    "_first_line",
+    "_installed",
+    "_link_or_copy",
+    "_source_files",
+    "_system_requirements",
+    "build",
+    "build_wheelhouse",
+    "client",
+    "containers_dir",
+    "default_image",
+    "docker_arch",
+    "find_image",
+    "image_for",
+    "images",
+    "plan",
+    "source_digest",
+    "stacks",
+    "superseded",
+    "wheelhouse_dir",
+    "worker_requirements",
+]

@@ -1,0 +1,241 @@
+"""One item's evaluation, top to bottom: the artifact, the reference outputs, the worker request,
+the timing pass (interleaved with the baseline's side when there is one), the count pass, and the
+verdict call. What the worker measures is decided here; how it is judged, in ``judging``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlscope.errors import EvaluationFailed, MlscopeError
+from pytest_mlscope.protocol import (
+    Cell,
+    EvaluationRequest,
+    EvaluationResult,
+)
+
+if TYPE_CHECKING:
+    from pytest_mlscope.compare import Verdict
+    from pytest_mlscope.manifest import Manifest
+
+
+COUNT_ROUNDS = 5  # rounds of the count pass (each about 3M instructions, callgrind.count_calls)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+class Evaluation:
+    """An item's passes through its worker; a part of :class:`MlscopeSession`."""
+
+    def _artifact(self, manifest: Manifest, framework: str) -> Any:
+        from pytest_mlscope.predictors import predictor_class
+
+        formats = predictor_class(framework, self.settings.predictors).formats
+        return self.cache.for_framework(manifest, framework, formats)
+
+    @property
+    def cache(self) -> Any:
+        """The artifact cache (``zoo.cache.ArtifactCache``), opened on first use."""
+        if self._cache is None:
+            from pytest_mlscope.zoo.cache import ArtifactCache
+
+            self._cache = ArtifactCache(self.settings.artifact_dir)
+        return self._cache
+
+    def _reference_path(self, manifest: Manifest) -> Path | None:
+        agreement = manifest.accuracy.agreement
+        if agreement is None:
+            return None
+        return self.work_dir / "reference" / f"{_safe(manifest.name)}-{agreement.reference}.npz"
+
+    def _ensure_reference(self, manifest: Manifest) -> Path:
+        """The reference framework's outputs, computed by an accuracy-only pass if no item did."""
+        path = self._reference_path(manifest)
+        assert path is not None and manifest.accuracy.agreement is not None
+        if path.exists():
+            return path
+        reference = manifest.accuracy.agreement.reference
+        from pytest_mlscope.cells import skip_reason
+
+        cell = Cell(model=manifest.name, framework=reference, device="cpu", batch_size=1)
+        runtime = None
+        reason, _ = self.skip_reason(manifest, cell)
+        # No image for the reference: its outputs from the host's stack, when it has one.
+        if (
+            reason
+            and self.in_container(cell)
+            and skip_reason(manifest, cell, self.host, self.settings.predictors) is None
+        ):
+            reason, runtime = None, self._host_runtime("subprocess")
+        if reason:
+            raise EvaluationFailed(
+                f"the agreement reference {reference} cannot run here, so agreement cannot be "
+                f"checked: {reason}"
+            )
+        request = self._request(manifest, cell, accuracy_only=True, save_outputs=path)
+        try:
+            (runtime or self.runtime(cell)).evaluate(request, self.settings.timeout)
+        except MlscopeError as exc:
+            raise EvaluationFailed(f"the agreement reference {reference} failed: {exc}") from exc
+        return path
+
+    def _request(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        *,
+        accuracy_only: bool = False,
+        save_outputs: Path | None = None,
+        reference: Path | None = None,
+        checks: list[str] | None = None,
+        interleave: bool = False,
+        item_id: str | None = None,
+        **overrides: float,
+    ) -> EvaluationRequest:
+        artifact = self._artifact(manifest, cell.framework)
+        level = self.trace_level(manifest)
+        return EvaluationRequest(
+            trace_level="none" if accuracy_only else level,
+            trace_dir=str(self.trace_dir),
+            cell=cell,
+            manifest_path=str(manifest.path),
+            artifact=artifact,
+            interleave=self._interleave_side(manifest, cell, artifact, item_id)
+            if interleave
+            else None,
+            measure=self.measure_options(manifest, **overrides),
+            work_dir=str(self.work_dir),
+            reference_outputs=str(reference) if reference else None,
+            save_outputs=str(save_outputs) if save_outputs else None,
+            predictors=self.settings.predictors,
+            accuracy_only=accuracy_only,
+            checks=checks,
+            inject_slowdown=self.settings.inject_slowdown,
+        )
+
+    def evaluate(
+        self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
+    ) -> EvaluationResult:
+        """Accuracy and timing for one cell, in the cell's runtime; ``item_id`` names the result
+        (and its baseline) when it is not the cell's own id (a hand-written test's evaluation)."""
+        item = item_id or cell.id
+        agreement = manifest.accuracy.agreement
+        save = reference = None
+        if agreement is not None:
+            # The reference runs on the CPU; the same framework on a GPU is checked against it.
+            if cell.framework == agreement.reference and cell.device == "cpu":
+                candidate = self._reference_path(manifest)
+                save = candidate if candidate and not candidate.exists() else None
+            else:
+                reference = self._ensure_reference(manifest)
+        other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
+        interleaving = self.settings.interleaving
+        across = interleaving and other is not None
+        upgrade = (
+            self._baseline_stack(manifest, cell, item) if interleaving and not across else None
+        )
+        request = self._request(
+            manifest,
+            cell,
+            save_outputs=save,
+            reference=reference,
+            interleave=interleaving and not across and upgrade is None,
+            item_id=item,
+            **overrides,
+        )
+        if across:
+            assert other is not None
+            return self._interleave_stacks(manifest, cell, other, request, **overrides)
+        if upgrade is not None:
+            return self._interleave_baseline_stack(
+                manifest, cell, upgrade, request, item, **overrides
+            )
+        counting = self.settings.count_instructions and self._countable(cell)
+        if counting:
+            inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}.npz"
+            request = request.model_copy(update={"save_inputs": str(inputs)})
+        result = self.runtime(cell).evaluate(request, self.settings.timeout)
+        if counting:
+            result = self._count(cell, request, result)
+        return result
+
+    def evaluate_and_compare(
+        self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
+    ) -> tuple[EvaluationResult, Verdict | None]:
+        """Evaluate, then compare. No second measurement: the interleaved design adds pairs until
+        the verdict is clear, within the item's budget, and the stored one cannot confirm
+        anything in the same process (a second measurement shares the first one's offset)."""
+        result = self.evaluate(manifest, cell, item_id=item_id, **overrides)
+        return result, self.verdict(manifest, result, item_id=item_id)
+
+    def check_counting(self) -> None:
+        """Fail fast, before any item runs, when instructions cannot be counted here."""
+        if self.settings.count_instructions:
+            from pytest_mlscope.callgrind import supported
+
+            reason = supported()
+            if reason:
+                raise MlscopeError(f"--mlscope-count-instructions: {reason}")
+
+    def _countable(self, cell: Cell) -> bool:
+        if self.in_container(cell):
+            self.not_counted[cell.id] = (
+                "instructions not counted: the count pass runs on host and venv stacks only "
+                "(container images carry no Valgrind)"
+            )
+            return False
+        return True
+
+    def _count(
+        self, cell: Cell, timed: EvaluationRequest, result: EvaluationResult
+    ) -> EvaluationResult:
+        """The count pass: the same model and inputs as the timing pass, in a worker of the same
+        stack started under callgrind; instructions per call per round join the result."""
+        from pytest_mlscope.protocol import CountOptions
+
+        request = timed.model_copy(
+            update={
+                "count": CountOptions(rounds=COUNT_ROUNDS),
+                "checks": [],
+                "inputs_path": timed.save_inputs,
+                "save_inputs": None,
+                "save_outputs": None,
+                "reference_outputs": None,
+                "interleave": None,
+                "trace_level": "none",
+            }
+        )
+        counted = self._count_runtime(cell).evaluate(request, self.settings.timeout)
+        return result.model_copy(update={"instructions": counted.instructions})
+
+    def trace_level(self, manifest: Manifest) -> str:
+        """Command line, else the manifest's ``performance.trace`` when set, else ini."""
+        if self.settings.trace_level:
+            return self.settings.trace_level
+        if "trace" in manifest.performance.model_fields_set:
+            return manifest.performance.trace
+        return self.settings.default_trace_level
+
+    @property
+    def trace_dir(self) -> Path:
+        """Trace files live beside the database, one folder per session, never pruned with
+        the work directories: the store points at them."""
+        return self.settings.state_dir / "traces" / self.work_dir.name
+
+    def write_golden(self, manifest: Manifest, framework: str | None = None) -> Path:
+        """Store a framework's outputs as the manifest's golden file (an explicit, reviewed act)."""
+        golden = manifest.accuracy.golden
+        if golden is None:
+            raise MlscopeError(f"{manifest.where('accuracy')}: accuracy.golden is not set")
+        agreement = manifest.accuracy.agreement
+        framework = framework or (agreement.reference if agreement else manifest.framework[0].name)
+        manifest.framework_spec(framework)
+        path = manifest.resolve(golden.path)
+        cell = Cell(model=manifest.name, framework=framework, device="cpu", batch_size=1)
+        request = self._request(manifest, cell, accuracy_only=True, save_outputs=path, checks=[])
+        self.runtime(cell).evaluate(request, self.settings.timeout)
+        return path

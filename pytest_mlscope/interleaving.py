@@ -1,0 +1,290 @@
+"""The baseline's side of an interleaved measurement: its model file (fetched from the results
+database by hash), its software stack (another venv, rebuilt from the registry), and the pairs
+of rounds timed across two workers when the sides cannot share one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlscope.availability import _installed
+from pytest_mlscope.errors import EvaluationFailed, MlscopeError
+from pytest_mlscope.protocol import (
+    Cell,
+    EvaluationRequest,
+    EvaluationResult,
+    Interleave,
+)
+
+if TYPE_CHECKING:
+    from pytest_mlscope.compare import Side
+    from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.runtimes import Runtime
+
+
+class Interleaving:
+    """The A side of interleaved A/B timing; a part of :class:`MlscopeSession`."""
+
+    def _interleave_stacks(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        other: str,
+        request: EvaluationRequest,
+        **overrides: float,
+    ) -> EvaluationResult:
+        """Time the item (B, its stack) against another stack of its framework (A, the manifest
+        entry's ``interleave_with``) in alternating rounds, each in its own worker."""
+        a_cell = cell.model_copy(update={"stack": other})
+        reason, _ = self.skip_reason(manifest, a_cell)
+        if reason:
+            raise EvaluationFailed(f"cannot interleave with stack {other!r}: {reason}")
+        a_request = self._request(manifest, a_cell, checks=[], **overrides)
+        result, a_version = self._interleave_workers(
+            manifest, cell, request, a_cell, a_request, self.runtime(a_cell)
+        )
+        where = f" in {self.image(a_cell)}" if self.in_container(a_cell) else ""
+        self._interleaved[cell.id] = (
+            True,
+            f"stack {other} ({cell.framework} {a_version}{where})",
+        )
+        return result
+
+    def _interleave_baseline_stack(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        stack: Any,
+        request: EvaluationRequest,
+        item_id: str,
+        **overrides: float,
+    ) -> EvaluationResult:
+        """Time the item (B, on the host) against the baseline's model on the baseline's own
+        framework release (A, in a venv rebuilt from the package registry): a framework upgrade,
+        A/B-tested by naming the baseline."""
+        side = self._interleave_side(manifest, cell, request.artifact, item_id)
+        if side is None:
+            artifact = request.artifact
+            model = "this run's model (the baseline's own file is neither cached nor kept)"
+        else:
+            artifact, model = side.artifact, self._interleaved[cell.id][1]
+        a_request = self._request(manifest, cell, checks=[], **overrides).model_copy(
+            update={"artifact": artifact}
+        )
+        result, a_version = self._interleave_workers(
+            manifest, cell, request, cell, a_request, self._venv_runtime(stack)
+        )
+        self._interleaved[cell.id] = (
+            True,
+            f"{model} on the baseline's {stack.framework} {a_version} (a venv rebuilt from the "
+            "package registry)",
+        )
+        return result
+
+    def _interleave_workers(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        request: EvaluationRequest,
+        a_cell: Cell,
+        a_request: EvaluationRequest,
+        runtime_a: Runtime,
+    ) -> tuple[EvaluationResult, str]:
+        """B in the cell's own worker, A in ``runtime_a``, in alternating rounds.
+
+        Both workers load, check and warm up their model and keep it (``hold``); then the host
+        asks each for one round at a time, in random order within each pair, so drift hits both
+        stacks alike, and adds blocks of pairs until the verdict is clear (measure.LOOKS at
+        most), as the in-worker interleave does. The result is B's, with A's rounds as pairs;
+        with A's framework version.
+        """
+        import random
+
+        from pytest_mlscope.compare import settled
+        from pytest_mlscope.measure import LOOKS, pair_plan
+        from pytest_mlscope.protocol import RoundRequest
+        from pytest_mlscope.stats import round_medians, summarize_scenario
+
+        a_request = a_request.model_copy(
+            update={"hold": True, "inject_slowdown": 0.0, "interleave": None}
+        )
+        runtime_b = self.runtime(cell)
+        timeout = self.settings.timeout
+        pairs, per_round = pair_plan(request.measure)
+        samples: dict[str, list[int]] = {"a": [], "b": []}
+        sizes: dict[str, list[int]] = {"a": [], "b": []}
+        sides = {"a": (runtime_a, a_cell), "b": (runtime_b, cell)}
+        held: list[str] = []
+        try:
+            first_b = runtime_b.evaluate(
+                request.model_copy(update={"hold": True, "interleave": None}), timeout
+            )
+            held.append("b")
+            first_a = runtime_a.evaluate(a_request, timeout)
+            held.append("a")
+            rng = random.Random(random.randrange(2**31))
+            threshold = self.threshold(manifest)
+            for _ in range(LOOKS):
+                for _ in range(pairs):
+                    for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
+                        runtime, which = sides[key]
+                        got = runtime.evaluate(RoundRequest(cell=which, measure=per_round), timeout)
+                        samples[key].extend(got.samples_ns)
+                        sizes[key].append(len(got.samples_ns))
+                a_rounds = round_medians(samples["a"], sizes["a"])
+                b_rounds = round_medians(samples["b"], sizes["b"])
+                if settled(
+                    a_rounds,
+                    b_rounds,
+                    threshold=threshold,
+                    comparisons=self.comparisons,
+                    looks=LOOKS,
+                ):
+                    break
+        finally:
+            for key in held:
+                runtime, which = sides[key]
+                with contextlib.suppress(MlscopeError):
+                    runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
+        summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
+        result = first_b.model_copy(
+            update={
+                "summary": summary,
+                "samples_ns": samples["b"],
+                "rounds": sizes["b"],
+                "paired_samples_ns": samples["a"],
+                "paired_rounds": sizes["a"],
+                "paired_artifact_sha256": first_a.artifact_sha256,
+                "paired_predictor": first_a.predictor,
+            }
+        )
+        return result, first_a.predictor.version
+
+    def _baseline_stack(self, manifest: Manifest, cell: Cell, item_id: str) -> Any:
+        """The venv stack (``stacks.VenvStack``) of the baseline's framework release, when the
+        item's baseline result was measured on another release than the host's: set up now from
+        the package registry, once per machine and release. None when the releases match, the
+        item runs in a container or a venv stack of its own, or the stack cannot be made (then
+        the reason joins the verdict, and the stored design decides)."""
+        from pytest_mlscope import stacks
+        from pytest_mlscope.predictors import predictor_class
+
+        if not self.settings.baseline or self.in_container(cell):
+            return None
+        baseline = self._baseline_sides().get(item_id)
+        cls = predictor_class(cell.framework, self.settings.predictors)
+        if baseline is None or not baseline.framework_version or cls.venv_stack:
+            return None
+        installed = cls.installed_version()
+        if installed is None or installed == baseline.framework_version:
+            return None
+        from importlib import metadata
+
+        distribution = next(
+            (d for d in cls.distributions if _installed(metadata, d)), cls.distributions[0]
+        )
+        recorded = dict(baseline.host.get("packages") or {})
+        stack = stacks.baseline_stack(distribution, baseline.framework_version, recorded)
+        if stacks.unavailable(stack) is None:
+            return stack
+        if stack.name in self._failed_stacks:
+            self._interleaved[cell.id] = (False, self._failed_stacks[stack.name])
+            return None
+        started = time.monotonic()
+        try:
+            stacks.setup(stack)
+        except (stacks.StackError, OSError) as exc:
+            self._failed_stacks[stack.name] = (
+                f"the baseline's {distribution} {baseline.framework_version} could not be "
+                f"rebuilt: {exc}"
+            )
+            self._interleaved[cell.id] = (False, self._failed_stacks[stack.name])
+            return None
+        self.report_lines.append(
+            f"the baseline's stack ({distribution} {baseline.framework_version}) was rebuilt "
+            f"from the package registry in {time.monotonic() - started:.0f} s: "
+            f"{stacks.location(stack)}"
+        )
+        return stack
+
+    def _interleave_side(
+        self, manifest: Manifest, cell: Cell, artifact: Any, item_id: str | None = None
+    ) -> Interleave | None:
+        """The A side of the interleaved design: the baseline's artifact, unslowed.
+
+        Without a baseline result, A is the item's own artifact: an A/A run that shows the
+        pair-to-pair noise, or the gate self-test when a slowdown is injected into B. The
+        baseline's artifact is looked up in the local cache, then in the artifact store that
+        lives with the results database (every saved baseline keeps its artifacts there), so a
+        fresh CI runner or a replaced model file still times the baseline's model. Only when
+        neither has it does the item fall back to the stored design, saying why.
+        """
+        import random
+
+        item = item_id or cell.id
+        baseline = self._baseline_sides().get(item) if self.settings.baseline else None
+        if baseline is None and self.settings.interleave is None:
+            return None  # new to the baseline: nothing to time it against, unless asked (A/A)
+        moved = self._stack_moved(cell, baseline)
+        if moved:
+            self._interleaved[cell.id] = (False, f"stored design: {moved}")
+            return None
+        chosen = artifact
+        if baseline is None or baseline.artifact_sha256 in (None, artifact.sha256):
+            if self.settings.inject_slowdown:
+                what = "the same model without the injected slowdown"
+            elif baseline is not None:
+                what = "the baseline's model (the same artifact)"
+            else:
+                what = "the same model (A/A)"
+        else:
+            assert baseline.artifact_sha256 is not None
+            found, where = self._baseline_artifact(manifest, baseline.artifact_sha256)
+            if found is None or found.format != artifact.format:
+                self._interleaved[cell.id] = (
+                    False,
+                    f"stored design: the baseline's artifact (sha256 "
+                    f"{baseline.artifact_sha256[:12]}) is neither in the cache "
+                    f"{self.settings.artifact_dir} nor in the results database's artifact "
+                    "store (saved baselines keep theirs; this one predates that or was "
+                    "imported without them)",
+                )
+                return None
+            chosen = found
+            what = f"the baseline's artifact (sha256 {found.sha256[:12]}, {where})"
+        self._interleaved[cell.id] = (True, what)
+        return Interleave(
+            artifact=chosen,
+            seed=random.randrange(2**31),
+            threshold=self.threshold(manifest),
+            comparisons=self.comparisons,
+        )
+
+    def _stack_moved(self, cell: Cell, baseline: Side | None) -> str | None:
+        """Why the baseline's side cannot be timed in this item's worker: it ran in another
+        container image (or on the host, and the item in an image, or the other way round).
+        Interleaving in one worker would time both on this stack and hide the change; a
+        baseline's image is not rebuilt yet, so the stored design names the difference."""
+        if baseline is None:
+            return None
+        before = str(baseline.host.get("container_image") or "").split(" (")[0] or None
+        after = self.image(cell) if self.in_container(cell) else None
+        if before == after:
+            return None
+        return (
+            f"the baseline ran {f'in {before}' if before else 'on the host stack'}, this item "
+            f"{f'in {after}' if after else 'on the host stack'}: one worker would time both on "
+            "this one"
+        )
+
+    def _baseline_artifact(self, manifest: Manifest, sha256: str) -> tuple[Any, str]:
+        """The baseline's artifact by checksum: the local cache first, then the store."""
+        found = self.cache.find(manifest.name, sha256)
+        if found is not None:
+            return found, "from the artifact cache"
+        found = self.cache.from_store(self.store, sha256)
+        if found is not None:
+            return found, "fetched from the results database"
+        return None, ""

@@ -1,0 +1,344 @@
+"""The manifest schema: the pydantic models a manifest validates against, and their types.
+
+Every model forbids unknown keys and is frozen; ``Manifest`` is the document as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from pytest_mlscope.vocabulary import Device, Scenario
+
+if TYPE_CHECKING:
+    # Only named in ``Manifest._source``'s annotation, which pydantic never needs resolved.
+    from pytest_mlscope.manifest.parsing import ManifestSource
+
+NAME_PATTERN = r"^[a-z0-9_]+$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- frameworks ----------------------------------------------------------------------------------
+
+
+class FrameworkSpec(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    version: str | None = None
+    devices: Annotated[list[Device], Field(min_length=1)] = ["cpu"]
+    # Image per architecture and device (amd64: {cpu: mlscope/onnxruntime:1.32.0-cpu}).
+    container: dict[str, dict[Device, str]] | None = None
+    # A second stack of the same framework (another release, another image), named in item ids
+    # as onnxruntime@<stack>; and the stack that --mlscope-interleave times this entry against.
+    stack: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+    interleave_with: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _valid_specifier(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SpecifierSet(value)
+            except InvalidSpecifier:
+                raise ValueError(
+                    f"expected a PEP 440 version specifier such as '>=1.17', got {value!r}"
+                ) from None
+        return value
+
+    @property
+    def specifier(self) -> SpecifierSet:
+        return SpecifierSet(self.version or "")
+
+
+# -- model sources -------------------------------------------------------------------------------
+
+
+class BuilderSource(_Strict):
+    builder: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    seed: int = 0
+    params: dict[str, str | int | float | bool] = {}
+
+
+class PathSource(_Strict):
+    path: str | dict[str, str]
+
+
+class UrlSource(_Strict):
+    url: str | dict[str, str]
+
+
+def _source_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        for kind in ("builder", "path", "url"):
+            if kind in value:
+                return kind
+    return None
+
+
+# Union[...] rather than |: these aliases are evaluated at import, and the Caffe image's worker
+# runs on Python 3.9, where | does not combine typing forms.
+ModelSource = Annotated[
+    Union[  # noqa: UP007
+        Annotated[BuilderSource, Tag("builder")],
+        Annotated[PathSource, Tag("path")],
+        Annotated[UrlSource, Tag("url")],
+    ],
+    Discriminator(
+        _source_kind,
+        custom_error_type="model_source",
+        custom_error_message="expected a mapping with one of the keys builder, path or url",
+    ),
+]
+
+
+class ModelSpec(_Strict):
+    source: ModelSource
+    sha256: dict[str, Annotated[str, Field(pattern=SHA256_PATTERN)]] = {}
+
+
+# -- inputs, outputs, preprocessing --------------------------------------------------------------
+
+
+class Normalize(_Strict):
+    mean: Annotated[list[float], Field(min_length=1)]
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Normalize:
+        if len(self.mean) != len(self.std):
+            raise ValueError("expected mean and std of the same length")
+        return self
+
+
+Size = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]  # noqa: UP007
+
+
+class DecodeStep(_Strict):
+    decode: Literal["rgb", "bgr", "gray"]
+
+
+class ResizeStep(_Strict):
+    resize: Size
+
+
+class CenterCropStep(_Strict):
+    center_crop: Size
+
+
+class ScaleStep(_Strict):
+    scale: Annotated[float, Field(gt=0)]
+
+
+class NormalizeStep(_Strict):
+    normalize: Normalize
+
+
+class LayoutStep(_Strict):
+    layout: Literal["chw", "hwc"]
+
+
+PREPROCESS_STEPS = ("decode", "resize", "center_crop", "scale", "normalize", "layout")
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict) and len(value) == 1:
+        key = next(iter(value))
+        return key if key in PREPROCESS_STEPS else None
+    return None
+
+
+PreprocessStep = Annotated[
+    Union[  # noqa: UP007
+        Annotated[DecodeStep, Tag("decode")],
+        Annotated[ResizeStep, Tag("resize")],
+        Annotated[CenterCropStep, Tag("center_crop")],
+        Annotated[ScaleStep, Tag("scale")],
+        Annotated[NormalizeStep, Tag("normalize")],
+        Annotated[LayoutStep, Tag("layout")],
+    ],
+    Discriminator(
+        _step_kind,
+        custom_error_type="preprocess_step",
+        custom_error_message="expected a mapping with exactly one key, one of "
+        + ", ".join(PREPROCESS_STEPS),
+    ),
+]
+
+
+class InputSpec(_Strict):
+    name: str
+    shape: Annotated[list[PositiveInt], Field(min_length=1)]
+    dtype: Literal["float32", "float16", "int64", "int32", "uint8"] = "float32"
+    preprocess: list[PreprocessStep] = []
+
+
+class OutputSpec(_Strict):
+    name: str
+    postprocess: list[Literal["softmax", "sigmoid"]] = []
+
+
+class DatasetSpec(_Strict):
+    name: Literal["sklearn_sample_images", "sklearn_digits", "npz"]
+    split: Literal["train", "test", "all"] = "test"
+    path: str | None = None
+    limit: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> DatasetSpec:
+        if self.name == "npz" and not self.path:
+            raise ValueError("expected a 'path' for the npz dataset")
+        return self
+
+
+# -- accuracy ------------------------------------------------------------------------------------
+
+
+class TopK(_Strict):
+    min: Probability
+
+
+class Agreement(_Strict):
+    reference: str
+    atol: NonNegative = 1e-4
+    rtol: NonNegative = 1e-3
+    top1_match: Probability = 1.0
+
+
+class Golden(_Strict):
+    path: str
+    atol: NonNegative = 1e-4
+    rtol: NonNegative = 1e-3
+
+
+class AccuracySpec(_Strict):
+    top1: TopK | None = None
+    top5: TopK | None = None
+    agreement: Agreement | None = None
+    golden: Golden | None = None
+
+    @field_validator("golden", mode="before")
+    @classmethod
+    def _golden_shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+
+# -- performance and requirements ----------------------------------------------------------------
+
+
+class PerformanceSpec(_Strict):
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1]
+    scenarios: Annotated[list[Scenario], Field(min_length=1)] = ["single_stream"]
+    warmup: Annotated[int, Field(ge=0, strict=True)] = 5
+    min_count: PositiveInt = 50
+    min_duration_s: NonNegative = 2.0
+    max_duration_s: Annotated[float, Field(gt=0)] = 60.0
+    # Consecutive measurement rounds; their spread is the noise a verdict accounts for.
+    rounds: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
+    # None: the ini option mlscope_threshold, else 5 %.
+    regression_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
+    # Profiling pass after the timing pass (pytest_mlscope.tracing); --mlscope-trace overrides.
+    trace: Literal["none", "model", "framework", "library", "system", "full"] = "none"
+
+    @model_validator(mode="after")
+    def _duration_order(self) -> PerformanceSpec:
+        if self.max_duration_s < self.min_duration_s:
+            raise ValueError("expected max_duration_s >= min_duration_s")
+        return self
+
+
+class GpuRequirement(_Strict):
+    min_compute_capability: str | None = None
+    min_memory_gb: NonNegative | None = None
+
+
+class Requirements(_Strict):
+    arch: list[str] | None = None
+    min_memory_gb: NonNegative | None = None
+    cpu_flags: list[str] = []  # raw /proc/cpuinfo flags
+    isa: list[str] = []  # extensions by common name: avx2, avx512, amx, neon, vsx (hardware.py)
+    gpu: GpuRequirement | None = None
+
+    @field_validator("isa")
+    @classmethod
+    def _known_isa(cls, value: list[str]) -> list[str]:
+        from pytest_mlscope.hardware import ISA_FLAGS
+
+        unknown = [name for name in value if name not in ISA_FLAGS]
+        if unknown:
+            raise ValueError(
+                f"unknown ISA extension {', '.join(unknown)}; expected some of "
+                f"{', '.join(ISA_FLAGS)}"
+            )
+        return value
+
+
+# -- the manifest --------------------------------------------------------------------------------
+
+
+class Manifest(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    version: str = "1"
+    description: str = ""
+    task: Literal["image_classification", "text_embedding", "raw"] = "raw"
+    framework: Annotated[list[FrameworkSpec], Field(min_length=1)]
+    model: ModelSpec
+    inputs: Annotated[list[InputSpec], Field(min_length=1)]
+    outputs: Annotated[list[OutputSpec], Field(min_length=1)]
+    dataset: DatasetSpec
+    accuracy: AccuracySpec = AccuracySpec()
+    performance: PerformanceSpec = PerformanceSpec()
+    requires: Requirements = Requirements()
+
+    _source: ManifestSource | None = PrivateAttr(default=None)
+
+    @property
+    def path(self) -> Path:
+        """The file this manifest was loaded from."""
+        if self._source is None:
+            raise RuntimeError("manifest was not loaded from a file")
+        return self._source.path
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def where(self, *key: str | int) -> str:
+        """``file:line`` of a key, for error messages raised after loading."""
+        if self._source is None:
+            return f"manifest {self.name}"
+        return f"manifest {self._source.display}:{self._source.line_of(key)}"
+
+    def framework_spec(self, name: str, stack: str | None = None) -> FrameworkSpec:
+        for spec in self.framework:
+            if spec.name == name and spec.stack == stack:
+                return spec
+        known = ", ".join(f"{s.name}@{s.stack}" if s.stack else s.name for s in self.framework)
+        wanted = f"{name}@{stack}" if stack else name
+        raise KeyError(f"{self.name} has no framework {wanted!r} (it has {known})")
+
+    def framework_index(self, name: str, stack: str | None = None) -> int:
+        """The position of a framework entry, for ``where("framework", i)``."""
+        return self.framework.index(self.framework_spec(name, stack))
+
+    def resolve(self, relative: str) -> Path:
+        """A path named in the manifest, relative to the manifest's directory."""
+        return (self.directory / relative).resolve()

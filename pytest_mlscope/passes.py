@@ -1,0 +1,160 @@
+"""The worker's passes after load and accuracy, one function each: accuracy only (nothing timed),
+timing (alone, or interleaved with the baseline's A side), counting under callgrind, and hold (kept
+loaded for the host's rounds). ``EvaluationRequest.pass_kind`` picks one; the protocol refuses a
+request that asks for two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlscope.protocol import EvaluationRequest
+
+if TYPE_CHECKING:
+    from pytest_mlscope.measure import Timing
+    from pytest_mlscope.predictors.base import Predictor
+
+
+@dataclass
+class Measured:
+    """What a pass measured; the accuracy pass measures nothing."""
+
+    inputs: list[Any] = field(default_factory=list)  # the timed inputs (profiling reuses them)
+    call: Callable[[Any], object] | None = None
+    summary: Any = None
+    samples: list[int] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
+    instructions: list[float] = field(default_factory=list)
+    paired: Timing | None = None
+    telemetry: dict[str, Any] = field(default_factory=dict)
+
+
+def _timed_inputs(request: EvaluationRequest, batches: list[Any]) -> list[Any]:
+    # single_stream times one query over and over; offline streams every batch.
+    return batches[:1] if request.cell.scenario == "single_stream" else batches
+
+
+def _accuracy_pass(
+    request: EvaluationRequest, predictor: Predictor, raw: list[Any], batches: list[Any], spans: Any
+) -> Measured:
+    return Measured(inputs=_timed_inputs(request, batches))
+
+
+def _hold_pass(
+    request: EvaluationRequest, predictor: Predictor, raw: list[Any], batches: list[Any], spans: Any
+) -> Measured:
+    """Warm up and keep the model: the host asks for the rounds (RoundRequest)."""
+    from pytest_mlscope.slowdown import slowed
+
+    inputs = _timed_inputs(request, batches)
+    call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
+    for i in range(request.measure.warmup):
+        call(inputs[i % len(inputs)])
+    return Measured(inputs=inputs, call=call)
+
+
+def _count_pass(
+    request: EvaluationRequest, predictor: Predictor, raw: list[Any], batches: list[Any], spans: Any
+) -> Measured:
+    """Instructions per call, per round, under callgrind."""
+    from pytest_mlscope.callgrind import count_calls
+    from pytest_mlscope.slowdown import slowed
+
+    assert request.count is not None
+    inputs = _timed_inputs(request, batches)
+    call = slowed(predictor.predict, inputs[0], request.inject_slowdown, "instructions")
+    for i in range(request.measure.warmup):
+        call(inputs[i % len(inputs)])
+    with spans.span("count pass"):
+        counted = count_calls(call, inputs, request.count.rounds, request.count.round_instructions)
+    return Measured(inputs=inputs, call=call, instructions=counted)
+
+
+def _timing_pass(
+    request: EvaluationRequest, predictor: Predictor, raw: list[Any], batches: list[Any], spans: Any
+) -> Measured:
+    """The predictor call alone, on inputs prepared beforehand; interleaved with the A side
+    when the request names one."""
+    from pytest_mlscope.measure import time_calls
+    from pytest_mlscope.slowdown import slowed
+    from pytest_mlscope.stats import summarize_scenario
+    from pytest_mlscope.telemetry import Window
+
+    cell = request.cell
+    inputs = _timed_inputs(request, batches)
+    paired = None
+    with spans.span("timing pass"), Window(gpu=cell.device == "gpu") as window:
+        call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
+        if request.interleave is None:
+            timing = time_calls(call, inputs, request.measure)
+        else:
+            paired, timing = _interleaved(request, predictor, raw, call, inputs)
+    return Measured(
+        inputs=inputs,
+        call=call,
+        summary=summarize_scenario(timing.samples_ns, cell.batch_size, cell.scenario),
+        samples=timing.samples_ns,
+        rounds=timing.rounds,
+        paired=paired,
+        telemetry=window.values,
+    )
+
+
+PASSES: dict[str, Callable[..., Measured]] = {
+    "accuracy": _accuracy_pass,
+    "hold": _hold_pass,
+    "count": _count_pass,
+    "timing": _timing_pass,
+}
+
+
+def _interleaved(
+    request: EvaluationRequest,
+    predictor: Predictor,
+    raw_batches: list[object],
+    call_b: Callable[[object], object],
+    inputs_b: list[object],
+) -> tuple[Timing, Timing]:
+    """Time A (the baseline's artifact, unslowed) and B (this item) in alternating rounds.
+
+    A that is the same file as B shares B's loaded model, so an A/A run compares one model with
+    itself and nothing but the injected slowdown can tell the sides apart; a different file (a
+    model edit) is verified and loaded into a second predictor of the same framework.
+    """
+    from pytest_mlscope.measure import time_interleaved
+    from pytest_mlscope.predictors import predictor_class
+    from pytest_mlscope.slowdown import slowed
+    from pytest_mlscope.zoo.cache import verify
+
+    spec = request.interleave
+    assert spec is not None
+    decided = None
+    if spec.threshold is not None:
+        from functools import partial
+
+        from pytest_mlscope.compare import settled
+        from pytest_mlscope.measure import LOOKS
+
+        decided = partial(
+            settled, threshold=spec.threshold, comparisons=spec.comparisons, looks=LOOKS
+        )
+    if spec.artifact.sha256 == request.artifact.sha256:
+        call_a = slowed(predictor.predict, inputs_b[0], spec.inject_slowdown)
+        return time_interleaved(
+            call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
+        )
+    verify(spec.artifact)
+    model_a = predictor_class(request.cell.framework, request.predictors)(
+        device=request.cell.device
+    )
+    try:  # A is needed for the timing pass only
+        model_a.load(spec.artifact)
+        inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
+        call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
+        return time_interleaved(
+            call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed, decided
+        )
+    finally:
+        model_a.close()

@@ -1,0 +1,263 @@
+"""Model files kept in the database: content-addressed, zlib-compressed in chunks so no file is
+ever whole in memory, stored and fetched with their checksum verified, freed when unreferenced."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from pytest_mlscope.errors import ArtifactError
+from pytest_mlscope.store.base import StoreError, _StoreBase
+from pytest_mlscope.store.records import StoredArtifact
+from pytest_mlscope.store.schema import (
+    artifact_blobs_table,
+    artifact_chunks_table,
+    baseline_artifacts_table,
+)
+from pytest_mlscope.store.values import _aware, _now
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Raw bytes per stored chunk of an artifact: what one statement carries, and all of a file that is
+# ever in memory while it is stored or fetched.
+ARTIFACT_CHUNK_SIZE = 4 * 1024 * 1024
+# Weights barely compress at any level (random-like floats by 7 %), and level 1 is the quickest;
+# files with long runs of zeros still shrink a lot.
+ARTIFACT_COMPRESSION_LEVEL = 1
+
+
+class ArtifactsMixin(_StoreBase):
+    """Storing, fetching and freeing model files."""
+
+    def put_artifact(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sha256: str,
+        format: str,
+        filename: str | None = None,
+    ) -> bool:
+        """Store a model file under its checksum; False (nothing written) when it is stored
+        already, by this session or another one at the same moment.
+
+        The file is read once, a chunk at a time, and hashed as it is read: one that no longer
+        has ``sha256`` is refused with :class:`ArtifactError` and nothing is kept. The blob and
+        all its chunks are one transaction, so a killed session leaves no half of one.
+        ``filename`` (default: the file's name) is what a fetched copy is called.
+        """
+        _check_sha256(sha256)
+        source = Path(path)
+        name = _safe_filename(filename or source.name)
+        if self.has_artifact(sha256):
+            return False
+        try:
+            handle = open(source, "rb")  # noqa: SIM115 - closed below, with the transaction
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
+            ) from None
+        blobs = artifact_blobs_table.c
+        try:
+            with handle, self._engine.begin() as connection:
+                # The blob's row first: a second session storing the same file waits here, on the
+                # primary key, and then finds it taken, instead of writing its chunks twice.
+                connection.execute(
+                    sa.insert(artifact_blobs_table).values(
+                        sha256=sha256,
+                        size=0,
+                        stored_size=0,
+                        chunks=0,
+                        format=format,
+                        filename=name,
+                        created_at=_now(),
+                    )
+                )
+                digest = hashlib.sha256()
+                size = stored_size = count = 0
+                while chunk := handle.read(ARTIFACT_CHUNK_SIZE):
+                    digest.update(chunk)
+                    data = zlib.compress(chunk, ARTIFACT_COMPRESSION_LEVEL)
+                    connection.execute(
+                        sa.insert(artifact_chunks_table).values(sha256=sha256, seq=count, data=data)
+                    )
+                    size += len(chunk)
+                    stored_size += len(data)
+                    count += 1
+                if digest.hexdigest() != sha256:
+                    raise ArtifactError(
+                        f"artifact {source} has sha256 {digest.hexdigest()}, expected {sha256}; "
+                        f"the file changed after its checksum was recorded, so it is not stored"
+                    )
+                connection.execute(
+                    sa.update(artifact_blobs_table)
+                    .where(blobs.sha256 == sha256)
+                    .values(size=size, stored_size=stored_size, chunks=count)
+                )
+        except sa_exc.IntegrityError:
+            if self.has_artifact(sha256):  # another session stored it first
+                return False
+            raise StoreError(f"cannot store artifact {sha256} in {self.url}") from None
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
+            ) from None
+        except sa_exc.OperationalError as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot store artifact {sha256} in {self.url}: {reason}") from None
+        return True
+
+    def has_artifact(self, sha256: str) -> bool:
+        """Whether the file with this checksum is stored (whole: a blob is written at once)."""
+        return self.artifact(sha256) is not None
+
+    def artifact(self, sha256: str) -> StoredArtifact | None:
+        """The stored file with this checksum, or None."""
+        query = sa.select(artifact_blobs_table).where(artifact_blobs_table.c.sha256 == sha256)
+        with self._engine.connect() as connection:
+            row = connection.execute(query).mappings().one_or_none()
+        if row is None:
+            return None
+        created_at = _aware(row["created_at"])
+        assert created_at is not None
+        return StoredArtifact(
+            sha256=row["sha256"],
+            format=row["format"],
+            filename=row["filename"],
+            size=row["size"],
+            stored_size=row["stored_size"],
+            chunks=row["chunks"],
+            created_at=created_at,
+        )
+
+    def fetch_artifact(self, sha256: str, directory: str | os.PathLike[str]) -> Path:
+        """The stored file, written to ``directory/<sha256>/<its filename>``; its path.
+
+        A copy already there with the right checksum is used as it is. Chunks are written to a
+        temporary file, one at a time, and renamed into place only once the whole file has the
+        checksum, so a reader never sees a partial or corrupt model. Refused when the database
+        does not hold the file, or holds it damaged.
+        """
+        from pytest_mlscope.zoo.cache import sha256_file
+
+        _check_sha256(sha256)
+        stored = self.artifact(sha256)
+        if stored is None:
+            raise StoreError(f"artifact {sha256} is not stored in {self.url}")
+        target = Path(directory) / sha256 / _safe_filename(stored.filename)
+        if target.is_file() and sha256_file(target) == sha256:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
+        partial = Path(temporary)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                problem = self._write_chunks(stored, handle)
+            if problem is not None:
+                if not self.has_artifact(sha256):
+                    problem = "it was freed while being fetched"
+                raise StoreError(f"artifact {sha256} in {self.url} is corrupt: {problem}")
+            partial.chmod(0o644)  # mkstemp makes it private; workers in containers read it
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _write_chunks(self, stored: StoredArtifact, handle: Any) -> str | None:
+        """Write a blob's chunks, decompressed, to ``handle``; what is wrong with them, or None."""
+        chunks = artifact_chunks_table.c
+        query = (
+            sa.select(chunks.seq, chunks.data)
+            .where(chunks.sha256 == stored.sha256)
+            .order_by(chunks.seq)
+            # One chunk at a time from the server, not the whole file in the driver's buffer.
+            .execution_options(yield_per=1)
+        )
+        digest = hashlib.sha256()
+        size = count = 0
+        with self._engine.connect() as connection:
+            for seq, data in connection.execute(query):
+                if seq != count:
+                    return f"chunk {count} of {stored.chunks} is missing"
+                try:
+                    raw = zlib.decompress(data)
+                except zlib.error as exc:
+                    return f"chunk {seq} of {stored.chunks} does not decompress ({exc})"
+                digest.update(raw)
+                handle.write(raw)
+                size += len(raw)
+                count += 1
+        if count != stored.chunks:
+            return f"{count} of its {stored.chunks} chunks are stored"
+        if size != stored.size:
+            return f"its chunks hold {size} bytes, expected {stored.size}"
+        if digest.hexdigest() != stored.sha256:
+            return f"its chunks read back with sha256 {digest.hexdigest()}"
+        return None
+
+    def free_artifacts(self) -> int:
+        """Free every stored artifact no baseline keeps (left by an interrupted session, say);
+        the bytes freed, as they were stored."""
+        blobs, references = artifact_blobs_table.c, baseline_artifacts_table.c
+        unreferenced = sa.select(blobs.sha256).where(
+            ~sa.exists().where(references.sha256 == blobs.sha256)
+        )
+        with self._engine.connect() as connection:
+            candidates = set(connection.execute(unreferenced).scalars())
+        return self._free_artifacts(candidates)
+
+    def _free_artifacts(self, candidates: Iterable[str]) -> int:
+        """Delete those of ``candidates`` that no baseline references; the bytes freed.
+
+        One transaction per blob, each deleting only while nothing references it: a blob that
+        another session references meanwhile stays (its reference then holds the row, and the
+        delete fails on the foreign key, undoing the chunks' delete with it).
+        """
+        blobs, chunks = artifact_blobs_table.c, artifact_chunks_table.c
+        freed = 0
+        for sha256 in sorted(set(candidates)):
+            unreferenced = ~sa.exists().where(baseline_artifacts_table.c.sha256 == sha256)
+            try:
+                with self._engine.begin() as connection:
+                    # A write first, so SQLite takes its lock before reading what to delete.
+                    connection.execute(
+                        sa.delete(artifact_chunks_table).where(
+                            chunks.sha256 == sha256, unreferenced
+                        )
+                    )
+                    stored_size = connection.execute(
+                        sa.select(blobs.stored_size).where(blobs.sha256 == sha256, unreferenced)
+                    ).scalar_one_or_none()
+                    if stored_size is None:
+                        continue  # gone already, or referenced: nothing was deleted
+                    connection.execute(
+                        sa.delete(artifact_blobs_table).where(blobs.sha256 == sha256)
+                    )
+                freed += int(stored_size)
+            except sa_exc.IntegrityError:
+                continue  # referenced meanwhile: kept, chunks and all
+        return freed
+
+
+def _check_sha256(sha256: str) -> None:
+    if not SHA256.fullmatch(sha256):
+        raise StoreError(
+            f"expected an artifact's sha256 as 64 lowercase hex digits, got {sha256!r}"
+        )
+
+
+def _safe_filename(name: str) -> str:
+    """The name a fetched artifact is written under: the last part of the stored one only, so a
+    name stored by someone else (``../../.bashrc``) cannot place it outside the fetch directory."""
+    base = Path(name.replace("\\", "/").replace("\x00", "")).name
+    return base[:255] if base not in ("", ".", "..") else "artifact"

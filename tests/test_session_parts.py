@@ -1,0 +1,76 @@
+"""The session's parts on their own, without pytest: which worker serves a cell (the runtime
+pool), why a cell cannot run here (availability), and the request an item's pass sends (evaluation).
+
+The bundled digits manifest lists six frameworks; this machine has no GPU, so its GPU cells are
+the unavailable ones. Nothing here starts a worker: runtimes start on their first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_mlscope.protocol import Cell
+from pytest_mlscope.session import MlscopeSession, Settings
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[MlscopeSession]:
+    state = MlscopeSession(Settings(rootdir=tmp_path, manifest_paths=[MANIFESTS]))
+    yield state
+    state.close()
+
+
+def _cell(framework: str, **fields: object) -> Cell:
+    return Cell(model="digits_cnn", framework=framework, **fields)  # type: ignore[arg-type]
+
+
+def test_host_frameworks_share_one_worker_and_a_venv_stack_gets_its_own(
+    session: MlscopeSession,
+) -> None:
+    torch, ort = session.runtime(_cell("torch")), session.runtime(_cell("onnxruntime"))
+    assert torch is ort
+    assert session.runtime(_cell("torch", batch_size=8)) is torch
+    mxnet = session.runtime(_cell("mxnet"))
+    assert mxnet is not torch
+    assert "stacks" in str(getattr(mxnet, "python", ""))  # the MXNet venv's interpreter
+    assert getattr(torch, "started", None) == 0  # nothing started until a request comes
+    assert not session.in_container(_cell("torch"))
+
+
+def test_a_cell_this_host_cannot_run_says_why_and_is_not_a_missing_service(
+    session: MlscopeSession,
+) -> None:
+    manifest = session.manifest("digits_cnn")
+    assert session.skip_reason(manifest, _cell("onnxruntime")) == (None, False)
+    from pytest_mlscope.hardware import current_host
+
+    if current_host().gpus:
+        pytest.skip("this host has a GPU: the GPU cell can run")
+    reason, service_missing = session.skip_reason(manifest, _cell("torch", device="gpu"))
+    assert reason is not None and "needs an NVIDIA GPU" in reason
+    assert not service_missing  # a host without a GPU is not a broken CI machine
+
+
+def test_an_unknown_predictor_is_a_skip_with_its_name(tmp_path: Path) -> None:
+    settings = Settings(
+        rootdir=tmp_path, manifest_paths=[MANIFESTS], predictors={"torch": "no_such_module:Torch"}
+    )
+    state = MlscopeSession(settings)
+    try:
+        reason, _ = state.skip_reason(state.manifest("digits_cnn"), _cell("torch"))
+    finally:
+        state.close()
+    assert reason is not None and "no_such_module" in reason
+
+
+def test_the_requests_an_item_sends_are_one_pass_each(session: MlscopeSession) -> None:
+    manifest = session.manifest("digits_cnn")  # its model comes from the tests' shared cache
+    timing = session._request(manifest, _cell("onnxruntime"))
+    assert timing.pass_kind == "timing" and timing.interleave is None
+    accuracy = session._request(manifest, _cell("onnxruntime"), accuracy_only=True)
+    assert accuracy.pass_kind == "accuracy" and accuracy.trace_level == "none"
