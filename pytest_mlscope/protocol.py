@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pytest_mlscope.vocabulary import Scenario
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: a request is one pass; replies carry the traceback apart
 
 
 class _Document(BaseModel):
@@ -315,5 +315,6 @@ class WorkerReply(_Document):
     version: int = PROTOCOL_VERSION
     ok: bool
     result: EvaluationResult | None = None
-    error: str | None = None
+    error: str | None = None  # one line: what failed, and where
     error_type: str | None = None
+    traceback: str | None = None  # an unexpected exception's, kept out of the message

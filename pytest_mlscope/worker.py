@@ -303,10 +303,15 @@ def handle(request: EvaluationRequest | RoundRequest) -> WorkerReply:
     except MlscopeError as exc:
         return WorkerReply(ok=False, error=str(exc), error_type=type(exc).__name__)
     except Exception as exc:
+        # One line for the user (what, and the last place it passed); the traceback travels
+        # apart, and the host keeps it in a file the message names.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" (in {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
         return WorkerReply(
             ok=False,
-            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}",
+            error=f"{type(exc).__name__}: {exc}{where}",
             error_type=type(exc).__name__,
+            traceback=traceback.format_exc(),
         )
 
 

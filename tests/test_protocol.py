@@ -8,8 +8,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import pytest
 
 from pytest_mlscope.passes import PASSES
@@ -120,3 +122,46 @@ def test_the_host_refuses_a_worker_of_another_protocol_at_its_ready_line() -> No
     problem = check_ready(stale, " in an old image")
     assert problem is not None and f"speaks protocol {PROTOCOL_VERSION - 1}" in problem
     assert "instead of its ready line" in (check_ready(WorkerReply(ok=False), " x") or "")
+
+
+BROKEN = """\
+name: broken
+framework:
+  - name: onnxruntime
+model:
+  source: {path: {onnxruntime: broken.onnx}}
+inputs:
+  - name: input
+    shape: [1, 8, 8]
+outputs:
+  - name: logits
+dataset: {name: npz, path: inputs.npz}
+accuracy:
+  golden: golden.npz
+performance:
+  batch_sizes: [1]
+"""
+
+
+def test_a_framework_error_reaches_the_user_as_one_line_with_its_traceback_in_a_file(
+    tmp_path: Path,
+) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "broken.yaml").write_text(BROKEN)
+    (manifests / "broken.onnx").write_bytes(b"not a protobuf at all" * 100)
+    np.savez(manifests / "inputs.npz", inputs=np.zeros((4, 1, 8, 8), np.float32))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/broken.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    output = (done.stdout + done.stderr).strip()
+    assert "Traceback (most recent call last)" not in output
+    line = output.splitlines()[-1]
+    assert "INVALID_PROTOBUF" in line and "(in " in line, output
+    saved = Path(line.rsplit("traceback: ", 1)[1])
+    assert "Traceback (most recent call last)" in saved.read_text()

@@ -56,6 +56,14 @@ def test_ort_node_names_give_the_module_path() -> None:
     assert layer_of("fused /classifier/classifier.1/Gemm_kernel_time") == "classifier.1"
     assert layer_of("/features/features.1/Relu_output_0_nchwc_kernel_time") == "features.1"
     assert layer_of("ReorderOutput_kernel_time") == "ReorderOutput"
+    # The whole path: blocks of one shape stay apart, and an ORT rewrite's suffix is dropped.
+    assert layer_of("/layers/layers.1/conv2/Conv_kernel_time") == "layers.1.conv2"
+    assert layer_of("/layers/layers.2/conv2/Conv_kernel_time") == "layers.2.conv2"
+    assert layer_of("/body/layers/layers.0/Relu_kernel_time") == "body.layers.0"
+    assert (
+        layer_of("/encoder/layers.0/self_attn/MatMul_1/MatMulScaleFusion_kernel_time")
+        == "encoder.layers.0.self_attn"
+    )
 
 
 def _row(layer: str, us: float, kernels: tuple[str, ...] = ("k",), op: str = "Conv2d") -> LayerRow:

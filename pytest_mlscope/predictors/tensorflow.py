@@ -31,7 +31,7 @@ def import_tensorflow() -> Any:
 
 class TensorFlowPredictor(Predictor):
     name = "tensorflow"
-    formats = ("numpy_weights",)
+    formats = ("numpy_weights", "keras")
     distributions = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
     extra = "tensorflow"
 
@@ -49,6 +49,13 @@ class TensorFlowPredictor(Predictor):
             with contextlib.suppress(RuntimeError):
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(threads)
+        device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
+        if artifact.format == "keras":  # a model the user saved with model.save("x.keras")
+            import keras
+
+            with tf.device(device):
+                self.use(keras.models.load_model(artifact.path, compile=False))
+            return
         if artifact.format != "numpy_weights":
             raise ArtifactError(
                 f"{artifact.path}: tensorflow cannot load format {artifact.format!r}"
@@ -57,7 +64,6 @@ class TensorFlowPredictor(Predictor):
         with np.load(artifact.path, allow_pickle=False) as stored:
             weights = {name: stored[name] for name in stored.files}
         kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]
-        device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         with tf.device(device):
             self.use(builder(weights, **kwargs))
 

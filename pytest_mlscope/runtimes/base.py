@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 from pytest_mlscope.errors import EvaluationFailed, MlscopeError
 from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
@@ -26,10 +28,25 @@ class Runtime(ABC):
         """Stop whatever the runtime started."""
 
 
-def unwrap(reply: WorkerReply) -> EvaluationResult:
+def unwrap(reply: WorkerReply, work_dir: str | None = None) -> EvaluationResult:
+    """The result, or EvaluationFailed with the worker's one-line error; an unexpected
+    exception's traceback goes to a file under ``work_dir`` that the message names."""
     if reply.ok and reply.result is not None:
         return reply.result
-    raise EvaluationFailed(reply.error or "the worker replied without a result")
+    message = reply.error or "the worker replied without a result"
+    if reply.traceback:
+        if work_dir is not None:
+            folder = Path(work_dir) / "tracebacks"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{reply.error_type or 'error'}-{next(_TRACEBACKS)}.txt"
+            path.write_text(reply.traceback)
+            message += f"; traceback: {path}"
+        else:
+            message += f"; traceback:\n{reply.traceback}"
+    raise EvaluationFailed(message)
+
+
+_TRACEBACKS = itertools.count(1)
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}

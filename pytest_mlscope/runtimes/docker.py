@@ -344,7 +344,9 @@ class DockerRuntime(Runtime):
             raise WorkerCrashed(
                 f"the container for {self.image} was gone before {request.cell.id}: {exit_text}"
             ) from None
-        result = self.paths.result(unwrap(self._read_reply(timeout, what=request.cell.id)))
+        work_dir = request.work_dir if isinstance(request, EvaluationRequest) else None
+        reply = self._read_reply(timeout, what=request.cell.id)
+        result = self.paths.result(unwrap(reply, work_dir))
         result.predictor.details["container"] = self.fingerprint()
         return result
 

@@ -14,4 +14,5 @@ class InProcessRuntime(Runtime):
     ) -> EvaluationResult:
         from pytest_mlscope.worker import handle
 
-        return unwrap(handle(request))
+        work_dir = request.work_dir if isinstance(request, EvaluationRequest) else None
+        return unwrap(handle(request), work_dir)

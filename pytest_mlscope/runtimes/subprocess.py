@@ -184,7 +184,8 @@ class SubprocessRuntime(Runtime):
                 f"worker (pid {process.pid}) was gone before {request.cell.id}: "
                 f"{exit_description(code)}"
             ) from None
-        return unwrap(self._read_reply(process, timeout, what=request.cell.id))
+        work_dir = request.work_dir if isinstance(request, EvaluationRequest) else None
+        return unwrap(self._read_reply(process, timeout, what=request.cell.id), work_dir)
 
     def _kill(self) -> None:
         process, self.process = self.process, None

@@ -7,7 +7,7 @@ the source model. A fused node keeps the name of the fused chain's *output*: a C
 ReLU is named ``/features/features.1/Relu_output_0_nchwc``. With the ``onnx`` package installed,
 the original graph is read to walk from that output back to the node of the fused node's op, so
 the row is ``features.0`` (Conv) with kernel ``Conv+Relu/NCHWc``; without it, the row keeps ORT's
-name (``features.1``, op Conv).
+name (``features.1``, op Conv). Rows are named by the full module path (``layers.1.conv2``).
 """
 
 from __future__ import annotations
@@ -32,12 +32,39 @@ MAX_RUNS = 2000  # a profiled run keeps about 20 KB of events until the profile 
 
 
 def layer_of(node: str) -> str:
-    """``/features/features.3/Conv`` -> ``features.3``; a top-level node keeps its own name."""
+    """``/layers/layers.1/conv2/Conv`` -> ``layers.1.conv2``: the node's module path, in full, so
+    the blocks of a network stay apart; a top-level node keeps its own name."""
     name = node.removeprefix("fused ").removesuffix(SUFFIX)
     parts = [p for p in name.split("/") if p]
-    if len(parts) >= 2:
-        return parts[-2]
+    # The module scopes come first; then the op's own name and any ORT rewrite's suffix
+    # (``MatMul_1/MatMulScaleFusion``), which are CamelCase where attribute names are not.
+    scopes = []
+    for part in parts[:-1]:
+        if part[:1].isupper():
+            break
+        scopes.append(part)
+    if scopes:
+        return module_path(scopes)
     return parts[0] if parts else name
+
+
+def module_path(scopes: list[str]) -> str:
+    """The scopes torch's ONNX exporter writes into node names, as one module path.
+
+    A scope is an attribute name (``conv2``), or a container's child named with the container
+    (``layers.1`` under ``layers``): the part it repeats of the path so far is not repeated.
+    ``['layers', 'layers.1', 'conv2']`` -> ``layers.1.conv2``; ``['encoder', 'layers.0',
+    'self_attn']`` -> ``encoder.layers.0.self_attn``.
+    """
+    path: list[str] = []
+    for scope in scopes:
+        parts = scope.split(".")
+        for overlap in range(min(len(path), len(parts) - 1), 0, -1):
+            if path[-overlap:] == parts[:overlap]:
+                parts = parts[overlap:]
+                break
+        path.extend(parts)
+    return ".".join(path)
 
 
 ACTIVATIONS = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "Add", "Sum"}

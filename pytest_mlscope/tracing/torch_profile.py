@@ -24,11 +24,30 @@ PREFIX = "layer:"
 TOP_KERNELS = 3
 
 
-def _leaves(module: Any) -> list[tuple[str, Any]]:
+def _leaves(module: Any, run: Callable[[Any], Any] | None = None, prepared: Any = None) -> list:
+    """The modules whose time is a layer's: the deepest ones a prediction calls.
+
+    Not simply the leaves of the module tree: a module may use its children's weights without
+    calling them (``MultiheadAttention`` computes through ``out_proj.weight``), and then it is
+    the layer, or its time would fall into "(other)". One probe call finds what runs.
+    """
+    named = [(name, child) for name, child in module.named_modules() if name]
+    if run is None:
+        return [(n, c) for n, c in named if next(iter(c.children()), None) is None]
+    called: set[str] = set()
+    handles = [
+        child.register_forward_pre_hook(lambda m, a, name=name: called.add(name))
+        for name, child in named
+    ]
+    try:
+        run(prepared)
+    finally:
+        for handle in handles:
+            handle.remove()
     return [
         (name, child)
-        for name, child in module.named_modules()
-        if name and next(iter(child.children()), None) is None
+        for name, child in named
+        if name in called and not any(other.startswith(name + ".") for other in called)
     ]
 
 
@@ -40,10 +59,32 @@ def profile_torch(
     level: str,
     timeline: Timeline,
     device: str = "cpu",
+    *,
+    hooked_call: Callable[[Any], Any] | None = None,
+    op_types: dict[str, str] | None = None,
 ) -> tuple[list[LayerRow], list[float], list[str]]:
-    """Layer rows (per inference), profiled prediction times (µs) and notes."""
-    leaves = _leaves(module)
-    op_types = {name: type(child).__name__ for name, child in leaves}
+    """Layer rows (per inference), profiled prediction times (µs) and notes.
+
+    ``call`` is what is timed plain; ``hooked_call`` (default: ``call``) runs ``module``, whose
+    leaf modules take the hooks. They differ for an exported program: its flat graph is what
+    is timed, and its unflattened module, the same ops in the source's module tree, is what
+    says which layer each op belongs to. Layers are named by their full module path
+    (``layers.1.conv2``), so blocks of one shape stay apart.
+    """
+    import torch
+
+    early: list[str] = []
+    if isinstance(module, torch.jit.ScriptModule):
+        leaves: list[tuple[str, Any]] = []  # TorchScript modules take no forward hooks
+        early.append(
+            "a TorchScript module takes no forward hooks: no per-layer rows (its ops are on "
+            "the timeline at the library level)"
+        )
+    else:
+        leaves = _leaves(module, hooked_call or call, prepared)
+    found = {name: type(child).__name__ for name, child in leaves}
+    op_types = {**found, **{k: v for k, v in (op_types or {}).items() if k in found}}
+    run = hooked_call or call
     clock = time.perf_counter_ns
     spans: list[tuple[str, int, int]] = []
     stack: list[int] = []
@@ -73,12 +114,12 @@ def profile_torch(
     handles = hook()
     records: list[tuple[int, int, int]] = []  # (start, end, first span) of each hooked call
     try:
-        call(prepared)  # the first hooked call warms the hooks up
+        run(prepared)  # the first hooked call warms the hooks up
         spans.clear()
         for _ in repetitions(iterations):
             first = len(spans)
             start = clock()
-            call(prepared)
+            run(prepared)
             records.append((start, clock(), first))
     finally:
         for handle in handles:
@@ -107,12 +148,12 @@ def profile_torch(
         per_step.append(totals)
 
     kernels: dict[str, list[str]] = {}
-    notes: list[str] = []
+    notes: list[str] = list(early)
     if includes(level, "library"):
-        kernels, note = _library_pass(module, call, prepared, leaves, timeline, device)
+        kernels, note = _library_pass(module, run, prepared, leaves, timeline, device)
         notes.extend(note)
         if device == "cpu":
-            primitives = _onednn_pass(call, prepared, leaves)
+            primitives = _onednn_pass(run, prepared, leaves)
             for layer, names in primitives.items():
                 kernels[layer] = [*names, *kernels.get(layer, [])[:TOP_KERNELS]]
 

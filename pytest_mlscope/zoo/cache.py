@@ -31,7 +31,35 @@ if TYPE_CHECKING:
 
 RECORD = "artifacts.json"
 FROM_STORE = "from-store"
-SUFFIX_FORMATS = {".onnx": "onnx", ".pt2": "torch_export"}
+SUFFIX_FORMATS = {
+    ".onnx": "onnx",
+    ".pt2": "torch_export",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".keras": "keras",
+}
+
+
+def file_format(path: Path) -> str | None:
+    """A model file's format from its suffix; a ``.pt`` is TorchScript only if it is one (a
+    ``torch.save``'d state dict shares the suffix and cannot be loaded without its class)."""
+    fmt = SUFFIX_FORMATS.get(path.suffix)
+    if fmt == "torchscript" and path.is_file() and not _is_torchscript(path):
+        raise ArtifactError(
+            f"{path}: not a TorchScript archive (a torch.save'd state dict or module?): save the "
+            "model with torch.jit.save, or with torch.export.save as a .pt2 file"
+        )
+    return fmt
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold the scripted code (``<name>/code/``); torch.save's do not."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -277,7 +305,7 @@ class ArtifactCache:
 
     def _local_file(self, manifest: Manifest, framework: str | None, relative: str) -> ArtifactRef:
         path = manifest.resolve(relative)
-        fmt = SUFFIX_FORMATS.get(path.suffix)
+        fmt = file_format(path)
         if fmt is None:
             raise ArtifactError(
                 f"{manifest.where('model', 'source', 'path')}: model.source.path: cannot tell "
@@ -319,7 +347,7 @@ class ArtifactCache:
                 partial = target.with_suffix(target.suffix + ".part")
                 urllib.request.urlretrieve(url, partial)
                 partial.rename(target)
-            fmt = SUFFIX_FORMATS.get(target.suffix)
+            fmt = file_format(target)
             if fmt is None:
                 raise ArtifactError(f"cannot tell the format of {url!r}")
             refs[fmt] = ArtifactRef(
