@@ -99,6 +99,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if median:
         line += f"; measured median latency {median:,.1f} µs ({total / median - 1:+.1%})"
     print(line)
+    if median:
+        # "(other)" is the remainder by definition, so the rows always add up: what the named
+        # layers account for is the figure that says how much of a prediction is attributed.
+        from pytest_mlscope.tracing.layers import OTHER
+
+        named = sum(row.self_us for row in rows if row.layer != OTHER)
+        print(f"named layers cover {named / median:.1%} of the measured median, (other) the rest")
     return EXIT_OK
 
 
