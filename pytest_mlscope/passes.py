@@ -125,7 +125,6 @@ def _interleaved(
     """
     from pytest_mlscope.measure import time_interleaved
     from pytest_mlscope.predictors import predictor_class
-    from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.zoo.cache import verify
 
     spec = request.interleave
@@ -141,7 +140,7 @@ def _interleaved(
             settled, threshold=spec.threshold, comparisons=spec.comparisons, looks=LOOKS
         )
     if spec.artifact.sha256 == request.artifact.sha256:
-        call_a = slowed(predictor.predict, inputs_b[0], spec.inject_slowdown)
+        call_a = _side_a(predictor.predict, inputs_b[0], spec.inject_slowdown, request)
         return time_interleaved(
             call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
         )
@@ -152,9 +151,21 @@ def _interleaved(
     try:  # A is needed for the timing pass only
         model_a.load(spec.artifact)
         inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
-        call_a = slowed(model_a.predict, inputs_a[0], spec.inject_slowdown)
+        call_a = _side_a(model_a.predict, inputs_a[0], spec.inject_slowdown, request)
         return time_interleaved(
             call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed, decided
         )
     finally:
         model_a.close()
+
+
+def _side_a(
+    call: Callable[[Any], Any], example: Any, fraction: float, request: EvaluationRequest
+) -> Callable[[Any], Any]:
+    """A's call: slowed when A itself is, else in the wrapper B's injected slowdown runs in,
+    so that the sides differ by the injected work only."""
+    from pytest_mlscope.slowdown import matched, slowed
+
+    if fraction or not request.inject_slowdown:
+        return slowed(call, example, fraction)
+    return matched(call)

@@ -61,3 +61,37 @@ def test_the_spin_is_the_fraction_of_the_call_it_follows(clock: Clock) -> None:
 def test_no_slowdown_returns_the_call_itself(clock: Clock) -> None:
     call = _model(clock, [1e-3])
     assert slowdown.slowed(call, None, 0.0) is call
+
+
+def test_the_unslowed_side_pays_the_same_wrapper_and_spins_nothing(clock: Clock) -> None:
+    """Beside a slowed B, A runs in the same wrapper (two clock reads, one spin call), so the
+    wrapper's own cost is on both sides and the measured difference is the injected work."""
+    cost = [4e-6]
+    same = slowdown.matched(_model(clock, cost))
+    slower = slowdown.slowed(_model(clock, cost), None, 0.05)
+    clock.spins.clear()
+    before = clock.now
+    assert same(None) == "output"
+    assert clock.now - before == pytest.approx(4e-6)
+    assert clock.spins == [0]  # the spin is called, with nothing to do
+    slower(None)
+    assert len(clock.spins) == 2 and clock.spins[1] > 0
+
+
+def test_interleaved_a_is_wrapped_only_when_b_is_slowed(clock: Clock) -> None:
+    from pytest_mlscope.passes import _side_a
+    from pytest_mlscope.protocol import ArtifactRef, Cell, EvaluationRequest, MeasureOptions
+
+    plain = EvaluationRequest(
+        cell=Cell(
+            model="m", framework="onnxruntime", device="cpu", batch_size=1, scenario="offline"
+        ),
+        manifest_path="/nowhere/m.yaml",
+        artifact=ArtifactRef(format="onnx", path="/nowhere/m.onnx", sha256="0" * 64),
+        measure=MeasureOptions(),
+        work_dir="/nowhere",
+    )
+    call = _model(clock, [1e-3])
+    assert _side_a(call, None, 0.0, plain) is call
+    wrapped = _side_a(call, None, 0.0, plain.model_copy(update={"inject_slowdown": 0.05}))
+    assert wrapped is not call and wrapped(None) == "output"
