@@ -121,7 +121,65 @@ class Evaluation:
         self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
     ) -> EvaluationResult:
         """Accuracy and timing for one cell, in the cell's runtime; ``item_id`` names the result
-        (and its baseline) when it is not the cell's own id (a hand-written test's evaluation)."""
+        (and its baseline) when it is not the cell's own id (a hand-written test's evaluation).
+        A failed agreement says where the item and the reference part."""
+        result = self._evaluate_cell(manifest, cell, item_id, **overrides)
+        check = result.accuracy.check("agreement") if result.accuracy else None
+        if check is None or check.passed:
+            return result
+        where = self._divergence(manifest, cell)
+        assert result.accuracy is not None
+        checks = [
+            c.model_copy(update={"detail": f"{c.detail}; {where}"}) if c is check else c
+            for c in result.accuracy.checks
+        ]
+        return result.model_copy(
+            update={"accuracy": result.accuracy.model_copy(update={"checks": checks})}
+        )
+
+    def _divergence(self, manifest: Manifest, cell: Cell) -> str:
+        """The first of the item's layers whose output none of the reference's layers has, on
+        the first batch (pytest_mlscope.divergence); each side in its own worker, once."""
+        from pytest_mlscope.divergence import first_divergence, load_layers
+
+        agreement = manifest.accuracy.agreement
+        assert agreement is not None
+        reference = Cell(
+            model=manifest.name,
+            framework=agreement.reference,
+            device="cpu",
+            batch_size=cell.batch_size,
+        )
+        found = {}
+        try:
+            for side in (reference, cell):
+                reason, _ = self.skip_reason(manifest, side)
+                if reason:
+                    return f"the first diverging layer is not known: {reason}"
+                path = self.work_dir / "layers" / f"{_safe(side.id)}.npz"
+                if not path.exists():
+                    request = self._request(manifest, side, accuracy_only=True, checks=[])
+                    request = request.model_copy(update={"save_layer_outputs": str(path)})
+                    self.runtime(side).evaluate(request, self.settings.timeout)
+                found[side.id] = (side, load_layers(path))
+        except MlscopeError as exc:
+            return f"the first diverging layer could not be found: {exc}"
+        missing = sorted({side.framework for side, layers in found.values() if layers is None})
+        if missing:
+            return (
+                f"the first diverging layer is not known: {' and '.join(missing)} cannot expose "
+                "its layers' outputs"
+            )
+        return first_divergence(
+            found[reference.id][1],  # type: ignore[arg-type]
+            found[cell.id][1],  # type: ignore[arg-type]
+            atol=agreement.atol,
+            rtol=agreement.rtol,
+        ).describe(reference.framework)
+
+    def _evaluate_cell(
+        self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
+    ) -> EvaluationResult:
         item = item_id or cell.id
         agreement = manifest.accuracy.agreement
         save = reference = None

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pytest_mlscope.vocabulary import Scenario
 
-PROTOCOL_VERSION = 2  # 2: a request is one pass; replies carry the traceback apart
+# 2: a request is one pass; replies carry the traceback apart. 3: save_layer_outputs.
+PROTOCOL_VERSION = 3
 
 
 class _Document(BaseModel):
@@ -141,6 +142,10 @@ class EvaluationRequest(_Document):
     # of preparing the dataset: how a count pass gets the inputs the timing pass used.
     save_inputs: str | None = None
     inputs_path: str | None = None
+    # An accuracy pass that also writes every layer's output for the first batch here (npz,
+    # pytest_mlscope.divergence), when the predictor can expose them: how a failed agreement
+    # finds the first layer where two frameworks part.
+    save_layer_outputs: str | None = None
 
     @property
     def pass_kind(self) -> PassKind:
@@ -173,6 +178,8 @@ class EvaluationRequest(_Document):
             )
         if self.inputs_path is not None and self.save_inputs is not None:
             raise ValueError("inputs_path and save_inputs exclude each other")
+        if self.save_layer_outputs is not None and not self.accuracy_only:
+            raise ValueError("save_layer_outputs is part of an accuracy-only pass")
         return self
 
 

@@ -131,6 +131,10 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             else:
                 with spans.span("accuracy pass"):
                     accuracy = _accuracy(request, manifest, data, predictor, batches)
+            if request.save_layer_outputs:
+                from pytest_mlscope.divergence import save_layers
+
+                save_layers(request.save_layer_outputs, predictor.layer_outputs(batches[0]))
 
             measured = PASSES[request.pass_kind](request, predictor, raw_batches, batches, spans)
             inputs, call = measured.inputs, measured.call

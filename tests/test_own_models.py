@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import onnx  # noqa: F401 (imported once per process: see tests/test_gate.py)
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -224,3 +225,68 @@ def test_onnx_runtime_sees_the_export_the_user_made(project: Path) -> None:
     # module tree, which is what the layer table reads.
     session = ort.InferenceSession(str(project / "manifests" / "resnet.onnx"))
     assert [i.name for i in session.get_inputs()] == ["input"]
+
+
+def _predictors(manifests: Path, name: str, onnx_file: str | None = None) -> tuple[Any, Any]:
+    from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
+    from pytest_mlscope.predictors.torch import TorchPredictor
+    from pytest_mlscope.protocol import ArtifactRef
+
+    exported = TorchPredictor()
+    program = manifests / f"{name}.pt2"
+    exported.load(ArtifactRef(format="torch_export", path=str(program), sha256=""))
+    runtime = OnnxRuntimePredictor()
+    path = manifests / (onnx_file or f"{name}.onnx")
+    runtime.load(ArtifactRef(format="onnx", path=str(path), sha256=""))
+    return exported, runtime
+
+
+@pytest.mark.parametrize(("name", "data"), [("resnet", "inputs.npz"), ("encoder", "tokens.npz")])
+def test_the_users_faithful_exports_show_no_diverging_layer(
+    project: Path, name: str, data: str
+) -> None:
+    """Every layer ONNX Runtime names in the export matches one of torch's, BatchNorm folded into
+    the convolution before it included: a real divergence is never blamed on the converter."""
+    from pytest_mlscope.divergence import first_divergence
+
+    manifests = project / "manifests"
+    with np.load(manifests / data) as archive:
+        batch = archive["inputs"][:1]
+    exported, runtime = _predictors(manifests, name)
+    reference = exported.layer_outputs(exported.prepare_input(batch))
+    layers = runtime.layer_outputs(runtime.prepare_input(batch))
+    found = first_divergence(reference, layers, atol=1e-4, rtol=1e-3)
+    assert found.layer is None, found.describe("torch")
+    assert found.compared >= (10 if name == "resnet" else 8), [n for n, _ in layers]
+
+
+def test_a_weight_changed_in_one_convolution_is_named_as_the_first_divergence(
+    project: Path, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """The team's ONNX file, one weight of ``layers.1.conv2`` changed: agreement fails, and the
+    failure, the stored result and the report name that layer, not a layer BatchNorm was folded
+    into upstream (``layers.0.conv1`` computes what torch's ``layers.0.bn1`` outputs)."""
+    import shutil
+
+    copy = tmp_path / "team"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".mlscope"))
+    path = copy / "manifests" / "resnet.onnx"
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.name.endswith("layers.1/conv2/Conv"))
+    changed = onnx.numpy_helper.to_array(weights[conv.input[1]]).copy()
+    changed[0, 0, 1, 1] += 0.5
+    weights[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(changed, conv.input[1]))
+    onnx.save(model, str(path))
+    with contextlib.chdir(copy):
+        result = pytester.runpytest_subprocess(
+            "--mlscope", "-p", "no:cacheprovider", "-k", "resnet and not script", *TIMING
+        )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*first diverging layer: layers.1.conv2 (*"])
+    with Store.from_location(copy / ".mlscope" / "results.db", create=False) as store:
+        records = store.latest_results(store.runs(limit=1)[0].id)
+    check = records["resnet[onnxruntime-cpu-bs1-single_stream]"].accuracy.check("agreement")
+    assert not check.passed
+    assert "first diverging layer: layers.1.conv2 (" in check.detail
+    assert "earlier layers matched" in check.detail

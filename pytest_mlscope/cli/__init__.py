@@ -20,6 +20,7 @@ from pytest_mlscope.cli import (
     checks,
     golden,
     images,
+    init,
     reports,
     runs,
     stacks,
@@ -32,7 +33,7 @@ from pytest_mlscope.errors import MlscopeError
 __all__ = ["EXIT_ERROR", "EXIT_INVALID", "EXIT_OK", "build_parser", "main"]
 
 # In the order `mlscope --help` lists their commands.
-GROUPS = (checks, runs, baselines, reports, stacks, transfer, trace, golden, images)
+GROUPS = (init, checks, runs, baselines, reports, stacks, transfer, trace, golden, images)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,6 +95,12 @@ class Predictor(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model; the default keeps nothing to release."""
 
+    def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:
+        """Each layer's output for one prediction, named by its module path, in the order the
+        layers finish; None when the framework cannot expose them. Only a failed agreement asks
+        (pytest_mlscope.divergence), so it may be slow and load the model again."""
+        return None
+
     def profile(
         self,
         prepared: Any,

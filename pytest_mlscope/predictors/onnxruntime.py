@@ -80,6 +80,49 @@ class OnnxRuntimePredictor(Predictor):
     def to_numpy(self, output: Any) -> np.ndarray:
         return np.asarray(output[0])
 
+    def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:
+        """Every node's output made a graph output of a second session (the timed one is never
+        touched); a module path's output is the last tensor its nodes produce, in graph order
+        (ONNX keeps nodes topologically sorted), so a block's is its last node's."""
+        try:
+            import onnx
+        except ImportError:
+            return None
+        import onnxruntime as ort
+
+        from pytest_mlscope.tracing.ort_profile import layer_of
+
+        model = onnx.load(self._path)
+        try:
+            typed = onnx.shape_inference.infer_shapes(model).graph.value_info
+        except Exception:  # untyped outputs still load
+            typed = []
+        types = {info.name: info for info in typed}
+        existing = {output.name for output in model.graph.output}
+        produced: list[tuple[str, str]] = []  # (tensor, module path), in graph order
+        for node in model.graph.node:
+            path = layer_of(node.name) if node.name else ""
+            for tensor in node.output:
+                if not tensor:
+                    continue
+                if tensor not in existing:
+                    model.graph.output.append(types.get(tensor) or onnx.ValueInfoProto(name=tensor))
+                    existing.add(tensor)
+                if path:
+                    produced.append((tensor, path))
+        session = ort.InferenceSession(
+            model.SerializeToString(), self._options(), providers=self.session.get_providers()
+        )
+        names = [output.name for output in session.get_outputs()]
+        values = dict(zip(names, session.run(names, prepared), strict=True))
+        last: dict[str, tuple[int, str]] = {}
+        for index, (tensor, path) in enumerate(produced):
+            parts = path.split(".")
+            for depth in range(1, len(parts) + 1):  # the node ends its module and every parent
+                last[".".join(parts[:depth])] = (index, tensor)
+        ordered = sorted(last.items(), key=lambda item: (item[1][0], -item[0].count(".")))
+        return [(path, np.asarray(values[tensor])) for path, (_, tensor) in ordered]
+
     def close(self) -> None:
         self.session = None
 

@@ -119,6 +119,39 @@ class TorchPredictor(Predictor):
         )
         return rows, plain, notes
 
+    def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:
+        """Forward hooks on every named module; an exported program's modules come from the
+        same ops unflattened into the source's tree. TorchScript keeps no Python modules to
+        hook."""
+        import torch
+
+        if self._program is not None:
+            tree = torch.export.unflatten(self._program)
+            if self.device == "gpu":
+                tree = tree.to("cuda")
+        elif isinstance(self.module, torch.jit.ScriptModule):
+            return None
+        else:
+            tree = self.module
+        captured: list[tuple[str, np.ndarray]] = []
+
+        def hook(name: str) -> Any:
+            def record(module: Any, args: Any, output: Any) -> None:
+                if isinstance(output, (tuple, list)):  # attention: (output, weights)
+                    output = output[0] if output else None
+                if isinstance(output, torch.Tensor):
+                    captured.append((name, output.detach().float().cpu().numpy().copy()))
+
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in tree.named_modules() if n]
+        try:
+            tree(prepared)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
     def close(self) -> None:
         self.module = None
         self._program = None

@@ -1,0 +1,141 @@
+"""Where two frameworks part: the first layer whose outputs disagree.
+
+A failed agreement check says that the final outputs differ, not where. Each side's worker
+writes every layer's output for the same first batch (``Predictor.layer_outputs``: forward hooks
+in torch, every node's output made a graph output in ONNX Runtime), named by module path. The
+layers both sides name alike are compared in the order the reference finishes them; the first
+whose difference exceeds the agreement's tolerance, scaled to the layer's own magnitude, is
+where the disagreement starts. Layers the other side lacks (fused away, named otherwise) are
+skipped, and the message says how many were compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+PATHS_KEY = "__paths__"
+
+
+def save_layers(path: str | Path, layers: Sequence[tuple[str, np.ndarray]] | None) -> None:
+    """Write ``layers`` in their order (nothing when the predictor cannot expose them)."""
+    if layers is None:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    unique = _numbered([name for name, _ in layers])
+    arrays = {f"layer_{i}": np.asarray(value) for i, (_, value) in enumerate(layers)}
+    np.savez(target, **{PATHS_KEY: np.array(unique, dtype=str)}, **arrays)
+
+
+def load_layers(path: str | Path) -> list[tuple[str, np.ndarray]] | None:
+    """The layers a worker wrote, in order; None when it wrote none."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path, allow_pickle=False) as archive:
+        paths = [str(p) for p in archive[PATHS_KEY]]
+        return [(name, np.asarray(archive[f"layer_{i}"])) for i, name in enumerate(paths)]
+
+
+def _numbered(paths: list[str]) -> list[str]:
+    """A module called twice in one prediction: its second output is ``path#2``."""
+    seen: dict[str, int] = {}
+    out = []
+    for path in paths:
+        seen[path] = seen.get(path, 0) + 1
+        out.append(path if seen[path] == 1 else f"{path}#{seen[path]}")
+    return out
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first of the item's layers whose output no reference layer explains, if any."""
+
+    layer: str | None
+    closest: str | None = None  # the reference layer nearest to it, of the same shape
+    max_abs: float = 0.0  # ... and how far it is
+    relative: float = 0.0  # max |Δ| over that reference layer's largest magnitude
+    agreeing: int = 0  # the item's layers compared before it, all explained
+    compared: int = 0  # the item's layers with a reference layer of their shape
+
+    def describe(self, reference: str = "the reference") -> str:
+        if self.compared == 0:
+            return f"no layer's output has the shape of one of {reference}'s layers"
+        if self.layer is None:
+            return (
+                f"each of the {self.compared} comparable layers matches one of {reference}'s; "
+                "the difference arises in what no layer names"
+            )
+        return (
+            f"first diverging layer: {self.layer} (its output matches none of {reference}'s "
+            f"layers; closest: {self.closest}, max |Δ| {self.max_abs:.3g}, "
+            f"{self.relative:.1%} of its largest value; {self.agreeing} earlier "
+            f"layer{'s' if self.agreeing != 1 else ''} matched, {self.compared} compared)"
+        )
+
+
+def first_divergence(
+    reference: Sequence[tuple[str, np.ndarray]],
+    item: Sequence[tuple[str, np.ndarray]],
+    *,
+    atol: float,
+    rtol: float,
+) -> Divergence:
+    """Walk the item's layers in its order; the first whose output matches no reference layer.
+
+    A layer matches when max |Δ| <= atol + rtol · max |reference|: the agreement's tolerances,
+    the relative one applied at the layer's own scale (inner activations can be far larger or
+    smaller than the outputs the agreement compares). The reference layer with the same path is
+    tried first, then every other of the same shape: a converter folds layers together (a
+    BatchNorm into the convolution before it), so the node named ``layers.0.conv1`` computes
+    what the source's ``layers.0.bn1`` outputs, and only a computation that no layer of the
+    reference performs is a divergence. Errors propagate, so the first such layer is where the
+    two parted.
+    """
+    by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    named: dict[str, np.ndarray] = {}
+    for name, value in reference:
+        wide = value.astype(np.float64)
+        by_shape.setdefault(wide.shape, []).append((name, wide))
+        named[name] = wide
+    compared = agreeing = 0
+    first: Divergence | None = None
+    for name, value in item:
+        candidates = by_shape.get(value.shape)
+        if not candidates:
+            continue
+        compared += 1
+        if first is not None:
+            continue
+        got = value.astype(np.float64)
+        same = named.get(name)
+        ordered = ([(name, same)] if same is not None and same.shape == got.shape else []) + [
+            c for c in candidates if c[0] != name
+        ]
+        best: tuple[float, float, str] | None = None
+        for candidate, expected in ordered:
+            delta = float(np.max(np.abs(got - expected))) if got.size else 0.0
+            scale = float(np.max(np.abs(expected))) if got.size else 0.0
+            if np.isfinite(delta) and delta <= atol + rtol * scale:
+                best = None
+                break
+            if best is None or not delta >= best[0]:  # NaN is never the closest
+                best = (delta, scale, candidate)
+        else:
+            assert best is not None
+            delta, scale, closest = best
+            first = Divergence(
+                name,
+                closest=closest,
+                max_abs=delta,
+                relative=delta / scale if scale else float("inf"),
+                agreeing=agreeing,
+            )
+            continue
+        agreeing += 1
+    if first is None:
+        return Divergence(None, compared=compared)
+    return replace(first, compared=compared)

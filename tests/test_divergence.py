@@ -1,0 +1,57 @@
+"""Where two frameworks part, on arrays whose answer is known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_mlscope.divergence import first_divergence, load_layers, save_layers
+
+RNG = np.random.default_rng(0)
+STEM, CONV, BN, BLOCK, HEAD = (RNG.standard_normal((1, 4, 3, 3)) for _ in range(5))
+# torch's hooks: a convolution and the BatchNorm after it are two layers
+REFERENCE = [("stem", STEM), ("b.conv", CONV), ("b.bn", BN), ("b", BLOCK), ("head", HEAD)]
+
+
+def test_a_layer_folded_into_another_matches_what_that_one_outputs() -> None:
+    # The converter folded b.bn into b.conv: its node named b.conv computes b.bn's output.
+    item = [("stem", STEM), ("b.conv", BN), ("b", BLOCK), ("head", HEAD)]
+    found = first_divergence(REFERENCE, item, atol=1e-6, rtol=1e-4)
+    assert found.layer is None and found.compared == 4
+
+
+def test_the_first_layer_no_reference_layer_explains_is_named_with_the_closest() -> None:
+    wrong = BN.copy()
+    wrong[0, 0, 0, 0] += 1.0
+    item = [("stem", STEM), ("b.conv", wrong), ("b", BLOCK + 0.5), ("head", HEAD + 0.5)]
+    found = first_divergence(REFERENCE, item, atol=1e-6, rtol=1e-4)
+    assert (found.layer, found.closest, found.agreeing, found.compared) == ("b.conv", "b.bn", 1, 4)
+    assert found.max_abs == pytest.approx(1.0)
+    assert found.describe("torch").startswith("first diverging layer: b.conv (")
+
+
+def test_a_tolerance_is_relative_to_the_layers_own_scale() -> None:
+    big = [("x", np.full((2, 2), 1e4))]
+    assert first_divergence(big, [("x", big[0][1] + 0.5)], atol=1e-4, rtol=1e-4).layer is None
+    assert first_divergence(big, [("x", big[0][1] + 5.0)], atol=1e-4, rtol=1e-4).layer == "x"
+
+
+def test_nan_diverges_and_shapes_without_a_counterpart_are_not_compared() -> None:
+    item = [("reduce", np.zeros(7)), ("stem", STEM * np.nan)]
+    found = first_divergence(REFERENCE, item, atol=1e-3, rtol=1e-3)
+    assert (found.layer, found.compared, found.agreeing) == ("stem", 1, 0)
+    nothing = first_divergence(REFERENCE, [("reduce", np.zeros(7))], atol=1e-3, rtol=1e-3)
+    assert nothing.compared == 0 and "no layer" in nothing.describe()
+
+
+def test_layers_keep_their_order_and_a_second_call_is_numbered(tmp_path: Path) -> None:
+    path = tmp_path / "layers.npz"
+    save_layers(path, [("relu", STEM), ("conv", CONV), ("relu", BN)])
+    loaded = load_layers(path)
+    assert loaded is not None
+    assert [name for name, _ in loaded] == ["relu", "conv", "relu#2"]
+    assert np.array_equal(loaded[2][1], BN)
+    save_layers(tmp_path / "none.npz", None)  # a framework that cannot expose its layers
+    assert load_layers(tmp_path / "none.npz") is None
