@@ -97,6 +97,7 @@ def time_interleaved(
     options: MeasureOptions,
     seed: int = 0,
     settled: Callable[[list[float], list[float]], bool] | None = None,
+    renew: Callable[[], tuple[Sequence[T], Sequence[T]]] | None = None,
 ) -> tuple[Timing, Timing]:
     """Alternate rounds of A and B, in random order within each pair; returns (A, B).
 
@@ -106,6 +107,12 @@ def time_interleaved(
     always second" from becoming a bias of its own. With ``settled`` (A's and B's round medians
     so far -> decided?), blocks are added until it says yes or LOOKS blocks ran; without it, one
     block. A pair cut short by the deadline (2 x ``max_duration_s``) is dropped from both sides.
+
+    ``renew`` (two different model files): called before each pair, it loads a fresh instance of
+    each side behind ``call_a`` and ``call_b`` and returns their prepared inputs, which are warmed
+    up before the pair's rounds. Two instances of one model differ by their memory layout, by a few
+    percent and for their whole life; a new draw per pair turns that into pair-to-pair noise,
+    which the paired interval accounts for and more pairs average away.
     """
     import random
 
@@ -128,6 +135,13 @@ def time_interleaved(
     medians: dict[str, list[float]] = {"a": [], "b": []}
     for _ in range(LOOKS if settled is not None else 1):
         for _ in range(pairs):
+            if renew is not None:
+                fresh_a, fresh_b = renew()
+                sides["a"] = (call_a, fresh_a, sides["a"][2], sides["a"][3])
+                sides["b"] = (call_b, fresh_b, sides["b"][2], sides["b"][3])
+                for i in range(max(options.warmup, MIN_ROUND_SAMPLES)):
+                    call_a(fresh_a[i % len(fresh_a)])
+                    call_b(fresh_b[i % len(fresh_b)])
             order = ["a", "b"] if rng.random() < 0.5 else ["b", "a"]
             taken: dict[str, list[int]] = {}
             for key in order:

@@ -6,6 +6,7 @@ request that asks for two.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -120,11 +121,12 @@ def _interleaved(
     """Time A (the baseline's artifact, unslowed) and B (this item) in alternating rounds.
 
     A that is the same file as B shares B's loaded model, so an A/A run compares one model with
-    itself and nothing but the injected slowdown can tell the sides apart; a different file (a
-    model edit) is verified and loaded into a second predictor of the same framework.
+    itself and nothing but the injected slowdown can tell the sides apart. A different file (a
+    model edit) is verified, and each pair of rounds times a fresh instance of both files
+    (:class:`_Instances`), unless loading them would take more than a quarter of the pair.
     """
-    from pytest_mlscope.measure import time_interleaved
-    from pytest_mlscope.predictors import predictor_class
+    from pytest_mlscope.measure import pair_plan, time_interleaved
+    from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.zoo.cache import verify
 
     spec = request.interleave
@@ -145,18 +147,76 @@ def _interleaved(
             call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
         )
     verify(spec.artifact)
-    model_a = predictor_class(request.cell.framework, request.predictors)(
-        device=request.cell.device
-    )
-    try:  # A is needed for the timing pass only
-        model_a.load(spec.artifact)
-        inputs_a = [model_a.prepare_input(b) for b in raw_batches[: len(inputs_b)]]
-        call_a = _side_a(model_a.predict, inputs_a[0], spec.inject_slowdown, request)
+    instances = _Instances(request, raw_batches[: len(inputs_b)], random.Random(spec.seed))
+    try:
+        fresh_a, fresh_b = instances.renew()
+        call_a = _side_a(instances.call("a"), fresh_a[0], spec.inject_slowdown, request)
+        call_b = slowed(instances.call("b"), fresh_b[0], request.inject_slowdown)
+        _, per_round = pair_plan(request.measure)
+        renew = instances.renew if instances.cheap(2 * per_round.min_duration_s) else None
         return time_interleaved(
-            call_a, inputs_a, call_b, inputs_b, request.measure, spec.seed, decided
+            call_a, fresh_a, call_b, fresh_b, request.measure, spec.seed, decided, renew
         )
     finally:
-        model_a.close()
+        instances.close()
+
+
+class _Instances:
+    """A fresh instance of A's model and of B's, loaded in random order, for each pair.
+
+    B's item predictor, loaded first, only checks accuracy: the first session a process makes can
+    differ from later ones, and two loaded instances of one file differ by their memory layout, by
+    a few percent each way, for as long as they live. A new pair of instances per pair of rounds
+    makes that pair-to-pair noise, which the paired interval then accounts for; kept instances
+    would make it a bias no number of pairs removes.
+    """
+
+    SHARE = 0.25  # renewing may add at most this share of a pair's measured time
+
+    def __init__(self, request: EvaluationRequest, raw: list[Any], rng: random.Random) -> None:
+        from pytest_mlscope.predictors import predictor_class
+
+        self.request, self.raw, self.rng = request, raw, rng
+        self.cls = predictor_class(request.cell.framework, request.predictors)
+        self.live: dict[str, Predictor] = {}
+        self.load_s = 0.0
+        self.renewals = 0
+
+    def call(self, side: str) -> Callable[[Any], Any]:
+        live = self.live
+
+        def predict(prepared: Any) -> Any:
+            return live[side].predict(prepared)
+
+        return predict
+
+    def renew(self) -> tuple[list[Any], list[Any]]:
+        import time
+
+        assert self.request.interleave is not None
+        self.close()
+        started = time.perf_counter()
+        order = ["a", "b"]
+        self.rng.shuffle(order)
+        for side in order:
+            model = self.cls(device=self.request.cell.device)
+            model.load(self.request.interleave.artifact if side == "a" else self.request.artifact)
+            self.live[side] = model
+        self.load_s = time.perf_counter() - started
+        self.renewals += 1
+        return tuple(  # type: ignore[return-value]
+            [self.live[side].prepare_input(b) for b in self.raw] for side in ("a", "b")
+        )
+
+    def cheap(self, pair_s: float) -> bool:
+        """Whether loading both models costs little beside one pair's rounds; a model that
+        loads slowly keeps its first instances (memory layout then stays one draw)."""
+        return self.load_s <= self.SHARE * pair_s
+
+    def close(self) -> None:
+        for model in self.live.values():
+            model.close()
+        self.live.clear()
 
 
 def _side_a(

@@ -215,3 +215,26 @@ def test_interleaving_stops_at_the_deadline_with_whole_pairs() -> None:
     assert a.stopped_by == b.stopped_by == "max_duration"
     assert 0 < len(a.rounds) == len(b.rounds) < MIN_PAIRS
     assert sum(a.rounds) == len(a.samples_ns) and sum(b.rounds) == len(b.samples_ns)
+
+
+def test_renewed_interleaving_times_each_pair_on_fresh_warmed_instances() -> None:
+    """Each pair's rounds run on the instances loaded for that pair, after their warm-up."""
+    calls: list[tuple[str, int]] = []
+    loaded: list[int] = []
+
+    def renew() -> tuple[list[int], list[int]]:
+        loaded.append(len(loaded))
+        return [loaded[-1]], [loaded[-1]]
+
+    options = MeasureOptions(warmup=2, min_count=90, min_duration_s=0.0, max_duration_s=5, rounds=1)
+    time_interleaved(
+        lambda x: calls.append(("a", x)), [-1], lambda x: calls.append(("b", x)), [-1],
+        options, seed=1, renew=renew,
+    )  # fmt: skip
+    assert len(loaded) == MIN_PAIRS  # one renewal per pair
+    assert all(instance >= 0 for _, instance in calls[4:])  # the initial inputs: warm-up only
+    per_pair = 3 + 3 + 3 + 3  # warm-up (3 per side: at least a round's minimum), then rounds
+    for pair in range(MIN_PAIRS):
+        chunk = calls[4 + pair * per_pair : 4 + (pair + 1) * per_pair]
+        assert {instance for _, instance in chunk} == {pair}
+        assert chunk[:6] == [("a", pair), ("b", pair)] * 3  # warmed before it is timed

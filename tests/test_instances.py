@@ -1,0 +1,89 @@
+"""A model edit is timed on a fresh pair of instances per pair of rounds.
+
+Two loaded instances of one model differ by their memory layout, by a few percent, for their
+whole life; so can the first session a process makes. A predictor that only counts stands in for
+a framework here, so what is loaded and timed is checked exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pytest_mlscope.passes import _Instances, _interleaved
+from pytest_mlscope.predictors.base import Predictor
+from pytest_mlscope.protocol import (
+    ArtifactRef,
+    Cell,
+    EvaluationRequest,
+    Interleave,
+    MeasureOptions,
+    PredictorInfo,
+)
+
+
+class Counting(Predictor):
+    """Each load is a new instance, numbered; a prediction answers with its instance."""
+
+    name = "counting"
+    formats = ("onnx",)
+    loads: ClassVar[list[str]] = []
+    predicted: ClassVar[list[int]] = []
+
+    def load(self, artifact: ArtifactRef) -> None:
+        self.instance = len(Counting.loads)
+        Counting.loads.append(Path(artifact.path).stem)
+
+    def predict(self, prepared: Any) -> Any:
+        Counting.predicted.append(self.instance)
+        return self.instance
+
+    def info(self) -> PredictorInfo:
+        return PredictorInfo(framework=self.name, version="0", device="cpu")
+
+
+def _artifact(path: Path, content: bytes) -> ArtifactRef:
+    path.write_bytes(content)
+    return ArtifactRef(format="onnx", path=str(path), sha256=hashlib.sha256(content).hexdigest())
+
+
+def _request(tmp_path: Path, min_duration_s: float) -> EvaluationRequest:
+    return EvaluationRequest(
+        cell=Cell(model="m", framework="counting", device="cpu", batch_size=1),
+        manifest_path=str(tmp_path / "m.yaml"),
+        artifact=_artifact(tmp_path / "edited.onnx", b"B"),
+        interleave=Interleave(artifact=_artifact(tmp_path / "baseline.onnx", b"A"), seed=5),
+        measure=MeasureOptions(warmup=1, min_count=90, min_duration_s=min_duration_s, rounds=1),
+        work_dir=str(tmp_path),
+        predictors={"counting": "test_instances:Counting"},
+    )
+
+
+def test_each_pair_loads_both_files_afresh_and_never_times_the_first_instance(
+    tmp_path: Path,
+) -> None:
+    Counting.loads.clear()
+    item = Counting()
+    item.load(_request(tmp_path, 0.6).artifact)  # the item's predictor: accuracy only
+    Counting.predicted.clear()
+    a, b = _interleaved(_request(tmp_path, 0.6), item, [np.zeros(1)], item.predict, [None])
+    pairs = len(a.rounds)
+    assert pairs == len(b.rounds) >= 30
+    # the calibration pair, then one pair per timed pair of rounds, both files each time
+    assert Counting.loads[1:] and len(Counting.loads) == 1 + 2 * (pairs + 1)
+    assert sorted(Counting.loads[1:]) == ["baseline"] * (pairs + 1) + ["edited"] * (pairs + 1)
+    firsts = {Counting.loads[i] for i in range(1, len(Counting.loads), 2)}
+    assert firsts == {"baseline", "edited"}  # loaded in random order, so neither is always first
+    assert 0 not in Counting.predicted  # the first instance of the process is never timed
+    assert len(set(Counting.predicted)) == 2 * (pairs + 1)
+
+
+def test_a_model_that_loads_slowly_keeps_one_fresh_pair() -> None:
+    instances = _Instances.__new__(_Instances)
+    instances.load_s = 0.5
+    assert not instances.cheap(pair_s=1.0)  # loading would add half a pair's time
+    instances.load_s = 0.05
+    assert instances.cheap(pair_s=1.0)
