@@ -3,10 +3,11 @@
 A failed agreement check says that the final outputs differ, not where. Each side's worker
 writes every layer's output for the same first batch (``Predictor.layer_outputs``: forward hooks
 in torch, every node's output made a graph output in ONNX Runtime), named by module path. The
-layers both sides name alike are compared in the order the reference finishes them; the first
-whose difference exceeds the agreement's tolerance, scaled to the layer's own magnitude, is
-where the disagreement starts. Layers the other side lacks (fused away, named otherwise) are
-skipped, and the message says how many were compared.
+item's layers are walked in its own order; each must match a layer of the reference, the one of
+the same name or a later one of the same shape (a converter folds layers together), within the
+agreement's tolerance scaled to the layer's own magnitude. The first that matches none is where
+the two part. Layers with no reference layer of their shape are not compared, and the message
+says how many were.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ def save_layers(path: str | Path, layers: Sequence[tuple[str, np.ndarray]] | Non
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     unique = _numbered([name for name, _ in layers])
-    arrays = {f"layer_{i}": np.asarray(value) for i, (_, value) in enumerate(layers)}
-    np.savez(target, **{PATHS_KEY: np.array(unique, dtype=str)}, **arrays)
+    numeric = [
+        (name, array)
+        for name, array in zip(unique, (np.asarray(v) for _, v in layers), strict=True)
+        if array.dtype.kind in "biuf"  # maps, sequences and strings are not compared
+    ]
+    arrays = {f"layer_{i}": array for i, (_, array) in enumerate(numeric)}
+    np.savez(target, **{PATHS_KEY: np.array([n for n, _ in numeric], dtype=str)}, **arrays)
 
 
 def load_layers(path: str | Path) -> list[tuple[str, np.ndarray]] | None:
@@ -89,19 +95,21 @@ def first_divergence(
     A layer matches when max |Δ| <= atol + rtol · max |reference|: the agreement's tolerances,
     the relative one applied at the layer's own scale (inner activations can be far larger or
     smaller than the outputs the agreement compares). The reference layer with the same path is
-    tried first, then every other of the same shape: a converter folds layers together (a
-    BatchNorm into the convolution before it), so the node named ``layers.0.conv1`` computes
-    what the source's ``layers.0.bn1`` outputs, and only a computation that no layer of the
-    reference performs is a divergence. Errors propagate, so the first such layer is where the
-    two parted.
+    tried first, then every other of the same shape that comes after the last reference layer
+    matched: a converter folds layers together (a BatchNorm into the convolution before it), so
+    the node named ``layers.0.conv1`` computes what the source's ``layers.0.bn1`` outputs, and
+    only a computation that no later layer of the reference performs is a divergence (a layer
+    that wrongly passes its input through does not match the earlier layer it copies). Errors
+    propagate, so the first such layer is where the two parted.
     """
-    by_shape: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    named: dict[str, np.ndarray] = {}
-    for name, value in reference:
+    by_shape: dict[tuple[int, ...], list[tuple[int, str, np.ndarray]]] = {}
+    named: dict[str, tuple[int, np.ndarray]] = {}
+    for position, (name, value) in enumerate(reference):
         wide = value.astype(np.float64)
-        by_shape.setdefault(wide.shape, []).append((name, wide))
-        named[name] = wide
+        by_shape.setdefault(wide.shape, []).append((position, name, wide))
+        named[name] = (position, wide)
     compared = agreeing = 0
+    cursor = -1  # the reference position of the last match
     first: Divergence | None = None
     for name, value in item:
         candidates = by_shape.get(value.shape)
@@ -112,15 +120,15 @@ def first_divergence(
             continue
         got = value.astype(np.float64)
         same = named.get(name)
-        ordered = ([(name, same)] if same is not None and same.shape == got.shape else []) + [
-            c for c in candidates if c[0] != name
-        ]
+        ordered = [(same[0], name, same[1])] if same and same[1].shape == got.shape else []
+        ordered += [c for c in candidates if c[1] != name and c[0] > cursor]
         best: tuple[float, float, str] | None = None
-        for candidate, expected in ordered:
+        for position, candidate, expected in ordered:
             delta = float(np.max(np.abs(got - expected))) if got.size else 0.0
             scale = float(np.max(np.abs(expected))) if got.size else 0.0
             if np.isfinite(delta) and delta <= atol + rtol * scale:
                 best = None
+                cursor = max(cursor, position)
                 break
             if best is None or not delta >= best[0]:  # NaN is never the closest
                 best = (delta, scale, candidate)

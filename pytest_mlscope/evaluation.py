@@ -162,20 +162,23 @@ class Evaluation:
                     request = request.model_copy(update={"save_layer_outputs": str(path)})
                     self.runtime(side).evaluate(request, self.settings.timeout)
                 found[side.id] = (side, load_layers(path))
-        except MlscopeError as exc:
-            return f"the first diverging layer could not be found: {exc}"
+        except Exception as exc:  # the agreement's failure must reach the user whatever happens
+            return f"the first diverging layer could not be found: {type(exc).__name__}: {exc}"
         missing = sorted({side.framework for side, layers in found.values() if layers is None})
         if missing:
             return (
                 f"the first diverging layer is not known: {' and '.join(missing)} cannot expose "
-                "its layers' outputs"
+                f"{'its' if len(missing) == 1 else 'their'} layers' outputs"
             )
-        return first_divergence(
-            found[reference.id][1],  # type: ignore[arg-type]
-            found[cell.id][1],  # type: ignore[arg-type]
-            atol=agreement.atol,
-            rtol=agreement.rtol,
-        ).describe(reference.framework)
+        try:
+            return first_divergence(
+                found[reference.id][1],  # type: ignore[arg-type]
+                found[cell.id][1],  # type: ignore[arg-type]
+                atol=agreement.atol,
+                rtol=agreement.rtol,
+            ).describe(reference.framework)
+        except Exception as exc:  # as above
+            return f"the first diverging layer could not be found: {type(exc).__name__}: {exc}"
 
     def _evaluate_cell(
         self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float

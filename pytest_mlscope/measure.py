@@ -108,9 +108,9 @@ def time_interleaved(
     so far -> decided?), blocks are added until it says yes or LOOKS blocks ran; without it, one
     block. A pair cut short by the deadline (2 x ``max_duration_s``) is dropped from both sides.
 
-    ``renew`` (two different model files): called before each pair, it loads a fresh instance of
-    each side behind ``call_a`` and ``call_b`` and returns their prepared inputs, which are warmed
-    up before the pair's rounds. Two instances of one model differ by their memory layout, by a few
+    ``renew`` (two different model files): called before each pair, it loads and warms up a fresh
+    instance of each side behind ``call_a`` and ``call_b`` and returns their prepared inputs.
+    Two instances of one model differ by their memory layout, by a few
     percent and for their whole life; a new draw per pair turns that into pair-to-pair noise,
     which the paired interval accounts for and more pairs average away.
     """
@@ -139,9 +139,6 @@ def time_interleaved(
                 fresh_a, fresh_b = renew()
                 sides["a"] = (call_a, fresh_a, sides["a"][2], sides["a"][3])
                 sides["b"] = (call_b, fresh_b, sides["b"][2], sides["b"][3])
-                for i in range(max(options.warmup, MIN_ROUND_SAMPLES)):
-                    call_a(fresh_a[i % len(fresh_a)])
-                    call_b(fresh_b[i % len(fresh_b)])
             order = ["a", "b"] if rng.random() < 0.5 else ["b", "a"]
             taken: dict[str, list[int]] = {}
             for key in order:

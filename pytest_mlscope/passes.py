@@ -171,7 +171,8 @@ class _Instances:
     would make it a bias no number of pairs removes.
     """
 
-    SHARE = 0.25  # renewing may add at most this share of a pair's measured time
+    SHARE = 0.25  # renewing (loads and warm-up) may add at most this share of a pair's time
+    WARMUP = 3  # calls per fresh instance before it is timed: its first ones are slow
 
     def __init__(self, request: EvaluationRequest, raw: list[Any], rng: random.Random) -> None:
         from pytest_mlscope.predictors import predictor_class
@@ -179,7 +180,7 @@ class _Instances:
         self.request, self.raw, self.rng = request, raw, rng
         self.cls = predictor_class(request.cell.framework, request.predictors)
         self.live: dict[str, Predictor] = {}
-        self.load_s = 0.0
+        self.renew_s = 0.0  # the last renewal's loads and warm-up
         self.renewals = 0
 
     def call(self, side: str) -> Callable[[Any], Any]:
@@ -202,16 +203,19 @@ class _Instances:
             model = self.cls(device=self.request.cell.device)
             model.load(self.request.interleave.artifact if side == "a" else self.request.artifact)
             self.live[side] = model
-        self.load_s = time.perf_counter() - started
+        inputs = {side: [self.live[side].prepare_input(b) for b in self.raw] for side in order}
+        for i in range(self.WARMUP):
+            for side in order:
+                self.live[side].predict(inputs[side][i % len(inputs[side])])
+        self.renew_s = time.perf_counter() - started
         self.renewals += 1
-        return tuple(  # type: ignore[return-value]
-            [self.live[side].prepare_input(b) for b in self.raw] for side in ("a", "b")
-        )
+        return inputs["a"], inputs["b"]
 
     def cheap(self, pair_s: float) -> bool:
-        """Whether loading both models costs little beside one pair's rounds; a model that
-        loads slowly keeps its first instances (memory layout then stays one draw)."""
-        return self.load_s <= self.SHARE * pair_s
+        """Whether loading and warming both models costs little beside one pair's rounds; a
+        model that loads slowly keeps its first fresh pair (memory layout then stays one
+        draw)."""
+        return self.renew_s <= self.SHARE * pair_s
 
     def close(self) -> None:
         for model in self.live.values():

@@ -45,7 +45,8 @@ def slowed(
 
     Proportional to each call, not to a latency measured once: a model whose latency moves (a
     CPU's frequency, a thread pool's mode) would otherwise be slowed by a fixed amount that is a
-    different fraction of it by the time it is measured. The two clock reads cost about 0.1 µs.
+    different fraction of it by the time it is measured. The wrapper itself (two clock reads,
+    a spin call) costs about 1 µs; an interleaved A beside it pays the same (:func:`matched`).
 
     With ``metric="instructions"`` (a worker under callgrind) the spin is sized in instructions
     instead: ``fraction`` of the instructions one call executes, so the injected slowdown is exact

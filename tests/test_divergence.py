@@ -55,3 +55,18 @@ def test_layers_keep_their_order_and_a_second_call_is_numbered(tmp_path: Path) -
     assert np.array_equal(loaded[2][1], BN)
     save_layers(tmp_path / "none.npz", None)  # a framework that cannot expose its layers
     assert load_layers(tmp_path / "none.npz") is None
+
+
+def test_a_layer_that_copies_an_earlier_output_is_not_explained_by_it() -> None:
+    # The item's b.bn passes its input through (a broken conversion): its output equals the
+    # reference's b.conv, which comes before the last layer matched, so it explains nothing.
+    item = [("stem", STEM), ("b.conv", CONV), ("b.bn", CONV), ("b", BLOCK)]
+    found = first_divergence(REFERENCE, item, atol=1e-6, rtol=1e-4)
+    assert found.layer == "b.bn"
+
+
+def test_outputs_that_are_not_numbers_are_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "layers.npz"
+    save_layers(path, [("probabilities", np.array([{"a": 0.5}], dtype=object)), ("conv", CONV)])
+    loaded = load_layers(path)
+    assert loaded is not None and [name for name, _ in loaded] == ["conv"]

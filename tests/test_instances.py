@@ -32,6 +32,7 @@ class Counting(Predictor):
     formats = ("onnx",)
     loads: ClassVar[list[str]] = []
     predicted: ClassVar[list[int]] = []
+    closed: ClassVar[list[int]] = []
 
     def load(self, artifact: ArtifactRef) -> None:
         self.instance = len(Counting.loads)
@@ -40,6 +41,9 @@ class Counting(Predictor):
     def predict(self, prepared: Any) -> Any:
         Counting.predicted.append(self.instance)
         return self.instance
+
+    def close(self) -> None:
+        Counting.closed.append(self.instance)
 
     def info(self) -> PredictorInfo:
         return PredictorInfo(framework=self.name, version="0", device="cpu")
@@ -66,6 +70,7 @@ def test_each_pair_loads_both_files_afresh_and_never_times_the_first_instance(
     tmp_path: Path,
 ) -> None:
     Counting.loads.clear()
+    Counting.closed.clear()
     item = Counting()
     item.load(_request(tmp_path, 0.6).artifact)  # the item's predictor: accuracy only
     Counting.predicted.clear()
@@ -79,11 +84,30 @@ def test_each_pair_loads_both_files_afresh_and_never_times_the_first_instance(
     assert firsts == {"baseline", "edited"}  # loaded in random order, so neither is always first
     assert 0 not in Counting.predicted  # the first instance of the process is never timed
     assert len(set(Counting.predicted)) == 2 * (pairs + 1)
+    assert sorted(Counting.closed) == list(range(1, len(Counting.loads)))  # none left loaded
+
+
+def test_a_model_too_slow_to_reload_is_timed_on_one_fresh_pair(tmp_path: Path) -> None:
+    Counting.loads.clear()
+    Counting.closed.clear()
+    item = Counting()
+    item.load(_request(tmp_path, 0.0).artifact)
+    Counting.predicted.clear()
+    # no duration floor: any load is more than a quarter of a pair's (zero) time
+    a, _ = _interleaved(_request(tmp_path, 0.0), item, [np.zeros(1)], item.predict, [None])
+    assert len(a.rounds) >= 30
+    assert Counting.loads == ["edited", "baseline", "edited"] or Counting.loads == [
+        "edited",
+        "edited",
+        "baseline",
+    ]  # the item's, then one fresh pair
+    assert set(Counting.predicted) == {1, 2}
+    assert sorted(Counting.closed) == [1, 2]
 
 
 def test_a_model_that_loads_slowly_keeps_one_fresh_pair() -> None:
     instances = _Instances.__new__(_Instances)
-    instances.load_s = 0.5
+    instances.renew_s = 0.5
     assert not instances.cheap(pair_s=1.0)  # loading would add half a pair's time
-    instances.load_s = 0.05
+    instances.renew_s = 0.05
     assert instances.cheap(pair_s=1.0)

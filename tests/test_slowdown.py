@@ -94,4 +94,6 @@ def test_interleaved_a_is_wrapped_only_when_b_is_slowed(clock: Clock) -> None:
     call = _model(clock, [1e-3])
     assert _side_a(call, None, 0.0, plain) is call
     wrapped = _side_a(call, None, 0.0, plain.model_copy(update={"inject_slowdown": 0.05}))
+    clock.spins.clear()
     assert wrapped is not call and wrapped(None) == "output"
+    assert clock.spins == [0]  # B's wrapper, with no work added: A is not slowed
