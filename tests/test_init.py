@@ -130,15 +130,20 @@ def test_without_a_dataset_random_inputs_of_the_models_shape_are_written(
         (["net.onnx", "tokens.onnx", "--name=two"], "one file per framework"),
         (["net.onnx", "--name=net"], "net.yaml exists; pass --force"),
         (["data.npz"], "not a model file mlscope init reads"),
+        (["net.onnx", "--name=My-Net"], "--name: expected lowercase letters, digits and _"),
+        (["broken.onnx", "--name=broken"], "broken.onnx: cannot be read as onnx: "),
     ],
 )
 def test_what_cannot_make_a_manifest_is_refused_with_the_reason(
     models: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], expected: str
 ) -> None:
     (models / "net.yaml").touch()
+    (models / "broken.onnx").write_bytes(b"not a protobuf at all")
+    before = sorted(p.name for p in models.iterdir())
     with contextlib.chdir(models):
         assert main(["init", *arguments]) == 2
     assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in models.iterdir()) == before  # nothing half-made left behind
 
 
 def test_a_manifest_whose_files_would_leave_its_folder_is_refused(

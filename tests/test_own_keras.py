@@ -69,3 +69,70 @@ def test_a_users_keras_file_loads_meets_its_golden_and_names_its_layers(
         record = store.latest_results(store.runs(limit=1)[0].id)[ITEM]
     assert record.artifact_sha256 is not None
     assert {"hidden", "scores"} <= {row.layer for row in record.layers}, record.layers
+
+
+def test_a_savedmodel_folder_is_one_artifact_from_init_to_a_baseline_fetched_elsewhere(
+    tmp_path: Path, pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same kind of model exported as a SavedModel folder (``model.export``): ``mlscope init``
+    reads its serving signature, the item meets its golden, and a baseline keeps the folder in
+    the database, so a second checkout with an empty cache and another copy of the folder still
+    finds the baseline's model by its hash."""
+    from pytest_mlscope.cli import main
+    from pytest_mlscope.zoo.cache import sha256_path
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+    )
+    one = tmp_path / "one"
+    (one / "models").mkdir(parents=True)
+    (one / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nmlscope_manifests = ["models"]\n'
+    )
+    model.export(str(one / "models" / "net_saved"), verbose=False)
+    inputs = np.random.default_rng(4).standard_normal((8, 6)).astype(np.float32)
+    np.savez(one / "models" / "data.npz", inputs=inputs)
+    with contextlib.chdir(one):
+        assert main(["init", "models/net_saved", "--dataset=models/data.npz"]) == 0
+        assert "tensorflow, input" in capsys.readouterr().out
+        assert main(["golden", "models/net_saved.yaml"]) == 0
+        saved = pytester.runpytest_subprocess(
+            "--mlscope", "-p", "no:cacheprovider", "--mlscope-save-baseline=main",
+            "--mlscope-min-count=20", "--mlscope-min-duration=0.05", "--mlscope-db=../ci.db",
+            "--mlscope-cache=cache",  # each checkout's own, empty at first
+        )  # fmt: skip
+    saved.assert_outcomes(passed=1)
+    # The folder's hash does not depend on file times or where it lies.
+    import shutil
+
+    folder = one / "models" / "net_saved"
+    shutil.copytree(folder, tmp_path / "copy")
+    assert sha256_path(tmp_path / "copy") == sha256_path(folder)
+    # Another checkout with an empty cache, where the model was edited (retrained weights):
+    # the baseline's folder exists only in the database.
+    two = tmp_path / "two"
+    shutil.copytree(one, two, ignore=shutil.ignore_patterns(".mlscope", "cache", "net_saved"))
+    keras.utils.set_random_seed(2)
+    edited = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+    )
+    edited.export(str(two / "models" / "net_saved"), verbose=False)
+    with contextlib.chdir(two):
+        assert main(["golden", "models/net_saved.yaml"]) == 0
+        compared = pytester.runpytest_subprocess(
+            "--mlscope", "-p", "no:cacheprovider", "--mlscope-baseline=main",
+            "--mlscope-min-count=20", "--mlscope-min-duration=0.05", "--mlscope-db=../ci.db",
+            "--mlscope-cache=cache",  # each checkout's own, empty at first
+        )  # fmt: skip
+    compared.assert_outcomes(passed=1)
+    with Store.from_location(tmp_path / "ci.db", create=False) as store:
+        kept = store.artifact(sha256_path(folder))
+        record = store.latest_results(store.runs(limit=1)[0].id)[
+            "net_saved[tensorflow-cpu-bs1-single_stream]"
+        ]
+    assert kept is not None and kept.format == "saved_model"
+    assert record.verdict is not None and record.verdict["design"] == "interleaved"
+    fetched = list((two / "cache" / "from-store").glob("*/net_saved"))
+    assert [sha256_path(path) for path in fetched] == [sha256_path(folder)]
+    assert (fetched[0] / "saved_model.pb").is_file()

@@ -1188,6 +1188,31 @@ def test_the_cache_fetches_a_baseline_s_artifact_from_the_database_once(
     assert cache.from_store(store, sha256) == ref
 
 
+def test_a_model_folder_is_stored_as_one_artifact_and_fetched_whole(
+    store: Store, tmp_path: Path, small_chunks: int
+) -> None:
+    """A SavedModel is a folder: its hash is its canonical tar's, which the database keeps; a
+    fetched copy is the same folder, and a file changed inside it changes the hash."""
+    from pytest_mlscope.zoo.cache import sha256_path
+
+    folder = tmp_path / "models" / "net_saved"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "assets").mkdir()
+    (folder / "saved_model.pb").write_bytes(b"graph" * 1000)
+    (folder / "variables" / "variables.index").write_bytes(bytes(range(256)) * 40)
+    sha256 = sha256_path(folder)
+    assert store.put_artifact(folder, sha256=sha256, format="saved_model")
+    fetched = store.fetch_artifact(sha256, tmp_path / "fetched")
+    assert fetched == tmp_path / "fetched" / sha256 / "net_saved" and fetched.is_dir()
+    assert sha256_path(fetched) == sha256
+    assert (fetched / "assets").is_dir()  # empty folders travel too
+    assert store.fetch_artifact(sha256, tmp_path / "fetched") == fetched  # used as it is
+    (folder / "saved_model.pb").write_bytes(b"other")
+    assert sha256_path(folder) != sha256
+    with pytest.raises(ArtifactError, match="changed after its checksum was recorded"):
+        store.put_artifact(folder, sha256="0" * 64, format="saved_model")
+
+
 def test_a_version_6_database_is_migrated_and_gains_the_artifact_tables(
     store_location: str, tmp_path: Path
 ) -> None:

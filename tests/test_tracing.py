@@ -386,3 +386,54 @@ def test_an_unknown_trace_level_is_a_usage_error(suite: pytest.Pytester) -> None
     result = _run(suite, "--mlscope-trace", "everything")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--mlscope-trace: invalid choice: 'everything'*"])
+
+
+def test_trace_compare_puts_each_frameworks_time_and_kernel_beside_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The seed's case study, from stored layer tables: one model's layers matched by path
+    across frameworks, slowest first, each with the kernel its framework chose."""
+    from test_store import HOST, make_result
+
+    from pytest_mlscope.cli import main
+    from pytest_mlscope.protocol import Cell, LayerRow
+
+    def row(layer: str, op: str, us: float, *kernels: str) -> LayerRow:
+        return LayerRow(layer=layer, op_type=op, self_us=us, total_us=us, kernels=list(kernels))
+
+    tables = {
+        "torch": [
+            row("features.0", "Conv2d", 900.0, "oneDNN convolution (jit:avx2)"),
+            row("classifier.1", "Linear", 300.0, "addmm"),
+            row(OTHER, "(other)", 50.0),
+        ],
+        "onnxruntime": [
+            row("features.0", "FusedConv", 400.0, "Conv+Relu/NCHWc (CPU)"),
+            row("classifier.1", "Gemm", 350.0, "Gemm (CPU)"),
+            row("ReorderOutput", "ReorderOutput", 5.0),
+        ],
+        "tensorflow": [  # traced at another batch size: not in the pattern
+            row("features.0", "Conv2D", 1.0, "FusedConv2D"),
+        ],
+    }
+    db = tmp_path / "results.db"
+    with Store.from_location(db) as store:
+        run = store.start_run(host=HOST)
+        for framework, rows in tables.items():
+            size = 8 if framework == "tensorflow" else 1
+            cell = Cell(model="alexnet", framework=framework, batch_size=size)
+            result = make_result(cell).model_copy(update={"layers": rows})
+            store.record_result(run, cell=cell, outcome="passed", result=result)
+        store.finish_run(run)
+    pattern = "alexnet[*-cpu-bs1-single_stream]"
+    assert main(["trace", "compare", run[:8], pattern, f"--db={db}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header, rows = out[1].split(), [line.split() for line in out[3:6]]
+    assert header == ["layer", "op", "onnxruntime-cpu", "torch-cpu"]
+    assert rows[0][:4] == ["features.0", "FusedConv/Conv2d", "400.0", "Conv+Relu/NCHWc"]
+    assert "oneDNN" in out[3] and "900.0" in out[3]
+    assert rows[1][0] == "classifier.1" and rows[2][:3] == ["ReorderOutput", "ReorderOutput", "5.0"]
+    assert out[3 + 3].startswith("onnxruntime-cpu: named layers 755.0 µs")
+    assert "1 layer(s) no other item names" in out[6]
+    assert main(["trace", "compare", run[:8], "alexnet[tensorflow*", f"--db={db}"]) == 2
+    assert "compare needs two or more" in capsys.readouterr().err

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:2] == ["trace", "diff"]:
         args = trace.diff_parser().parse_args(argv[2:])
+    elif argv[:2] == ["trace", "compare"]:
+        args = trace.compare_parser().parse_args(argv[2:])
     else:
         args = build_parser().parse_args(argv)
     try:

@@ -21,12 +21,14 @@ import numpy as np
 
 from pytest_mlscope.cli.common import EXIT_OK, shown_path
 from pytest_mlscope.errors import MlscopeError
+from pytest_mlscope.manifest.schema import NAME_PATTERN
 
 FRAMEWORK_OF = {
     "onnx": "onnxruntime",
     "torch_export": "torch",
     "torchscript": "torch",
     "keras": "tensorflow",
+    "saved_model": "tensorflow",
 }
 DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 SCRIPT_DTYPES = {
@@ -37,7 +39,8 @@ RANDOM_SAMPLES = 16
 
 def register(commands: argparse._SubParsersAction) -> None:
     init = commands.add_parser(
-        "init", help="write a starter manifest from model files (.onnx, .pt2, .pt, .keras)"
+        "init",
+        help="write a starter manifest from model files (.onnx, .pt2, .pt, .keras, a SavedModel)",
     )
     init.add_argument("files", nargs="+", metavar="MODEL_FILE", help="the team's model files")
     init.add_argument(
@@ -72,12 +75,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     files = [Path(f).resolve() for f in args.files]
     signatures: dict[Path, Signature] = {}
     for path in files:
-        if not path.is_file():
+        if not path.exists():
             raise MlscopeError(f"{path}: no such model file")
         fmt = file_format(path)
         if fmt not in FRAMEWORK_OF:
             known = ", ".join(sorted({".onnx", ".pt2", ".pt", ".ts", ".keras"}))
-            raise MlscopeError(f"{path}: not a model file mlscope init reads (known: {known})")
+            raise MlscopeError(
+                f"{path}: not a model file mlscope init reads (known: {known}, and a SavedModel "
+                "folder)"
+            )
         signatures[path] = signature(path, fmt)
     frameworks = [s.framework for s in signatures.values()]
     if len(set(frameworks)) != len(frameworks):
@@ -86,6 +92,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             + ", ".join(f"{p.name} ({s.framework})" for p, s in signatures.items())
         )
     name = args.name or re.sub(r"[^a-z0-9_]+", "_", files[0].stem.lower()).strip("_") or "model"
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise MlscopeError(f"--name: expected lowercase letters, digits and _, got {name!r}")
     output = Path(args.output).resolve() if args.output else files[0].parent / f"{name}.yaml"
     if output.exists() and not args.force:
         raise MlscopeError(f"{output} exists; pass --force to overwrite it")
@@ -97,15 +105,25 @@ def cmd_init(args: argparse.Namespace) -> int:
                 "it (write the manifest higher up with --output)"
             )
     data = Path(args.dataset).resolve() if args.dataset else None
+    if data is not None and not data.is_relative_to(folder):
+        raise MlscopeError(f"{data} is not inside {folder}, the manifest's folder")
     interface = _agreed(signatures, data)
+    written: list[Path] = []
     if data is None:
         data = folder / f"{name}-inputs.npz"
+        if data.exists() and not args.force:
+            raise MlscopeError(f"{data} exists; pass --force to overwrite it")
         _random_inputs(data, interface)
-    elif not data.is_relative_to(folder):
-        raise MlscopeError(f"{data} is not inside {folder}, the manifest's folder")
+        written.append(data)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(manifest_text(name, signatures, interface, data, folder))
-    manifest = load_manifest(output, require_files=False)  # as strict as any manifest
+    written.append(output)
+    try:
+        manifest = load_manifest(output, require_files=False)  # as strict as any manifest
+    except MlscopeError:
+        for path in written:  # nothing half-made is left behind
+            path.unlink(missing_ok=True)
+        raise
     print(f"wrote {shown_path(output)}: {manifest.name}, {_summary(signatures, interface)}")
     golden = manifest.accuracy.golden
     assert golden is not None
@@ -121,6 +139,7 @@ def signature(path: Path, fmt: str) -> Signature:
         "torch_export": _torch_export,
         "torchscript": _torchscript,
         "keras": _keras,
+        "saved_model": _saved_model,
     }[fmt]
     try:
         return reader(path)
@@ -128,6 +147,8 @@ def signature(path: Path, fmt: str) -> Signature:
         raise
     except ImportError as exc:
         raise MlscopeError(f"{path}: reading it needs {exc.name}, which is not installed") from exc
+    except Exception as exc:  # a damaged or foreign file: say which, never a traceback
+        raise MlscopeError(f"{path}: cannot be read as {fmt}: {type(exc).__name__}: {exc}") from exc
 
 
 def _one_input(path: Path, count: int) -> None:
@@ -160,13 +181,15 @@ def _onnx(path: Path) -> Signature:
     constants = {init.name for init in graph.initializer}
     inputs = [i for i in graph.input if i.name not in constants]
     _one_input(path, len(inputs))
+    if not inputs[0].type.HasField("tensor_type"):
+        raise MlscopeError(f"{path}: input {inputs[0].name} is not a tensor")
     tensor = inputs[0].type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
     return Signature(
         "onnxruntime",
         inputs[0].name,
-        _per_sample(path, dims),
+        _per_sample(path, dims) if tensor.HasField("shape") else None,
         _dtype(path, dtype),
         graph.output[0].name if graph.output else None,
     )
@@ -226,6 +249,28 @@ def _keras(path: Path) -> Signature:
     )
 
 
+def _saved_model(path: Path) -> Signature:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures.get("serving_default")
+    if signature is None:
+        raise MlscopeError(f"{path}: the SavedModel has no serving_default signature")
+    _, named = signature.structured_input_signature
+    _one_input(path, len(named))
+    name, spec = next(iter(named.items()))
+    outputs = sorted(signature.structured_outputs)
+    return Signature(
+        "tensorflow",
+        name,
+        _per_sample(path, list(spec.shape)),
+        _dtype(path, spec.dtype.name),
+        outputs[0] if outputs else None,
+    )
+
+
 def _agreed(signatures: dict[Path, Signature], data: Path | None) -> dict[str, Any]:
     """The one interface every file and the dataset agree on: names, shape, dtype."""
     shapes = {s.shape for s in signatures.values() if s.shape is not None}
@@ -272,7 +317,6 @@ def _agreed(signatures: dict[Path, Signature], data: Path | None) -> dict[str, A
         "shape": [int(d) for d in shape],  # type: ignore[arg-type]
         "dtype": dtype,
         "output": output or "output",
-        "labels": data is not None and _has_labels(data),
     }
 
 
@@ -308,11 +352,6 @@ def _each(signatures: dict[Path, Signature], field: str) -> str:
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _has_labels(data: Path) -> bool:
-    with np.load(data, allow_pickle=False) as archive:
-        return "labels" in archive
 
 
 def _random_inputs(path: Path, interface: dict[str, Any]) -> None:

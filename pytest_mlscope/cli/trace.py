@@ -1,5 +1,6 @@
-"""``mlscope trace RUN [ITEM]`` and ``mlscope trace diff A B [ITEM]``: the layer table of a
-traced item, and the per-layer changes between two traced runs."""
+"""``mlscope trace RUN [ITEM]``, ``mlscope trace diff A B [ITEM]`` and ``mlscope trace compare
+RUN PATTERN``: the layer table of a traced item, the per-layer changes between two traced runs,
+and one model's layers side by side across the frameworks (or stacks) of a run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
 
 def register(commands: argparse._SubParsersAction) -> None:
     trace = commands.add_parser(
-        "trace", help="show an item's layer table from a traced run; 'trace diff' compares two"
+        "trace",
+        help="show an item's layer table from a traced run; 'trace diff A B' compares two runs, "
+        "'trace compare RUN PATTERN' puts frameworks side by side",
     )
     trace.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
     trace.add_argument("item", metavar="ITEM", nargs="?", help="item id (optional if only one)")
@@ -36,6 +39,25 @@ def diff_parser() -> argparse.ArgumentParser:
     parser.add_argument("--all", action="store_true", help="include layers that did not move")
     parser.add_argument("--db", metavar="LOCATION", help="results database")
     parser.set_defaults(handler=cmd_trace_diff)
+    return parser
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    """``mlscope trace compare RUN PATTERN``: its own parser, as ``trace diff``."""
+    parser = argparse.ArgumentParser(
+        prog="mlscope trace compare",
+        description="one model's layers side by side across the traced items of a run: each "
+        "framework's self time per layer and the kernel it ran",
+    )
+    parser.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
+    parser.add_argument(
+        "pattern",
+        metavar="PATTERN",
+        help="items to put side by side, a shell pattern ('alexnet[*-cpu-bs1-single_stream]')",
+    )
+    parser.add_argument("--top", type=int, default=None, help="only the N slowest layers")
+    parser.add_argument("--db", metavar="LOCATION", help="results database")
+    parser.set_defaults(handler=cmd_trace_compare)
     return parser
 
 
@@ -140,3 +162,70 @@ def cmd_trace_diff(args: argparse.Namespace) -> int:
         table(["layer", "op", "change", "A µs", "B µs", "Δ µs", "Δ", "kernel"], body, (3, 4, 5, 6))
     )
     return EXIT_OK
+
+
+def cmd_trace_compare(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from pytest_mlscope.report.terminal import table
+    from pytest_mlscope.tracing.layers import OTHER, side_by_side, total_self_us
+
+    with open_store(args.db) as store:
+        run = store.get_run(args.run)
+        results = store.latest_results(run.id)
+    chosen = {
+        item: record
+        for item, record in sorted(results.items())
+        if _matches(item, args.pattern, fnmatch) and record.layers
+    }
+    if len(chosen) < 2:
+        matched = [i for i in results if _matches(i, args.pattern, fnmatch)]
+        raise MlscopeError(
+            f"run {run.id[:12]}: {len(chosen)} traced item(s) match {args.pattern!r} "
+            f"({', '.join(sorted(matched)) or 'none match'}); compare needs two or more with "
+            "layer tables (pytest --mlscope --mlscope-trace=framework)"
+        )
+    labels = [_label(record) for record in chosen.values()]
+    across = side_by_side([record.layers for record in chosen.values()])
+    shown = [entry for entry in across if entry.layer != OTHER][: args.top]
+    print(
+        f"run {run.id[:12]}: {len(chosen)} items side by side; self µs per prediction and the "
+        "kernel that took most of it, slowest layers first"
+    )
+    body = [
+        [entry.layer, "/".join(entry.op_types)] + [_cell(side) for side in entry.sides]
+        for entry in shown
+    ]
+    print(table(["layer", "op", *labels], body, ()))
+    for label, record in zip(labels, chosen.values(), strict=True):
+        named = total_self_us(r for r in record.layers if r.layer != OTHER)
+        median = record.summary.median * 1e6 if record.summary else None
+        cover = f", {named / median:.0%} of the measured median {median:,.1f} µs" if median else ""
+        only = sum(1 for e in across if e.layer != OTHER and e.sides[labels.index(label)] and
+                   sum(s is not None for s in e.sides) == 1)  # fmt: skip
+        print(
+            f"{label}: named layers {named:,.1f} µs{cover}"
+            + (f"; {only} layer(s) no other item names" if only else "")
+        )
+    return EXIT_OK
+
+
+def _matches(item: str, pattern: str, fnmatch: Any) -> bool:
+    """Shell-style matching in which ``[`` and ``]`` are the item id's own brackets."""
+    escaped = "".join("[[]" if c == "[" else "[]]" if c == "]" else c for c in pattern)
+    return bool(fnmatch.fnmatchcase(item, escaped))
+
+
+def _label(record: Any) -> str:
+    cell = record.cell
+    stack = f"@{cell.stack}" if getattr(cell, "stack", None) else ""
+    return f"{cell.framework}{stack}-{cell.device}"
+
+
+def _cell(row: Any) -> str:
+    if row is None:
+        return "-"
+    kernel = row.kernels[0] if row.kernels else ""
+    if len(kernel) > 32:
+        kernel = kernel[:31] + "…"
+    return f"{row.self_us:,.1f}" + (f" {kernel}" if kernel else "")

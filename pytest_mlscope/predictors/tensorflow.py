@@ -31,7 +31,7 @@ def import_tensorflow() -> Any:
 
 class TensorFlowPredictor(Predictor):
     name = "tensorflow"
-    formats = ("numpy_weights", "keras")
+    formats = ("numpy_weights", "keras", "saved_model")
     distributions = ("tensorflow", "tensorflow-cpu", "tensorflow-intel")
     extra = "tensorflow"
 
@@ -39,6 +39,8 @@ class TensorFlowPredictor(Predictor):
         super().__init__(device)
         self.model: Any = None
         self._call: Any = None
+        self._saved: Any = None  # a SavedModel: its loaded object (keeps the signature alive)
+        self._dtype: Any = None
 
     def load(self, artifact: ArtifactRef) -> None:
         tf = import_tensorflow()
@@ -55,6 +57,25 @@ class TensorFlowPredictor(Predictor):
 
             with tf.device(device):
                 self.use(keras.models.load_model(artifact.path, compile=False))
+            return
+        if artifact.format == "saved_model":  # tf.saved_model.save, or Keras' model.export
+            with tf.device(device):
+                self._saved = tf.saved_model.load(artifact.path)
+            signature = self._saved.signatures.get("serving_default")
+            if signature is None:
+                raise ArtifactError(
+                    f"{artifact.path}: the SavedModel has no serving_default signature (found: "
+                    f"{', '.join(self._saved.signatures) or 'none'})"
+                )
+            _, named = signature.structured_input_signature
+            if len(named) != 1:
+                raise ArtifactError(
+                    f"{artifact.path}: serving_default takes {len(named)} inputs; "
+                    "pytest-mlscope feeds a model one"
+                )
+            name, spec = next(iter(named.items()))
+            self._dtype = spec.dtype
+            self._call = lambda batch: signature(**{name: batch})
             return
         if artifact.format != "numpy_weights":
             raise ArtifactError(
@@ -87,12 +108,15 @@ class TensorFlowPredictor(Predictor):
         tf = import_tensorflow()
         device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
         with tf.device(device):
-            return tf.constant(np.ascontiguousarray(batch, dtype=np.float32))
+            dtype = self._dtype.as_numpy_dtype if self._dtype is not None else np.float32
+            return tf.constant(np.ascontiguousarray(batch, dtype=dtype))
 
     def predict(self, prepared: Any) -> Any:
         return self._call(prepared)
 
     def to_numpy(self, output: Any) -> np.ndarray:
+        if isinstance(output, dict):  # a signature's outputs, by name: the first
+            output = output[sorted(output)[0]]
         if isinstance(output, (tuple, list)):
             output = output[0]
         return np.asarray(output.numpy())
@@ -101,6 +125,11 @@ class TensorFlowPredictor(Predictor):
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
     ) -> tuple[list[Any], list[float], list[str]]:
         from pytest_mlscope.tracing.tf_profile import profile_tf
+
+        if self.model is None:  # a SavedModel's signature: no Keras layers to name
+            rows, steps, notes = super().profile(prepared, iterations, level, timeline, trace_dir)
+            notes.append("a SavedModel is called through its signature: no layers to name")
+            return rows, steps, notes
 
         # The profiled calls go to a function of their own. TensorFlow's executor stops tracing
         # an op once its running estimate falls under 8,000 cycles, which the timing pass's
@@ -116,6 +145,7 @@ class TensorFlowPredictor(Predictor):
     def close(self) -> None:
         self.model = None
         self._call = None
+        self._saved = None
 
     def info(self) -> PredictorInfo:
         tf = import_tensorflow()

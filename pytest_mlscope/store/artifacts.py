@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterable
@@ -52,7 +53,8 @@ class ArtifactsMixin(_StoreBase):
         The file is read once, a chunk at a time, and hashed as it is read: one that no longer
         has ``sha256`` is refused with :class:`ArtifactError` and nothing is kept. The blob and
         all its chunks are one transaction, so a killed session leaves no half of one.
-        ``filename`` (default: the file's name) is what a fetched copy is called.
+        ``filename`` (default: the file's name) is what a fetched copy is called. A folder (a
+        SavedModel) is stored as its canonical tar, whose sha256 is the folder's.
         """
         _check_sha256(sha256)
         source = Path(path)
@@ -60,7 +62,14 @@ class ArtifactsMixin(_StoreBase):
         if self.has_artifact(sha256):
             return False
         try:
-            handle = open(source, "rb")  # noqa: SIM115 - closed below, with the transaction
+            if source.is_dir():
+                from pytest_mlscope.zoo.cache import write_tree
+
+                handle = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, as the file is
+                write_tree(source, handle)
+                handle.seek(0)
+            else:
+                handle = open(source, "rb")  # noqa: SIM115 - closed below, with the transaction
         except OSError as exc:
             raise ArtifactError(
                 f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
@@ -146,15 +155,33 @@ class ArtifactsMixin(_StoreBase):
         checksum, so a reader never sees a partial or corrupt model. Refused when the database
         does not hold the file, or holds it damaged.
         """
-        from pytest_mlscope.zoo.cache import sha256_file
+        from pytest_mlscope.zoo.cache import TREE_FORMATS, read_tree, sha256_path
 
         _check_sha256(sha256)
         stored = self.artifact(sha256)
         if stored is None:
             raise StoreError(f"artifact {sha256} is not stored in {self.url}")
         target = Path(directory) / sha256 / _safe_filename(stored.filename)
-        if target.is_file() and sha256_file(target) == sha256:
+        if target.exists() and sha256_path(target) == sha256:
             return target
+        if stored.format in TREE_FORMATS:  # a folder: its tar, checked, then unpacked
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=directory) as scratch:
+                packed = self._fetch_bytes(stored, Path(scratch))
+                unpacked = Path(scratch) / "tree"
+                read_tree(packed, unpacked)
+                if sha256_path(unpacked) != sha256:
+                    raise StoreError(f"artifact {sha256} in {self.url} unpacks to another folder")
+                shutil.rmtree(target, ignore_errors=True)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(unpacked, target)
+            return target
+        return self._fetch_bytes(stored, target.parent)
+
+    def _fetch_bytes(self, stored: StoredArtifact, directory: Path) -> Path:
+        """The stored bytes, written to ``directory/<filename>`` through a temporary file that is
+        renamed into place only once every chunk read back with the checksum."""
+        target = directory / _safe_filename(stored.filename)
         target.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=".part", dir=target.parent
@@ -164,9 +191,9 @@ class ArtifactsMixin(_StoreBase):
             with os.fdopen(descriptor, "wb") as handle:
                 problem = self._write_chunks(stored, handle)
             if problem is not None:
-                if not self.has_artifact(sha256):
+                if not self.has_artifact(stored.sha256):
                     problem = "it was freed while being fetched"
-                raise StoreError(f"artifact {sha256} in {self.url} is corrupt: {problem}")
+                raise StoreError(f"artifact {stored.sha256} in {self.url} is corrupt: {problem}")
             partial.chmod(0o644)  # mkstemp makes it private; workers in containers read it
             os.replace(partial, target)
         finally:

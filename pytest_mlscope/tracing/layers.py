@@ -120,3 +120,31 @@ def slowest_movers(changes: Sequence[LayerChange], k: int = 3) -> list[LayerChan
     """The layers that explain a slowdown: added or slower, largest added time first."""
     movers = [c for c in changes if c.kind in ("slower", "added") and c.delta_us > 0]
     return sorted(movers, key=lambda c: c.delta_us, reverse=True)[:k]
+
+
+@dataclass(frozen=True)
+class LayerAcross:
+    """One layer, matched by path across several items (frameworks, stacks, systems)."""
+
+    layer: str
+    op_types: tuple[str, ...]  # as each side names the op, without repeats
+    sides: tuple[LayerRow | None, ...]  # per item, None where it has no such layer
+
+
+def side_by_side(tables: Sequence[Sequence[LayerRow]]) -> list[LayerAcross]:
+    """The layers of several tables matched by path, slowest (on any side) first, ``(other)``
+    last: what MLModelScope compared, which kernel each framework chose for the same layer."""
+    names: dict[str, None] = {}
+    for rows in tables:
+        names.update((row.layer, None) for row in rows)
+    by_side = [{row.layer: row for row in rows} for rows in tables]
+    matched = []
+    for name in names:
+        sides = tuple(side.get(name) for side in by_side)
+        ops = tuple(dict.fromkeys(row.op_type for row in sides if row is not None))
+        matched.append(LayerAcross(name, ops, sides))
+
+    def slowest(entry: LayerAcross) -> tuple[bool, float]:
+        return (entry.layer == OTHER, -max(r.self_us for r in entry.sides if r is not None))
+
+    return sorted(matched, key=slowest)

@@ -6,6 +6,11 @@ changed recipe builds anew instead of reusing stale weights. Builds go to a temp
 are renamed into place, under a file lock, so parallel sessions never see half-written files.
 ``<root>/from-store/<sha256>/`` holds files fetched from the results database, where baselines keep
 the models they were measured with.
+
+A model saved as a folder (a TensorFlow SavedModel) is one artifact: its sha256 is that of the
+folder written as a canonical tar (``write_tree``: entries sorted, no times, owners or modes of
+its own), the same bytes the results database keeps, so a folder is verified, stored and fetched
+as a file is.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.protocol import ArtifactRef
@@ -38,11 +43,15 @@ SUFFIX_FORMATS = {
     ".ts": "torchscript",
     ".keras": "keras",
 }
+# Formats that are folders, each known by the file that marks it.
+TREE_FORMATS = {"saved_model": "saved_model.pb"}
 
 
 def file_format(path: Path) -> str | None:
     """A model file's format from its suffix; a ``.pt`` is TorchScript only if it is one (a
     ``torch.save``'d state dict shares the suffix and cannot be loaded without its class)."""
+    if path.is_dir():
+        return next((f for f, marker in TREE_FORMATS.items() if (path / marker).is_file()), None)
     fmt = SUFFIX_FORMATS.get(path.suffix)
     if fmt == "torchscript" and path.is_file() and not _is_torchscript(path):
         raise ArtifactError(
@@ -70,12 +79,62 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: str | os.PathLike[str]) -> str:
+    """A file's sha256, or a folder's: that of its canonical tar (``write_tree``)."""
+    if Path(path).is_dir():
+        digest = hashlib.sha256()
+
+        class Sink:
+            def write(self, data: bytes) -> int:
+                digest.update(data)
+                return len(data)
+
+        write_tree(Path(path), Sink())  # type: ignore[arg-type]
+        return digest.hexdigest()
+    return sha256_file(path)
+
+
+def write_tree(folder: Path, handle: IO[bytes]) -> None:
+    """``folder`` as a canonical tar: entries in sorted order, each with the same time (0),
+    owner (0) and mode (0644 files, 0755 folders), USTAR headers; so equal folders are equal
+    bytes on any machine, and their sha256 names them. A symbolic link is refused: what it
+    points at would not travel with the model."""
+    import tarfile
+
+    entries = sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
+    with tarfile.open(fileobj=handle, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
+        for path in entries:
+            if path.is_symlink():
+                raise ArtifactError(
+                    f"{path}: a symbolic link in a model folder; copy the file it points to"
+                )
+            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+                continue
+            info.size, info.mode = path.stat().st_size, 0o644
+            with open(path, "rb") as content:
+                archive.addfile(info, content)
+
+
+def read_tree(archive_path: Path, folder: Path) -> None:
+    """Unpack a tar ``write_tree`` wrote into ``folder`` (created), refusing members that would
+    land outside it (tarfile's ``data`` filter)."""
+    import tarfile
+
+    folder.mkdir(parents=True)
+    with tarfile.open(archive_path, mode="r:") as archive:
+        archive.extractall(folder, filter="data")
+
+
 def verify(artifact: ArtifactRef) -> None:
     """Refuse an artifact whose bytes are not the ones recorded, naming both hashes."""
     path = Path(artifact.path)
-    if not path.is_file():
+    if not path.exists():
         raise ArtifactError(f"artifact {path} is missing (expected by {artifact.expected_by})")
-    actual = sha256_file(path)
+    actual = sha256_path(path)
     if actual != artifact.sha256:
         raise ArtifactError(
             f"artifact {path} has sha256 {actual}, expected {artifact.sha256} "
@@ -309,14 +368,15 @@ class ArtifactCache:
         if fmt is None:
             raise ArtifactError(
                 f"{manifest.where('model', 'source', 'path')}: model.source.path: cannot tell "
-                f"the format of {relative!r} (known suffixes: {', '.join(SUFFIX_FORMATS)})"
+                f"the format of {relative!r} (known suffixes: {', '.join(SUFFIX_FORMATS)}; a "
+                "SavedModel folder, with its saved_model.pb)"
             )
-        if not path.is_file():
+        if not path.exists():
             raise ArtifactError(f"{manifest.where('model', 'source', 'path')}: no file {path}")
         return ArtifactRef(
             format=fmt,
             path=str(path),
-            sha256=sha256_file(path),
+            sha256=sha256_path(path),
             expected_by=f"hashed from {path} at collection",
         )
 
