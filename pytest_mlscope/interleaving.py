@@ -108,7 +108,12 @@ class Interleaving:
         from pytest_mlscope.stats import round_medians, summarize_scenario
 
         a_request = a_request.model_copy(
-            update={"hold": True, "inject_slowdown": 0.0, "interleave": None}
+            update={
+                "hold": True,
+                "inject_slowdown": 0.0,
+                "matched_wrapper": bool(request.inject_slowdown),
+                "interleave": None,
+            }
         )
         runtime_b = self.runtime(cell)
         timeout = self.settings.timeout

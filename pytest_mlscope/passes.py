@@ -47,10 +47,12 @@ def _hold_pass(
     request: EvaluationRequest, predictor: Predictor, raw: list[Any], batches: list[Any], spans: Any
 ) -> Measured:
     """Warm up and keep the model: the host asks for the rounds (RoundRequest)."""
-    from pytest_mlscope.slowdown import slowed
+    from pytest_mlscope.slowdown import matched, slowed
 
     inputs = _timed_inputs(request, batches)
     call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
+    if request.matched_wrapper and not request.inject_slowdown:
+        call = matched(predictor.predict)
     for i in range(request.measure.warmup):
         call(inputs[i % len(inputs)])
     return Measured(inputs=inputs, call=call)

@@ -126,6 +126,9 @@ class EvaluationRequest(_Document):
     checks: list[str] | None = None
     # Extra work per timed call, as a fraction of the model's latency (gate self-tests only).
     inject_slowdown: float = 0.0
+    # A held A side timed beside a slowed B in another worker: its calls go through the same
+    # wrapper with nothing added (slowdown.matched), so the sides differ by the injected work.
+    matched_wrapper: bool = False
     # Time the item interleaved with this A side (``pytest --mlscope-interleave``).
     interleave: Interleave | None = None
     # After the timing pass: profile at this level (pytest_mlscope.tracing), this many predictions.

@@ -97,3 +97,25 @@ def test_interleaved_a_is_wrapped_only_when_b_is_slowed(clock: Clock) -> None:
     clock.spins.clear()
     assert wrapped is not call and wrapped(None) == "output"
     assert clock.spins == [0]  # B's wrapper, with no work added: A is not slowed
+
+
+def test_a_held_a_side_beside_a_slowed_b_in_another_worker_is_matched(clock: Clock) -> None:
+    from types import SimpleNamespace
+
+    from pytest_mlscope.passes import _hold_pass
+    from pytest_mlscope.protocol import ArtifactRef, Cell, EvaluationRequest, MeasureOptions
+
+    held = EvaluationRequest(
+        cell=Cell(model="m", framework="onnxruntime", device="cpu", batch_size=1),
+        manifest_path="/nowhere/m.yaml",
+        artifact=ArtifactRef(format="onnx", path="/nowhere/m.onnx", sha256="0" * 64),
+        measure=MeasureOptions(warmup=0),
+        work_dir="/nowhere",
+        hold=True,
+        matched_wrapper=True,
+    )
+    predictor = SimpleNamespace(predict=_model(clock, [1e-3]))
+    measured = _hold_pass(held, predictor, [], [None], None)  # type: ignore[arg-type]
+    clock.spins.clear()
+    assert measured.call is not None and measured.call(None) == "output"
+    assert clock.spins == [0]
