@@ -81,28 +81,33 @@ def test_a_savedmodel_folder_is_one_artifact_from_init_to_a_baseline_fetched_els
     from pytest_mlscope.cli import main
     from pytest_mlscope.zoo.cache import sha256_path
 
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
-    )
+    def exported(seed: int, folder: Path) -> None:
+        keras.utils.set_random_seed(seed)
+        model = keras.Sequential(
+            [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
+        )
+        model.export(str(folder), verbose=False)
+
+    def session(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess(
+            "--mlscope", "-p", "no:cacheprovider", *args, "--mlscope-min-count=20",
+            "--mlscope-min-duration=0.05", "--mlscope-db=../ci.db",
+            "--mlscope-cache=cache",  # each checkout's own, empty at first
+        )  # fmt: skip
+
     one = tmp_path / "one"
     (one / "models").mkdir(parents=True)
     (one / "pyproject.toml").write_text(
         '[tool.pytest.ini_options]\nmlscope_manifests = ["models"]\n'
     )
-    model.export(str(one / "models" / "net_saved"), verbose=False)
+    exported(1, one / "models" / "net_saved")
     inputs = np.random.default_rng(4).standard_normal((8, 6)).astype(np.float32)
     np.savez(one / "models" / "data.npz", inputs=inputs)
     with contextlib.chdir(one):
         assert main(["init", "models/net_saved", "--dataset=models/data.npz"]) == 0
         assert "tensorflow, input" in capsys.readouterr().out
         assert main(["golden", "models/net_saved.yaml"]) == 0
-        saved = pytester.runpytest_subprocess(
-            "--mlscope", "-p", "no:cacheprovider", "--mlscope-save-baseline=main",
-            "--mlscope-min-count=20", "--mlscope-min-duration=0.05", "--mlscope-db=../ci.db",
-            "--mlscope-cache=cache",  # each checkout's own, empty at first
-        )  # fmt: skip
-    saved.assert_outcomes(passed=1)
+        session("--mlscope-save-baseline=main").assert_outcomes(passed=1)
     # The folder's hash does not depend on file times or where it lies.
     import shutil
 
@@ -113,19 +118,10 @@ def test_a_savedmodel_folder_is_one_artifact_from_init_to_a_baseline_fetched_els
     # the baseline's folder exists only in the database.
     two = tmp_path / "two"
     shutil.copytree(one, two, ignore=shutil.ignore_patterns(".mlscope", "cache", "net_saved"))
-    keras.utils.set_random_seed(2)
-    edited = keras.Sequential(
-        [keras.Input((6,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
-    )
-    edited.export(str(two / "models" / "net_saved"), verbose=False)
+    exported(2, two / "models" / "net_saved")
     with contextlib.chdir(two):
         assert main(["golden", "models/net_saved.yaml"]) == 0
-        compared = pytester.runpytest_subprocess(
-            "--mlscope", "-p", "no:cacheprovider", "--mlscope-baseline=main",
-            "--mlscope-min-count=20", "--mlscope-min-duration=0.05", "--mlscope-db=../ci.db",
-            "--mlscope-cache=cache",  # each checkout's own, empty at first
-        )  # fmt: skip
-    compared.assert_outcomes(passed=1)
+        session("--mlscope-baseline=main").assert_outcomes(passed=1)
     with Store.from_location(tmp_path / "ci.db", create=False) as store:
         kept = store.artifact(sha256_path(folder))
         record = store.latest_results(store.runs(limit=1)[0].id)[
