@@ -3,7 +3,7 @@
 MLModelScope's headline finding was that frameworks choose different kernels for the same
 convolution layer, at very different costs. This runs the shipped commands and nothing else:
 
-    pytest --mlscope -k "alexnet and cpu and bs1 and single_stream" --mlscope-trace=framework
+    pytest --mlscope -k "alexnet and cpu and bs1 and single_stream" --mlscope-trace=library
     mlscope trace compare RUN 'alexnet[*-cpu-bs1-single_stream]'
 
 on the bundled AlexNet (the same weights in every framework, layers named alike), at default
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(work) / "results.db"
         session = run(
             sys.executable, "-m", "pytest", "--mlscope", "-p", "no:cacheprovider", "-rs",
-            "-k", SELECT, "--mlscope-trace=framework", f"--mlscope-db={db}",
+            "-k", SELECT, "--mlscope-trace=library", f"--mlscope-db={db}",
             "--mlscope-html=none",
         )  # fmt: skip
         if session.returncode not in (0, 1):
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped = [line.split("] ", 1)[-1] for line in lines if line.startswith("SKIPPED")]
     text = (
         f'From `benchmarks/layers_across.py` ({machine()}): `pytest --mlscope -k "{SELECT}" '
-        f"--mlscope-trace=framework`, then `mlscope trace compare RUN '{PATTERN}'`:\n\n"
+        f"--mlscope-trace=library`, then `mlscope trace compare RUN '{PATTERN}'`:\n\n"
         "```text\n" + compared.stdout.rstrip() + "\n```\n"
     )
     if skipped:

@@ -226,6 +226,6 @@ def _cell(row: Any) -> str:
     if row is None:
         return "-"
     kernel = row.kernels[0] if row.kernels else ""
-    if len(kernel) > 32:
-        kernel = kernel[:31] + "…"
+    if len(kernel) > 40:
+        kernel = kernel[:39] + "…"
     return f"{row.self_us:,.1f}" + (f" {kernel}" if kernel else "")
