@@ -8,6 +8,7 @@ Python between modules, session overhead), so the rows add up to a whole predict
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -116,10 +117,54 @@ def diff_layers(before: Sequence[LayerRow], after: Sequence[LayerRow]) -> list[L
     return sorted(changes, key=lambda c: abs(c.delta_us), reverse=True)
 
 
-def slowest_movers(changes: Sequence[LayerChange], k: int = 3) -> list[LayerChange]:
-    """The layers that explain a slowdown: added or slower, largest added time first."""
-    movers = [c for c in changes if c.kind in ("slower", "added") and c.delta_us > 0]
-    return sorted(movers, key=lambda c: c.delta_us, reverse=True)[:k]
+def slowest_movers(changes: Sequence[LayerChange], k: int = 3) -> list[MovedLayer]:
+    """The layers that explain a slowdown, largest added time first, against the rest.
+
+    Two profiles taken under different load differ throughout: the baseline's, profiled on a
+    busy machine, can be many times slower in every layer, and then the layer that really grew
+    looks faster. So each layer is compared with the baseline's time scaled by the median
+    after/before ratio of the layers both tables have (1 when they were taken alike): a layer
+    moves when it grew against the others, whatever the load did to all of them.
+    """
+    import statistics
+
+    common = [c.after_us / c.before_us for c in changes if c.before_us and c.after_us]
+    scale = statistics.median(common) if len(common) >= 3 else 1.0
+    movers = []
+    for change in changes:
+        if change.after_us is None:
+            continue
+        expected = scale * (change.before_us or 0.0)
+        added = change.after_us - expected
+        if change.before_us is None or (
+            added >= MOVE_US and added >= MOVE_FRACTION * max(expected, 1e-9)
+        ):
+            movers.append(MovedLayer(change, scale, added))
+    return sorted(movers, key=lambda m: m.added_us, reverse=True)[:k]
+
+
+@dataclass(frozen=True)
+class MovedLayer:
+    """A layer that grew against the rest of its table; ``scale``: how the whole table moved."""
+
+    change: LayerChange
+    scale: float
+    added_us: float
+
+    @property
+    def layer(self) -> str:
+        return self.change.layer
+
+    def describe(self) -> str:
+        change = self.change
+        if change.before_us is None or abs(math.log(self.scale)) < math.log(1 + MOVE_FRACTION):
+            return change.describe()
+        expected = self.scale * change.before_us
+        return (
+            f"{change.layer} {change.op_type} {change.after_us / expected - 1:+.0%} against the "
+            f"other layers ({change.before_us:.1f} -> {change.after_us:.1f} µs; the whole "
+            f"baseline profile took {1 / self.scale:.3g}x as long)"
+        )
 
 
 @dataclass(frozen=True)
