@@ -2,7 +2,8 @@
 
 A failed agreement check says that the final outputs differ, not where. Each side's worker
 writes every layer's output for the same first batch (``Predictor.layer_outputs``: forward hooks
-in torch, every node's output made a graph output in ONNX Runtime), named by module path. The
+in torch, every node's output made a graph output in ONNX Runtime, each Keras layer's ``call``
+wrapped in TensorFlow), named by module path. The
 item's layers are walked in its own order; each must match a layer of the reference, the one of
 the same name or a later one of the same shape (a converter folds layers together), within the
 agreement's tolerance scaled to the layer's own magnitude. The first that matches none is where
@@ -28,9 +29,11 @@ def save_layers(path: str | Path, layers: Sequence[tuple[str, np.ndarray]] | Non
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     unique = _numbered([name for name, _ in layers])
+    # No zip(strict=...): the Caffe image's worker runs this on Python 3.9.
+    arrays_in_order = [np.asarray(value) for _, value in layers]
     numeric = [
-        (name, array)
-        for name, array in zip(unique, (np.asarray(v) for _, v in layers), strict=True)
+        (unique[i], array)
+        for i, array in enumerate(arrays_in_order)
         if array.dtype.kind in "biuf"  # maps, sequences and strings are not compared
     ]
     arrays = {f"layer_{i}": array for i, (_, array) in enumerate(numeric)}
@@ -66,20 +69,31 @@ class Divergence:
     relative: float = 0.0  # max |Δ| over that reference layer's largest magnitude
     agreeing: int = 0  # the item's layers compared before it, all explained
     compared: int = 0  # the item's layers with a reference layer of their shape
+    # Layers of names the reference lacks that matched none of its layers, after which later
+    # layers matched again: what the reference computes outside its modules (a functional relu).
+    passed_over: tuple[str, ...] = ()
 
     def describe(self, reference: str = "the reference") -> str:
         if self.compared == 0:
             return f"no layer's output has the shape of one of {reference}'s layers"
+        passed = ""
+        if self.passed_over:
+            shown = ", ".join(self.passed_over[:3]) + (", …" if len(self.passed_over) > 3 else "")
+            passed = (
+                f"; passed over {shown}: no layer of {reference} computes "
+                f"{'it' if len(self.passed_over) == 1 else 'them'}, and later layers matched again"
+            )
         if self.layer is None:
             return (
                 f"each of the {self.compared} comparable layers matches one of {reference}'s; "
-                "the difference arises in what no layer names"
+                f"the difference arises in what no layer names{passed}"
             )
         return (
             f"first diverging layer: {self.layer} (its output matches none of {reference}'s "
             f"layers; closest: {self.closest}, max |Δ| {self.max_abs:.3g}, "
             f"{self.relative:.1%} of its largest value; {self.agreeing} earlier "
-            f"layer{'s' if self.agreeing != 1 else ''} matched, {self.compared} compared)"
+            f"layer{'s' if self.agreeing != 1 else ''} matched, {self.compared} compared"
+            f"{passed})"
         )
 
 
@@ -101,6 +115,13 @@ def first_divergence(
     only a computation that no later layer of the reference performs is a divergence (a layer
     that wrongly passes its input through does not match the earlier layer it copies). Errors
     propagate, so the first such layer is where the two parted.
+
+    One exception: a layer whose name the reference does not have (ONNX Runtime's ``Relu`` node
+    for a ``torch.relu`` called in ``forward``, which no torch module outputs) may match nothing
+    only because the reference computes it outside its layers. When a later layer matches
+    again, the error did not propagate from it: it is passed over (and named in the message).
+    A layer the reference has by name, or one after which nothing matches again, is where the
+    two parted.
     """
     by_shape: dict[tuple[int, ...], list[tuple[int, str, np.ndarray]]] = {}
     named: dict[str, tuple[int, np.ndarray]] = {}
@@ -111,6 +132,8 @@ def first_divergence(
     compared = agreeing = 0
     cursor = -1  # the reference position of the last match
     first: Divergence | None = None
+    pending: list[Divergence] = []  # unmatched layers of names the reference lacks, since a match
+    passed_over: list[str] = []
     for name, value in item:
         candidates = by_shape.get(value.shape)
         if not candidates:
@@ -135,15 +158,23 @@ def first_divergence(
         else:
             assert best is not None
             delta, scale, closest = best
-            first = Divergence(
+            found = Divergence(
                 name,
                 closest=closest,
                 max_abs=delta,
                 relative=delta / scale if scale else float("inf"),
                 agreeing=agreeing,
             )
+            if same is None:
+                pending.append(found)  # decided by what comes after it
+            else:
+                first = pending[0] if pending else found
             continue
+        passed_over += [d.layer for d in pending if d.layer]
+        pending = []
         agreeing += 1
+    if first is None and pending:
+        first = pending[0]
     if first is None:
-        return Divergence(None, compared=compared)
-    return replace(first, compared=compared)
+        return Divergence(None, compared=compared, passed_over=tuple(passed_over))
+    return replace(first, compared=compared, passed_over=tuple(passed_over))

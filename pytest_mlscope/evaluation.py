@@ -156,7 +156,9 @@ class Evaluation:
                 reason, _ = self.skip_reason(manifest, side)
                 if reason:
                     return f"the first diverging layer is not known: {reason}"
-                path = self.work_dir / "layers" / f"{_safe(side.id)}.npz"
+                # In the work folder itself: the one a container's worker may write to (a
+                # folder the host makes in it belongs to the host's user).
+                path = self.work_dir / f"layers-{_safe(side.id)}.npz"
                 if not path.exists():
                     request = self._request(manifest, side, accuracy_only=True, checks=[])
                     request = request.model_copy(update={"save_layer_outputs": str(path)})

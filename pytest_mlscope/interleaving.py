@@ -257,7 +257,9 @@ class Interleaving:
                     "imported without them)",
                 )
                 return None
-            chosen = found
+            # A file fetched from the store carries no metadata: what the manifest says about
+            # loading this format (a state dict's class, a plan's TensorRT) holds for both.
+            chosen = found.model_copy(update={"metadata": {**artifact.metadata, **found.metadata}})
             what = f"the baseline's artifact (sha256 {found.sha256[:12]}, {where})"
         self._interleaved[cell.id] = (True, what)
         return Interleave(

@@ -129,7 +129,7 @@ def _interleaved(
     """
     from pytest_mlscope.measure import pair_plan, time_interleaved
     from pytest_mlscope.slowdown import slowed
-    from pytest_mlscope.zoo.cache import verify
+    from pytest_mlscope.zoo.files import verify
 
     spec = request.interleave
     assert spec is not None

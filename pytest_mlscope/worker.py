@@ -93,7 +93,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
     from pytest_mlscope.manifest import load_manifest
     from pytest_mlscope.predictors import predictor_class
     from pytest_mlscope.tracing.timeline import Timeline
-    from pytest_mlscope.zoo.cache import verify
+    from pytest_mlscope.zoo.files import verify
 
     cell = request.cell
     tracing = spans.enabled

@@ -70,3 +70,24 @@ def test_outputs_that_are_not_numbers_are_left_out(tmp_path: Path) -> None:
     save_layers(path, [("probabilities", np.array([{"a": 0.5}], dtype=object)), ("conv", CONV)])
     loaded = load_layers(path)
     assert loaded is not None and [name for name, _ in loaded] == ["conv"]
+
+
+def test_an_op_the_reference_computes_outside_its_layers_is_passed_over() -> None:
+    # torch.relu called in forward: ONNX Runtime's Relu node has no torch module to match, but
+    # the layers after it match again, so the error did not start there.
+    relu = np.maximum(STEM, 0)
+    item = [("stem", STEM), ("Relu", relu), ("b.conv", BN), ("b", BLOCK), ("head", HEAD)]
+    faithful = first_divergence(REFERENCE, item, atol=1e-6, rtol=1e-4)
+    assert (faithful.layer, faithful.passed_over) == (None, ("Relu",))
+    broken = [*item[:3], ("b", BLOCK + 0.5), ("head", HEAD + 0.5)]
+    found = first_divergence(REFERENCE, broken, atol=1e-6, rtol=1e-4)
+    assert (found.layer, found.agreeing, found.passed_over) == ("b", 2, ("Relu",))
+    assert "passed over Relu: no layer of torch computes it" in found.describe("torch")
+
+
+def test_a_layer_the_reference_names_differently_diverges_when_nothing_matches_after_it() -> None:
+    # A port whose layers have names of their own: the unmatched conv is where it parted, since
+    # no layer after it matches again.
+    item = [("stem0", STEM), ("conv1", BN + 0.5), ("block1", BLOCK + 0.5), ("fc", HEAD + 0.5)]
+    found = first_divergence(REFERENCE, item, atol=1e-6, rtol=1e-4)
+    assert (found.layer, found.agreeing, found.passed_over) == ("conv1", 1, ())

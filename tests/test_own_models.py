@@ -198,6 +198,15 @@ def test_a_users_exported_resnet_loads_agrees_and_keeps_its_blocks_apart(
         assert "conv1" not in rows and "conv2" not in rows  # no merged row
     assert {"layers.0.bn1", "layers.2.bn2"} <= set(exported)  # torch keeps BatchNorm apart
     assert len(exported) == len(set(exported))
+    # The nodes ONNX Runtime inserts around its NCHWc convolutions count under the layer they
+    # serve, in a row of their own op, never as a layer named after ORT's node.
+    with Store.from_location(project / ".mlscope" / "results.db", create=False) as store:
+        record = store.latest_results(store.runs(limit=1)[0].id)[
+            "resnet[onnxruntime-cpu-bs1-single_stream]"
+        ]
+    reorders = [row.layer for row in record.layers if row.op_type.startswith("Reorder")]
+    assert reorders and all(layer in ("stem", "pool", *BLOCK_LAYERS) for layer in reorders)
+    assert not any("Reorder" in row or "_token_" in row for row in onnx_rows), onnx_rows
     # TorchScript takes no hooks: it is timed and checked, and says why it has no layer rows.
     assert layers["resnet_script[torch-cpu-bs1-single_stream]"] == ["(other)"]
     # The transformer's two layers stay apart on both frameworks; attention is a layer of its
@@ -212,7 +221,7 @@ def test_a_users_exported_resnet_loads_agrees_and_keeps_its_blocks_apart(
 
 def test_a_torch_save_state_dict_under_a_pt_name_is_refused_with_the_fix(tmp_path: Path) -> None:
     from pytest_mlscope.errors import ArtifactError
-    from pytest_mlscope.zoo.cache import file_format
+    from pytest_mlscope.zoo.files import file_format
 
     path = tmp_path / "weights.pt"
     torch.save(_network().state_dict(), path)

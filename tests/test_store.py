@@ -41,7 +41,8 @@ from pytest_mlscope.store import (
     default_location,
     git_info,
 )
-from pytest_mlscope.zoo.cache import ArtifactCache, sha256_file, verify
+from pytest_mlscope.zoo.cache import ArtifactCache
+from pytest_mlscope.zoo.files import sha256_file, verify
 
 HOST = {"hostname": "bench-01", "arch": "x86_64", "cpu_model": "Test CPU", "memory_gb": 31.2}
 CELL = Cell(model="alexnet", framework="onnxruntime", batch_size=8)

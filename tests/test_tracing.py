@@ -18,7 +18,7 @@ from pytest_mlscope.predictors import predictor_class
 from pytest_mlscope.protocol import Cell, EvaluationRequest, LayerRow, MeasureOptions
 from pytest_mlscope.store import Store
 from pytest_mlscope.tracing import includes
-from pytest_mlscope.tracing.layers import OTHER, diff_layers, slowest_movers
+from pytest_mlscope.tracing.layers import OTHER, diff_layers, side_by_side, slowest_movers
 from pytest_mlscope.tracing.ort_profile import layer_of, resolve
 from pytest_mlscope.tracing.validate import trace_problems
 from pytest_mlscope.worker import evaluate
@@ -457,3 +457,25 @@ def test_trace_compare_puts_each_frameworks_time_and_kernel_beside_the_others(
     assert "1 layer(s) no other item names" in out[6]
     assert main(["trace", "compare", run[:8], "alexnet[tensorflow*", f"--db={db}"]) == 2
     assert "compare needs two or more" in capsys.readouterr().err
+
+
+def test_a_layer_listed_once_per_op_type_is_one_layer_side_by_side() -> None:
+    """ONNX Runtime lists an attention layer once per op type it ran; side by side with torch's
+    one row for the module, all of its time counts under the path, not whichever row came last."""
+    ort = [
+        LayerRow(layer="enc.attn", op_type="Gemm", self_us=3.5, total_us=3.5, kernels=["Gemm"]),
+        LayerRow(layer="enc.attn", op_type="MatMul", self_us=60.0, total_us=60.0, kernels=["MM"]),
+        LayerRow(layer="enc.attn", op_type="Softmax", self_us=30.0, total_us=30.0),
+        LayerRow(layer="enc.ff", op_type="MatMul", self_us=5.0, total_us=5.0),
+    ]
+    torch_rows = [
+        LayerRow(layer="enc.attn", op_type="MultiheadAttention", self_us=80.0, total_us=80.0),
+        LayerRow(layer="enc.ff", op_type="Linear", self_us=4.0, total_us=4.0),
+    ]
+    attn, ff = side_by_side([ort, torch_rows])
+    assert attn.layer == "enc.attn" and attn.sides[0] is not None
+    assert attn.sides[0].self_us == pytest.approx(93.5)
+    assert attn.sides[0].op_type == "MatMul+Softmax+Gemm"
+    assert attn.sides[0].kernels == ["MM", "Gemm"]
+    assert attn.op_types == ("MatMul+Softmax+Gemm", "MultiheadAttention")
+    assert ff.sides[1] is not None and ff.sides[1].self_us == 4.0

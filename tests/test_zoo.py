@@ -18,7 +18,8 @@ from pytest_mlscope.errors import ArtifactError, ManifestError
 from pytest_mlscope.manifest import Manifest, load_manifest
 from pytest_mlscope.predictors import predictor_class
 from pytest_mlscope.protocol import ArtifactRef
-from pytest_mlscope.zoo.cache import RECORD, ArtifactCache, sha256_file, verify
+from pytest_mlscope.zoo.cache import RECORD, ArtifactCache
+from pytest_mlscope.zoo.files import sha256_file, verify
 
 
 @pytest.fixture(scope="module")

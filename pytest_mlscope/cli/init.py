@@ -70,7 +70,7 @@ class Signature:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from pytest_mlscope.manifest import load_manifest
-    from pytest_mlscope.zoo.cache import file_format
+    from pytest_mlscope.zoo.files import file_format
 
     files = [Path(f).resolve() for f in args.files]
     signatures: dict[Path, Signature] = {}
@@ -82,7 +82,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             known = ", ".join(sorted({".onnx", ".pt2", ".pt", ".ts", ".keras"}))
             raise MlscopeError(
                 f"{path}: not a model file mlscope init reads (known: {known}, and a SavedModel "
-                "folder)"
+                "folder); "
+                + (
+                    f"a {fmt} model loads, but its interface is not read here: write its "
+                    "model.source.path entry by hand (README: Manifests)"
+                    if fmt
+                    else "other formats are named in model.source.path by hand"
+                )
             )
         signatures[path] = signature(path, fmt)
     frameworks = [s.framework for s in signatures.values()]
@@ -239,13 +245,14 @@ def _keras(path: Path) -> Signature:
     model = keras.models.load_model(str(path), compile=False)
     _one_input(path, len(model.inputs))
     tensor = model.inputs[0]
-    output = model.outputs[0] if model.outputs else None
+    # The output's layer name (``head``), not the symbolic tensor's (``keras_tensor_7``).
+    names = list(getattr(model, "output_names", None) or [])
     return Signature(
         "tensorflow",
         str(getattr(tensor, "name", "input")).split(":")[0],
         _per_sample(path, list(tensor.shape)),
         _dtype(path, np.dtype(tensor.dtype).name),
-        str(output.name).split(":")[0].split("/")[0] if output is not None else None,
+        str(names[0]) if names else None,
     )
 
 

@@ -20,7 +20,7 @@ from pytest_mlscope.manifest.parsing import (
     _parse,
     _shown,
 )
-from pytest_mlscope.manifest.schema import Manifest
+from pytest_mlscope.manifest.schema import Manifest, ModelFiles
 
 # Phrases for keys whose expected value is better said in the user's words than pydantic's.
 _EXPECTED = {
@@ -80,18 +80,21 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _data_key(data: Any, loc: tuple[Any, ...]) -> tuple[str | int, ...]:
-    """Keep the parts of a pydantic error location that step into the data (drop union tags)."""
+def _data_key(data: Any, loc: tuple[Any, ...], names_a_key: bool = True) -> tuple[str | int, ...]:
+    """Keep the parts of a pydantic error location that step into the data (drop union tags).
+    ``names_a_key``: the last part may be a key the data lacks (a missing or unknown one)."""
     key: list[str | int] = []
     current = data
-    for part in loc:
+    for i, part in enumerate(loc):
         in_dict = isinstance(current, dict) and part in current
         in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
         if in_dict or in_list:
             key.append(part)
             current = current[part]
-        elif isinstance(current, dict) and isinstance(part, str) and part not in current:
-            # A missing or unknown key: name it, but stop walking.
+        elif isinstance(current, dict) and isinstance(part, str) and i == len(loc) - 1:
+            if not names_a_key:
+                break
+            # A missing or unknown key (always the last part): name it, and stop walking.
             if part.isidentifier():
                 key.append(part)
             break
@@ -137,7 +140,7 @@ def _describe(error: dict[str, Any], key: tuple[str | int, ...], data: Any) -> s
 def _validation_problems(exc: ValidationError, data: Any, source: ManifestSource) -> Iterator[str]:
     seen: set[tuple[tuple[str | int, ...], str]] = set()
     for error in exc.errors():
-        key = _data_key(data, error["loc"])
+        key = _data_key(data, error["loc"], error["type"] in ("missing", "extra_forbidden"))
         message = _describe(error, key, data)
         if (key, message) in seen:
             continue
@@ -201,7 +204,17 @@ def _semantic_problems(
                     f"expected a framework of this manifest ({', '.join(names)}), "
                     f"got {framework!r}",
                 )
-            paths.append((("model", "source", "path", framework), value))
+            if isinstance(value, str):
+                paths.append((("model", "source", "path", framework), value))
+                continue
+            files = value.path if isinstance(value, ModelFiles) else value
+            key: tuple[str | int, ...] = ("model", "source", "path", framework)
+            if isinstance(value, ModelFiles):
+                key += ("path",)
+            if isinstance(files, str):
+                paths.append((key, files))
+            else:
+                paths.extend(((*key, i), f) for i, f in enumerate(files))
     root = source.path.parent.resolve()
     for key, relative in paths:
         resolved = (root / relative).resolve()

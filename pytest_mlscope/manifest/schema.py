@@ -78,8 +78,120 @@ class BuilderSource(_Strict):
     params: dict[str, str | int | float | bool] = {}
 
 
+# The formats a ``path:`` source can name explicitly (``format:``), where a suffix is not enough.
+ModelFormat = Literal[
+    "onnx",
+    "torch_export",
+    "torchscript",
+    "torch_state_dict",
+    "keras",
+    "saved_model",
+    "mxnet_symbol",
+    "caffe_net",
+    "tensorrt_plan",
+]
+
+
+class ModelFiles(_Strict):
+    """One framework's model as its users save it, when a file name does not say everything:
+    several files that make one model (an MXNet symbol and its params, a Caffe prototxt and its
+    caffemodel), a format the suffix cannot tell, a torch state dict with the class it belongs
+    to, or a TensorRT plan with the release it was built by."""
+
+    path: str | Annotated[list[str], Field(min_length=1)]
+    format: ModelFormat | None = None
+    # A state dict's class, ``package.module:Class``: imported from the project (its rootdir or
+    # pytest's pythonpath), like a builder, and called with ``kwargs`` before the weights load.
+    module: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    kwargs: dict[str, str | int | float | bool | list[int]] = {}
+    # The TensorRT release a plan was serialized by (a plan loads only there), e.g. "10.3.0".
+    built_with: str | None = None
+
+    @field_validator("built_with")
+    @classmethod
+    def _a_version(cls, value: str | None) -> str | None:
+        from packaging.version import InvalidVersion, Version
+
+        if value is not None:
+            try:
+                Version(value)
+            except InvalidVersion:
+                raise ValueError(
+                    f"expected a TensorRT version such as '10.3.0', got {value!r}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelFiles:
+        if self.format == "torch_state_dict" and self.module is None:
+            raise ValueError(
+                "expected 'module: package.module:Class' with a state dict: the weights "
+                "alone do not say which network they belong to"
+            )
+        if self.module is not None and self.format != "torch_state_dict":
+            raise ValueError(
+                "expected format torch_state_dict with 'module' (the class a state dict "
+                f"loads into), got {f'format {self.format}' if self.format else 'no format'}"
+            )
+        if self.format == "tensorrt_plan" and not self.built_with:
+            raise ValueError(
+                "expected 'built_with: <TensorRT version>' with a plan: a plan loads only in "
+                "the release that built it"
+            )
+        return self
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+def _shape_of(value: Any) -> str | None:
+    return {str: "file", list: "files", dict: "mapping"}.get(type(value))
+
+
+# One framework's entry in a ``path:`` mapping: a file, the files of one model, or a ModelFiles.
+FrameworkFiles = Annotated[
+    Union[  # noqa: UP007 - see ModelSource below
+        Annotated[str, Tag("file")],
+        Annotated[Annotated[list[str], Field(min_length=1)], Tag("files")],
+        Annotated[ModelFiles, Tag("mapping")],
+    ],
+    Discriminator(
+        _shape_of,
+        custom_error_type="model_files",
+        custom_error_message=(
+            "expected a file name, a list of the files of one model, or a mapping with 'path' "
+            "(and 'format', 'module', 'kwargs', 'built_with')"
+        ),
+    ),
+]
+
+
 class PathSource(_Strict):
-    path: str | dict[str, str]
+    # One file for every framework (each picks it by format), or per framework.
+    path: Annotated[
+        Union[  # noqa: UP007 - see ModelSource below
+            Annotated[str, Tag("file")],
+            Annotated[dict[str, FrameworkFiles], Tag("mapping")],
+        ],
+        Discriminator(
+            _shape_of,
+            custom_error_type="model_path",
+            custom_error_message=(
+                "expected a file name (for every framework) or a mapping from framework names "
+                "to their files"
+            ),
+        ),
+    ]
+
+    def files(self, framework: str) -> ModelFiles | None:
+        """What ``framework`` loads, as a ModelFiles; None when no entry names it."""
+        if isinstance(self.path, str):
+            return ModelFiles(path=self.path)
+        entry = self.path.get(framework)
+        if entry is None or isinstance(entry, ModelFiles):
+            return entry
+        return ModelFiles(path=entry)
 
 
 class UrlSource(_Strict):

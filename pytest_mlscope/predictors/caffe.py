@@ -4,7 +4,8 @@ Caffe has had no release since 2017 and no wheel on PyPI; Debian packaged it up 
 (Python 3.9), so its stack is an image made from that: ``containers/caffe/`` (base.sh, then
 ``mlscope containers build caffe``). Its items always run in that container, whatever the
 session's runtime: there is no Caffe to run on the host. The artifact is the zoo's ``caffe``
-format, a caffemodel with its deploy prototxt beside it (``pytest_mlscope.zoo.caffe_models``).
+format, a caffemodel with its deploy prototxt beside it (``pytest_mlscope.zoo.caffe_models``), or a
+user's deploy prototxt and caffemodel (``caffe_net``), staged into one folder.
 
 This module must import on the image's Python 3.9: no syntax newer than that outside
 annotations (which ``from __future__ import annotations`` keeps as strings).
@@ -29,7 +30,7 @@ from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
 
 class CaffePredictor(Predictor):
     name = "caffe"
-    formats = ("caffe",)
+    formats = ("caffe", "caffe_net")
     distributions = ()  # a Debian package in the image, not a Python distribution
     container_only: ClassVar[bool] = True
 
@@ -42,6 +43,13 @@ class CaffePredictor(Predictor):
     def load(self, artifact: ArtifactRef) -> None:
         import caffe
 
+        if artifact.format == "caffe_net":  # a user's deploy prototxt and caffemodel, one folder
+            folder = Path(artifact.path)
+            prototxt, weights = next(folder.glob("*.prototxt")), next(folder.glob("*.caffemodel"))
+            caffe.set_mode_cpu()
+            self.net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
+            self.input, self.output = self.net.inputs[0], self.net.outputs[0]
+            return
         if artifact.format != "caffe":
             raise ArtifactError(f"{artifact.path}: caffe cannot load format {artifact.format!r}")
         prototxt = Path(artifact.path).with_name(str(artifact.metadata.get("prototxt", "")))
@@ -136,6 +144,32 @@ class CaffePredictor(Predictor):
             f"prediction took {median_plain:.1f} µs"
         ]
         return rows, plain, notes
+
+    def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:
+        """One layer at a time (``Net.ForwardFromTo(i, i)``), each layer's top blobs copied
+        right after it runs: Caffe's in-place layers (ReLU, BatchNorm, Scale) write into their
+        input's blob, which the next layer overwrites, so reading the blobs after a whole
+        forward would show every in-place chain's last value only. Named by the layer, the
+        prototxt's name (the zoo's are torch's module paths)."""
+        net = self._fed(prepared)
+        names = list(net._layer_names)
+        captured: list[tuple[str, np.ndarray]] = []
+        for index, name in enumerate(names):
+            net._forward(index, index)
+            if net.layers[index].type == "Input":
+                continue
+            for top in net.top_names[name][:1]:  # a layer's first output, as torch's hooks
+                captured.append((name, np.array(net.blobs[top].data, dtype=np.float32)))
+        return captured
+
+    def _fed(self, prepared: Any) -> Any:
+        """The net with ``prepared`` in its input blob (reshaped to it), ready to run."""
+        blob = self.net.blobs[self.input]
+        if blob.data.shape != prepared.shape:
+            blob.reshape(*prepared.shape)
+            self.net.reshape()
+        blob.data[...] = prepared
+        return self.net
 
     def close(self) -> None:
         self.net = None

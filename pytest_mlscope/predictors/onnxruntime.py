@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,10 +60,20 @@ class OnnxRuntimePredictor(Predictor):
 
         from pytest_mlscope.tracing.ort_profile import profile_ort
 
-        def session(prefix: str) -> Any:
+        def session(prefix: str, optimized: str | None = None) -> Any:
             options = self._options()
             options.enable_profiling = True
             options.profile_file_prefix = prefix
+            if optimized:  # the graph ORT runs, to attribute the nodes it inserted
+                options.optimized_model_filepath = optimized
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    Path(optimized).name + ".data",
+                )
+                options.add_session_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+                )
+                options.log_severity_level = 3  # its "hardware specific" warning, every time
             return ort.InferenceSession(
                 self._path, sess_options=options, providers=self.session.get_providers()
             )

@@ -4,13 +4,15 @@ fusions, oneDNN kernels on CPU), built from the zoo's framework-neutral weights.
 The artifact is ``numpy_weights`` (an ``.npz`` of the torch-trained parameters) whose metadata
 names the Keras architecture that lays them out (``pytest_mlscope.zoo.keras_models``), so the
 TensorFlow model computes what the torch model computes. The function is traced once for any batch
-size (the input signature leaves the batch dimension open).
+size (the input signature leaves the batch dimension open). A failed agreement reads every Keras
+layer's output from one eager call (``layer_outputs``), in the reference's channels-first layout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -127,9 +129,8 @@ class TensorFlowPredictor(Predictor):
         from pytest_mlscope.tracing.tf_profile import profile_tf
 
         if self.model is None:  # a SavedModel's signature: no Keras layers to name
-            rows, steps, notes = super().profile(prepared, iterations, level, timeline, trace_dir)
-            notes.append("a SavedModel is called through its signature: no layers to name")
-            return rows, steps, notes
+            steps = self.timeline_predictions(prepared, iterations, timeline)
+            return [], steps, ["a SavedModel is called through its signature: no layers to name"]
 
         # The profiled calls go to a function of their own. TensorFlow's executor stops tracing
         # an op once its running estimate falls under 8,000 cycles, which the timing pass's
@@ -141,6 +142,68 @@ class TensorFlowPredictor(Predictor):
         return profile_tf(
             self.model, self.predict, profiled, prepared, iterations, level, timeline, trace_dir
         )
+
+    def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:
+        """Each Keras layer's output for one eager call of the model, in the order the layers
+        finish (a nested model's or custom layer's own layers before it, like torch's hooks);
+        None for a SavedModel called through its signature, which keeps no layers.
+
+        Each layer's ``call`` is wrapped for the one call and restored after it: this reaches
+        the layers of Sequential, functional and subclassed models alike, nested ones and a layer
+        called twice (its second output is ``name#2`` once saved) included, where a sub-model
+        of ``layer.output``s reaches only the outer graph. A top-level layer is named by its
+        Keras name, as the layer table names it (``features.2``); a layer inside another by the
+        path of names, joined with ``.`` (``block.conv``, then ``block``).
+
+        Layouts: a model that takes channels-first input and moves it to channels-last itself
+        (its first layer a ``Permute((2, 3, 1))`` of its one 4-D input, as the zoo's Keras builds
+        and torch ports do) computes on NHWC tensors what the reference computes on NCHW ones.
+        There, every 4-D output is returned as NCHW, so the divergence walk matches the
+        convolutions by shape; that ``Permute`` is left out (it only moves the input, and
+        returned as NCHW it *is* the input, which no layer of the reference outputs); and a
+        ``Flatten`` of a 4-D tensor is returned in channels-first order (C, H, W), the order
+        torch's flatten gives and the reference's next dense layer's weights were reordered
+        from, so a faithful port's flatten matches the reference's instead of being reported as
+        diverging for the order alone. Other layers that reshape a channels-last tensor
+        (``Reshape``) keep Keras' order, and may go uncompared or unmatched.
+        """
+        if self.model is None:
+            return None
+        tf = import_tensorflow()
+        import keras
+
+        model = self.model
+        moved = _layout_permute(model)
+        captured: list[tuple[str, np.ndarray]] = []
+
+        def wrapped(layer: Any, name: str) -> Any:
+            original = layer.call
+
+            def call(*args: Any, **kwargs: Any) -> Any:
+                output = original(*args, **kwargs)
+                if layer is not moved:
+                    value = _numpy(tf, output)
+                    if value is not None and moved is not None:
+                        value = _channels_first(layer, keras, args, value)
+                    if value is not None:
+                        captured.append((name, value))
+                return output
+
+            return call
+
+        layers = list(_named_layers(model, keras))
+        patched = []
+        try:
+            for name, layer in layers:
+                object.__setattr__(layer, "call", wrapped(layer, name))
+                patched.append(layer)
+            device = "/GPU:0" if self.device == "gpu" else "/CPU:0"
+            with tf.device(device):
+                model(prepared, training=False)
+        finally:
+            for layer in patched:
+                object.__delattr__(layer, "call")
+        return captured
 
     def close(self) -> None:
         self.model = None
@@ -163,3 +226,66 @@ class TensorFlowPredictor(Predictor):
                 "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
             },
         )
+
+
+def _named_layers(
+    model: Any, keras: Any, prefix: str = "", seen: set[int] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """(path, layer) for every layer under ``model``, each once (a layer shared by two models
+    under the first path found); the call, not this, decides the order. Input layers, which
+    compute nothing, are left out."""
+    seen = set() if seen is None else seen
+    if isinstance(model, keras.Model):
+        children = list(model.layers)
+    else:  # a custom layer's own layers (a residual block written as a Layer)
+        children = list(
+            getattr(model, "_flatten_layers", lambda **_: [])(include_self=False, recursive=False)
+        )
+    for layer in children:
+        if isinstance(layer, keras.layers.InputLayer) or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        path = f"{prefix}{layer.name}"
+        yield path, layer
+        yield from _named_layers(layer, keras, f"{path}.", seen)
+
+
+def _layout_permute(model: Any) -> Any:
+    """The ``Permute((2, 3, 1))`` that moves the model's one channels-first 4-D input to
+    channels-last as its first layer, if it has one."""
+    import keras
+
+    try:
+        shapes = [tuple(i.shape) for i in model.inputs]
+    except (AttributeError, ValueError):  # a subclassed model: no declared inputs
+        return None
+    if len(shapes) != 1 or len(shapes[0]) != 4:
+        return None
+    first = next(
+        (layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None
+    )
+    if isinstance(first, keras.layers.Permute) and tuple(first.dims) == (2, 3, 1):
+        return first
+    return None
+
+
+def _numpy(tf: Any, output: Any) -> np.ndarray | None:
+    """A layer's (first) output as numpy, floats as float32; None when it is no tensor."""
+    if isinstance(output, (tuple, list)):  # an RNN's (output, states...)
+        output = output[0] if output else None
+    if not tf.is_tensor(output):
+        return None
+    if output.dtype.is_floating:
+        output = tf.cast(output, tf.float32)
+    return np.array(output)
+
+
+def _channels_first(layer: Any, keras: Any, args: Any, value: np.ndarray) -> np.ndarray:
+    """A layer's output of a channels-last model in the reference's channels-first terms."""
+    if value.ndim == 4:
+        return value.transpose(0, 3, 1, 2)
+    source = args[0] if args else None
+    if isinstance(layer, keras.layers.Flatten) and len(getattr(source, "shape", ())) == 4:
+        n, h, w, c = (value.shape[0], *tuple(source.shape)[1:])
+        return value.reshape(n, h, w, c).transpose(0, 3, 1, 2).reshape(n, -1)
+    return value

@@ -10,6 +10,9 @@ it is), so nothing but TensorRT itself is needed on top. Per-layer times come fr
 Without an NVIDIA GPU the items skip before a worker starts, with the reason (see
 ``framework_unavailable`` and the hardware requirements): TensorRT runs on GPUs only.
 
+A user's own serialized plan (``tensorrt_plan``, ``.plan`` / ``.engine``) loads as it is, and only
+on the TensorRT release the manifest says built it (``built_with``).
+
 Not yet run on a GPU by this project's CI (it has none); ``benchmarks/gpu_check.py`` is the check
 a machine with one runs.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from packaging.version import Version
 
 from pytest_mlscope.errors import ArtifactError, StackUnavailable
 from pytest_mlscope.predictors.base import Predictor
@@ -44,9 +48,22 @@ def engine_dir() -> Path:
     return Path(base) / "tensorrt-engines"
 
 
+def plan_refused(artifact: ArtifactRef, version: str) -> None:
+    """Refuse a serialized plan that another TensorRT release built, before deserializing it:
+    TensorRT would refuse it too, with a less helpful message, or (across patch releases
+    without version compatibility) crash."""
+    built_with = str(artifact.metadata.get("built_with", ""))
+    if Version(built_with).release[:3] != Version(version).release[:3]:
+        raise StackUnavailable(
+            f"{artifact.path}: a TensorRT plan built with TensorRT {built_with} cannot run on "
+            f"TensorRT {version}: pin tensorrt=={built_with} for this framework, or point the "
+            "manifest at the ONNX file, which is built into an engine here"
+        )
+
+
 class TensorRTPredictor(Predictor):
     name = "tensorrt"
-    formats = ("onnx",)
+    formats = ("onnx", "tensorrt_plan")
     distributions = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
     extra = "tensorrt"
     devices = ("gpu",)
@@ -66,11 +83,17 @@ class TensorRTPredictor(Predictor):
         import tensorrt as trt
         import torch
 
-        if artifact.format != "onnx":
+        if artifact.format not in self.formats:
             raise ArtifactError(f"{artifact.path}: tensorrt cannot load format {artifact.format!r}")
+        if artifact.format == "tensorrt_plan":
+            plan_refused(artifact, trt.__version__)
         if not torch.cuda.is_available():
             raise StackUnavailable("TensorRT needs a CUDA GPU; torch sees none")
         logger = trt.Logger(trt.Logger.WARNING)
+        if artifact.format == "tensorrt_plan":  # the user's engine, as they serialized it
+            self.engine_path = Path(artifact.path)
+            self._deserialize(trt, logger, self.engine_path.read_bytes())
+            return
         name = torch.cuda.get_device_name()
         major, minor = torch.cuda.get_device_capability()
         key = engine_key(artifact.sha256, trt.__version__, name, f"{major}.{minor}")
@@ -84,10 +107,18 @@ class TensorRTPredictor(Predictor):
             temporary.write_bytes(plan)
             temporary.replace(self.engine_path)  # two workers building at once: one wins whole
             self.built = True
+        self._deserialize(trt, logger, plan)
+
+    def _deserialize(self, trt: Any, logger: Any, plan: bytes) -> None:
+        import torch
+
         runtime = trt.Runtime(logger)
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise ArtifactError(f"{self.engine_path}: TensorRT could not deserialize the engine")
+            raise ArtifactError(
+                f"{self.engine_path}: TensorRT {trt.__version__} could not deserialize the "
+                "engine (built for another GPU?)"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

@@ -44,9 +44,14 @@ class TorchPredictor(Predictor):
             factory = self.named_callable(artifact, "module", "Class")
             kwargs = dict(artifact.metadata.get("kwargs", {}) or {})  # type: ignore[call-overload]
             module = factory(**kwargs)
-            # weights_only: a state dict never needs arbitrary unpickling.
-            state = torch.load(artifact.path, map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
+            try:
+                module.load_state_dict(_state_dict(artifact))
+            except RuntimeError as exc:  # missing, unexpected or misshapen weights
+                raise ArtifactError(
+                    f"{artifact.path}: the state dict does not fit {artifact.metadata['module']}"
+                    f"({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): "
+                    + " ".join(str(exc).split())[:400]
+                ) from None
         elif artifact.format == "torch_export":
             # The program keeps the mode it was exported in; its module refuses eval().
             self._program = torch.export.load(artifact.path)
@@ -184,3 +189,25 @@ def _exported_types(program: Any) -> dict[str, str]:
         for path, kind in stack.values():
             found.setdefault(path, str(kind).rsplit(".", 1)[-1].strip("'>"))
     return found
+
+
+def _state_dict(artifact: ArtifactRef) -> Any:
+    """The weights of a ``torch.save``'d state dict, or of a training checkpoint that holds one
+    (``{"model_state_dict": ..., "optimizer_state_dict": ...}``, as torch's tutorials save
+    them). Read with ``weights_only``: a state dict never needs arbitrary unpickling."""
+    import torch
+
+    try:
+        state = torch.load(artifact.path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{artifact.path}: not a state dict torch can read with weights_only=True (a whole "
+            f"pickled module? save model.state_dict() instead): {str(exc).splitlines()[0]}"
+        ) from None
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        nested = [k for k in ("model_state_dict", "state_dict", "model") if k in state]
+        if nested and isinstance(state[nested[0]], dict):
+            state = state[nested[0]]
+    if not isinstance(state, dict):
+        raise ArtifactError(f"{artifact.path}: expected a state dict, got a {type(state).__name__}")
+    return state

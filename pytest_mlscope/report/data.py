@@ -7,6 +7,7 @@ report written at the end of a session and one rebuilt later from a shared datab
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
         Store,
         SystemPoint,
     )
-    from pytest_mlscope.tracing.layers import LayerChange
+    from pytest_mlscope.tracing.layers import LayerAcross, LayerChange
 
 VERDICT_ORDER = ("regression", "inconclusive", "incomparable", "improvement", "new", "ok")
 HISTORY_RUNS = 30  # runs in each item's trend plot
@@ -81,6 +82,70 @@ class AcrossSystems:
 
 
 @dataclass
+class LayersAcross:
+    """One model's layer tables side by side across the frameworks (or stacks) of a run, at one
+    device, batch size and scenario: what ``mlscope trace compare`` prints, for the report."""
+
+    model: str
+    device: str
+    batch_size: int
+    scenario: str
+    records: list[ResultRecord]  # one per framework (or stack), by item id
+    rows: list[LayerAcross]  # matched by path, slowest on any side first, ``(other)`` last
+
+    @property
+    def labels(self) -> list[str]:
+        return [record.cell.framework_id for record in self.records]
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} ({self.device}, bs{self.batch_size}, {self.scenario})"
+
+    def fastest(self, entry: LayerAcross) -> str | None:
+        """The framework with the least self time in a layer two or more of them ran; None for
+        ``(other)``, a layer only one names, or a tie."""
+        from pytest_mlscope.tracing.layers import OTHER
+
+        sides = zip(entry.sides, self.labels, strict=True)
+        present = [(row.self_us, label) for row, label in sides if row is not None]
+        if entry.layer == OTHER or len(present) < 2:
+            return None
+        present.sort()
+        return present[0][1] if present[0][0] < present[1][0] else None
+
+    def wins(self) -> dict[str, int]:
+        """Per framework, how many layers it ran fastest (in column order, zeros left out)."""
+        counts = dict.fromkeys(self.labels, 0)
+        for entry in self.rows:
+            label = self.fastest(entry)
+            if label is not None:
+                counts[label] += 1
+        return {label: n for label, n in counts.items() if n}
+
+    def totals(self) -> list[float]:
+        """Each framework's self times summed: a whole profiled prediction, ``(other)`` included."""
+        return [sum(row.self_us for row in record.layers) for record in self.records]
+
+
+def layers_across(records: Iterable[ResultRecord]) -> list[LayersAcross]:
+    """The items with layer tables grouped by model, device, batch size and scenario, each group
+    of two or more frameworks (or stacks) matched layer by layer with ``side_by_side``."""
+    from pytest_mlscope.tracing.layers import side_by_side
+
+    groups: dict[tuple[str, str, int, str], list[ResultRecord]] = {}
+    for record in sorted(records, key=lambda r: r.item_id):
+        if record.layers:
+            cell = record.cell
+            key = (cell.model, cell.device, cell.batch_size, cell.scenario)
+            groups.setdefault(key, []).append(record)
+    return [
+        LayersAcross(*key, records=chosen, rows=side_by_side([r.layers for r in chosen]))
+        for key, chosen in groups.items()
+        if len(chosen) > 1
+    ]
+
+
+@dataclass
 class ReportData:
     run: RunRecord
     location: str
@@ -88,6 +153,7 @@ class ReportData:
     baseline: BaselineRecord | None = None
     baseline_runs: list[RunRecord] = field(default_factory=list)
     across: list[AcrossSystems] = field(default_factory=list)
+    layers_across: list[LayersAcross] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -244,6 +310,7 @@ def load(
             item.layer_diff = diff_layers(item.baseline.layers, item.record.layers)
         if history and item.record.summary is not None:
             item.history = store.item_history(item.id, limit=history)
+    data.layers_across = layers_across(item.record for item in data.items)
     if across:
         for model in dict.fromkeys(item.record.cell.model for item in data.items):
             view = across_systems(store, model)

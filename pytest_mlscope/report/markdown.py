@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from pytest_mlscope.report.terminal import printable
 
 if TYPE_CHECKING:
-    from pytest_mlscope.report.data import ReportData
+    from pytest_mlscope.report.data import LayersAcross, ReportData
 
 MAX_ROWS = 50  # a job summary is read, not searched; the HTML report has every row
+MAX_LAYERS = 15  # slowest layers per model in the side-by-side tables
 # What can start emphasis, code, links, tables or strike-through inside a table cell; < > &
 # are HTML-escaped first (GitHub renders inline HTML).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
@@ -104,6 +105,36 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
         )
     if len(rows) > MAX_ROWS:
         lines.append(f"\n{len(rows) - MAX_ROWS} more items in the HTML report")
+    for group in data.layers_across:
+        lines += ["", *_layers_across(group)]
     if html_path:
         lines += ["", f"Full report (plots, layer diffs, history): `{html_path}`"]
     return "\n".join(lines) + "\n"
+
+
+def _layers_across(group: LayersAcross) -> list[str]:
+    """One model's slowest layers side by side: each framework's self µs and its first kernel
+    (escaped, not inline code: a ``|`` in a code span still splits a GitHub table's cell)."""
+    from pytest_mlscope.tracing.layers import OTHER
+
+    labels = group.labels
+    lines = [
+        f"### Layers across frameworks: {escape(group.title)}",
+        "",
+        "| layer | op | " + " | ".join(escape(label) for label in labels) + " | fastest |",
+        "| --- | --- | " + " | ".join("---:" for _ in labels) + " | --- |",
+    ]
+    named = [entry for entry in group.rows if entry.layer != OTHER]
+    for entry in named[:MAX_LAYERS]:
+        cells = [
+            ""
+            if side is None
+            else f"{side.self_us:,.1f}" + (f" {escape(side.kernels[0])}" if side.kernels else "")
+            for side in entry.sides
+        ]
+        fastest = escape(group.fastest(entry) or "")
+        row = [escape(entry.layer), escape("/".join(entry.op_types)), *cells, fastest]
+        lines.append("| " + " | ".join(row) + " |")
+    if len(named) > MAX_LAYERS:
+        lines.append(f"\n{len(named) - MAX_LAYERS} more layers in the HTML report")
+    return lines

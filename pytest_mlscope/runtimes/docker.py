@@ -125,6 +125,9 @@ class PathMap:
             "trace_dir": move(request.trace_dir),
             "reference_outputs": move(request.reference_outputs),
             "save_outputs": move(request.save_outputs),
+            "save_inputs": move(request.save_inputs),
+            "inputs_path": move(request.inputs_path),
+            "save_layer_outputs": move(request.save_layer_outputs),
         }
         if request.interleave is not None:
             artifact = request.interleave.artifact

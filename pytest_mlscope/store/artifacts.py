@@ -63,7 +63,7 @@ class ArtifactsMixin(_StoreBase):
             return False
         try:
             if source.is_dir():
-                from pytest_mlscope.zoo.cache import write_tree
+                from pytest_mlscope.zoo.files import write_tree
 
                 handle = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, as the file is
                 write_tree(source, handle)
@@ -155,7 +155,7 @@ class ArtifactsMixin(_StoreBase):
         checksum, so a reader never sees a partial or corrupt model. Refused when the database
         does not hold the file, or holds it damaged.
         """
-        from pytest_mlscope.zoo.cache import TREE_FORMATS, read_tree, sha256_path
+        from pytest_mlscope.zoo.files import TREE_FORMATS, read_tree, sha256_path
 
         _check_sha256(sha256)
         stored = self.artifact(sha256)

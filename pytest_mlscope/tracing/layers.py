@@ -176,13 +176,40 @@ class LayerAcross:
     sides: tuple[LayerRow | None, ...]  # per item, None where it has no such layer
 
 
+def by_layer(rows: Iterable[LayerRow]) -> dict[str, LayerRow]:
+    """One row per layer path, in the table's order: a framework that lists a layer once per
+    op type (ONNX Runtime: an attention layer's MatMul, Softmax, Transpose… rows) counts all
+    of its time under the path, its three slowest op types named, its kernels slowest first."""
+    groups: dict[str, list[LayerRow]] = {}
+    for row in rows:
+        groups.setdefault(row.layer, []).append(row)
+    merged = {}
+    for name, group in groups.items():
+        if len(group) == 1:
+            merged[name] = group[0]
+            continue
+        slowest = sorted(group, key=lambda r: -r.self_us)
+        ops = list(dict.fromkeys(r.op_type for r in slowest))
+        shown = "+".join(ops[:3]) + (f"+{len(ops) - 3} more" if len(ops) > 3 else "")
+        merged[name] = group[0].model_copy(
+            update={
+                "op_type": shown,
+                "calls": max(r.calls for r in group),
+                "self_us": sum(r.self_us for r in group),
+                "total_us": sum(r.total_us for r in group),
+                "kernels": list(dict.fromkeys(k for r in slowest for k in r.kernels)),
+            }
+        )
+    return merged
+
+
 def side_by_side(tables: Sequence[Sequence[LayerRow]]) -> list[LayerAcross]:
     """The layers of several tables matched by path, slowest (on any side) first, ``(other)``
     last: what MLModelScope compared, which kernel each framework chose for the same layer."""
+    by_side = [by_layer(rows) for rows in tables]
     names: dict[str, None] = {}
-    for rows in tables:
-        names.update((row.layer, None) for row in rows)
-    by_side = [{row.layer: row for row in rows} for rows in tables]
+    for side in by_side:
+        names.update(dict.fromkeys(side))
     matched = []
     for name in names:
         sides = tuple(side.get(name) for side in by_side)

@@ -52,11 +52,13 @@ def profile_mxnet(
     prepared: Any,
     iterations: int,
     timeline: Timeline,
+    layers: list[tuple[str, str]] | None = None,
 ) -> tuple[list[LayerRow], list[float], list[str]]:
     """Layer rows (per inference), plain prediction times (µs) and notes.
 
     ``build()`` makes a fresh hybridized network from the artifact (read while bulking is off);
-    ``plain_call`` runs the timed network.
+    ``plain_call`` runs the timed network. ``layers`` (name, operator) are an exported symbol's
+    operator nodes in the graph's order; without them, the Gluon network's child blocks.
     """
     from mxnet import profiler
 
@@ -89,9 +91,14 @@ def profile_mxnet(
             os.environ[BULK_ENV] = before
     events = _read_dump(path)[seen_before:]
 
-    blocks = list(net._children.values())
-    names = list(getattr(net, "layer_names", [block.name for block in blocks]))
-    kinds = [type(block).__name__ for block in blocks]
+    if layers is None:
+        blocks = list(net._children.values())
+        names = list(getattr(net, "layer_names", [block.name for block in blocks]))
+        kinds = [type(block).__name__ for block in blocks]
+        expected = [OPERATORS.get(kind) for kind in kinds]
+    else:
+        names = [name for name, _ in layers]
+        kinds = expected = [operator for _, operator in layers]
     operators = _operator_spans(events)
     if not ours or len(operators) != len(ours) * len(names):
         note = (
@@ -99,7 +106,6 @@ def profile_mxnet(
             f"predictions of a {len(names)}-block network do not line up"
         )
         return [], plain, [note]
-    expected = [OPERATORS.get(kind) for kind in kinds]
     seen = [operator for operator, _, _ in operators[: len(names)]]
     if any(want and want != got for want, got in zip(expected, seen, strict=True)):
         note = f"no layer table for mxnet: operators {seen} are not the blocks {kinds}"

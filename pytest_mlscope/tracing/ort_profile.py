@@ -7,7 +7,10 @@ the source model. A fused node keeps the name of the fused chain's *output*: a C
 ReLU is named ``/features/features.1/Relu_output_0_nchwc``. With the ``onnx`` package installed,
 the original graph is read to walk from that output back to the node of the fused node's op, so
 the row is ``features.0`` (Conv) with kernel ``Conv+Relu/NCHWc``; without it, the row keeps ORT's
-name (``features.1``, op Conv). Rows are named by the full module path (``layers.1.conv2``).
+name (``features.1``, op Conv). Rows are named by the full module path (``layers.1.conv2``). The
+nodes ORT inserts (``ReorderOutput`` after an NCHWc convolution) are found in the graph it runs,
+saved by the profiling session (``optimized_model_filepath``), and counted under the layer they
+serve, in a row of their own op.
 """
 
 from __future__ import annotations
@@ -87,11 +90,52 @@ def source_nodes(model_path: str) -> dict[str, tuple[str, str, list[str]]] | Non
     return producers
 
 
+def inserted_nodes(optimized: Path) -> dict[str, tuple[str, str]]:
+    """The nodes ORT added to the graph it runs (``ReorderOutput`` and ``ReorderInput`` around
+    NCHWc convolutions, ``…_token_N`` copies), each with the node it serves and that node's op:
+    the one that produces its input, else the one that reads its output. Their names carry no
+    module path of their own. Empty without onnx or the optimized graph."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    except Exception:
+        return {}
+    ops = {node.name: node.op_type for node in graph.node}
+    producer = {output: node.name for node in graph.node for output in node.output}
+    consumer: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumer.setdefault(name, node.name)
+    found = {}
+    for node in graph.node:
+        if "/" in node.name:  # an exporter's scoped name: a layer of its own
+            continue
+        served = next((producer[i] for i in node.input if i in producer), None)
+        served = served or next((consumer[o] for o in node.output if o in consumer), None)
+        if served is not None and served != node.name:
+            found[node.name] = (served, ops[served])
+    return found
+
+
 def resolve(
-    node: str, op: str, producers: dict[str, tuple[str, str, list[str]]] | None
+    node: str,
+    op: str,
+    producers: dict[str, tuple[str, str, list[str]]] | None,
+    inserted: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[str, list[str]]:
-    """(layer, ops fused into it) for an ORT node name, using the original graph when known."""
+    """(layer, ops fused into it) for an ORT node name, using the original graph when known;
+    a node ORT inserted counts under the layer it serves (its own op names it in the row)."""
     base = node.removeprefix("fused ").removesuffix(SUFFIX)
+    if (
+        inserted
+        and base in inserted
+        and producers is not None
+        and not any(name == base for name, _, _ in producers.values())
+    ):
+        served, served_op = inserted[base]
+        if served not in inserted:  # one step: an inserted node serving another is left
+            return resolve(served, served_op, producers)[0], []
     if producers is None:
         return layer_of(node), []
     if any(name == base for name, _, _ in producers.values()):  # an unfused node keeps its name
@@ -128,7 +172,13 @@ def profile_ort(
     """
     trace_dir.mkdir(parents=True, exist_ok=True)
     prefix = str(trace_dir / f"ort-{time.perf_counter_ns()}")
-    session = session_factory(prefix)
+    optimized = Path(prefix + "-optimized.onnx")
+    try:
+        session = session_factory(prefix, str(optimized))
+        inserted = inserted_nodes(optimized)
+    finally:
+        optimized.unlink(missing_ok=True)
+        optimized.with_name(optimized.name + ".data").unlink(missing_ok=True)
     # Unprofiled runs of the timed session first: what the rows must add up to. (Alternating
     # them with the profiled session's runs would be fairer to drift, but two sessions of a
     # large model evict each other's weights from the caches: AlexNet's rows then add up to
@@ -175,7 +225,7 @@ def profile_ort(
             args = node.get("args", {})
             op = str(args.get("op_name", "?"))
             if (node["name"], op) not in resolved:
-                resolved[(node["name"], op)] = resolve(node["name"], op, producers)
+                resolved[(node["name"], op)] = resolve(node["name"], op, producers, inserted)
             layer, fused = resolved[(node["name"], op)]
             key = (layer, op)
             totals[key] += float(node["dur"])

@@ -184,12 +184,14 @@ def profile_torch(
     # Hooks cost a few µs per module call, outside the layer spans: "(other)" is what an
     # uninstrumented prediction spends outside every layer, so the rows add up to it.
     median_plain = statistics.median(plain)
-    notes.append(
-        f"layer times from forward hooks over {len(records)} predictions (the timeline shows "
-        f"the last {iterations}); hooks made a prediction {statistics.median(steps):.1f} "
-        f"µs instead of {median_plain:.1f} µs, a cost kept out of the table ({hook_us:.2f} µs "
-        "taken off each layer call: an empty module's hooked span)"
-    )
+    if leaves:
+        notes.append(
+            f"layer times from forward hooks over {len(records)} predictions (the timeline "
+            f"shows the last {iterations}); hooks made a prediction "
+            f"{statistics.median(steps):.1f} µs instead of {median_plain:.1f} µs, a cost kept "
+            f"out of the table ({hook_us:.2f} µs taken off each layer call: an empty module's "
+            "hooked span)"
+        )
     rows.append(other_row(rows, median_plain, "outside layers", device))
     return rows, plain, notes
 

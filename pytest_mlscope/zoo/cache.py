@@ -7,10 +7,7 @@ are renamed into place, under a file lock, so parallel sessions never see half-w
 ``<root>/from-store/<sha256>/`` holds files fetched from the results database, where baselines keep
 the models they were measured with.
 
-A model saved as a folder (a TensorFlow SavedModel) is one artifact: its sha256 is that of the
-folder written as a canonical tar (``write_tree``: entries sorted, no times, owners or modes of
-its own), the same bytes the results database keeps, so a folder is verified, stored and fetched
-as a file is.
+A folder, or the files of one model staged into one, is one artifact (``zoo.files``).
 """
 
 from __future__ import annotations
@@ -25,121 +22,26 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.protocol import ArtifactRef
+from pytest_mlscope.zoo.files import (
+    SUFFIX_FORMATS,
+    TREE_FORMATS,
+    _suffix_format,
+    companions,
+    file_format,
+    sha256_file,
+    sha256_path,
+)
 
 if TYPE_CHECKING:
-    from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.manifest import Manifest, ModelFiles
     from pytest_mlscope.store import Store
 
 RECORD = "artifacts.json"
 FROM_STORE = "from-store"
-SUFFIX_FORMATS = {
-    ".onnx": "onnx",
-    ".pt2": "torch_export",
-    ".pt": "torchscript",
-    ".ts": "torchscript",
-    ".keras": "keras",
-}
-# Formats that are folders, each known by the file that marks it.
-TREE_FORMATS = {"saved_model": "saved_model.pb"}
-
-
-def file_format(path: Path) -> str | None:
-    """A model file's format from its suffix; a ``.pt`` is TorchScript only if it is one (a
-    ``torch.save``'d state dict shares the suffix and cannot be loaded without its class)."""
-    if path.is_dir():
-        return next((f for f, marker in TREE_FORMATS.items() if (path / marker).is_file()), None)
-    fmt = SUFFIX_FORMATS.get(path.suffix)
-    if fmt == "torchscript" and path.is_file() and not _is_torchscript(path):
-        raise ArtifactError(
-            f"{path}: not a TorchScript archive (a torch.save'd state dict or module?): save the "
-            "model with torch.jit.save, or with torch.export.save as a .pt2 file"
-        )
-    return fmt
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives hold the scripted code (``<name>/code/``); torch.save's do not."""
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_path(path: str | os.PathLike[str]) -> str:
-    """A file's sha256, or a folder's: that of its canonical tar (``write_tree``)."""
-    if Path(path).is_dir():
-        digest = hashlib.sha256()
-
-        class Sink:
-            def write(self, data: bytes) -> int:
-                digest.update(data)
-                return len(data)
-
-        write_tree(Path(path), Sink())  # type: ignore[arg-type]
-        return digest.hexdigest()
-    return sha256_file(path)
-
-
-def write_tree(folder: Path, handle: IO[bytes]) -> None:
-    """``folder`` as a canonical tar: entries in sorted order, each with the same time (0),
-    owner (0) and mode (0644 files, 0755 folders), USTAR headers; so equal folders are equal
-    bytes on any machine, and their sha256 names them. A symbolic link is refused: what it
-    points at would not travel with the model."""
-    import tarfile
-
-    entries = sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
-    with tarfile.open(fileobj=handle, mode="w|", format=tarfile.USTAR_FORMAT) as archive:
-        for path in entries:
-            if path.is_symlink():
-                raise ArtifactError(
-                    f"{path}: a symbolic link in a model folder; copy the file it points to"
-                )
-            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if path.is_dir():
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                archive.addfile(info)
-                continue
-            info.size, info.mode = path.stat().st_size, 0o644
-            with open(path, "rb") as content:
-                archive.addfile(info, content)
-
-
-def read_tree(archive_path: Path, folder: Path) -> None:
-    """Unpack a tar ``write_tree`` wrote into ``folder`` (created), refusing members that would
-    land outside it (tarfile's ``data`` filter)."""
-    import tarfile
-
-    folder.mkdir(parents=True)
-    with tarfile.open(archive_path, mode="r:") as archive:
-        archive.extractall(folder, filter="data")
-
-
-def verify(artifact: ArtifactRef) -> None:
-    """Refuse an artifact whose bytes are not the ones recorded, naming both hashes."""
-    path = Path(artifact.path)
-    if not path.exists():
-        raise ArtifactError(f"artifact {path} is missing (expected by {artifact.expected_by})")
-    actual = sha256_path(path)
-    if actual != artifact.sha256:
-        raise ArtifactError(
-            f"artifact {path} has sha256 {actual}, expected {artifact.sha256} "
-            f"({artifact.expected_by}); the file changed after its checksum was recorded"
-        )
 
 
 @contextlib.contextmanager
@@ -197,7 +99,7 @@ class ArtifactCache:
                     f"{manifest.where('model', 'source', 'path')}: model.source.path: "
                     f"no file for framework {framework!r}"
                 )
-            artifact = self._local_file(manifest, framework, path[framework])
+            artifact = self._local_file(manifest, framework, source.files(framework))  # type: ignore[union-attr,arg-type]
         else:
             available = self.artifacts(manifest)
             chosen = next((available[f] for f in formats if f in available), None)
@@ -362,28 +264,92 @@ class ArtifactCache:
             )
         return refs
 
-    def _local_file(self, manifest: Manifest, framework: str | None, relative: str) -> ArtifactRef:
-        path = manifest.resolve(relative)
-        fmt = file_format(path)
+    def _local_file(
+        self, manifest: Manifest, framework: str | None, entry: ModelFiles
+    ) -> ArtifactRef:
+        key = ("model", "source", "path") if framework is None else (
+            "model", "source", "path", framework
+        )  # fmt: skip
+        where = f"{manifest.where(*key)}: {'.'.join(key)}"
+        paths = [manifest.resolve(p) for p in entry.paths]
+        for path in paths:
+            if not path.exists():
+                raise ArtifactError(f"{where}: no file {path}")
+        if len(paths) == 1:
+            fmt = entry.format or file_format(paths[0])
+        else:
+            found = {_suffix_format(p) for p in paths}
+            fmt = entry.format or (found.pop() if len(found) == 1 else None)
         if fmt is None:
             raise ArtifactError(
-                f"{manifest.where('model', 'source', 'path')}: model.source.path: cannot tell "
-                f"the format of {relative!r} (known suffixes: {', '.join(SUFFIX_FORMATS)}; a "
-                "SavedModel folder, with its saved_model.pb)"
+                f"{where}: cannot tell the format of {', '.join(entry.paths)} (known suffixes: "
+                f"{', '.join(SUFFIX_FORMATS)}; a SavedModel folder, with its saved_model.pb); "
+                "name it: {path: ..., format: ...}"
             )
-        if not path.exists():
-            raise ArtifactError(f"{manifest.where('model', 'source', 'path')}: no file {path}")
+        if fmt in TREE_FORMATS and not paths[0].is_dir():
+            try:
+                files = paths if len(paths) > 1 else [paths[0], *companions(paths[0], fmt)]
+            except ArtifactError as exc:
+                raise ArtifactError(f"{where}: {exc}") from None
+            path, sha256 = self._staged(files, fmt, where)
+        elif len(paths) > 1:
+            raise ArtifactError(
+                f"{where}: a {fmt} model is one file or folder, got {len(paths)} files"
+            )
+        else:
+            path, sha256 = paths[0], sha256_path(paths[0])
+        metadata: dict[str, object] = {}
+        if entry.module:
+            metadata = {"module": entry.module, "kwargs": dict(entry.kwargs)}
+        if entry.built_with:
+            metadata["built_with"] = entry.built_with
         return ArtifactRef(
             format=fmt,
             path=str(path),
-            sha256=sha256_path(path),
-            expected_by=f"hashed from {path} at collection",
+            sha256=sha256,
+            metadata=metadata,
+            expected_by=f"hashed from {', '.join(str(p) for p in paths)} at collection",
         )
 
+    def _staged(self, files: list[Path], fmt: str, where: str) -> tuple[Path, str]:
+        """The files of one model, linked (or copied) into one folder of the cache named by
+        their checksum: a folder artifact, verified, kept by a baseline and fetched whole."""
+        names = [p.name for p in files]
+        if len(set(names)) != len(names):
+            raise ArtifactError(f"{where}: two of the model's files share a name: {names}")
+        sha256 = sha256_path(files)
+        target = self.root / "files" / sha256
+        if target.is_dir() and sorted(p.name for p in target.iterdir()) == sorted(names):
+            if all(os.path.samefile(target / p.name, p) for p in files):
+                return target, sha256
+            if sha256_path(target) == sha256:
+                return target, sha256
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=target.parent))
+        try:
+            for path in files:
+                try:
+                    os.link(path, staging / path.name)
+                except OSError:  # another file system, or links not allowed: a copy
+                    shutil.copyfile(path, staging / path.name)
+            staging.chmod(0o755)
+            if sha256_path(staging) != sha256:
+                raise ArtifactError(f"{where}: the model's files changed while they were read")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not TREE_FORMATS[fmt](target):
+            raise ArtifactError(f"{where}: {names} are not the files of a {fmt} model")
+        return target, sha256
+
     def _local(self, manifest: Manifest) -> dict[str, ArtifactRef]:
-        path = manifest.model.source.path  # type: ignore[union-attr]
-        paths = path.values() if isinstance(path, dict) else [path]
-        refs = (self._local_file(manifest, None, p) for p in paths)
+        source = manifest.model.source
+        frameworks = source.path if isinstance(source.path, dict) else {None: source.path}  # type: ignore[union-attr]
+        refs = (
+            self._local_file(manifest, framework, source.files(framework or ""))  # type: ignore[union-attr,arg-type]
+            for framework in frameworks
+        )
         return {ref.format: ref for ref in refs}
 
     def _downloaded(self, manifest: Manifest) -> dict[str, ArtifactRef]:
