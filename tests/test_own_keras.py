@@ -327,3 +327,50 @@ def test_a_weight_changed_in_the_keras_port_is_named_as_the_first_divergence(
     assert not check.passed
     assert "first diverging layer: conv2 (" in check.detail
     assert "2 earlier layers matched" in check.detail
+
+
+def test_a_keras_transformer_over_int64_tokens_keeps_its_two_layers_apart(
+    tmp_path: Path, pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A transformer encoder as a Keras user writes one (functional, int64 tokens, each block's
+    layers named by their path): ``mlscope init`` reads its signature, ``mlscope golden`` its
+    outputs, and the item meets them with a layer table that keeps the two blocks apart."""
+    from pytest_mlscope.cli import main
+
+    keras.utils.set_random_seed(3)
+    tokens = keras.Input((12,), dtype="int64", name="tokens")
+    x = keras.layers.Embedding(100, 32, name="embed")(tokens)
+    for i in range(2):
+        attention = keras.layers.MultiHeadAttention(4, 8, name=f"layers.{i}.self_attn")(x, x)
+        x = keras.layers.LayerNormalization(name=f"layers.{i}.norm1")(x + attention)
+        hidden = keras.layers.Dense(64, activation="relu", name=f"layers.{i}.linear1")(x)
+        hidden = keras.layers.Dense(32, name=f"layers.{i}.linear2")(hidden)
+        x = keras.layers.LayerNormalization(name=f"layers.{i}.norm2")(x + hidden)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(tokens, keras.layers.Dense(5, name="head")(x))
+    project = tmp_path / "team"
+    (project / "models").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nmlscope_manifests = ["models"]\n'
+    )
+    model.save(project / "models" / "encoder.keras")
+    data = np.random.default_rng(3).integers(0, 100, (8, 12), dtype=np.int64)
+    np.savez(project / "models" / "tokens.npz", inputs=data)
+    with contextlib.chdir(project):
+        assert main(["init", "models/encoder.keras", "--dataset=models/tokens.npz"]) == 0
+        assert "int64" in (project / "models" / "encoder.yaml").read_text()
+        assert main(["golden", "models/encoder.yaml"]) == 0
+        capsys.readouterr()
+        result = pytester.runpytest_subprocess(
+            "--mlscope", "-p", "no:cacheprovider", "--mlscope-trace=framework",
+            "--mlscope-min-count=20", "--mlscope-min-duration=0.05",
+        )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    with Store.from_location(project / ".mlscope" / "results.db", create=False) as store:
+        record = store.latest_results(store.runs(limit=1)[0].id)[
+            "encoder[tensorflow-cpu-bs1-single_stream]"
+        ]
+    assert record.accuracy is not None and record.accuracy.passed, record.accuracy
+    layers = {row.layer for row in record.layers}
+    for index in (0, 1):
+        assert {f"layers.{index}.self_attn", f"layers.{index}.linear1"} <= layers, layers

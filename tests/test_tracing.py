@@ -479,3 +479,36 @@ def test_a_layer_listed_once_per_op_type_is_one_layer_side_by_side() -> None:
     assert attn.sides[0].kernels == ["MM", "Gemm"]
     assert attn.op_types == ("MatMul+Softmax+Gemm", "MultiheadAttention")
     assert ff.sides[1] is not None and ff.sides[1].self_us == 4.0
+
+
+def test_trace_compare_puts_the_same_model_on_two_systems_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Across systems: two runs in one shared database, one per machine, their items of one
+    model side by side, each column named by its machine and run."""
+    from test_store import HOST, make_result
+
+    from pytest_mlscope.cli import main
+    from pytest_mlscope.protocol import Cell, LayerRow
+
+    db = tmp_path / "results.db"
+    runs = []
+    with Store.from_location(db) as store:
+        for hostname, cpu, us in (("epyc", "AMD EPYC 9654", 400.0), ("xeon", "Intel Xeon", 700.0)):
+            run = store.start_run(host={**HOST, "hostname": hostname, "cpu_model": cpu})
+            cell = Cell(model="alexnet", framework="onnxruntime", batch_size=1)
+            rows = [LayerRow(layer="features.0", op_type="Conv", self_us=us, total_us=us,
+                             kernels=[f"Conv ({hostname})"])]  # fmt: skip
+            result = make_result(cell).model_copy(update={"layers": rows})
+            store.record_result(run, cell=cell, outcome="passed", result=result)
+            store.finish_run(run)
+            runs.append(run)
+    pattern = "alexnet[onnxruntime-cpu-bs1-*]"
+    assert main(["trace", "compare", runs[0][:8], runs[1][:8], pattern, f"--db={db}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"runs {runs[0][:12]}, {runs[1][:12]}: 2 items side by side")
+    assert out[1].startswith(f"  epyc/{runs[0][:6]}: epyc, AMD EPYC 9654, started 20")
+    header = out[3].split()
+    assert header == ["layer", "op", f"epyc/{runs[0][:6]}:onnxruntime-cpu",
+                      f"xeon/{runs[1][:6]}:onnxruntime-cpu"]  # fmt: skip
+    assert out[5].split()[:6] == ["features.0", "Conv", "400.0", "Conv", "(epyc)", "700.0"]

@@ -43,13 +43,20 @@ def diff_parser() -> argparse.ArgumentParser:
 
 
 def compare_parser() -> argparse.ArgumentParser:
-    """``mlscope trace compare RUN PATTERN``: its own parser, as ``trace diff``."""
+    """``mlscope trace compare RUN [RUN...] PATTERN``: its own parser, as ``trace diff``."""
     parser = argparse.ArgumentParser(
         prog="mlscope trace compare",
-        description="one model's layers side by side across the traced items of a run: each "
-        "framework's self time per layer and the kernel it ran",
+        description="one model's layers side by side across the traced items of a run (or of "
+        "several runs: other systems sharing the database): each framework's self time per "
+        "layer and the kernel it ran",
     )
-    parser.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
+    parser.add_argument(
+        "runs",
+        metavar="RUN",
+        nargs="+",
+        help="a run id or a unique prefix of one; several put their items side by side (the "
+        "same model on other machines, stacks or images)",
+    )
     parser.add_argument(
         "pattern",
         metavar="PATTERN",
@@ -171,37 +178,48 @@ def cmd_trace_compare(args: argparse.Namespace) -> int:
     from pytest_mlscope.tracing.layers import OTHER, side_by_side, total_self_us
 
     with open_store(args.db) as store:
-        run = store.get_run(args.run)
-        results = store.latest_results(run.id)
-    chosen = {
-        item: record
-        for item, record in sorted(results.items())
-        if _matches(item, args.pattern, fnmatch) and record.layers
-    }
+        runs = [store.get_run(ref) for ref in dict.fromkeys(args.runs)]
+        results = {run.id: store.latest_results(run.id) for run in runs}
+    several = len(runs) > 1
+    chosen: dict[str, Any] = {}
+    labels = []
+    matched = []
+    for run in runs:
+        for item, record in sorted(results[run.id].items()):
+            if not _matches(item, args.pattern, fnmatch):
+                continue
+            matched.append(item)
+            if record.layers:
+                chosen[f"{run.id}/{item}"] = record
+                labels.append(_label(record, run if several else None))
+    where = f"runs {', '.join(r.id[:12] for r in runs)}" if several else f"run {runs[0].id[:12]}"
     if len(chosen) < 2:
-        matched = [i for i in results if _matches(i, args.pattern, fnmatch)]
         raise MlscopeError(
-            f"run {run.id[:12]}: {len(chosen)} traced item(s) match {args.pattern!r} "
+            f"{where}: {len(chosen)} traced item(s) match {args.pattern!r} "
             f"({', '.join(sorted(matched)) or 'none match'}); compare needs two or more with "
             "layer tables (pytest --mlscope --mlscope-trace=framework)"
         )
-    labels = [_label(record) for record in chosen.values()]
     across = side_by_side([record.layers for record in chosen.values()])
     shown = [entry for entry in across if entry.layer != OTHER][: args.top]
     print(
-        f"run {run.id[:12]}: {len(chosen)} items side by side; self µs per prediction and the "
+        f"{where}: {len(chosen)} items side by side; self µs per prediction and the "
         "kernel that took most of it, slowest layers first"
     )
+    if several:
+        for run in runs:
+            cpu = run.host.get("cpu_model") or "?"
+            started = f"{run.started_at:%Y-%m-%d %H:%M}"
+            print(f"  {_run_label(run)}: {run.hostname}, {cpu}, started {started}")
     body = [
         [entry.layer, "/".join(entry.op_types)] + [_cell(side) for side in entry.sides]
         for entry in shown
     ]
     print(table(["layer", "op", *labels], body, ()))
-    for label, record in zip(labels, chosen.values(), strict=True):
+    for column, (label, record) in enumerate(zip(labels, chosen.values(), strict=True)):
         named = total_self_us(r for r in record.layers if r.layer != OTHER)
         median = record.summary.median * 1e6 if record.summary else None
         cover = f", {named / median:.0%} of the measured median {median:,.1f} µs" if median else ""
-        only = sum(1 for e in across if e.layer != OTHER and e.sides[labels.index(label)] and
+        only = sum(1 for e in across if e.layer != OTHER and e.sides[column] and
                    sum(s is not None for s in e.sides) == 1)  # fmt: skip
         print(
             f"{label}: named layers {named:,.1f} µs{cover}"
@@ -216,10 +234,17 @@ def _matches(item: str, pattern: str, fnmatch: Any) -> bool:
     return bool(fnmatch.fnmatchcase(item, escaped))
 
 
-def _label(record: Any) -> str:
+def _label(record: Any, run: Any = None) -> str:
+    """A column's name: the framework (and stack) and device; with the run's, when several
+    runs are side by side."""
     cell = record.cell
     stack = f"@{cell.stack}" if getattr(cell, "stack", None) else ""
-    return f"{cell.framework}{stack}-{cell.device}"
+    label = f"{cell.framework}{stack}-{cell.device}"
+    return f"{_run_label(run)}:{label}" if run is not None else label
+
+
+def _run_label(run: Any) -> str:
+    return f"{run.hostname}/{run.id[:6]}"
 
 
 def _cell(row: Any) -> str:
