@@ -22,12 +22,17 @@ import numpy as np
 PATHS_KEY = "__paths__"
 
 
+NONE_KEY = "__none__"
+
+
 def save_layers(path: str | Path, layers: Sequence[tuple[str, np.ndarray]] | None) -> None:
-    """Write ``layers`` in their order (nothing when the predictor cannot expose them)."""
-    if layers is None:
-        return
+    """Write ``layers`` in their order; when the predictor cannot expose them, a file that says
+    so, so the next failing item of the same cell does not ask the worker again."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if layers is None:
+        np.savez(target, **{NONE_KEY: np.array(True)})
+        return
     unique = _numbered([name for name, _ in layers])
     # No zip(strict=...): the Caffe image's worker runs this on Python 3.9.
     arrays_in_order = [np.asarray(value) for _, value in layers]
@@ -45,6 +50,8 @@ def load_layers(path: str | Path) -> list[tuple[str, np.ndarray]] | None:
     if not Path(path).is_file():
         return None
     with np.load(path, allow_pickle=False) as archive:
+        if NONE_KEY in archive.files:
+            return None
         paths = [str(p) for p in archive[PATHS_KEY]]
         return [(name, np.asarray(archive[f"layer_{i}"])) for i, name in enumerate(paths)]
 

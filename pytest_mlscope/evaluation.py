@@ -59,29 +59,34 @@ class Evaluation:
         if path.exists():
             return path
         reference = manifest.accuracy.agreement.reference
-        from pytest_mlscope.cells import skip_reason
-
         cell = Cell(model=manifest.name, framework=reference, device="cpu", batch_size=1)
-        runtime = None
-        reason, _ = self.skip_reason(manifest, cell)
-        # No image for the reference: its outputs from the host's stack, when it has one.
-        if (
-            reason
-            and self.in_container(cell)
-            and skip_reason(manifest, cell, self.host, self.settings.predictors) is None
-        ):
-            reason, runtime = None, self._host_runtime("subprocess")
-        if reason:
+        runtime, reason = self._reference_runtime(manifest, cell)
+        if runtime is None:
             raise EvaluationFailed(
                 f"the agreement reference {reference} cannot run here, so agreement cannot be "
                 f"checked: {reason}"
             )
         request = self._request(manifest, cell, accuracy_only=True, save_outputs=path)
         try:
-            (runtime or self.runtime(cell)).evaluate(request, self.settings.timeout)
+            runtime.evaluate(request, self.settings.timeout)
         except MlscopeError as exc:
             raise EvaluationFailed(f"the agreement reference {reference} failed: {exc}") from exc
         return path
+
+    def _reference_runtime(self, manifest: Manifest, cell: Cell) -> tuple[Any, str | None]:
+        """Where the agreement reference runs: its own runtime, or, when it has no image, the
+        host's stack if that has it; (None, why) when neither can run it."""
+        from pytest_mlscope.cells import skip_reason
+
+        reason, _ = self.skip_reason(manifest, cell)
+        if reason is None:
+            return self.runtime(cell), None
+        if (
+            self.in_container(cell)
+            and skip_reason(manifest, cell, self.host, self.settings.predictors) is None
+        ):
+            return self._host_runtime("subprocess"), None
+        return None, reason
 
     def _request(
         self,
@@ -153,8 +158,11 @@ class Evaluation:
         found = {}
         try:
             for side in (reference, cell):
-                reason, _ = self.skip_reason(manifest, side)
-                if reason:
+                if side is reference:
+                    runtime, reason = self._reference_runtime(manifest, side)
+                else:
+                    runtime, reason = self.runtime(side), None
+                if runtime is None:
                     return f"the first diverging layer is not known: {reason}"
                 # In the work folder itself: the one a container's worker may write to (a
                 # folder the host makes in it belongs to the host's user).
@@ -162,7 +170,7 @@ class Evaluation:
                 if not path.exists():
                     request = self._request(manifest, side, accuracy_only=True, checks=[])
                     request = request.model_copy(update={"save_layer_outputs": str(path)})
-                    self.runtime(side).evaluate(request, self.settings.timeout)
+                    runtime.evaluate(request, self.settings.timeout)
                 found[side.id] = (side, load_layers(path))
         except Exception as exc:  # the agreement's failure must reach the user whatever happens
             return f"the first diverging layer could not be found: {type(exc).__name__}: {exc}"

@@ -122,6 +122,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         _random_inputs(data, interface)
         written.append(data)
     output.parent.mkdir(parents=True, exist_ok=True)
+    before = output.read_bytes() if output.is_file() else None  # --force: kept until it validates
     output.write_text(manifest_text(name, signatures, interface, data, folder))
     written.append(output)
     try:
@@ -129,6 +130,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     except MlscopeError:
         for path in written:  # nothing half-made is left behind
             path.unlink(missing_ok=True)
+        if before is not None:
+            output.write_bytes(before)
         raise
     print(f"wrote {shown_path(output)}: {manifest.name}, {_summary(signatures, interface)}")
     golden = manifest.accuracy.golden
