@@ -127,25 +127,80 @@ class Evaluation:
     ) -> EvaluationResult:
         """Accuracy and timing for one cell, in the cell's runtime; ``item_id`` names the result
         (and its baseline) when it is not the cell's own id (a hand-written test's evaluation).
-        A failed agreement says where the item and the reference part."""
+        A failed agreement says where the item and the reference part; a missed golden, where
+        the item parts from the golden's own layers, when ``mlscope golden`` kept them."""
         result = self._evaluate_cell(manifest, cell, item_id, **overrides)
-        check = result.accuracy.check("agreement") if result.accuracy else None
-        if check is None or check.passed:
+        if result.accuracy is None:
             return result
-        where = self._divergence(manifest, cell)
-        assert result.accuracy is not None
+        found = {}
+        for check in result.accuracy.checks:
+            if check.passed:
+                continue
+            if check.name == "agreement":
+                found[check.name] = self._divergence(manifest, cell)
+            elif check.name == "golden" and self._golden_layers(manifest).is_file():
+                found[check.name] = self._golden_divergence(manifest, cell)
+        if not found:
+            return result
         checks = [
-            c.model_copy(update={"detail": f"{c.detail}; {where}"}) if c is check else c
+            c.model_copy(update={"detail": f"{c.detail}; {found[c.name]}"})
+            if c.name in found
+            else c
             for c in result.accuracy.checks
         ]
         return result.model_copy(
             update={"accuracy": result.accuracy.model_copy(update={"checks": checks})}
         )
 
+    def _golden_layers(self, manifest: Manifest) -> Path:
+        """Where ``mlscope golden`` keeps the golden framework's layer outputs for the first
+        sample, beside the golden file (``goldens/alexnet.npz`` -> ``alexnet.layers.npz``)."""
+        golden = manifest.accuracy.golden
+        assert golden is not None
+        path = manifest.resolve(golden.path)
+        return path.with_name(f"{path.stem}.layers.npz")
+
+    def _item_layers(self, manifest: Manifest, cell: Cell, runtime: Any) -> Any:
+        """The item's layer outputs on the first batch, from an accuracy-only pass of its own
+        (once per cell: the file is the cache)."""
+        from pytest_mlscope.divergence import load_layers
+
+        # In the work folder itself: the one a container's worker may write to (a folder the
+        # host makes in it belongs to the host's user).
+        path = self.work_dir / f"layers-{_safe(cell.id)}.npz"
+        if not path.exists():
+            request = self._request(manifest, cell, accuracy_only=True, checks=[])
+            request = request.model_copy(update={"save_layer_outputs": str(path)})
+            runtime.evaluate(request, self.settings.timeout)
+        return load_layers(path)
+
+    def _golden_divergence(self, manifest: Manifest, cell: Cell) -> str:
+        """The first of the item's layers (on the first sample) whose output none of the
+        golden's layers has: what changed since the golden was written (a model edit, an
+        upgrade that computes one layer differently)."""
+        from pytest_mlscope.divergence import first_divergence, load_layers
+
+        golden = manifest.accuracy.golden
+        assert golden is not None
+        try:
+            reference = load_layers(self._golden_layers(manifest))
+            single = cell.model_copy(update={"batch_size": 1})
+            layers = self._item_layers(manifest, single, self.runtime(cell))
+            if reference is None or layers is None:
+                return (
+                    "the first diverging layer is not known: "
+                    f"{cell.framework if layers is None else 'the golden'} keeps no layer outputs"
+                )
+            return first_divergence(reference, layers, atol=golden.atol, rtol=golden.rtol).describe(
+                "the golden"
+            )
+        except Exception as exc:  # the golden's failure must reach the user whatever happens
+            return f"the first diverging layer could not be found: {type(exc).__name__}: {exc}"
+
     def _divergence(self, manifest: Manifest, cell: Cell) -> str:
         """The first of the item's layers whose output none of the reference's layers has, on
         the first batch (pytest_mlscope.divergence); each side in its own worker, once."""
-        from pytest_mlscope.divergence import first_divergence, load_layers
+        from pytest_mlscope.divergence import first_divergence
 
         agreement = manifest.accuracy.agreement
         assert agreement is not None
@@ -164,14 +219,7 @@ class Evaluation:
                     runtime, reason = self.runtime(side), None
                 if runtime is None:
                     return f"the first diverging layer is not known: {reason}"
-                # In the work folder itself: the one a container's worker may write to (a
-                # folder the host makes in it belongs to the host's user).
-                path = self.work_dir / f"layers-{_safe(side.id)}.npz"
-                if not path.exists():
-                    request = self._request(manifest, side, accuracy_only=True, checks=[])
-                    request = request.model_copy(update={"save_layer_outputs": str(path)})
-                    runtime.evaluate(request, self.settings.timeout)
-                found[side.id] = (side, load_layers(path))
+                found[side.id] = (side, self._item_layers(manifest, side, runtime))
         except Exception as exc:  # the agreement's failure must reach the user whatever happens
             return f"the first diverging layer could not be found: {type(exc).__name__}: {exc}"
         missing = sorted({side.framework for side, layers in found.values() if layers is None})
@@ -308,5 +356,13 @@ class Evaluation:
         path = manifest.resolve(golden.path)
         cell = Cell(model=manifest.name, framework=framework, device="cpu", batch_size=1)
         request = self._request(manifest, cell, accuracy_only=True, save_outputs=path, checks=[])
+        # With the outputs, each layer's on the first sample, where the framework exposes them:
+        # a later miss then says which layer changed since (none kept where it cannot).
+        layers = self._golden_layers(manifest)
+        request = request.model_copy(update={"save_layer_outputs": str(layers)})
         self.runtime(cell).evaluate(request, self.settings.timeout)
+        from pytest_mlscope.divergence import load_layers
+
+        if load_layers(layers) is None:
+            layers.unlink(missing_ok=True)
         return path

@@ -126,7 +126,11 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 del first
 
             # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
-            if request.checks == [] and (request.count is not None or request.save_layer_outputs):
+            if (
+                request.checks == []
+                and request.save_outputs is None
+                and (request.count is not None or request.save_layer_outputs)
+            ):
                 # a count pass after a checked timing pass, or a failed agreement's layers: the
                 # outputs are known, the dataset is not run again
                 accuracy = AccuracyReport()

@@ -299,3 +299,52 @@ def test_a_weight_changed_in_one_convolution_is_named_as_the_first_divergence(
     assert not check.passed
     assert "first diverging layer: layers.1.conv2 (" in check.detail
     assert "earlier layers matched" in check.detail
+
+
+def test_a_golden_miss_names_the_first_layer_that_changed_since_the_golden(
+    project: Path, pytester: pytest.Pytester, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``mlscope golden`` keeps, beside the golden outputs, each layer's output on the first
+    sample; when the team's ONNX file later computes ``layers.1.conv2`` differently, the golden
+    miss names that layer (no second framework is needed: the golden's own layers are the
+    reference)."""
+    import shutil
+
+    from pytest_mlscope.cli import main
+
+    copy = tmp_path / "team"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".mlscope"))
+    (copy / "manifests" / "resnet_onnx.yaml").write_text(
+        MANIFEST.format(
+            name="resnet_onnx",
+            inputs=IMAGE,
+            data="inputs.npz",
+            frameworks="  - name: onnxruntime",
+            paths="onnxruntime: resnet.onnx",
+            accuracy="  golden: {path: goldens/resnet_onnx.npz, atol: 1.0e-4, rtol: 1.0e-3}",
+        )
+    )
+    with contextlib.chdir(copy):
+        assert main(["golden", "manifests/resnet_onnx.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs of onnxruntime" in out
+    assert "resnet_onnx.layers.npz" in out and "first layer that changed" in out
+    path = copy / "manifests" / "resnet.onnx"
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.name.endswith("layers.1/conv2/Conv"))
+    changed = onnx.numpy_helper.to_array(weights[conv.input[1]]).copy()
+    changed[0, 0, 1, 1] += 0.5
+    weights[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(changed, conv.input[1]))
+    onnx.save(model, str(path))
+    with contextlib.chdir(copy):
+        result = pytester.runpytest_subprocess(
+            "--mlscope", "-p", "no:cacheprovider", "-k", "resnet_onnx", *TIMING
+        )
+    result.assert_outcomes(failed=1)
+    with Store.from_location(copy / ".mlscope" / "results.db", create=False) as store:
+        records = store.latest_results(store.runs(limit=1)[0].id)
+    check = records["resnet_onnx[onnxruntime-cpu-bs1-single_stream]"].accuracy.check("golden")
+    assert check is not None and not check.passed
+    assert "first diverging layer: layers.1.conv2 (" in check.detail, check.detail
+    assert "matches none of the golden's layers" in check.detail

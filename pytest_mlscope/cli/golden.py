@@ -38,8 +38,18 @@ def cmd_golden(args: argparse.Namespace) -> int:
         path = session.write_golden(manifest, args.framework)
     finally:
         session.close()
-    print(
-        f"wrote {shown_path(path)} "
-        f"({manifest.name}, outputs of {args.framework or 'the reference framework'})"
+    framework = args.framework or (
+        manifest.accuracy.agreement.reference
+        if manifest.accuracy.agreement
+        else manifest.framework[0].name
     )
+    print(f"wrote {shown_path(path)} ({manifest.name}, outputs of {framework})")
+    layers = path.with_name(f"{path.stem}.layers.npz")
+    if layers.is_file():
+        size = layers.stat().st_size / 1e6
+        print(
+            f"wrote {shown_path(layers)} ({size:.1f} MB: each layer's output on the first "
+            "sample, so a later golden miss names the first layer that changed; keep it beside "
+            "the golden file)"
+        )
     return EXIT_OK
