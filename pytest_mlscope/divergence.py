@@ -20,6 +20,35 @@ from pathlib import Path
 import numpy as np
 
 PATHS_KEY = "__paths__"
+# Values kept of each larger layer: at positions drawn once per shape, the same on both sides,
+# so a golden's layers file stays small (a few MB for a ResNet-50, not hundreds) and a changed
+# filter still shows (its channel's share of the positions, some dozens of values).
+SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """A layer's output kept as its values at ``sample_positions(shape)``."""
+
+    shape: tuple[int, ...]
+    values: np.ndarray
+
+
+def sample_positions(shape: tuple[int, ...]) -> np.ndarray:
+    """SAMPLE flat positions of a tensor of ``shape``, drawn with the shape as the seed: the
+    same positions wherever and whenever a tensor of that shape is sampled."""
+    size = int(np.prod(shape))
+    rng = np.random.default_rng([int(d) for d in shape] or [0])
+    return np.sort(rng.choice(size, SAMPLE, replace=False))
+
+
+def _values(layer: np.ndarray | Sampled, sampled: bool) -> np.ndarray:
+    """A layer's values to compare: all of them, or those at the sampled positions when the
+    other side kept only those."""
+    if isinstance(layer, Sampled):
+        return layer.values.astype(np.float64)
+    flat = np.asarray(layer, dtype=np.float64).reshape(-1)
+    return flat[sample_positions(tuple(layer.shape))] if sampled else flat
 
 
 NONE_KEY = "__none__"
@@ -41,19 +70,34 @@ def save_layers(path: str | Path, layers: Sequence[tuple[str, np.ndarray]] | Non
         for i, array in enumerate(arrays_in_order)
         if array.dtype.kind in "biuf"  # maps, sequences and strings are not compared
     ]
-    arrays = {f"layer_{i}": array for i, (_, array) in enumerate(numeric)}
-    np.savez(target, **{PATHS_KEY: np.array([n for n, _ in numeric], dtype=str)}, **arrays)
+    arrays: dict[str, np.ndarray] = {}
+    for i, (_, array) in enumerate(numeric):
+        if array.size > SAMPLE:
+            arrays[f"shape_{i}"] = np.array(array.shape, dtype=np.int64)
+            array = array.reshape(-1)[sample_positions(tuple(array.shape))]
+        arrays[f"layer_{i}"] = array
+    names = np.array([n for n, _ in numeric], dtype=str)
+    np.savez_compressed(target, **{PATHS_KEY: names}, **arrays)
 
 
-def load_layers(path: str | Path) -> list[tuple[str, np.ndarray]] | None:
-    """The layers a worker wrote, in order; None when it wrote none."""
+def load_layers(path: str | Path) -> list[tuple[str, np.ndarray | Sampled]] | None:
+    """The layers a worker wrote, in order (a larger one as its sampled values); None when it
+    wrote none."""
     if not Path(path).is_file():
         return None
     with np.load(path, allow_pickle=False) as archive:
         if NONE_KEY in archive.files:
             return None
         paths = [str(p) for p in archive[PATHS_KEY]]
-        return [(name, np.asarray(archive[f"layer_{i}"])) for i, name in enumerate(paths)]
+        layers: list[tuple[str, np.ndarray | Sampled]] = []
+        for i, name in enumerate(paths):
+            values = np.asarray(archive[f"layer_{i}"])
+            if f"shape_{i}" in archive.files:
+                shape = tuple(int(d) for d in archive[f"shape_{i}"])
+                layers.append((name, Sampled(shape, values)))
+            else:
+                layers.append((name, values))
+        return layers
 
 
 def _numbered(paths: list[str]) -> list[str]:
@@ -105,8 +149,8 @@ class Divergence:
 
 
 def first_divergence(
-    reference: Sequence[tuple[str, np.ndarray]],
-    item: Sequence[tuple[str, np.ndarray]],
+    reference: Sequence[tuple[str, np.ndarray | Sampled]],
+    item: Sequence[tuple[str, np.ndarray | Sampled]],
     *,
     atol: float,
     rtol: float,
@@ -128,32 +172,33 @@ def first_divergence(
     only because the reference computes it outside its layers. When a later layer matches
     again, the error did not propagate from it: it is passed over (and named in the message).
     A layer the reference has by name, or one after which nothing matches again, is where the
-    two parted.
+    two parted. A layer kept as sampled values (a large one) is compared at those positions.
     """
-    by_shape: dict[tuple[int, ...], list[tuple[int, str, np.ndarray]]] = {}
-    named: dict[str, tuple[int, np.ndarray]] = {}
+    by_shape: dict[tuple[int, ...], list[tuple[int, str, np.ndarray | Sampled]]] = {}
+    named: dict[str, tuple[int, np.ndarray | Sampled]] = {}
     for position, (name, value) in enumerate(reference):
-        wide = value.astype(np.float64)
-        by_shape.setdefault(wide.shape, []).append((position, name, wide))
-        named[name] = (position, wide)
+        by_shape.setdefault(tuple(value.shape), []).append((position, name, value))
+        named[name] = (position, value)
     compared = agreeing = 0
     cursor = -1  # the reference position of the last match
     first: Divergence | None = None
     pending: list[Divergence] = []  # unmatched layers of names the reference lacks, since a match
     passed_over: list[str] = []
     for name, value in item:
-        candidates = by_shape.get(value.shape)
+        shape = tuple(value.shape)
+        candidates = by_shape.get(shape)
         if not candidates:
             continue
         compared += 1
         if first is not None:
             continue
-        got = value.astype(np.float64)
         same = named.get(name)
-        ordered = [(same[0], name, same[1])] if same and same[1].shape == got.shape else []
+        ordered = [(same[0], name, same[1])] if same and tuple(same[1].shape) == shape else []
         ordered += [c for c in candidates if c[1] != name and c[0] > cursor]
         best: tuple[float, float, str] | None = None
-        for position, candidate, expected in ordered:
+        for position, candidate, kept in ordered:
+            sampled = isinstance(value, Sampled) or isinstance(kept, Sampled)
+            got, expected = _values(value, sampled), _values(kept, sampled)
             delta = float(np.max(np.abs(got - expected))) if got.size else 0.0
             scale = float(np.max(np.abs(expected))) if got.size else 0.0
             if np.isfinite(delta) and delta <= atol + rtol * scale:

@@ -92,3 +92,28 @@ def test_a_layer_the_reference_names_differently_diverges_when_nothing_matches_a
     item = [("stem0", STEM), ("conv1", BN + 0.5), ("block1", BLOCK + 0.5), ("fc", HEAD + 0.5)]
     found = first_divergence(REFERENCE, item, atol=1e-6, rtol=1e-4)
     assert (found.layer, found.agreeing, found.passed_over) == ("conv1", 1, ())
+
+
+def test_a_large_layer_is_kept_as_samples_that_still_show_one_changed_channel(
+    tmp_path: Path,
+) -> None:
+    from pytest_mlscope.divergence import SAMPLE, Sampled
+
+    big = np.random.default_rng(1).standard_normal((1, 64, 56, 56)).astype(np.float32)
+    changed = big.copy()
+    changed[0, 37] += 0.5  # one filter of 64 off: its channel, 1/64 of the values
+    save_layers(tmp_path / "golden.npz", [("stem", STEM), ("conv", big)])
+    save_layers(tmp_path / "item.npz", [("stem", STEM), ("conv", changed)])
+    golden, item = load_layers(tmp_path / "golden.npz"), load_layers(tmp_path / "item.npz")
+    assert golden is not None and item is not None
+    kept = golden[1][1]
+    assert isinstance(kept, Sampled) and kept.shape == big.shape and kept.values.size == SAMPLE
+    assert (tmp_path / "golden.npz").stat().st_size < big.nbytes / 10
+    found = first_divergence(golden, item, atol=1e-5, rtol=1e-4)
+    assert (found.layer, found.agreeing) == ("conv", 1)
+    assert found.max_abs == pytest.approx(0.5, rel=1e-3)
+    # A sampled side against a whole one (the item's layers as a worker passes them in memory).
+    assert (
+        first_divergence(golden, [("stem", STEM), ("conv", big)], atol=1e-5, rtol=1e-4).layer
+        is None
+    )
