@@ -11,7 +11,9 @@ prints from the stored run what a reviewer needs to believe the GPU paths:
 - torch-CUDA: the CUDA kernels the profiler saw under the top layers;
 - the NVML telemetry of each GPU item's timing window (utilization, memory, power, energy, SM
   clock, throttle reasons) and whether any throttle reason made the result suspect;
-- where the Chrome/Perfetto trace files and the HTML report are.
+- where the Chrome/Perfetto trace files and the HTML report are;
+- a team's serialized plan: the engine the session built, copied as ``alexnet.plan`` with its
+  TensorRT release (``built_with``), run against AlexNet's golden outputs without a build.
 
 Run from the repository root, with the GPU's CUDA build of torch and TensorRT installed::
 
@@ -56,6 +58,24 @@ def _project(root: Path) -> Path:
     return manifests
 
 
+def _plan_project(manifests: Path, engine: Path, version: str) -> Path:
+    """A team's own TensorRT plan: the engine the session built, copied as ``alexnet.plan``,
+    named with the release that built it, and held to AlexNet's golden outputs."""
+    shutil.copy(engine, manifests / "alexnet.plan")
+    text = (REPO / "manifests" / "alexnet.yaml").read_text()
+    start, end = text.index("framework:\n"), text.index("inputs:\n")
+    plan = (
+        "framework:\n  - name: tensorrt\n    devices: [gpu]\nmodel:\n  source:\n    path:\n"
+        f'      tensorrt: {{path: alexnet.plan, built_with: "{version}"}}\n'
+    )
+    text = text[:start] + plan + text[end:]
+    text = text.replace("name: alexnet\n", "name: alexnet_plan\n", 1)
+    text = "\n".join(line for line in text.splitlines() if "agreement:" not in line) + "\n"
+    path = manifests / "alexnet_plan.yaml"
+    path.write_text(text)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="copy the report, traces and a JSON summary here")
@@ -76,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     _project(root)
     db = root / "results.db"
     report = root / "report.html"
-    command = [
+    base = [
         sys.executable, "-m", "pytest", "--mlscope", "-p", "no:cacheprovider", "-v", "-rs",
-        "--mlscope-manifests=manifests", f"--mlscope-db={db}", f"--mlscope-html={report}",
-        "--mlscope-trace", "full", "-k", "gpu or (torch and cpu and bs1)",
+        "--mlscope-manifests=manifests", f"--mlscope-db={db}", "--mlscope-trace", "full",
     ]  # fmt: skip
     if args.quick:
-        command += ["--mlscope-min-count", "20", "--mlscope-min-duration", "0.5"]
+        base += ["--mlscope-min-count", "20", "--mlscope-min-duration", "0.5"]
+    command = [*base, f"--mlscope-html={report}", "-k", "gpu or (torch and cpu and bs1)"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
     print("$", " ".join(command), flush=True)
     completed = subprocess.run(command, cwd=root, env=env, text=True, capture_output=True)
@@ -131,6 +151,21 @@ def main(argv: list[str] | None = None) -> int:
                 "telemetry": result.telemetry,
                 "layers": [row.model_dump() for row in top_layers(result.layers, 15)],
             })  # fmt: skip
+    # A serialized plan as a team brings one: the engine above, loaded as it is (no build).
+    engines = [
+        Path(str(item["details"].get("engine"))) for item in summary
+        if str(item["item"]).startswith("alexnet[tensorrt") and item["details"].get("engine")
+    ]  # fmt: skip
+    if engines and engines[0].is_file():
+        import tensorrt
+
+        _plan_project(root / "manifests", engines[0], tensorrt.__version__)
+        plan_run = subprocess.run(
+            [*base, f"--mlscope-html={root / 'plan.html'}", "-k", "alexnet_plan"],
+            cwd=root, env=env, text=True, capture_output=True,
+        )  # fmt: skip
+        print("\n== a serialized plan (alexnet_plan):", plan_run.stdout[-3000:], sep="\n")
+        failed |= plan_run.returncode != 0
     print(f"\nreport: {report}\nproject: {root}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
