@@ -269,6 +269,17 @@ def test_the_users_faithful_exports_show_no_diverging_layer(
     assert found.compared >= (10 if name == "resnet" else 8), [n for n, _ in layers]
 
 
+def _change_one_weight(path: Path, node: str = "layers.1/conv2/Conv") -> None:
+    """One weight of one convolution of the team's ONNX file, changed in place."""
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.name.endswith(node))
+    changed = onnx.numpy_helper.to_array(weights[conv.input[1]]).copy()
+    changed[0, 0, 1, 1] += 0.5
+    weights[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(changed, conv.input[1]))
+    onnx.save(model, str(path))
+
+
 def test_a_weight_changed_in_one_convolution_is_named_as_the_first_divergence(
     project: Path, pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
@@ -280,13 +291,7 @@ def test_a_weight_changed_in_one_convolution_is_named_as_the_first_divergence(
     copy = tmp_path / "team"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".mlscope"))
     path = copy / "manifests" / "resnet.onnx"
-    model = onnx.load(str(path))
-    weights = {init.name: init for init in model.graph.initializer}
-    conv = next(n for n in model.graph.node if n.name.endswith("layers.1/conv2/Conv"))
-    changed = onnx.numpy_helper.to_array(weights[conv.input[1]]).copy()
-    changed[0, 0, 1, 1] += 0.5
-    weights[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(changed, conv.input[1]))
-    onnx.save(model, str(path))
+    _change_one_weight(path)
     with contextlib.chdir(copy):
         result = pytester.runpytest_subprocess(
             "--mlscope", "-p", "no:cacheprovider", "-k", "resnet and not script", *TIMING
@@ -330,13 +335,7 @@ def test_a_golden_miss_names_the_first_layer_that_changed_since_the_golden(
     assert "outputs of onnxruntime" in out
     assert "resnet_onnx.layers.npz" in out and "first layer that changed" in out
     path = copy / "manifests" / "resnet.onnx"
-    model = onnx.load(str(path))
-    weights = {init.name: init for init in model.graph.initializer}
-    conv = next(n for n in model.graph.node if n.name.endswith("layers.1/conv2/Conv"))
-    changed = onnx.numpy_helper.to_array(weights[conv.input[1]]).copy()
-    changed[0, 0, 1, 1] += 0.5
-    weights[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(changed, conv.input[1]))
-    onnx.save(model, str(path))
+    _change_one_weight(path)
     with contextlib.chdir(copy):
         result = pytester.runpytest_subprocess(
             "--mlscope", "-p", "no:cacheprovider", "-k", "resnet_onnx", *TIMING
