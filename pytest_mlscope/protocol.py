@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pytest_mlscope.vocabulary import Scenario
 
-# 2: a request is one pass; replies carry the traceback apart. 3: save_layer_outputs.
-PROTOCOL_VERSION = 3
+# 2: a request is one pass; replies carry the traceback apart. 3: save_layer_outputs. 4: it
+# goes with save_outputs too (a golden and its layers in one pass); large layers are sampled.
+PROTOCOL_VERSION = 4
 
 
 class _Document(BaseModel):
