@@ -174,10 +174,24 @@ def test_a_tensorflow_layer_too_cheap_to_trace_after_the_timing_pass_keeps_its_r
 @pytest.mark.parametrize("model", ["digits_cnn", "alexnet"])
 @pytest.mark.parametrize("framework", ["torch", "onnxruntime", "tensorflow"])
 def test_layer_tables_name_every_conv_and_linear_layer_and_the_trace_is_one_timeline(
-    model: str, framework: str, artifact_dir: Path, tmp_path: Path
+    model: str, framework: str, artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = load_manifest(REPO / "manifests" / f"{model}.yaml")
-    result = evaluate(_request(manifest, framework, artifact_dir, "full", tmp_path))
+    # One intra-op thread: on a busy machine a parallel op waits a timeslice for its preempted
+    # helper, and no two windows of it compare (this AlexNet's profiled layers once summed to
+    # 2.9 times its timing pass under two busy loops). The thread count is the process's: put
+    # back after.
+    monkeypatch.setenv("MLSCOPE_THREADS", "1")
+    threads = None
+    if framework == "torch":
+        import torch
+
+        threads = torch.get_num_threads()
+    try:
+        result = evaluate(_request(manifest, framework, artifact_dir, "full", tmp_path))
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
     modules = _modules(manifest, artifact_dir)
     convs = sorted(n for n, t in modules.items() if t in CONV)
     linears = sorted(n for n, t in modules.items() if t in LINEAR)
@@ -216,13 +230,15 @@ def test_layer_tables_name_every_conv_and_linear_layer_and_the_trace_is_one_time
             assert by_name[name].op_type in ("Gemm", "FusedGemm", "MatMul"), by_name.get(name)
         assert all(r.kernels and "(CPU)" in r.kernels[0] for r in rows if r.layer != OTHER)
     assert rows[-1].layer == OTHER
-    # The rows add up to an uninstrumented prediction of the profiling pass. That it is within
-    # 15 % of the timing pass's median is benchmarks/trace_overhead.py's claim (it needs a quiet
-    # machine); here, only that the table is of the right size, not the profiler's inflated one.
+    # The rows add up to an uninstrumented prediction of the profiling pass ((other) is what the
+    # named layers leave of it), of the size of that pass's own predictions (TensorFlow's
+    # profiled ones), seconds apart, not the timing pass's, minutes before: the table is not
+    # the profiler's inflated times. That it is within 15 % of the timing pass's median is
+    # benchmarks/trace_overhead.py's claim (it needs a quiet machine).
+    assert result.trace is not None and result.trace.step_us
     total = sum(r.self_us for r in rows)
-    median_us = result.summary.median * 1e6
-    assert 0.4 < total / median_us < 2.5, (total, median_us)
-    assert result.trace is not None and result.trace.path
+    assert 0.25 < total / result.trace.step_us < 2.5, (total, result.trace.step_us)
+    assert result.trace.path
     assert result.trace.iterations == 10 and result.trace.wall_s > 0
     document = json.loads(Path(result.trace.path).read_text())
     assert trace_problems(document) == []
