@@ -4,6 +4,8 @@ Every repetition is a new project as a team starts one: a fresh folder outside t
 a model file of the team's own (an ONNX conv net exported here with ``onnx.helper``, not a zoo
 model), a fresh results database, so the history is as thin as in a new project. Session 1 saves
 a baseline; session 2 names it (``--mlscope-baseline=main``) and nothing else but the condition.
+Each condition's session 2 runs on its own copy of the state session 1 left (project, artifact
+cache, database), so one baseline session serves the design's conditions of a repetition.
 The verdict is read from the database session 2 wrote: what a CI job would have been told.
 
 Three designs of change, each against its own baseline:
@@ -27,7 +29,7 @@ The promise at the default T = 5 %: an unchanged model flagged at most 1 % of th
 slowdown of T caught at least 95 %, one of T/2 flagged at most 5 % (README, "Baselines and
 verdicts"). Conditions run in a seeded random order, so drift does not line up with one.
 
-Run from the repository root (about 25 s per repetition on 2 cores)::
+Run from the repository root (about two minutes per repetition of the three designs on 2 cores)::
 
     .venv/bin/python benchmarks/verdicts.py --repetitions 10
     .venv/bin/python benchmarks/verdicts.py --repetitions 40 --readme   # rewrite the README table
@@ -197,25 +199,37 @@ def _check(done: subprocess.CompletedProcess[str], what: str) -> None:
         )
 
 
-def repetition(design: str, condition: float, models: dict[int, Path], other: str | None) -> dict:
+def repetition(
+    design: str, conditions: list[float], models: dict[int, Path], other: str | None, seed: int
+) -> list[dict[str, Any]]:
+    """One repetition of a design: session 1 saves the baseline in a fresh project and database,
+    then each condition's session 2 runs on its own copy of that state (project, cache and
+    database as session 1 left them), in random order. One baseline per repetition serves every
+    condition: each condition still sees a fresh database with one stored run."""
     root = Path(tempfile.mkdtemp(prefix="mlscope-verdicts-"))
-    db = root / "ci" / "results.db"
+    rows = []
     try:
-        one = checkout(root / "one", models[0])
-        if design == "upgrade":
-            assert other is not None
-            saved = session(one, db, "--mlscope-save-baseline=main", python=other)
-        else:
-            saved = session(one, db, "--mlscope-save-baseline=main")
-        _check(saved, "saving the baseline")
-        if design == "injected":
-            extra = [f"--mlscope-inject-slowdown={condition}"] if condition else []
-            _check(session(one, db, "--mlscope-baseline=main", *extra), "the session")
-        else:  # another checkout, its own empty cache: a fresh CI runner
-            edited = models[int(condition) or REEXPORTED] if design == "edit" else models[0]
-            two = checkout(root / "two", edited)
-            _check(session(two, db, "--mlscope-baseline=main"), "the session")
-        return {"design": design, "condition": condition, **judged(db)}
+        saved_state = root / "saved"
+        one = checkout(saved_state / "one", models[0])
+        db = saved_state / "ci" / "results.db"
+        python = other if design == "upgrade" else None
+        _check(session(one, db, "--mlscope-save-baseline=main", python=python), "saving")
+        order = list(conditions)
+        random.Random(seed).shuffle(order)
+        for index, condition in enumerate(order):
+            state = root / f"condition-{index}"
+            shutil.copytree(saved_state, state, symlinks=True)
+            db = state / "ci" / "results.db"
+            if design == "injected":
+                extra = [f"--mlscope-inject-slowdown={condition}"] if condition else []
+                _check(session(state / "one", db, "--mlscope-baseline=main", *extra), "session")
+            else:  # another checkout, its own empty cache: a fresh CI runner
+                edited = models[int(condition) or REEXPORTED] if design == "edit" else models[0]
+                two = checkout(state / "two", edited)
+                _check(session(two, db, "--mlscope-baseline=main"), "the session")
+            rows.append({"design": design, "condition": condition, **judged(db)})
+            shutil.rmtree(state, ignore_errors=True)
+        return rows
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -417,34 +431,36 @@ def main(argv: list[str] | None = None) -> int:
         models[REEXPORTED] = work / "model-reexported.onnx"
         export_model(models[REEXPORTED], BASE_CONVS, producer="another export")
         realized: dict[tuple[str, float], Any] = {}
-        plan: list[tuple[str, float]] = []
+        plan: dict[str, list[float]] = {}
         other = None
         if "injected" in designs:
-            plan += [("injected", c) for c in INJECTED]
+            plan["injected"] = list(INJECTED)
         if "edit" in designs:
-            plan += [("edit", float(k)) for k in EDITS]
+            plan["edit"] = [float(k) for k in EDITS]
             variants = {k: models[k or REEXPORTED] for k in EDITS}
             realized.update(
                 {("edit", float(k)): v for k, v in realized_edits(models[0], variants).items()}
             )
         if "upgrade" in designs:
             other = other_release(work)
-            plan += [("upgrade", 0.0)]
+            plan["upgrade"] = [0.0]
             realized[("upgrade", 0.0)] = realized_upgrade(models[0], other)
         print(f"realized (measured alone): {realized}", file=sys.stderr, flush=True)
-        order = [p for p in plan for _ in range(args.repetitions)]
-        random.Random(args.seed).shuffle(order)
+        order = [design for design in plan for _ in range(args.repetitions)]
+        shuffler = random.Random(args.seed)
+        shuffler.shuffle(order)
         rows = []
-        for index, (design, condition) in enumerate(order, start=1):
-            rows.append(repetition(design, condition, models, other))
-            last = rows[-1]
-            print(
-                f"[{index}/{len(order)}] {design} {condition:g}: {last['kind']} "
-                f"{last['verdict_design']} ratio {last['ratio'] or 0:.3f} pairs {last['pairs']} "
-                f"item {last['item_s'] or 0:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        for index, design in enumerate(order, start=1):
+            got = repetition(design, plan[design], models, other, shuffler.randrange(2**31))
+            rows += got
+            for last in got:
+                print(
+                    f"[{index}/{len(order)}] {design} {last['condition']:g}: {last['kind']} "
+                    f"{last['verdict_design']} ratio {last['ratio'] or 0:.3f} pairs "
+                    f"{last['pairs']} item {last['item_s'] or 0:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = (

@@ -42,13 +42,13 @@ class Interleaving:
         if reason:
             raise EvaluationFailed(f"cannot interleave with stack {other!r}: {reason}")
         a_request = self._request(manifest, a_cell, checks=[], **overrides)
-        result, a_version = self._interleave_workers(
+        result, a_version, renewed = self._interleave_workers(
             manifest, cell, request, a_cell, a_request, self.runtime(a_cell)
         )
         where = f" in {self.image(a_cell)}" if self.in_container(a_cell) else ""
         self._interleaved[cell.id] = (
             True,
-            f"stack {other} ({cell.framework} {a_version}{where})",
+            f"stack {other} ({cell.framework} {a_version}{where}; {renewed})",
         )
         return result
 
@@ -73,13 +73,13 @@ class Interleaving:
         a_request = self._request(manifest, cell, checks=[], **overrides).model_copy(
             update={"artifact": artifact}
         )
-        result, a_version = self._interleave_workers(
+        result, a_version, renewed = self._interleave_workers(
             manifest, cell, request, cell, a_request, self._venv_runtime(stack)
         )
         self._interleaved[cell.id] = (
             True,
             f"{model} on the baseline's {stack.framework} {a_version} (a venv rebuilt from the "
-            "package registry)",
+            f"package registry; {renewed})",
         )
         return result
 
@@ -91,19 +91,20 @@ class Interleaving:
         a_cell: Cell,
         a_request: EvaluationRequest,
         runtime_a: Runtime,
-    ) -> tuple[EvaluationResult, str]:
+    ) -> tuple[EvaluationResult, str, str]:
         """B in the cell's own worker, A in ``runtime_a``, in alternating rounds.
 
         Both workers load, check and warm up their model and keep it (``hold``); then the host
         asks each for one round at a time, in random order within each pair, so drift hits both
         stacks alike, and adds blocks of pairs until the verdict is clear (measure.LOOKS at
         most), as the in-worker interleave does. The result is B's, with A's rounds as pairs;
-        with A's framework version.
+        with A's framework version and whether each pair timed fresh instances.
         """
         import random
 
         from pytest_mlscope.compare import settled
-        from pytest_mlscope.measure import LOOKS, pair_plan
+        from pytest_mlscope.measure import LOOKS, look_complete, pair_plan
+        from pytest_mlscope.passes import renew_every
         from pytest_mlscope.protocol import RoundRequest
         from pytest_mlscope.stats import round_medians, summarize_scenario
 
@@ -131,13 +132,29 @@ class Interleaving:
             held.append("a")
             rng = random.Random(random.randrange(2**31))
             threshold = self.threshold(manifest)
+            # Fresh instances of both sides through the measurement, as in one worker
+            # (passes._Instances): a held instance's memory layout would be an offset no number
+            # of pairs removes. The first pair renews both and says what that costs.
+            every: int | None = 1
+            done = 0
             for _ in range(LOOKS):
-                for _ in range(pairs):
+                look_started = time.perf_counter_ns()
+                for in_look in range(pairs):
+                    if look_complete(in_look, look_started, request.measure):
+                        break
+                    renew = every is not None and done % every == 0
+                    renew_s = 0.0
                     for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
                         runtime, which = sides[key]
-                        got = runtime.evaluate(RoundRequest(cell=which, measure=per_round), timeout)
+                        got = runtime.evaluate(
+                            RoundRequest(cell=which, measure=per_round, renew=renew), timeout
+                        )
                         samples[key].extend(got.samples_ns)
                         sizes[key].append(len(got.samples_ns))
+                        renew_s += float(got.telemetry.get("renew_s", 0.0))
+                    if done == 0:
+                        every = renew_every(renew_s, 2 * per_round.min_duration_s)
+                    done += 1
                 a_rounds = round_medians(samples["a"], sizes["a"])
                 b_rounds = round_medians(samples["b"], sizes["b"])
                 if settled(
@@ -165,7 +182,14 @@ class Interleaving:
                 "paired_predictor": first_a.predictor,
             }
         )
-        return result, first_a.predictor.version
+        renewed = (
+            "one pair of instances"
+            if every is None
+            else "a fresh instance of each side per pair"
+            if every == 1
+            else f"a fresh instance of each side every {every} pairs"
+        )
+        return result, first_a.predictor.version, renewed
 
     def _baseline_stack(self, manifest: Manifest, cell: Cell, item_id: str) -> Any:
         """The venv stack (``stacks.VenvStack``) of the baseline's framework release, when the

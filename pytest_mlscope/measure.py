@@ -20,6 +20,10 @@ MIN_ROUND_SAMPLES = 3
 # paired interval narrows with the square root of the pairs, and short rounds cost nothing
 # extra: a 3 % slowdown needs tens of pairs to be told from pair-to-pair noise of a few %.
 MIN_PAIRS = 30
+# ... and about this long per round, once the duration floor allows more than MIN_PAIRS: on a
+# shared 2-core machine, 20 ms rounds gave a paired interval two to four times narrower than
+# 67 ms ones in the same time (more pairs, and A and B closer in time, so drift cancels better).
+ROUND_S = 0.02
 # Sequential interleaving: the verdict's rule is applied after the first block of pairs and after
 # each further block of the same size, at most LOOKS blocks; the measurement stops as soon as the
 # item is decided. Each look spends a share of the error rates (compare.decision_levels), so
@@ -76,10 +80,11 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
 
 
 def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
-    """How many pairs one block of an interleaved measurement takes and each round's floors: the
-    item's count and duration floors split over at least MIN_PAIRS rounds per side. Shared by the
-    in-worker interleave and the host-driven one across two stacks."""
-    pairs = max(options.rounds, MIN_PAIRS)
+    """How many pairs one block of an interleaved measurement takes at most, and each round's
+    floors: the item's count and duration floors split over rounds of about ROUND_S, at least
+    MIN_PAIRS per side (:func:`look_complete` ends a block early once its time is spent). Shared
+    by the in-worker interleave and the host-driven one across two stacks."""
+    pairs = max(options.rounds, MIN_PAIRS, int(options.min_duration_s / ROUND_S))
     per_round = MeasureOptions(
         warmup=0,
         min_count=max(-(-options.min_count // pairs), MIN_ROUND_SAMPLES),
@@ -87,6 +92,15 @@ def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
         max_duration_s=max(2 * options.max_duration_s / pairs, options.min_duration_s / pairs),
     )
     return pairs, per_round
+
+
+def look_complete(pairs_done: int, started_ns: int, options: MeasureOptions) -> bool:
+    """Whether a block of pairs has done its share: MIN_PAIRS (or the item's rounds) pairs, and
+    the time both sides' duration floors ask for. A model whose rounds are its count floor (three
+    calls of a 50 ms model) stops at MIN_PAIRS; a fast one fills the time with 20 ms rounds."""
+    if pairs_done < max(MIN_PAIRS, options.rounds):
+        return False
+    return time.perf_counter_ns() - started_ns >= 2 * options.min_duration_s * 1e9
 
 
 def time_interleaved(
@@ -98,6 +112,7 @@ def time_interleaved(
     seed: int = 0,
     settled: Callable[[list[float], list[float]], bool] | None = None,
     renew: Callable[[], tuple[Sequence[T], Sequence[T]]] | None = None,
+    renew_every: int = 1,
 ) -> tuple[Timing, Timing]:
     """Alternate rounds of A and B, in random order within each pair; returns (A, B).
 
@@ -108,11 +123,11 @@ def time_interleaved(
     so far -> decided?), blocks are added until it says yes or LOOKS blocks ran; without it, one
     block. A pair cut short by the deadline (2 x ``max_duration_s``) is dropped from both sides.
 
-    ``renew`` (two different model files): called before each pair, it loads and warms up a fresh
-    instance of each side behind ``call_a`` and ``call_b`` and returns their prepared inputs.
-    Two instances of one model differ by their memory layout, by a few
-    percent and for their whole life; a new draw per pair turns that into pair-to-pair noise,
-    which the paired interval accounts for and more pairs average away.
+    ``renew`` (two different model files): called before every ``renew_every``-th pair, it loads
+    and warms up a fresh instance of each side behind ``call_a`` and ``call_b`` and returns their
+    prepared inputs. Two instances of one model differ by their memory layout, by a percent or
+    two and for their whole life; new draws through the measurement turn that into pair-to-pair
+    noise, which the paired interval accounts for and more pairs average away.
     """
     import random
 
@@ -133,9 +148,14 @@ def time_interleaved(
     start = time.perf_counter_ns()
     stopped_by = "target"
     medians: dict[str, list[float]] = {"a": [], "b": []}
+    done = 0
     for _ in range(LOOKS if settled is not None else 1):
-        for _ in range(pairs):
-            if renew is not None:
+        look_started = time.perf_counter_ns()
+        for in_look in range(pairs):
+            if look_complete(in_look, look_started, options):
+                break
+            done += 1
+            if renew is not None and (done - 1) % renew_every == 0:
                 fresh_a, fresh_b = renew()
                 sides["a"] = (call_a, fresh_a, sides["a"][2], sides["a"][3])
                 sides["b"] = (call_b, fresh_b, sides["b"][2], sides["b"][3])

@@ -47,15 +47,21 @@ def _hold_pass(
     request: EvaluationRequest, predictor: Predictor, raw: list[Any], batches: list[Any], spans: Any
 ) -> Measured:
     """Warm up and keep the model: the host asks for the rounds (RoundRequest)."""
-    from pytest_mlscope.slowdown import matched, slowed
-
     inputs = _timed_inputs(request, batches)
-    call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
-    if request.matched_wrapper and not request.inject_slowdown:
-        call = matched(predictor.predict)
+    call = held_call(request, predictor, inputs[0])
     for i in range(request.measure.warmup):
         call(inputs[i % len(inputs)])
     return Measured(inputs=inputs, call=call)
+
+
+def held_call(request: EvaluationRequest, predictor: Predictor, example: Any) -> Callable[..., Any]:
+    """The call a held model's rounds time: slowed when this side is, else in the slowed side's
+    wrapper when the other worker's side is (``matched_wrapper``)."""
+    from pytest_mlscope.slowdown import matched, slowed
+
+    if request.matched_wrapper and not request.inject_slowdown:
+        return matched(predictor.predict)
+    return slowed(predictor.predict, example, request.inject_slowdown)
 
 
 def _count_pass(
@@ -125,7 +131,8 @@ def _interleaved(
     A that is the same file as B shares B's loaded model, so an A/A run compares one model with
     itself and nothing but the injected slowdown can tell the sides apart. A different file (a
     model edit) is verified, and each pair of rounds times a fresh instance of both files
-    (:class:`_Instances`), unless loading them would take more than a quarter of the pair.
+    (:class:`_Instances`), or every few pairs when loading them would take more than a quarter
+    of a pair.
     """
     from pytest_mlscope.measure import pair_plan, time_interleaved
     from pytest_mlscope.slowdown import slowed
@@ -155,12 +162,34 @@ def _interleaved(
         call_a = _side_a(instances.call("a"), fresh_a[0], spec.inject_slowdown, request)
         call_b = slowed(instances.call("b"), fresh_b[0], request.inject_slowdown)
         _, per_round = pair_plan(request.measure)
-        renew = instances.renew if instances.cheap(2 * per_round.min_duration_s) else None
+        every = renew_every(instances.renew_s, 2 * per_round.min_duration_s)
         return time_interleaved(
-            call_a, fresh_a, call_b, fresh_b, request.measure, spec.seed, decided, renew
+            call_a,
+            fresh_a,
+            call_b,
+            fresh_b,
+            request.measure,
+            spec.seed,
+            decided,
+            instances.renew if every else None,
+            every or 1,
         )
     finally:
         instances.close()
+
+
+RENEW_SHARE = 0.25  # renewing (loads and warm-up) may add at most this share of a pair's time
+
+
+def renew_every(renew_s: float, pair_s: float) -> int | None:
+    """Every how many pairs both sides get fresh instances (in one worker, or in two held
+    across stacks): every pair when reloading costs at most RENEW_SHARE of a pair's rounds, else
+    as often as that share allows; None when the rounds have no duration to share."""
+    if pair_s <= 0:
+        return None
+    import math
+
+    return max(1, math.ceil(renew_s / (RENEW_SHARE * pair_s)))
 
 
 class _Instances:
@@ -173,7 +202,6 @@ class _Instances:
     would make it a bias no number of pairs removes.
     """
 
-    SHARE = 0.25  # renewing (loads and warm-up) may add at most this share of a pair's time
     WARMUP = 3  # calls per fresh instance before it is timed: its first ones are slow
 
     def __init__(self, request: EvaluationRequest, raw: list[Any], rng: random.Random) -> None:
@@ -212,12 +240,6 @@ class _Instances:
         self.renew_s = time.perf_counter() - started
         self.renewals += 1
         return inputs["a"], inputs["b"]
-
-    def cheap(self, pair_s: float) -> bool:
-        """Whether loading and warming both models costs little beside one pair's rounds; a
-        model that loads slowly keeps its first fresh pair (memory layout then stays one
-        draw)."""
-        return self.renew_s <= self.SHARE * pair_s
 
     def close(self) -> None:
         for model in self.live.values():

@@ -16,7 +16,7 @@ from pytest_mlscope.vocabulary import Scenario
 
 # 2: a request is one pass; replies carry the traceback apart. 3: save_layer_outputs. 4: it
 # goes with save_outputs too (a golden and its layers in one pass); large layers are sampled.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class _Document(BaseModel):
@@ -200,6 +200,10 @@ class RoundRequest(_Document):
     cell: Cell
     measure: MeasureOptions  # this round's floors (count, duration); its warm-up is not repeated
     release: bool = False  # close the held model instead of timing
+    # Time a fresh instance of the held model (loaded, inputs prepared, warmed up): two loaded
+    # instances of one file differ by their memory layout for as long as they live, so the
+    # host renews both sides for each pair (passes._Instances does the same in one worker).
+    renew: bool = False
 
 
 # What a worker reads from its input: the kind field says which document (``round``, or an

@@ -183,17 +183,46 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
     )
     if kept:
         _release(cell)
-        _HELD[cell] = _Held(predictor, call, inputs, result)  # type: ignore[arg-type]
+        raw = raw_batches[: len(inputs)]  # the timed inputs, as the dataset gave them
+        _HELD[cell] = _Held(request, predictor, call, inputs, raw, result)  # type: ignore[arg-type]
     return result
 
 
 class _Held:
     """A model a ``hold`` evaluation kept loaded, warmed up, for the host's timing rounds."""
 
+    WARMUP = 3  # calls a fresh instance makes before it is timed (as passes._Instances)
+
     def __init__(
-        self, predictor: Predictor, call: Callable[[Any], object], inputs: list[Any], result: Any
+        self,
+        request: EvaluationRequest,
+        predictor: Predictor,
+        call: Callable[[Any], object],
+        inputs: list[Any],
+        raw: list[Any],
+        result: Any,
     ) -> None:
-        self.predictor, self.call, self.inputs, self.result = predictor, call, inputs, result
+        self.request, self.raw, self.result = request, raw, result
+        self.predictor, self.call, self.inputs = predictor, call, inputs
+        self.renewals = 0
+
+    def renew(self) -> None:
+        """Replace the held instance by a fresh one of the same file, warmed up."""
+        from pytest_mlscope.passes import held_call
+        from pytest_mlscope.predictors import predictor_class
+
+        request = self.request
+        self.predictor.close()
+        predictor = predictor_class(request.cell.framework, request.predictors)(
+            device=request.cell.device
+        )
+        predictor.load(request.artifact)
+        inputs = [predictor.prepare_input(b) for b in self.raw]
+        call = held_call(request, predictor, inputs[0])
+        for i in range(self.WARMUP):
+            call(inputs[i % len(inputs)])
+        self.predictor, self.call, self.inputs = predictor, call, inputs
+        self.renewals += 1
 
 
 _HELD: dict[Any, _Held] = {}
@@ -221,9 +250,18 @@ def time_round(request: RoundRequest) -> EvaluationResult:
         raise EvaluationFailed(
             f"no model held for {request.cell.id}: a hold evaluation must come first"
         )
+    telemetry = {}
+    if request.renew:
+        before = time.perf_counter()
+        held.renew()
+        telemetry["renew_s"] = time.perf_counter() - before  # the host's cost-of-renewal check
     timing = time_calls(held.call, held.inputs, request.measure.model_copy(update={"warmup": 0}))
     return held.result.model_copy(
-        update={"samples_ns": timing.samples_ns, "rounds": [len(timing.samples_ns)]}
+        update={
+            "samples_ns": timing.samples_ns,
+            "rounds": [len(timing.samples_ns)],
+            "telemetry": telemetry,
+        }
     )
 
 

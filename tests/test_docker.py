@@ -530,7 +530,7 @@ def test_two_onnxruntime_releases_in_two_images_are_interleaved(
     assert main.verdict is not None and main.verdict["design"] == "interleaved"
     assert main.verdict["pairs"] >= 30
     assert (
-        f"interleaved with stack ort131 (onnxruntime {OTHER_ORT} in {other_image})"
+        f"interleaved with stack ort131 (onnxruntime {OTHER_ORT} in {other_image}; "
         in main.verdict["reason"]
     )
     assert 0.33 < main.verdict["ratio"] < 3  # the same model on two releases, on one machine

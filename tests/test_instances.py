@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pytest_mlscope.passes import _Instances, _interleaved
+from pytest_mlscope.passes import _interleaved, renew_every
 from pytest_mlscope.predictors.base import Predictor
 from pytest_mlscope.protocol import (
     ArtifactRef,
@@ -105,9 +105,49 @@ def test_a_model_too_slow_to_reload_is_timed_on_one_fresh_pair(tmp_path: Path) -
     assert sorted(Counting.closed) == [1, 2]
 
 
-def test_a_model_that_loads_slowly_keeps_one_fresh_pair() -> None:
-    instances = _Instances.__new__(_Instances)
-    instances.renew_s = 0.5
-    assert not instances.cheap(pair_s=1.0)  # loading would add half a pair's time
-    instances.renew_s = 0.05
-    assert instances.cheap(pair_s=1.0)
+def test_a_model_that_loads_slowly_is_renewed_as_often_as_a_quarter_of_the_time_allows() -> None:
+    assert renew_every(renew_s=0.005, pair_s=0.04) == 1  # 5 ms beside 40 ms: every pair
+    assert renew_every(renew_s=0.02, pair_s=0.04) == 2  # 20 ms: half a pair, every second one
+    assert renew_every(renew_s=2.0, pair_s=0.04) == 200  # a 2 s load: rarely, but more than once
+    assert renew_every(renew_s=0.001, pair_s=0.0) is None  # no duration to share: one pair
+
+
+def test_a_held_model_is_timed_on_a_fresh_instance_for_each_round_the_host_renews(
+    tmp_path: Path,
+) -> None:
+    """Across two stacks each side is held in its own worker; the host renews both for each
+    pair, so the upgrade's A/B sees a new memory layout per pair, as an edit does in one."""
+    from pytest_mlscope import worker
+    from pytest_mlscope.protocol import AccuracyReport, ColdStart, EvaluationResult, RoundRequest
+
+    request = _request(tmp_path, 0.0).model_copy(update={"interleave": None, "hold": True})
+    Counting.loads.clear()
+    Counting.closed.clear()
+    first = Counting()
+    first.load(request.artifact)
+    result = EvaluationResult(
+        cell=request.cell,
+        predictor=first.info(),
+        artifact_sha256=request.artifact.sha256,
+        cold_start=ColdStart(load_s=0.0, first_inference_s=0.0),
+        accuracy=AccuracyReport(),
+    )
+    worker._HELD[request.cell] = worker._Held(
+        request, first, first.predict, [None], [np.zeros(1)], result
+    )
+    round_options = MeasureOptions(warmup=0, min_count=5, min_duration_s=0.0)
+    try:
+        Counting.predicted.clear()
+        kept = worker.time_round(RoundRequest(cell=request.cell, measure=round_options))
+        assert len(kept.samples_ns) == 5 and set(Counting.predicted) == {0}
+        for expected in (1, 2):
+            Counting.predicted.clear()
+            renewed = RoundRequest(cell=request.cell, measure=round_options, renew=True)
+            got = worker.time_round(renewed)
+            assert len(got.samples_ns) == 5 and got.rounds == [5]
+            assert set(Counting.predicted) == {expected}  # warm-up and round: the new one only
+            assert Counting.closed[-1] == expected - 1  # the one before is closed
+        assert Counting.loads == ["edited"] * 3
+    finally:
+        worker.time_round(RoundRequest(cell=request.cell, measure=round_options, release=True))
+    assert Counting.closed == [0, 1, 2]

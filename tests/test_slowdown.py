@@ -1,7 +1,8 @@
 """The injected slowdown is a fraction of each call, whatever the call costs at the moment.
 
-A fake clock stands in for time: the model call and the spin each advance it by a known amount,
-so the sizing is checked exactly, on any machine, under any load.
+A fake clock stands in for time: the model call advances it by a known amount and every read of
+it by a fixed step (a read's own cost), so the wait is checked exactly, on any machine, under any
+load.
 """
 
 from __future__ import annotations
@@ -12,30 +13,24 @@ import pytest
 
 from pytest_mlscope import slowdown
 
+READ = 50e-9  # what one clock read costs on the fake clock
+
 
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
-        self.spins: list[int] = []
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.now += READ
+        self.reads += 1
         return self.now
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-
-    def spin(iterations: int) -> int:
-        # Short spins run faster per iteration than long ones (cached small integers): a
-        # calibration that sized them from long bursts alone would under-deliver.
-        per_iteration = 8e-9 if iterations < 1000 else 10e-9
-        fake.now += iterations * per_iteration
-        fake.spins.append(iterations)
-        return iterations
-
     monkeypatch.setattr(slowdown.time, "perf_counter", fake)
-    monkeypatch.setattr(slowdown, "spin", spin)
     return fake
 
 
@@ -47,15 +42,29 @@ def _model(clock: Clock, seconds: list[float]) -> Any:
     return call
 
 
-def test_the_spin_is_the_fraction_of_the_call_it_follows(clock: Clock) -> None:
-    cost = [4e-6]  # a 4 µs model: the 5 % spin is 200 ns, 25 short iterations
+def test_the_wait_is_the_fraction_of_the_call_it_follows(clock: Clock) -> None:
+    cost = [4e-6]  # a 4 µs model: the 5 % wait is 200 ns, four clock reads
     slower = slowdown.slowed(_model(clock, cost), None, 0.05)
-    for latency in (4e-6, 8e-6, 40e-6):  # the model slows down (a thread pool's slow mode)
+    for latency in (4e-6, 8e-6, 40e-6, 4e-3):  # the model slows down (a thread pool's slow mode)
         cost[0] = latency
         before = clock.now
         assert slower(None) == "output"
-        spun = clock.now - before - latency
-        assert spun == pytest.approx(0.05 * latency, rel=0.05), latency
+        waited = clock.now - before - latency - 2 * READ  # the two reads around the call
+        # exact to one clock read, whatever the call cost
+        assert 0.05 * (latency + READ) <= waited <= 0.05 * (latency + READ) + READ, latency
+
+
+def test_the_wait_does_not_depend_on_a_calibration(clock: Clock) -> None:
+    """The old spin was sized once from the machine's speed at calibration: a CPU that sped up
+    or slowed down afterwards delivered another fraction. The wait reads the clock: a 2.5 %
+    slowdown is 2.5 % in every process."""
+    cost = [1e-4]
+    for fraction in (0.025, 0.05, 0.10):
+        slower = slowdown.slowed(_model(clock, cost), None, fraction)
+        before = clock.now
+        slower(None)
+        total = clock.now - before
+        assert total / (cost[0] + 3 * READ) - 1 == pytest.approx(fraction, abs=0.002), fraction
 
 
 def test_no_slowdown_returns_the_call_itself(clock: Clock) -> None:
@@ -63,19 +72,20 @@ def test_no_slowdown_returns_the_call_itself(clock: Clock) -> None:
     assert slowdown.slowed(call, None, 0.0) is call
 
 
-def test_the_unslowed_side_pays_the_same_wrapper_and_spins_nothing(clock: Clock) -> None:
-    """Beside a slowed B, A runs in the same wrapper (two clock reads, one spin call), so the
-    wrapper's own cost is on both sides and the measured difference is the injected work."""
+def test_the_unslowed_side_pays_the_same_wrapper_and_waits_for_nothing(clock: Clock) -> None:
+    """Beside a slowed B, A runs in the same wrapper (the clock reads around the call and the
+    one that ends the wait), so the wrapper's own cost is on both sides and the measured
+    difference is the injected work."""
     cost = [4e-6]
     same = slowdown.matched(_model(clock, cost))
     slower = slowdown.slowed(_model(clock, cost), None, 0.05)
-    clock.spins.clear()
-    before = clock.now
+    before, reads = clock.now, clock.reads
     assert same(None) == "output"
-    assert clock.now - before == pytest.approx(4e-6)
-    assert clock.spins == [0]  # the spin is called, with nothing to do
+    assert clock.reads - reads == 3  # before, after, and the wait's one check
+    assert clock.now - before == pytest.approx(4e-6 + 3 * READ)
+    reads = clock.reads
     slower(None)
-    assert len(clock.spins) == 2 and clock.spins[1] > 0
+    assert clock.reads - reads > 3
 
 
 def test_interleaved_a_is_wrapped_only_when_b_is_slowed(clock: Clock) -> None:
@@ -94,9 +104,9 @@ def test_interleaved_a_is_wrapped_only_when_b_is_slowed(clock: Clock) -> None:
     call = _model(clock, [1e-3])
     assert _side_a(call, None, 0.0, plain) is call
     wrapped = _side_a(call, None, 0.0, plain.model_copy(update={"inject_slowdown": 0.05}))
-    clock.spins.clear()
+    reads = clock.reads
     assert wrapped is not call and wrapped(None) == "output"
-    assert clock.spins == [0]  # B's wrapper, with no work added: A is not slowed
+    assert clock.reads - reads == 3  # B's wrapper, with no work added: A is not slowed
 
 
 def test_a_held_a_side_beside_a_slowed_b_in_another_worker_is_matched(clock: Clock) -> None:
@@ -116,6 +126,6 @@ def test_a_held_a_side_beside_a_slowed_b_in_another_worker_is_matched(clock: Clo
     )
     predictor = SimpleNamespace(predict=_model(clock, [1e-3]))
     measured = _hold_pass(held, predictor, [], [None], None)  # type: ignore[arg-type]
-    clock.spins.clear()
+    reads = clock.reads
     assert measured.call is not None and measured.call(None) == "output"
-    assert clock.spins == [0]
+    assert clock.reads - reads == 3

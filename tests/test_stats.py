@@ -238,3 +238,39 @@ def test_renewed_interleaving_times_each_pair_on_its_own_instances() -> None:
         chunk = calls[4 + pair * per_pair : 4 + (pair + 1) * per_pair]
         assert {instance for _, instance in chunk} == {pair}
         assert sorted(side for side, _ in chunk) == ["a"] * 3 + ["b"] * 3
+
+
+class _FakeClock:
+    """perf_counter_ns for pytest_mlscope.measure: advances only when a model call says so."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def perf_counter_ns(self) -> int:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("call_ms", "pairs", "per_round"),
+    [
+        (0.5, 100, 40),  # fast: 2 s over 20 ms rounds, 40 calls each
+        (50.0, MIN_PAIRS, 3),  # slow: rounds of three calls, so a block stops at MIN_PAIRS
+    ],
+)
+def test_a_block_of_pairs_fills_the_duration_floor_with_short_rounds(
+    monkeypatch: pytest.MonkeyPatch, call_ms: float, pairs: int, per_round: int
+) -> None:
+    """A fast model gets many short pairs (A and B close in time, so drift cancels); a slow one
+    no more than MIN_PAIRS, so its block takes what it took before."""
+    import pytest_mlscope.measure as measure
+
+    clock = _FakeClock()
+    monkeypatch.setattr(measure, "time", clock)
+
+    def model(_: object) -> None:
+        clock.now += int(call_ms * 1e6)
+
+    options = MeasureOptions(warmup=0, min_count=50, min_duration_s=2.0, max_duration_s=600)
+    a, b = time_interleaved(model, [0], model, [0], options, seed=1)
+    assert len(a.rounds) == len(b.rounds) == pairs
+    assert set(a.rounds) == set(b.rounds) == {per_round}
