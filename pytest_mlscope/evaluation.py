@@ -254,15 +254,19 @@ class Evaluation:
         other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
         interleaving = self.settings.interleaving
         across = interleaving and other is not None
+        self._interleaved.pop(cell.id, None)
         upgrade = (
             self._baseline_stack(manifest, cell, item) if interleaving and not across else None
         )
+        image = None
+        if interleaving and not across and upgrade is None and self.settings.baseline:
+            image = self._baseline_image(cell, item)
         request = self._request(
             manifest,
             cell,
             save_outputs=save,
             reference=reference,
-            interleave=interleaving and not across and upgrade is None,
+            interleave=interleaving and not across and upgrade is None and image is None,
             item_id=item,
             **overrides,
         )
@@ -272,6 +276,10 @@ class Evaluation:
         if upgrade is not None:
             return self._interleave_baseline_stack(
                 manifest, cell, upgrade, request, item, **overrides
+            )
+        if image is not None:
+            return self._interleave_baseline_image(
+                manifest, cell, image, request, item, **overrides
             )
         counting = self.settings.count_instructions and self._countable(cell)
         if counting:

@@ -66,10 +66,11 @@ class Interleaving:
         A/B-tested by naming the baseline."""
         side = self._interleave_side(manifest, cell, request.artifact, item_id)
         if side is None:
-            artifact = request.artifact
-            model = "this run's model (the baseline's own file is neither cached nor kept)"
-        else:
-            artifact, model = side.artifact, self._interleaved[cell.id][1]
+            # The baseline's file (another than this run's) is nowhere to be had: timing this
+            # run's model on both stacks would hide the model's own change. The stored design
+            # decides, with the reason _interleave_side gave.
+            return self.runtime(cell).evaluate(request, self.settings.timeout)
+        artifact, model = side.artifact, self._interleaved[cell.id][1]
         a_request = self._request(manifest, cell, checks=[], **overrides).model_copy(
             update={"artifact": artifact}
         )
@@ -103,7 +104,7 @@ class Interleaving:
         import random
 
         from pytest_mlscope.compare import settled
-        from pytest_mlscope.measure import LOOKS, look_complete, pair_plan
+        from pytest_mlscope.measure import LOOKS, Block, pair_plan
         from pytest_mlscope.passes import renew_every
         from pytest_mlscope.protocol import RoundRequest
         from pytest_mlscope.stats import round_medians, summarize_scenario
@@ -138,9 +139,9 @@ class Interleaving:
             every: int | None = 1
             done = 0
             for _ in range(LOOKS):
-                look_started = time.perf_counter_ns()
-                for in_look in range(pairs):
-                    if look_complete(in_look, look_started, request.measure):
+                block = Block()
+                for _ in range(pairs):
+                    if block.complete(request.measure):
                         break
                     renew = every is not None and done % every == 0
                     renew_s = 0.0
@@ -151,10 +152,12 @@ class Interleaving:
                         )
                         samples[key].extend(got.samples_ns)
                         sizes[key].append(len(got.samples_ns))
+                        block.add(key, got.samples_ns)
                         renew_s += float(got.telemetry.get("renew_s", 0.0))
                     if done == 0:
                         every = renew_every(renew_s, 2 * per_round.min_duration_s)
                     done += 1
+                    block.pairs += 1
                 a_rounds = round_medians(samples["a"], sizes["a"])
                 b_rounds = round_medians(samples["b"], sizes["b"])
                 if settled(
@@ -239,7 +242,12 @@ class Interleaving:
         return stack
 
     def _interleave_side(
-        self, manifest: Manifest, cell: Cell, artifact: Any, item_id: str | None = None
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        artifact: Any,
+        item_id: str | None = None,
+        across: bool = False,
     ) -> Interleave | None:
         """The A side of the interleaved design: the baseline's artifact, unslowed.
 
@@ -248,7 +256,8 @@ class Interleaving:
         baseline's artifact is looked up in the local cache, then in the artifact store that
         lives with the results database (every saved baseline keeps its artifacts there), so a
         fresh CI runner or a replaced model file still times the baseline's model. Only when
-        neither has it does the item fall back to the stored design, saying why.
+        neither has it does the item fall back to the stored design, saying why. ``across``: A
+        runs in a worker of its own stack (the baseline's image), so a moved stack is the point.
         """
         import random
 
@@ -256,9 +265,11 @@ class Interleaving:
         baseline = self._baseline_sides().get(item) if self.settings.baseline else None
         if baseline is None and self.settings.interleave is None:
             return None  # new to the baseline: nothing to time it against, unless asked (A/A)
-        moved = self._stack_moved(cell, baseline)
+        moved = None if across else self._stack_moved(cell, baseline)
         if moved:
-            self._interleaved[cell.id] = (False, f"stored design: {moved}")
+            known = self._interleaved.get(cell.id)
+            if known is None or known[0]:  # else _baseline_image said why its image is unusable
+                self._interleaved[cell.id] = (False, f"stored design: {moved}")
             return None
         chosen = artifact
         if baseline is None or baseline.artifact_sha256 in (None, artifact.sha256):
@@ -271,6 +282,9 @@ class Interleaving:
         else:
             assert baseline.artifact_sha256 is not None
             found, where = self._baseline_artifact(manifest, baseline.artifact_sha256)
+            if found is None and where:
+                self._interleaved[cell.id] = (False, f"stored design: {where}")
+                return None
             if found is None or found.format != artifact.format:
                 self._interleaved[cell.id] = (
                     False,
@@ -296,26 +310,130 @@ class Interleaving:
     def _stack_moved(self, cell: Cell, baseline: Side | None) -> str | None:
         """Why the baseline's side cannot be timed in this item's worker: it ran in another
         container image (or on the host, and the item in an image, or the other way round).
-        Interleaving in one worker would time both on this stack and hide the change; a
-        baseline's image is not rebuilt yet, so the stored design names the difference."""
+        Interleaving in one worker would time both on this stack and hide the change: the
+        baseline's image is timed in a worker of its own when the daemon has it
+        (:meth:`_baseline_image`), else the stored design names the difference."""
         if baseline is None:
             return None
-        before = str(baseline.host.get("container_image") or "").split(" (")[0] or None
+        before, ident = _recorded_image(baseline)
         after = self.image(cell) if self.in_container(cell) else None
         if before == after:
-            return None
+            # The same tag may name another image now: rebuilt with another release of the
+            # framework (a rebuild for a new pytest-mlscope alone changes the id, not the stack).
+            now = self._image_version(after) if after else None
+            was = baseline.framework_version
+            if not (now and was and now != was):
+                return None
+            before = f"{before} ({ident}, {cell.framework} {was})"
+            after = f"{after} (rebuilt since, {cell.framework} {now})"
         return (
             f"the baseline ran {f'in {before}' if before else 'on the host stack'}, this item "
             f"{f'in {after}' if after else 'on the host stack'}: one worker would time both on "
             "this one"
         )
 
+    def _image_version(self, image: str) -> str | None:
+        """The framework release the image a tag names on this daemon was built with (its
+        label), once per session."""
+        from pytest_mlscope.containers import LABEL, client, find_image
+
+        if image not in self._image_versions:
+            try:
+                found = find_image(client(), image)
+            except Exception:  # no daemon: the item skips for it anyway
+                found = None
+            labels = (found.labels or {}) if found is not None else {}
+            self._image_versions[image] = labels.get(f"{LABEL}.framework-version")
+        return self._image_versions[image]
+
+    def _baseline_image(self, cell: Cell, item_id: str) -> tuple[str, str] | None:
+        """The image to time the baseline's side in, when the baseline ran in another image than
+        this item's and this daemon has it, with this worker inside: (its id, how to name it).
+        Otherwise None, with the reason in the verdict when the image is missing or stale."""
+        from pytest_mlscope.containers import LABEL, client, find_image, source_digest
+
+        baseline = self._baseline_sides().get(item_id) if self.settings.baseline else None
+        if baseline is None or not self._stack_moved(cell, baseline):
+            return None
+        name, ident = _recorded_image(baseline)
+        if name is None:
+            return None  # it ran on the host stack, which has changed since: stored design
+        named = f"{name} ({ident})" if ident else name
+        try:
+            found = find_image(client(), ident or name)
+        except Exception as exc:  # no SDK or daemon (ContainerError), or the daemon's APIError
+            self._interleaved[cell.id] = (False, f"stored design: {exc}")
+            return None
+        if found is None:
+            version = baseline.framework_version or "?"
+            self._interleaved[cell.id] = (
+                False,
+                f"stored design: the baseline ran in {named}, which this Docker daemon does not "
+                f"have; build it (`mlscope containers build {cell.framework} --framework-version "
+                f"{version}`) or pull it, and the baseline's side is timed beside this one",
+            )
+            return None
+        built_from = (found.labels or {}).get(f"{LABEL}.source-hash")
+        if built_from != source_digest():  # unlabelled: pulled, or built by an older version
+            self._interleaved[cell.id] = (
+                False,
+                f"stored design: the baseline's image {named} holds a pytest-mlscope worker "
+                "built from other sources than this one, so it cannot serve this session's "
+                "rounds",
+            )
+            return None
+        return found.id, named
+
+    def _interleave_baseline_image(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        image: tuple[str, str],
+        request: EvaluationRequest,
+        item_id: str,
+        **overrides: float,
+    ) -> EvaluationResult:
+        """Time the item (B, in its image or on the host) against the baseline's model in the
+        image the baseline ran in (A): a new image (a framework upgrade inside it, a new base)
+        A/B-tested by naming the baseline, as long as the daemon still has the old one."""
+        image_id, named = image
+        side = self._interleave_side(manifest, cell, request.artifact, item_id, across=True)
+        if side is None:  # the baseline's file is nowhere to be had: as for a release, above
+            return self.runtime(cell).evaluate(request, self.settings.timeout)
+        artifact, model = side.artifact, self._interleaved[cell.id][1]
+        a_request = self._request(manifest, cell, checks=[], **overrides).model_copy(
+            update={"artifact": artifact}
+        )
+        result, a_version, renewed = self._interleave_workers(
+            manifest, cell, request, cell, a_request, self._docker_runtime(cell, image_id)
+        )
+        self._interleaved[cell.id] = (
+            True,
+            f"{model} in the baseline's image {named} ({cell.framework} {a_version}; {renewed})",
+        )
+        return result
+
     def _baseline_artifact(self, manifest: Manifest, sha256: str) -> tuple[Any, str]:
-        """The baseline's artifact by checksum: the local cache first, then the store."""
+        """The baseline's artifact by checksum: the local cache first, then the store; (None,
+        why) when the store keeps it in an artifact directory this machine does not see."""
+        from pytest_mlscope.errors import StoreError
+
         found = self.cache.find(manifest.name, sha256)
         if found is not None:
             return found, "from the artifact cache"
-        found = self.cache.from_store(self.store, sha256)
+        try:
+            found = self.cache.from_store(self.store, sha256)
+        except StoreError as exc:
+            if " is missing: " not in str(exc):
+                raise  # damaged: never timed, and said as an error
+            return None, str(exc)
         if found is not None:
             return found, "fetched from the results database"
         return None, ""
+
+
+def _recorded_image(baseline: Side) -> tuple[str | None, str]:
+    """The image a stored result ran in, as recorded: its tag and 12-digit id, or (None, "")."""
+    recorded = str(baseline.host.get("container_image") or "")
+    name, _, ident = recorded.partition(" (")
+    return (name or None), ident.rstrip(")")

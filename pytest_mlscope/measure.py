@@ -82,7 +82,7 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
 def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
     """How many pairs one block of an interleaved measurement takes at most, and each round's
     floors: the item's count and duration floors split over rounds of about ROUND_S, at least
-    MIN_PAIRS per side (:func:`look_complete` ends a block early once its time is spent). Shared
+    MIN_PAIRS per side (:class:`Block` ends a block early once the floors are met). Shared
     by the in-worker interleave and the host-driven one across two stacks."""
     pairs = max(options.rounds, MIN_PAIRS, int(options.min_duration_s / ROUND_S))
     per_round = MeasureOptions(
@@ -94,13 +94,32 @@ def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
     return pairs, per_round
 
 
-def look_complete(pairs_done: int, started_ns: int, options: MeasureOptions) -> bool:
-    """Whether a block of pairs has done its share: MIN_PAIRS (or the item's rounds) pairs, and
-    the time both sides' duration floors ask for. A model whose rounds are its count floor (three
-    calls of a 50 ms model) stops at MIN_PAIRS; a fast one fills the time with 20 ms rounds."""
-    if pairs_done < max(MIN_PAIRS, options.rounds):
-        return False
-    return time.perf_counter_ns() - started_ns >= 2 * options.min_duration_s * 1e9
+@dataclass
+class Block:
+    """What one block of pairs has timed on each side so far.
+
+    A block is complete with MIN_PAIRS (or the item's rounds) pairs once each side has had the
+    item's count and duration floors, counted on its samples alone (loads, warm-ups and the
+    host's round trips do not count). A model whose rounds are its count floor (three calls of a
+    50 ms model) stops at MIN_PAIRS; a fast one fills its floors with 20 ms rounds.
+    """
+
+    pairs: int = 0
+    count: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    timed_ns: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+
+    def add(self, side: str, samples_ns: Sequence[int]) -> None:
+        self.count[side] += len(samples_ns)
+        self.timed_ns[side] += sum(samples_ns)
+
+    def complete(self, options: MeasureOptions) -> bool:
+        if self.pairs < max(MIN_PAIRS, options.rounds):
+            return False
+        return all(
+            self.count[side] >= options.min_count
+            and self.timed_ns[side] >= options.min_duration_s * 1e9
+            for side in ("a", "b")
+        )
 
 
 def time_interleaved(
@@ -123,9 +142,10 @@ def time_interleaved(
     so far -> decided?), blocks are added until it says yes or LOOKS blocks ran; without it, one
     block. A pair cut short by the deadline (2 x ``max_duration_s``) is dropped from both sides.
 
-    ``renew`` (two different model files): called before every ``renew_every``-th pair, it loads
-    and warms up a fresh instance of each side behind ``call_a`` and ``call_b`` and returns their
-    prepared inputs. Two instances of one model differ by their memory layout, by a percent or
+    ``renew`` (two different model files): called before every ``renew_every``-th pair after the
+    first (which times the instances behind ``inputs_a`` and ``inputs_b``), it loads and warms up
+    a fresh instance of each side behind ``call_a`` and ``call_b`` and returns their prepared
+    inputs. Two instances of one model differ by their memory layout, by a percent or
     two and for their whole life; new draws through the measurement turn that into pair-to-pair
     noise, which the paired interval accounts for and more pairs average away.
     """
@@ -150,12 +170,13 @@ def time_interleaved(
     medians: dict[str, list[float]] = {"a": [], "b": []}
     done = 0
     for _ in range(LOOKS if settled is not None else 1):
-        look_started = time.perf_counter_ns()
-        for in_look in range(pairs):
-            if look_complete(in_look, look_started, options):
+        block = Block()
+        for _ in range(pairs):
+            if block.complete(options):
                 break
             done += 1
-            if renew is not None and (done - 1) % renew_every == 0:
+            # The first pair times the instances the caller made; later ones fresh instances.
+            if renew is not None and done > 1 and (done - 1) % renew_every == 0:
                 fresh_a, fresh_b = renew()
                 sides["a"] = (call_a, fresh_a, sides["a"][2], sides["a"][3])
                 sides["b"] = (call_b, fresh_b, sides["b"][2], sides["b"][3])
@@ -171,7 +192,9 @@ def time_interleaved(
                     break
             if stopped_by != "target":
                 break
+            block.pairs += 1
             for key, values in taken.items():
+                block.add(key, values)
                 sides[key][2].extend(values)
                 sides[key][3].append(len(values))
                 medians[key].append(_median(values) / 1e9)

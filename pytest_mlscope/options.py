@@ -43,6 +43,12 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption("--mlscope-cache", metavar="DIR", help="artifact cache directory")
     group.addoption(
+        "--mlscope-artifact-store",
+        metavar="DIR",
+        help="keep the model files baselines save in this directory (a shared mount for "
+        "machines that share the database), not in the database: for very large models",
+    )
+    group.addoption(
         "--mlscope-timeout",
         type=float,
         metavar="S",
@@ -195,6 +201,11 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("mlscope_db", "results database (path or SQLAlchemy URL)", default="")
     parser.addini("mlscope_cache", "artifact cache directory", default="")
+    parser.addini(
+        "mlscope_artifact_store",
+        "directory for the model files baselines save (default: in the results database)",
+        default="",
+    )
     parser.addini("mlscope_timeout", "per-item worker timeout in seconds (0: none)", default="600")
     parser.addini(
         "mlscope_predictors",
@@ -249,7 +260,9 @@ def settings(config: pytest.Config) -> Settings:
     if timeout is None:
         timeout = float(config.getini("mlscope_timeout") or 0)
     cache = _either(config, "mlscope_cache")
+    artifact_store = _either(config, "mlscope_artifact_store")
     return Settings(
+        artifact_store=Path(artifact_store).expanduser().resolve() if artifact_store else None,
         rootdir=rootdir,
         manifest_paths=manifest_paths,
         runtime=_either(config, "mlscope_runtime") or "subprocess",

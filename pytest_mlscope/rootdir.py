@@ -34,6 +34,7 @@ PATH_OPTIONS = (
     "--mlscope-manifests",
     "--mlscope-db",
     "--mlscope-cache",
+    "--mlscope-artifact-store",
     "--mlscope-html",
     "--mlscope-md",
 )

@@ -44,6 +44,7 @@ class Settings:
     runtime: str = "subprocess"
     db: str | None = None
     cache_dir: Path | None = None
+    artifact_store: Path | None = None  # baselines' model files there, not in the database
     timeout: float | None = None
     predictors: dict[str, str] = field(default_factory=dict)
     measure_overrides: dict[str, float] = field(default_factory=dict)
@@ -143,6 +144,7 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
         self.xdist_workers = 0  # on the controller of a pytest-xdist session: its workers
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
+        self._image_versions: dict[str, str | None] = {}  # tag -> its framework release
         # Per item id: why its instructions were not counted (a container stack, say).
         self.not_counted: dict[str, str] = {}
         self._image_reasons: dict[str, tuple[str | None, bool]] = {}
@@ -229,6 +231,7 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
             from pytest_mlscope.store import Store
 
             self._store = Store.from_location(self.settings.db_location)
+            self._store.artifact_dir = self.settings.artifact_store
             # A session of this host killed before it could finish its run (kill -9, OOM):
             # nobody else will close it. Said in the summary, so the gap is not a mystery.
             for run_id in self._store.close_abandoned_runs():

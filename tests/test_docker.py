@@ -492,19 +492,24 @@ def test_cli_lists_the_images(images: list[str], capsys: pytest.CaptureFixture[s
 OTHER_ORT = "1.31.1"  # the second ONNX Runtime release .ci/run builds an image of
 
 
+def _other_release_image(docker_client: object) -> str:
+    """The image of ONNX Runtime OTHER_ORT that .ci/run builds; skips (fails under CI) without."""
+    image = f"mlscope/onnxruntime:{OTHER_ORT}-cpu"
+    if containers.find_image(docker_client, image) is None:
+        requires_ci(
+            f"no image {image}: mlscope containers build onnxruntime --framework-version "
+            f"{OTHER_ORT} --base mlscope/base:bookworm"
+        )
+    return image
+
+
 def test_two_onnxruntime_releases_in_two_images_are_interleaved(
     pytester: pytest.Pytester, images: list[str], docker_client: object
 ) -> None:
     """ORT 1.32 (the host's, default image) timed against ORT 1.31 (its own image), round by
     round, each in its own container."""
-    other_image = f"mlscope/onnxruntime:{OTHER_ORT}-cpu"
-    if containers.find_image(docker_client, other_image) is None:
-        requires_ci(
-            f"no image {other_image}: mlscope containers build onnxruntime --framework-version "
-            f"{OTHER_ORT} --base mlscope/base:bookworm"
-        )
-    manifests = _project(pytester, "digits_cnn")
-    path = manifests / "digits_cnn.yaml"
+    other_image = _other_release_image(docker_client)
+    path = _project(pytester, "digits_cnn") / "digits_cnn.yaml"
     entry = '  - name: onnxruntime\n    version: ">=1.17"\n'
     path.write_text(
         path.read_text().replace(
@@ -536,6 +541,68 @@ def test_two_onnxruntime_releases_in_two_images_are_interleaved(
     assert 0.33 < main.verdict["ratio"] < 3  # the same model on two releases, on one machine
     assert main.accuracy is not None and main.accuracy.passed
     assert len(main.rounds) == main.verdict["pairs"]
+
+
+def test_a_baseline_saved_in_another_image_is_timed_in_that_image_beside_the_new_one(
+    pytester: pytest.Pytester, images: list[str], docker_client: object
+) -> None:
+    """A new image (here: ONNX Runtime upgraded inside it) A/B-tested by naming the baseline:
+    the baseline's side runs in the image the baseline ran in, if the daemon still has it, and
+    the verdict names it; without that image, the stored design says how to get it back."""
+    import sqlite3
+
+    other_image = _other_release_image(docker_client)
+    path = _project(pytester, "digits_cnn") / "digits_cnn.yaml"
+    original = path.read_text()
+    entry = '  - name: onnxruntime\n    version: ">=1.17"\n'
+    path.write_text(
+        original.replace(
+            entry,
+            f"{entry}    container: {{amd64: {{cpu: {other_image}}}, "
+            f"arm64: {{cpu: {other_image}}}}}\n",
+        )
+    )
+    select = (
+        "--mlscope-runtime=docker", "-k", "onnxruntime and bs1 and single_stream",
+        "--mlscope-threshold=3",
+    )  # fmt: skip
+    _run(pytester, *select, "--mlscope-save-baseline=main").assert_outcomes(passed=1)
+    path.write_text(original)  # the team's new image: the stack's default, another release
+
+    _run(pytester, *select, "--mlscope-baseline=main").assert_outcomes(passed=1)
+    store = _store(pytester)
+    record = store.latest_results(store.runs(limit=1)[0].id)[
+        "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
+    ]
+    store.close()
+    assert record.framework_version != OTHER_ORT
+    assert record.verdict is not None and record.verdict["design"] == "interleaved", record.verdict
+    reason = record.verdict["reason"]
+    assert f"in the baseline's image {other_image} (" in reason, reason
+    assert f"A on {OTHER_ORT}, B on {record.framework_version}" in reason, reason
+    assert record.paired_predictor is not None and record.paired_predictor.version == OTHER_ORT
+    assert len(record.paired_rounds) == len(record.rounds) == record.verdict["pairs"] >= 30
+
+    # The baseline's image is gone from this daemon: the stored design, and how to get it back.
+    with sqlite3.connect(pytester.path / ".mlscope" / "results.db") as connection:
+        connection.execute(
+            "UPDATE results SET predictor = json_set(predictor, '$.details.container.image', "
+            "'mlscope/onnxruntime:gone-cpu', '$.details.container.image_id', ?) "
+            "WHERE run_id = (SELECT run_id FROM baselines WHERE name = 'main')",
+            ("sha256:" + "0" * 64,),
+        )
+    _run(pytester, *select, "--mlscope-baseline=main").assert_outcomes(passed=1)
+    store = _store(pytester)
+    record = store.latest_results(store.runs(limit=1)[0].id)[
+        "digits_cnn[onnxruntime-cpu-bs1-single_stream]"
+    ]
+    store.close()
+    assert record.verdict is not None and record.verdict["design"] == "stored", record.verdict
+    assert (
+        "the baseline ran in mlscope/onnxruntime:gone-cpu (000000000000), which this Docker "
+        "daemon does not have; build it (`mlscope containers build onnxruntime "
+        f"--framework-version {OTHER_ORT}`)"
+    ) in record.verdict["reason"], record.verdict["reason"]
 
 
 def test_prune_removes_only_builds_no_moving_tag_points_at(

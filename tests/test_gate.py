@@ -173,3 +173,60 @@ def test_a_model_edit_in_a_second_checkout_is_timed_beside_the_baseline_fetched_
     assert outcome == "passed"
     assert verdict["design"] == "interleaved" and verdict["kind"] == "ok", verdict
     assert verdict["ratio_low"] < verdict["ratio"] < verdict["ratio_high"]
+
+
+def test_a_model_kept_in_an_artifact_directory_is_timed_beside_an_edit_in_another_checkout(
+    pytester: pytest.Pytester,
+) -> None:
+    """--mlscope-artifact-store (a model too large for the database): the baseline's file goes to
+    the directory, the database keeps its row; a second checkout finds it there by checksum."""
+    import sqlalchemy as sa
+
+    from pytest_mlscope.store.schema import artifact_chunks_table
+
+    fast, slow = pytester.path / "fast.onnx", pytester.path / "slow.onnx"
+    _export_model(fast)
+    _export_model(slow, identity_convs=SLOW_IDENTITY_CONVS)
+    db = pytester.path / "ci" / "results.db"
+    db.parent.mkdir()
+    share = pytester.path / "share"
+    one = _checkout(pytester.path / "one", fast)
+    two = _checkout(pytester.path / "two", slow)
+    shared = (f"--mlscope-db={db}",)
+    _run(
+        pytester, one, *shared, f"--mlscope-cache={one / 'cache'}",
+        f"--mlscope-artifact-store={share}", "--mlscope-save-baseline=main",
+    ).assert_outcomes(passed=1)  # fmt: skip
+    sha256 = hashlib.sha256(fast.read_bytes()).hexdigest()
+    assert (share / sha256[:2] / sha256).read_bytes() == fast.read_bytes()
+    store = Store.from_location(db, create=False)
+    try:
+        stored = store.artifact(sha256)
+        with store._engine.connect() as connection:
+            chunks = connection.execute(
+                sa.select(sa.func.count()).select_from(artifact_chunks_table)
+            ).scalar_one()
+    finally:
+        store.close()
+    assert stored is not None and stored.location == str(share) and chunks == 0
+
+    # Checkout two: the slow file, an empty cache, and only the baseline's name.
+    cache = f"--mlscope-cache={two / 'cache'}"
+    _run(pytester, two, *shared, cache, "--mlscope-baseline=main", LOOSE).assert_outcomes(failed=1)
+    outcome, verdict = _latest_verdict(db)
+    assert outcome == "failed"
+    assert verdict["design"] == "interleaved" and verdict["kind"] == "regression", verdict
+    assert sha256[:12] in verdict["reason"]
+    fetched = two / "cache" / "from-store" / sha256 / "model.onnx"
+    assert fetched.read_bytes() == fast.read_bytes()
+
+    # A runner that does not mount the directory: the stored design, and how to point at it.
+    import shutil
+
+    shutil.move(share, pytester.path / "elsewhere")
+    shutil.rmtree(two / "cache")
+    _run(pytester, two, *shared, cache, "--mlscope-baseline=main", LOOSE)
+    _outcome, verdict = _latest_verdict(db)
+    assert verdict["design"] == "stored", verdict
+    assert f"is missing: its file is not in the artifact directory {share}" in verdict["reason"]
+    assert "--mlscope-artifact-store=DIR" in verdict["reason"]

@@ -231,12 +231,13 @@ def test_renewed_interleaving_times_each_pair_on_its_own_instances() -> None:
         lambda x: calls.append(("a", x)), [-1], lambda x: calls.append(("b", x)), [-1],
         options, seed=1, renew=renew,
     )  # fmt: skip
-    assert len(loaded) == MIN_PAIRS  # one renewal per pair
-    assert {instance for _, instance in calls[:4]} == {-1}  # the initial inputs: warm-up only
+    assert len(loaded) == MIN_PAIRS - 1  # one renewal per pair after the first
     per_pair = 3 + 3  # a round each (90 samples over 30 pairs)
-    for pair in range(MIN_PAIRS):
+    # warm-up and the first pair on the instances the caller made
+    assert {instance for _, instance in calls[: 4 + per_pair]} == {-1}
+    for pair in range(1, MIN_PAIRS):
         chunk = calls[4 + pair * per_pair : 4 + (pair + 1) * per_pair]
-        assert {instance for _, instance in chunk} == {pair}
+        assert {instance for _, instance in chunk} == {pair - 1}
         assert sorted(side for side, _ in chunk) == ["a"] * 3 + ["b"] * 3
 
 

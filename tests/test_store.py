@@ -1041,6 +1041,70 @@ def test_a_tampered_chunk_is_refused_naming_the_sha256_and_leaves_no_file(
     assert list((target / sha256).iterdir()) == []  # no partial file under any name
 
 
+def test_a_large_model_goes_to_the_artifact_directory_and_comes_back_from_it(
+    store: Store, store_location: str, tmp_path: Path
+) -> None:
+    """--mlscope-artifact-store: the file, not chunks, under its checksum in the directory; the
+    database keeps its row, so baselines reference it, fetch it and free it as before."""
+    directory = tmp_path / "share"
+    store.artifact_dir = directory
+    path, sha256 = model_file(tmp_path / "models")
+    run_id = complete_run(store)
+    store.set_baseline("main", run_id, artifacts=[entry(path, sha256)])
+    kept = directory / sha256[:2] / sha256
+    assert kept.read_bytes() == path.read_bytes()
+    assert count_rows(store, artifact_chunks_table) == 0
+    stored = store.artifact(sha256)
+    assert stored is not None and stored.location == str(directory.resolve())
+    assert stored.chunks == 0 and stored.size == path.stat().st_size
+    assert [a.location for a in store.baseline_artifacts("main")] == [str(directory.resolve())]
+    # Another session, without the option: the recorded directory is where it looks.
+    with Store.from_location(store_location) as other:
+        fetched = other.fetch_artifact(sha256, tmp_path / "fetched")
+    assert fetched.name == "model.onnx" and fetched.read_bytes() == path.read_bytes()
+    assert not list(directory.rglob("*.part"))
+    store.delete_baseline("main")
+    assert not kept.exists() and store.artifact(sha256) is None  # freed, file and row
+
+
+def test_an_artifact_directory_mounted_elsewhere_or_missing_is_named(
+    store: Store, tmp_path: Path
+) -> None:
+    import shutil
+
+    store.artifact_dir = tmp_path / "share"
+    path, sha256 = model_file(tmp_path / "models")
+    store.set_baseline("main", complete_run(store), artifacts=[entry(path, sha256)])
+    shutil.move(tmp_path / "share", tmp_path / "mounted-here")
+    store.artifact_dir = None
+    with pytest.raises(StoreError) as caught:
+        store.fetch_artifact(sha256, tmp_path / "fetched")
+    message = str(caught.value)
+    assert message.startswith(f"artifact {sha256} in {store.url} is missing: ")
+    assert str((tmp_path / "share").resolve()) in message
+    assert "--mlscope-artifact-store=DIR" in message
+    store.artifact_dir = tmp_path / "mounted-here"  # the same share, another mount point
+    assert store.fetch_artifact(sha256, tmp_path / "fetched").read_bytes() == path.read_bytes()
+    kept = tmp_path / "mounted-here" / sha256[:2] / sha256
+    kept.write_bytes(kept.read_bytes()[:-1] + b"!")
+    with pytest.raises(StoreError, match=f"{sha256} .* is corrupt: .* reads back with sha256"):
+        store.fetch_artifact(sha256, tmp_path / "again")
+    store.delete_baseline("main")  # freed where this session mounts the share
+    assert not kept.exists() and store.artifact(sha256) is None
+
+
+def test_a_file_that_changed_is_not_written_to_the_artifact_directory(
+    store: Store, tmp_path: Path
+) -> None:
+    store.artifact_dir = tmp_path / "share"
+    path, sha256 = model_file(tmp_path / "models")
+    path.write_bytes(path.read_bytes() + b"edited after hashing")
+    with pytest.raises(ArtifactError, match="the file changed after its checksum was recorded"):
+        store.put_artifact(path, sha256=sha256, format="onnx")
+    assert store.artifact(sha256) is None
+    assert [p for p in (tmp_path / "share").rglob("*") if p.is_file()] == []
+
+
 def test_fetching_a_file_that_is_not_stored_names_it_and_the_database(
     store: Store, tmp_path: Path
 ) -> None:
@@ -1237,7 +1301,25 @@ def test_a_version_6_database_is_migrated_and_gains_the_artifact_tables(
         assert store.fetch_artifact(sha256, tmp_path / "f").read_bytes() == path.read_bytes()
         with store._engine.connect() as connection:
             version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
-    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 7
+    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 8
+
+
+def test_a_version_7_database_keeps_its_chunked_artifacts_and_gains_their_location(
+    store_location: str, tmp_path: Path
+) -> None:
+    path, sha256 = model_file(tmp_path)
+    with Store.from_location(store_location) as store:
+        store.set_baseline("main", complete_run(store), artifacts=[entry(path, sha256)])
+        with store._engine.begin() as connection:  # what schema 7 had: no location column
+            connection.execute(sa.text("ALTER TABLE artifact_blobs DROP COLUMN location"))
+            connection.execute(sa.text("UPDATE schema_version SET version = 7"))
+    with Store.from_location(store_location) as store:
+        stored = store.artifact(sha256)
+        assert stored is not None and stored.location is None and stored.chunks == 1
+        assert store.fetch_artifact(sha256, tmp_path / "f").read_bytes() == path.read_bytes()
+        with store._engine.connect() as connection:
+            version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
+    assert version == [(SCHEMA_VERSION,)]
 
 
 def test_copy_with_baselines_carries_the_artifacts_they_keep(
@@ -1255,6 +1337,31 @@ def test_copy_with_baselines_carries_the_artifacts_they_keep(
     assert [k.sha256 for k in store.baseline_artifacts("main")] == [sha256]
     fetched = store.fetch_artifact(sha256, db_path.parent / "fetched")
     assert sha256_file(fetched) == sha256
+
+
+def test_copy_moves_directory_kept_models_into_a_directory_of_the_target_own(
+    db_path: Path, store_location: str, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_mlscope.cli import main
+    from pytest_mlscope.cli.common import EXIT_ERROR
+
+    path, sha256 = model_file(db_path.parent / "models")
+    with Store.from_location(db_path.with_name("source.db")) as source:
+        source.artifact_dir = db_path.parent / "source-share"
+        source.set_baseline("main", complete_run(source), artifacts=[entry(path, sha256)])
+        location = source.url
+    copy = ["copy", "--db", location, "--to", store_location, "--baselines"]
+    assert main([*copy, f"--artifact-store={db_path.parent / 'source-share'}"]) == EXIT_ERROR
+    assert "give the target database a directory of its own" in capsys.readouterr().err
+    assert main([*copy, f"--artifact-store={db_path.parent / 'target-share'}"]) == 0
+    assert "with 1 artifact" in capsys.readouterr().out
+    kept = store.baseline_artifacts("main")
+    assert [(k.sha256, k.location) for k in kept] == [
+        (sha256, str((db_path.parent / "target-share").resolve()))
+    ]
+    assert (db_path.parent / "target-share" / sha256[:2] / sha256).read_bytes() == (
+        path.read_bytes()
+    )
 
 
 # -- git -----------------------------------------------------------------------------------------

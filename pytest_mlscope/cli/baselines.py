@@ -141,15 +141,18 @@ def _print_baseline_artifacts(artifacts: Sequence[BaselineArtifact]) -> None:
         return
     # Counted once per file: one file may serve several frameworks.
     stored = sum({kept.sha256: kept.stored_size for kept in artifacts}.values())
+    places = sorted({kept.location or "the database" for kept in artifacts})
     print(
-        f"artifacts: {plural(len(artifacts), 'artifact')} kept in the database "
+        f"artifacts: {plural(len(artifacts), 'artifact')} kept in {' and '.join(places)} "
         f"({size_text(stored)} stored)"
     )
     rows = [
         [kept.sha256[:12], kept.model, kept.framework, kept.format, size_text(kept.size)]
+        + ([kept.location or "database"] if len(places) > 1 else [])
         for kept in artifacts
     ]
-    print(table(["sha256", "model", "framework", "format", "size"], rows, {4}))
+    columns = ["sha256", "model", "framework", "format", "size"]
+    print(table(columns + (["where"] if len(places) > 1 else []), rows, {4}))
 
 
 def cmd_baseline_delete(args: argparse.Namespace) -> int:

@@ -27,6 +27,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     copy.add_argument(
         "--force", action="store_true", help="let a copied baseline move one of the same name"
     )
+    copy.add_argument(
+        "--artifact-store",
+        metavar="DIR",
+        help="keep the copied baselines' model files in this directory, not in the target "
+        "database (as --mlscope-artifact-store; a directory belongs to one database)",
+    )
     copy.add_argument("--db", metavar="LOCATION", help=DB_HELP)
     copy.set_defaults(handler=cmd_copy)
 
@@ -48,6 +54,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     with open_store(args.db) as source, Store.from_location(args.to) as target:
         if source.url == target.url:
             raise MlscopeError(f"--to is the database the runs come from: {target.url}")
+        if args.artifact_store:
+            target.artifact_dir = Path(args.artifact_store).expanduser().resolve()
         if args.runs:
             chosen = [source.get_run(ref) for ref in args.runs]
         else:
@@ -64,6 +72,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
         if not args.baselines:
             return EXIT_OK
         status = EXIT_OK
+        if target.artifact_dir is not None:
+            _check_own_directory(source, target.artifact_dir)
         for baseline in source.baselines():
             if not target.has_run(baseline.run_id):
                 print(f"baseline {baseline.name!r}: its run {baseline.run_id[:12]} was not copied")
@@ -85,6 +95,22 @@ def cmd_copy(args: argparse.Namespace) -> int:
                 print(f"baseline {baseline.name!r} not copied: {exc}")
                 status = EXIT_INVALID
     return status
+
+
+def _check_own_directory(source: Store, directory: Path) -> None:
+    """Refuse a target artifact directory that holds the source's files: freeing a file in one
+    database would take it from the other."""
+    shared = {
+        kept.location
+        for baseline in source.baselines()
+        for kept in source.baseline_artifacts(baseline.name)
+        if kept.location and Path(kept.location).resolve() == directory
+    }
+    if shared:
+        raise MlscopeError(
+            f"--artifact-store {directory} holds the files of {source.url}'s baselines; give "
+            "the target database a directory of its own"
+        )
 
 
 def _fetched_artifacts(store: Store, name: str, directory: Path) -> list[ArtifactEntry]:

@@ -1,8 +1,14 @@
-"""Model files kept in the database: content-addressed, zlib-compressed in chunks so no file is
-ever whole in memory, stored and fetched with their checksum verified, freed when unreferenced."""
+"""Model files kept with the database: content-addressed, zlib-compressed in chunks so no file is
+ever whole in memory, stored and fetched with their checksum verified, freed when unreferenced.
+
+A model too large for a database table goes to an artifact directory instead
+(``--mlscope-artifact-store=DIR``, a shared mount for machines that share the database): the
+file is written there under its checksum, and the database keeps its row, with the directory as
+its location, so baselines reference it, fetch it and free it as they do chunks."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -39,6 +45,11 @@ ARTIFACT_COMPRESSION_LEVEL = 1
 class ArtifactsMixin(_StoreBase):
     """Storing, fetching and freeing model files."""
 
+    # Where new artifacts are written instead of the database's chunks (the session's
+    # --mlscope-artifact-store); also looked in first when a blob's recorded directory is
+    # mounted elsewhere on this machine.
+    artifact_dir: Path | None = None
+
     def put_artifact(
         self,
         path: str | os.PathLike[str],
@@ -74,11 +85,15 @@ class ArtifactsMixin(_StoreBase):
             raise ArtifactError(
                 f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
             ) from None
+        # A directory: the file goes there, renamed into place inside the transaction that
+        # inserts its row, so the row commits only once the file is whole.
+        directory = self.artifact_dir.resolve() if self.artifact_dir is not None else None
         blobs = artifact_blobs_table.c
         try:
             with handle, self._engine.begin() as connection:
-                # The blob's row first: a second session storing the same file waits here, on the
-                # primary key, and then finds it taken, instead of writing its chunks twice.
+                # The blob's row first: a second session storing the same file (or one freeing
+                # it) waits here, on the primary key, and then finds it taken, instead of
+                # writing it twice.
                 connection.execute(
                     sa.insert(artifact_blobs_table).values(
                         sha256=sha256,
@@ -88,24 +103,16 @@ class ArtifactsMixin(_StoreBase):
                         format=format,
                         filename=name,
                         created_at=_now(),
+                        location=str(directory) if directory is not None else None,
                     )
                 )
-                digest = hashlib.sha256()
-                size = stored_size = count = 0
-                while chunk := handle.read(ARTIFACT_CHUNK_SIZE):
-                    digest.update(chunk)
-                    data = zlib.compress(chunk, ARTIFACT_COMPRESSION_LEVEL)
-                    connection.execute(
-                        sa.insert(artifact_chunks_table).values(sha256=sha256, seq=count, data=data)
-                    )
-                    size += len(chunk)
-                    stored_size += len(data)
-                    count += 1
-                if digest.hexdigest() != sha256:
-                    raise ArtifactError(
-                        f"artifact {source} has sha256 {digest.hexdigest()}, expected {sha256}; "
-                        f"the file changed after its checksum was recorded, so it is not stored"
-                    )
+                if directory is None:
+                    size, stored_size, count = _insert_chunks(connection, handle, sha256, source)
+                else:
+                    target = _directory_path(directory, sha256)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    size = stored_size = _copy_checked(handle, target, sha256, source)
+                    count = 0
                 connection.execute(
                     sa.update(artifact_blobs_table)
                     .where(blobs.sha256 == sha256)
@@ -116,8 +123,9 @@ class ArtifactsMixin(_StoreBase):
                 return False
             raise StoreError(f"cannot store artifact {sha256} in {self.url}") from None
         except OSError as exc:
+            where = f" in {directory}" if directory is not None else ""
             raise ArtifactError(
-                f"cannot store artifact {source} (sha256 {sha256}): {exc.strerror or exc}"
+                f"cannot store artifact {source} (sha256 {sha256}){where}: {exc.strerror or exc}"
             ) from None
         except sa_exc.OperationalError as exc:
             reason = getattr(exc, "orig", None) or exc
@@ -145,6 +153,7 @@ class ArtifactsMixin(_StoreBase):
             stored_size=row["stored_size"],
             chunks=row["chunks"],
             created_at=created_at,
+            location=row["location"],
         )
 
     def fetch_artifact(self, sha256: str, directory: str | os.PathLike[str]) -> Path:
@@ -189,16 +198,69 @@ class ArtifactsMixin(_StoreBase):
         partial = Path(temporary)
         try:
             with os.fdopen(descriptor, "wb") as handle:
-                problem = self._write_chunks(stored, handle)
+                if stored.location is not None:
+                    problem = self._write_located(stored, handle)
+                else:
+                    problem = self._write_chunks(stored, handle)
             if problem is not None:
                 if not self.has_artifact(stored.sha256):
                     problem = "it was freed while being fetched"
-                raise StoreError(f"artifact {stored.sha256} in {self.url} is corrupt: {problem}")
+                state = (
+                    "is missing"
+                    if problem.startswith("its file is not")
+                    else "is unreadable"
+                    if "cannot be read" in problem
+                    else "is corrupt"
+                )
+                raise StoreError(f"artifact {stored.sha256} in {self.url} {state}: {problem}")
             partial.chmod(0o644)  # mkstemp makes it private; workers in containers read it
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
         return target
+
+    def _located(self, stored: StoredArtifact) -> Path | None:
+        """The file of a blob kept in an artifact directory: in this session's directory, else
+        where it was written (one share may be mounted at two paths)."""
+        assert stored.location is not None
+        for directory in (self.artifact_dir, Path(stored.location)):
+            if directory is not None and _directory_path(directory, stored.sha256).is_file():
+                return _directory_path(directory, stored.sha256)
+        return None
+
+    def _unlink_located(self, sha256: str, location: str) -> None:
+        """Remove a freed blob's file, wherever this machine sees its directory; a file that
+        cannot be removed (a read-only share) is left, as an orphan nothing references."""
+        for directory in {self.artifact_dir, Path(location)} - {None}:
+            with contextlib.suppress(OSError):
+                _directory_path(directory, sha256).unlink(missing_ok=True)  # type: ignore[arg-type]
+
+    def _write_located(self, stored: StoredArtifact, handle: Any) -> str | None:
+        """Copy a blob's file from its artifact directory to ``handle``; what is wrong, or None."""
+        path = self._located(stored)
+        if path is None:
+            where = f"{stored.location}" + (
+                f" nor in {self.artifact_dir}" if self.artifact_dir is not None else ""
+            )
+            return (
+                f"its file is not in the artifact directory {where} (is the directory mounted "
+                "here? pass it as --mlscope-artifact-store=DIR)"
+            )
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as source:
+                while chunk := source.read(ARTIFACT_CHUNK_SIZE):
+                    digest.update(chunk)
+                    handle.write(chunk)
+                    size += len(chunk)
+        except OSError as exc:
+            return f"{path} cannot be read: {exc.strerror or exc}"
+        if size != stored.size:
+            return f"{path} holds {size} bytes, expected {stored.size}"
+        if digest.hexdigest() != stored.sha256:
+            return f"{path} reads back with sha256 {digest.hexdigest()}"
+        return None
 
     def _write_chunks(self, stored: StoredArtifact, handle: Any) -> str | None:
         """Write a blob's chunks, decompressed, to ``handle``; what is wrong with them, or None."""
@@ -262,18 +324,81 @@ class ArtifactsMixin(_StoreBase):
                             chunks.sha256 == sha256, unreferenced
                         )
                     )
-                    stored_size = connection.execute(
-                        sa.select(blobs.stored_size).where(blobs.sha256 == sha256, unreferenced)
-                    ).scalar_one_or_none()
-                    if stored_size is None:
+                    row = connection.execute(
+                        sa.select(blobs.stored_size, blobs.location).where(
+                            blobs.sha256 == sha256, unreferenced
+                        )
+                    ).one_or_none()
+                    if row is None:
                         continue  # gone already, or referenced: nothing was deleted
                     connection.execute(
                         sa.delete(artifact_blobs_table).where(blobs.sha256 == sha256)
                     )
-                freed += int(stored_size)
+                    if row.location is not None:
+                        # Before the delete commits: a session storing the same file again
+                        # waits on the row, then writes a file of its own.
+                        self._unlink_located(sha256, row.location)
+                freed += int(row.stored_size)
             except sa_exc.IntegrityError:
                 continue  # referenced meanwhile: kept, chunks and all
         return freed
+
+
+def _insert_chunks(
+    connection: sa.Connection, handle: Any, sha256: str, source: Path
+) -> tuple[int, int, int]:
+    """The file's chunks, compressed, hashed as they are read; (size, stored size, chunks).
+    A file that no longer has ``sha256`` is refused, and the transaction with it."""
+    digest = hashlib.sha256()
+    size = stored_size = count = 0
+    while chunk := handle.read(ARTIFACT_CHUNK_SIZE):
+        digest.update(chunk)
+        data = zlib.compress(chunk, ARTIFACT_COMPRESSION_LEVEL)
+        connection.execute(
+            sa.insert(artifact_chunks_table).values(sha256=sha256, seq=count, data=data)
+        )
+        size += len(chunk)
+        stored_size += len(data)
+        count += 1
+    if digest.hexdigest() != sha256:
+        raise ArtifactError(
+            f"artifact {source} has sha256 {digest.hexdigest()}, expected {sha256}; "
+            f"the file changed after its checksum was recorded, so it is not stored"
+        )
+    return size, stored_size, count
+
+
+def _directory_path(directory: Path, sha256: str) -> Path:
+    """Where an artifact directory keeps a file: fanned out by the checksum's first two digits,
+    so no folder holds more than a few hundred entries."""
+    return directory / sha256[:2] / sha256
+
+
+def _copy_checked(handle: Any, target: Path, sha256: str, source: Path) -> int:
+    """Copy ``handle`` to ``target`` through a temporary file beside it, renamed into place only
+    when the bytes have ``sha256``; the size. A file that changed is refused, as in the database."""
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".part", dir=target.parent
+    )
+    partial = Path(temporary)
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        with os.fdopen(descriptor, "wb") as out:
+            while chunk := handle.read(ARTIFACT_CHUNK_SIZE):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        if digest.hexdigest() != sha256:
+            raise ArtifactError(
+                f"artifact {source} has sha256 {digest.hexdigest()}, expected {sha256}; the file "
+                "changed after its checksum was recorded, so it is not stored"
+            )
+        partial.chmod(0o644)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return size
 
 
 def _check_sha256(sha256: str) -> None:

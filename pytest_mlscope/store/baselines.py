@@ -214,6 +214,7 @@ class BaselinesMixin(_StoreBase):
                 blobs.filename,
                 blobs.size,
                 blobs.stored_size,
+                blobs.location,
             )
             .join(artifact_blobs_table, blobs.sha256 == references.sha256)
             .where(references.baseline == name)

@@ -154,7 +154,7 @@ class ArtifactEntry:
 @dataclass(frozen=True)
 class StoredArtifact:
     """A model file as the database holds it: ``size`` bytes of file, ``stored_size`` compressed,
-    in ``chunks`` chunks."""
+    in ``chunks`` chunks; or, with ``location``, as a file in that artifact directory."""
 
     sha256: str
     format: str
@@ -163,6 +163,7 @@ class StoredArtifact:
     stored_size: int
     chunks: int
     created_at: datetime
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class BaselineArtifact:
     filename: str
     size: int
     stored_size: int
+    location: str | None = None  # the artifact directory holding it; None: in the database
 
 
 def _run_record(row: sa.RowMapping, counts: dict[str, int]) -> RunRecord:

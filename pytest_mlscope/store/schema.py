@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Each step takes a database from version N to N + 1, in one transaction. A database written by
 # an older pytest-mlscope keeps every result it had. A step is SQL text ({json} is the backend's
 # JSON type) or a function of the connection (new tables, indexes, converted columns).
@@ -51,6 +51,12 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
         # The A side of an interleaved result (its samples packed, the rest a document), so a
         # stored run is judged again on its pairs by mlscope compare and the report.
         lambda connection: _add_paired_columns(connection),
+    ],
+    7: [
+        # A blob whose bytes live in a directory (--mlscope-artifact-store) instead of chunks.
+        lambda connection: _add_missing_column(
+            connection, "artifact_blobs", "location", "VARCHAR(1024)"
+        ),
     ],
 }
 
@@ -269,6 +275,8 @@ baselines_table = sa.Table(
 # Model files, stored once per content (schema 7). A blob's row is written in the same transaction
 # as all of its chunks, so a blob that is listed is whole; ``size`` counts the file's bytes,
 # ``stored_size`` the compressed chunks'. ``filename`` keeps the suffix a loader goes by.
+# ``location`` (schema 8): the artifact directory that holds the file instead of chunks (a model
+# too large for the database), written there before the row; NULL for chunks.
 artifact_blobs_table = sa.Table(
     "artifact_blobs",
     metadata,
@@ -279,6 +287,7 @@ artifact_blobs_table = sa.Table(
     sa.Column("format", sa.String(64), nullable=False),
     sa.Column("filename", sa.String(255), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("location", sa.String(1024), nullable=True),
 )
 
 artifact_chunks_table = sa.Table(
