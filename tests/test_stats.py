@@ -252,14 +252,16 @@ class _FakeClock:
 
 
 @pytest.mark.parametrize(
-    ("call_ms", "pairs", "per_round"),
+    ("call_ms", "min_count", "pairs", "per_round"),
     [
-        (0.5, 100, 40),  # fast: 2 s over 20 ms rounds, 40 calls each
-        (50.0, MIN_PAIRS, 3),  # slow: rounds of three calls, so a block stops at MIN_PAIRS
+        (0.5, 50, 100, 40),  # fast: 2 s over 20 ms rounds, 40 calls each
+        (50.0, 50, MIN_PAIRS, 3),  # slow: rounds of three calls, so a block stops at MIN_PAIRS
+        # 4 s of pairs pass at 40 pairs, but the count floor asks for 1000 calls a side
+        (5.0, 1000, 100, 10),
     ],
 )
 def test_a_block_of_pairs_fills_the_duration_floor_with_short_rounds(
-    monkeypatch: pytest.MonkeyPatch, call_ms: float, pairs: int, per_round: int
+    monkeypatch: pytest.MonkeyPatch, call_ms: float, min_count: int, pairs: int, per_round: int
 ) -> None:
     """A fast model gets many short pairs (A and B close in time, so drift cancels); a slow one
     no more than MIN_PAIRS, so its block takes what it took before."""
@@ -271,7 +273,7 @@ def test_a_block_of_pairs_fills_the_duration_floor_with_short_rounds(
     def model(_: object) -> None:
         clock.now += int(call_ms * 1e6)
 
-    options = MeasureOptions(warmup=0, min_count=50, min_duration_s=2.0, max_duration_s=600)
+    options = MeasureOptions(warmup=0, min_count=min_count, min_duration_s=2.0, max_duration_s=600)
     a, b = time_interleaved(model, [0], model, [0], options, seed=1)
     assert len(a.rounds) == len(b.rounds) == pairs
     assert set(a.rounds) == set(b.rounds) == {per_round}
