@@ -23,7 +23,9 @@ Three designs of change, each against its own baseline:
 - ``upgrade``: the baseline saved by a session running on another ONNX Runtime release (a venv
   made here with that release and this pytest-mlscope), session 2 on the host's release: the
   plugin rebuilds the baseline's release itself and interleaves across two workers. Their
-  difference is measured independently by fresh processes of each release, alternating.
+  difference is measured independently by fresh processes of each release, alternating. Its
+  further conditions inject a slowdown on top of the new release: the gate's power across two
+  stacks.
 
 The promise at the default T = 5 %: an unchanged model flagged at most 1 % of the time, a
 slowdown of T caught at least 95 %, one of T/2 flagged at most 5 % (README, "Baselines and
@@ -58,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "user_cnn"
 ITEM = f"{MODEL}[onnxruntime-cpu-bs1-single_stream]"
 INJECTED = (0.0, 0.025, 0.05, 0.10)
+UPGRADE_INJECTED = (0.0, 0.025, 0.05)  # slowdowns injected on top of the upgrade
 BASE_CONVS = 40  # identity convolutions in the user's model: ~0.1 ms a call, each ~2.5 %
 EDITS = (0, 1, 2, 4)  # identity convolutions an edit adds; 0 is a re-export of the same graph
 REEXPORTED = -1  # the key of the re-exported base file in the models
@@ -225,8 +228,11 @@ def repetition(
                 _check(session(state / "one", db, "--mlscope-baseline=main", *extra), "session")
             else:  # another checkout, its own empty cache: a fresh CI runner
                 edited = models[int(condition) or REEXPORTED] if design == "edit" else models[0]
+                # the upgrade's conditions are slowdowns injected on top of the new release
+                extra = [f"--mlscope-inject-slowdown={condition}"] if design == "upgrade" else []
+                extra = extra if condition else []
                 two = checkout(state / "two", edited)
-                _check(session(two, db, "--mlscope-baseline=main"), "the session")
+                _check(session(two, db, "--mlscope-baseline=main", *extra), "the session")
             rows.append({"design": design, "condition": condition, **judged(db)})
             shutil.rmtree(state, ignore_errors=True)
         return rows
@@ -372,7 +378,10 @@ def table(rows: list[dict[str, Any]], realized: dict[tuple[str, float], Any]) ->
             seen = f"{middle:+.1%} ({low:+.1%} to {high:+.1%})"
         else:
             name = f"onnxruntime {OTHER_ORT} → this release"
-            seen = f"{realized[(design, condition)]:+.1%}"
+            seen = f"{realized[(design, 0.0)]:+.1%}"
+            if condition:
+                name += f", injected {condition:+.1%}"
+                seen += f" {condition:+.1%}"
         times = [r["item_s"] for r in chosen if r["item_s"]]
         lines.append(
             f"| {name} | {seen} | {kinds.count('regression')}/{n} | {kinds.count('ok')}/{n} "
@@ -419,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every repetition here")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    parser.add_argument(
+        "--conditions",
+        type=lambda text: [float(x) for x in text.split(",")],
+        help="only these conditions (comma-separated; e.g. 0.025,0.05 of the upgrade design)",
+    )
     args = parser.parse_args(argv)
     designs = ("injected", "edit", "upgrade") if args.design == "all" else (args.design,)
     started = time.perf_counter()
@@ -443,8 +457,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "upgrade" in designs:
             other = other_release(work)
-            plan["upgrade"] = [0.0]
+            plan["upgrade"] = list(UPGRADE_INJECTED)
             realized[("upgrade", 0.0)] = realized_upgrade(models[0], other)
+        if args.conditions is not None:
+            plan = {d: [c for c in cs if c in args.conditions] for d, cs in plan.items()}
         print(f"realized (measured alone): {realized}", file=sys.stderr, flush=True)
         order = [design for design in plan for _ in range(args.repetitions)]
         shuffler = random.Random(args.seed)
