@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.availability import _installed
 from pytest_mlscope.errors import EvaluationFailed, MlscopeError
+from pytest_mlscope.evaluation import _safe
 from pytest_mlscope.protocol import (
     Cell,
     EvaluationRequest,
@@ -43,7 +46,7 @@ class Interleaving:
             raise EvaluationFailed(f"cannot interleave with stack {other!r}: {reason}")
         a_request = self._request(manifest, a_cell, checks=[], **overrides)
         result, a_version, renewed = self._interleave_workers(
-            manifest, cell, request, a_cell, a_request, self.runtime(a_cell)
+            manifest, cell, request, a_cell, a_request, lambda k: self.runtime(a_cell, k)
         )
         where = f" in {self.image(a_cell)}" if self.in_container(a_cell) else ""
         self._interleaved[cell.id] = (
@@ -75,7 +78,7 @@ class Interleaving:
             update={"artifact": artifact}
         )
         result, a_version, renewed = self._interleave_workers(
-            manifest, cell, request, cell, a_request, self._venv_runtime(stack)
+            manifest, cell, request, cell, a_request, lambda k: self._venv_runtime(stack, k)
         )
         self._interleaved[cell.id] = (
             True,
@@ -91,20 +94,23 @@ class Interleaving:
         request: EvaluationRequest,
         a_cell: Cell,
         a_request: EvaluationRequest,
-        runtime_a: Runtime,
+        runtime_a: Callable[[int], Runtime],
     ) -> tuple[EvaluationResult, str, str]:
-        """B in the cell's own worker, A in ``runtime_a``, in alternating rounds.
+        """B in the cell's own workers, A in ``runtime_a``'s, in alternating rounds.
 
-        Both workers load, check and warm up their model and keep it (``hold``); then the host
-        asks each for one round at a time, in random order within each pair, so drift hits both
-        stacks alike, and adds blocks of pairs until the verdict is clear (measure.LOOKS at
-        most), as the in-worker interleave does. The result is B's, with A's rounds as pairs;
-        with A's framework version and whether each pair timed fresh instances.
+        Every worker loads, warms up and keeps its model (``hold``); then the host asks for one
+        round at a time, in random order within each pair, so drift hits both stacks alike, and
+        adds blocks of pairs until the verdict is clear (measure.LOOKS at most), as the
+        in-worker interleave does. A process has a speed of its own for its life, which pairs
+        inside one pair of processes carry whole: each side runs in measure.WORKERS_PER_SIDE
+        processes, every A worker meets every B worker alike, and the verdict widens its
+        interval by their spread (stats.worker_spread). The result is B's, with A's rounds as
+        pairs; with A's framework version and how often each side's instances were renewed.
         """
         import random
 
         from pytest_mlscope.compare import settled
-        from pytest_mlscope.measure import LOOKS, Block, pair_plan
+        from pytest_mlscope.measure import LOOKS, WORKERS_PER_SIDE, Block, pair_plan
         from pytest_mlscope.passes import renew_every
         from pytest_mlscope.protocol import RoundRequest
         from pytest_mlscope.stats import round_medians, summarize_scenario
@@ -117,22 +123,53 @@ class Interleaving:
                 "interleave": None,
             }
         )
-        runtime_b = self.runtime(cell)
+        inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}-interleaved.npz"
+        b_request = request.model_copy(
+            update={"hold": True, "interleave": None, "save_inputs": str(inputs)}
+        )
+        workers = {
+            "a": _distinct(runtime_a(k) for k in range(WORKERS_PER_SIDE)),
+            "b": _distinct(self.runtime(cell, k) for k in range(WORKERS_PER_SIDE)),
+        }
+        cells = {"a": a_cell, "b": cell}
         timeout = self.settings.timeout
         pairs, per_round = pair_plan(request.measure)
         samples: dict[str, list[int]] = {"a": [], "b": []}
         sizes: dict[str, list[int]] = {"a": [], "b": []}
-        sides = {"a": (runtime_a, a_cell), "b": (runtime_b, cell)}
-        held: list[str] = []
+        met: list[tuple[int, int]] = []
+        held: list[tuple[Runtime, Cell]] = []
+
+        def hold(runtime: Runtime, which: Cell, hold_request: EvaluationRequest) -> Any:
+            found = runtime.evaluate(hold_request, timeout)
+            held.append((runtime, which))
+            return found
+
         try:
-            first_b = runtime_b.evaluate(
-                request.model_copy(update={"hold": True, "interleave": None}), timeout
+            # B's first worker checks the model and keeps the inputs; the others hold the same
+            # inputs unchecked (what one process computes, all do), started side by side.
+            first_b = hold(workers["b"][0], cell, b_request)
+            unchecked = {
+                "checks": [],
+                "save_inputs": None,
+                "save_outputs": None,
+                "inputs_path": str(inputs),
+            }
+            more, more_a = (
+                b_request.model_copy(update=unchecked),
+                a_request.model_copy(update=unchecked),
             )
-            held.append("b")
-            first_a = runtime_a.evaluate(a_request, timeout)
-            held.append("a")
+            jobs = [(workers["a"][0], a_cell, a_request)]
+            jobs += [(runtime, a_cell, more_a) for runtime in workers["a"][1:]]
+            jobs += [(runtime, cell, more) for runtime in workers["b"][1:]]
+            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+                started = [pool.submit(hold, *job) for job in jobs]
+                first_a = started[0].result()
+                for job in started[1:]:
+                    job.result()
             rng = random.Random(random.randrange(2**31))
             threshold = self.threshold(manifest)
+            combos = [(i, j) for i in range(len(workers["a"])) for j in range(len(workers["b"]))]
+            schedule: list[tuple[int, int]] = []
             # Fresh instances of both sides through the measurement, as in one worker
             # (passes._Instances): a held instance's memory layout would be an offset no number
             # of pairs removes. The first pair renews both and says what that costs.
@@ -143,17 +180,21 @@ class Interleaving:
                 for _ in range(pairs):
                     if block.complete(request.measure):
                         break
+                    if not schedule:  # every A worker meets every B worker, in random order
+                        schedule = rng.sample(combos, len(combos))
+                    pair = schedule.pop()
                     renew = every is not None and done % every == 0
                     renew_s = 0.0
                     for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
-                        runtime, which = sides[key]
+                        runtime = workers[key][pair[0] if key == "a" else pair[1]]
                         got = runtime.evaluate(
-                            RoundRequest(cell=which, measure=per_round, renew=renew), timeout
+                            RoundRequest(cell=cells[key], measure=per_round, renew=renew), timeout
                         )
                         samples[key].extend(got.samples_ns)
                         sizes[key].append(len(got.samples_ns))
                         block.add(key, got.samples_ns)
                         renew_s += float(got.telemetry.get("renew_s", 0.0))
+                    met.append(pair)
                     if done == 0:
                         every = renew_every(renew_s, 2 * per_round.min_duration_s)
                     done += 1
@@ -166,11 +207,11 @@ class Interleaving:
                     threshold=threshold,
                     comparisons=self.comparisons,
                     looks=LOOKS,
+                    workers=met,
                 ):
                     break
         finally:
-            for key in held:
-                runtime, which = sides[key]
+            for runtime, which in held:
                 with contextlib.suppress(MlscopeError):
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
         summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
@@ -183,6 +224,7 @@ class Interleaving:
                 "paired_rounds": sizes["a"],
                 "paired_artifact_sha256": first_a.artifact_sha256,
                 "paired_predictor": first_a.predictor,
+                "paired_workers": met,
             }
         )
         renewed = (
@@ -405,7 +447,12 @@ class Interleaving:
             update={"artifact": artifact}
         )
         result, a_version, renewed = self._interleave_workers(
-            manifest, cell, request, cell, a_request, self._docker_runtime(cell, image_id)
+            manifest,
+            cell,
+            request,
+            cell,
+            a_request,
+            lambda k: self._docker_runtime(cell, image_id, k),
         )
         self._interleaved[cell.id] = (
             True,
@@ -437,3 +484,12 @@ def _recorded_image(baseline: Side) -> tuple[str | None, str]:
     recorded = str(baseline.host.get("container_image") or "")
     name, _, ident = recorded.partition(" (")
     return (name or None), ident.rstrip(")")
+
+
+def _distinct(runtimes: Iterable[Runtime]) -> list[Runtime]:
+    """The workers, once each: the in-process runtime has no copies to give."""
+    found: list[Runtime] = []
+    for runtime in runtimes:
+        if not any(runtime is known for known in found):
+            found.append(runtime)
+    return found

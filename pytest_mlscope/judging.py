@@ -218,6 +218,7 @@ class Judging:
                 else None
             ),
             paired_artifact_sha256=result.paired_artifact_sha256,
+            paired_workers=result.paired_workers,
         )
         item = item_id or result.cell.id
         baseline = self._baseline_sides().get(item) if self.settings.baseline else None

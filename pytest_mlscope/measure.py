@@ -30,6 +30,13 @@ ROUND_S = 0.02
 # looking cannot inflate them: a clear change or a clear no-change costs one block, a change
 # near the threshold gets up to LOOKS times the pairs before it is called inconclusive.
 LOOKS = 4
+# Worker processes per side when A and B cannot share one (two stacks, two images). A process
+# has a speed of its own for its life: two fresh processes of one ONNX Runtime release differed
+# by about 1 % (sd) on this project's 2-core machine, however many pairs they timed. The verdict
+# widens its interval by the spread of the workers' levels (t on 2 x (n - 1) degrees of
+# freedom): with 4 per side a 5 % slowdown is still caught and 2.5 % is not flagged; with 2 or
+# 3, t's few degrees of freedom widen the interval past T.
+WORKERS_PER_SIDE = 4
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,9 @@ class EvaluationResult(_Document):
     paired_artifact_sha256: str | None = None
     # The A side's predictor, when A ran in another worker (another stack, another image).
     paired_predictor: PredictorInfo | None = None
+    # Across workers: which of the several worker processes of each side timed pair i, as
+    # (A's worker, B's worker); the spread between processes widens the verdict's interval.
+    paired_workers: list[tuple[int, int]] = Field(default_factory=list)
     # Instructions per call, one figure per round, from the count pass (callgrind).
     instructions: list[float] = Field(default_factory=list)
     layers: list[LayerRow] = Field(default_factory=list)

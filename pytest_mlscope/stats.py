@@ -187,6 +187,57 @@ def paired_shift_interval(differences: np.ndarray, confidence: float = 0.95) -> 
     )
 
 
+@dataclass(frozen=True)
+class WorkerSpread:
+    """How far the speeds of the worker processes behind a paired measurement scatter."""
+
+    # The standard error that the processes' own offsets add to the mean log ratio, and the
+    # degrees of freedom it was estimated with.
+    error: float
+    df: int
+    a_workers: int
+    b_workers: int
+
+    def half_width(self, confidence: float) -> float:
+        from scipy.stats import t
+
+        return float(t.ppf(1 - (1 - confidence) / 2, self.df)) * self.error
+
+
+def worker_spread(
+    differences: Sequence[float] | np.ndarray, workers: Sequence[Sequence[int]]
+) -> WorkerSpread | None:
+    """The error that the worker processes' own offsets add to paired log ratios.
+
+    A process has a speed of its own, for its life (measured here: about 1 % between two
+    fresh processes of one ONNX Runtime, a model and core placement alike): rounds paired inside
+    one pair of processes cancel drift but carry that pair's offset whole, however many pairs
+    are timed. With several workers per side, pair ``k`` ran on A's worker ``workers[k][0]``
+    and B's ``workers[k][1]``; each worker's level is the median log ratio of its pairs (every
+    worker meets the other side's alike, so their offsets average out of it). The spread of
+    those levels, pooled over both sides, is the per-process spread ``s`` with
+    ``(m_a - 1) + (m_b - 1)`` degrees of freedom, and the mean log ratio carries
+    ``s * sqrt(1/m_a + 1/m_b)``. Each level also holds its pairs' own noise, so this errs wide.
+    None when neither side had two workers (one process: the pairs' interval says it all).
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    labels = np.asarray(workers, dtype=np.int64).reshape(-1, 2)
+    if labels.shape[0] != d.size:
+        raise ValueError("worker_spread needs one (a, b) worker pair per difference")
+    squares, df, counts = 0.0, 0, []
+    for side in (0, 1):
+        levels = np.array([np.median(d[labels[:, side] == k]) for k in np.unique(labels[:, side])])
+        counts.append(int(levels.size))
+        if levels.size > 1:
+            squares += float(((levels - levels.mean()) ** 2).sum())
+            df += int(levels.size) - 1
+    if df == 0:
+        return None
+    per_process = squares / df
+    error = float(np.sqrt(per_process * (1 / counts[0] + 1 / counts[1])))
+    return WorkerSpread(error, df, counts[0], counts[1])
+
+
 def _reached(distance: float, sd: float) -> float:
     """The two-sided confidence of the extreme-point interval, by the same normal approximation
     that chose the index: what a clamped interval really covers."""

@@ -129,10 +129,11 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             if (
                 request.checks == []
                 and request.save_outputs is None
-                and (request.count is not None or request.save_layer_outputs)
+                and (request.count is not None or request.save_layer_outputs or request.inputs_path)
             ):
-                # a count pass after a checked timing pass, or a failed agreement's layers: the
-                # outputs are known, the dataset is not run again
+                # a count pass after a checked timing pass, a failed agreement's layers, or one
+                # more worker holding a model another one checked: the outputs are known, the
+                # dataset is not run again
                 accuracy = AccuracyReport()
             else:
                 with spans.span("accuracy pass"):

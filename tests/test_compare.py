@@ -243,6 +243,75 @@ def test_the_threshold_means_catch_this_in_the_sequential_interleaved_design(
     assert full.count("ok") / trials <= 0.025  # a slowdown of T is never waved through
 
 
+def _across_workers(rng: np.random.Generator, slowdown: float, per_side: int | None = None) -> str:
+    """The interleaved design across two stacks as the host runs it: WORKERS_PER_SIDE worker
+    processes per side, each with a speed of its own for its life (``per_process``: the
+    sd measured between fresh ONNX Runtime workers here), every A worker meeting every B worker
+    in turn, blocks of 30 pairs with the verdict's rule as the stopping rule."""
+    from pytest_mlscope.measure import WORKERS_PER_SIDE
+
+    per_side = per_side or WORKERS_PER_SIDE
+    offsets_a = rng.normal(0, 0.0065, per_side)
+    offsets_b = rng.normal(0, 0.0065, per_side)
+    combos = [(i, j) for i in range(per_side) for j in range(per_side)]
+    a: list[float] = []
+    b: list[float] = []
+    met: list[tuple[int, int]] = []
+    for _ in range(LOOKS):
+        for _ in range(30):
+            i, j = combos[len(met) % len(combos)]
+            level = 0.010 * np.exp(rng.normal(0, 0.10))
+            a.append(level * np.exp(offsets_a[i] + rng.normal(0, 0.014)))
+            b.append(level * (1 + slowdown) * np.exp(offsets_b[j] + rng.normal(0, 0.014)))
+            met.append((i, j))
+        if settled(a, b, threshold=0.05, looks=LOOKS, workers=met):
+            break
+    return paired_verdict(a, b, threshold=0.05, looks=LOOKS, workers=met).kind
+
+
+def test_the_threshold_holds_across_worker_processes_that_each_have_a_speed() -> None:
+    """Two stacks cannot share a process, and each process has an offset of its own that no
+    number of pairs removes. Timed in one pair of processes, half of T is flagged far more than
+    promised; in several per side, with their spread in the interval, the promise of the
+    one-process design holds again."""
+    rng = np.random.default_rng(21)
+    trials = 300
+    one_pair = [_across_workers(rng, 0.025, per_side=1) for _ in range(100)]
+    assert one_pair.count("regression") / 100 > 0.15
+    same = [_across_workers(rng, 0.0) for _ in range(trials)]
+    half = [_across_workers(rng, 0.025) for _ in range(trials)]
+    full = [_across_workers(rng, 0.05) for _ in range(trials)]
+    assert same.count("regression") / trials <= 0.01
+    assert half.count("regression") / trials <= 0.05
+    assert full.count("regression") / trials >= 0.95
+
+
+def test_the_workers_spread_widens_the_verdict_and_says_so() -> None:
+    """Pairs that agree closely inside each pair of processes, while the processes disagree:
+    the interval is as wide as the processes' spread, and the reason says across how many."""
+    from pytest_mlscope.stats import worker_spread
+
+    rng = np.random.default_rng(22)
+    offsets = {"a": [0.0, 0.02, -0.01, 0.015], "b": [0.01, -0.02, 0.0, 0.02]}
+    met = [(i, j) for _ in range(3) for i in range(4) for j in range(4)]
+    a = [0.01 * np.exp(offsets["a"][i] + rng.normal(0, 0.001)) for i, _ in met]
+    b = [0.01 * np.exp(offsets["b"][j] + rng.normal(0, 0.001)) for _, j in met]
+    spread = worker_spread(np.log(b) - np.log(a), met)
+    assert spread is not None and (spread.a_workers, spread.b_workers, spread.df) == (4, 4, 6)
+    # sd of the levels about 1.5 %, over sqrt(1/4 + 1/4)
+    assert 0.008 < spread.error < 0.013
+    narrow = paired_verdict(a, b, threshold=0.05)
+    wide = paired_verdict(a, b, threshold=0.05, workers=met)
+    assert narrow.ratio_high - narrow.ratio_low < 0.015
+    assert wide.ratio_high - wide.ratio_low > 0.03
+    assert "across 4 + 4 worker processes" in wide.reason
+    # one worker per side: nothing to estimate their spread from, nothing widened
+    single = [(0, 0)] * len(met)
+    assert worker_spread(np.log(b) - np.log(a), single) is None
+    with pytest.raises(ValueError, match="one \\(a, b\\) worker pair per difference"):
+        worker_spread([0.0, 0.1], [(0, 0)])
+
+
 def test_round_medians_fall_back_to_chunks_without_round_boundaries() -> None:
     samples = list(range(1, 101))
     assert len(round_medians(samples, [])) == 10

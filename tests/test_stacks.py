@@ -136,3 +136,13 @@ def test_a_baseline_on_another_onnxruntime_release_is_rebuilt_and_timed_beside_t
     assert record.paired_predictor is not None and record.paired_predictor.version == OTHER_ORT
     assert record.framework_version == installed
     assert len(record.paired_rounds) == len(record.rounds) >= 30
+    # Each side in four worker processes (each has a speed of its own), every A worker timed
+    # against every B worker; the interval is as wide as their spread says.
+    assert len(record.paired_workers) == len(record.rounds)
+    assert (
+        {a for a, _ in record.paired_workers}
+        == {b for _, b in record.paired_workers}
+        == {0, 1, 2, 3}
+    )
+    assert len(set(record.paired_workers)) == 16
+    assert "across 4 + 4 worker processes, whose own speeds add ±" in reason

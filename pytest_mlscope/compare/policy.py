@@ -160,6 +160,7 @@ def _interleaved_latency(
         alpha=alpha,
         looks=LOOKS,
         baseline_run=baseline.run_id if baseline else None,
+        workers=current.paired_workers,
     )
     note = f"{found.pairs} pairs of rounds"
     if found.kind == "inconclusive":
@@ -198,6 +199,7 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         paired_rounds=list(getattr(record, "paired_rounds", None) or []),
         paired_version=getattr(paired, "version", None) if paired is not None else None,
         paired_artifact_sha256=getattr(record, "paired_artifact_sha256", None),
+        paired_workers=list(getattr(record, "paired_workers", None) or []),
     )
 
 

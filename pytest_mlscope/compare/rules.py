@@ -19,6 +19,7 @@ from pytest_mlscope.stats import (
     shift_interval,
     slower_p_value,
     slower_paired_p_value,
+    worker_spread,
 )
 
 DEFAULT_THRESHOLD = 0.05
@@ -210,6 +211,7 @@ def paired_verdict(
     alpha: float = DEFAULT_ALPHA,
     looks: int = 1,
     baseline_run: str | None = None,
+    workers: Sequence[Sequence[int]] = (),
 ) -> Verdict:
     """Latency verdict for interleaved A/B: round i of each ran back to back, so drift hits both.
 
@@ -218,6 +220,14 @@ def paired_verdict(
     that dominates unpaired comparisons on a shared machine, so no run-to-run term is needed:
     both sides share the run. ``looks`` is how many times the measurement may stop to decide
     (pytest_mlscope.measure.SEQUENTIAL_PAIRS); each look spends its share of the error rates.
+
+    When A and B ran in worker processes of their own (two stacks), each process's own speed is
+    an offset that pairing cannot cancel; ``workers`` says which of several workers per side
+    timed each pair, and the interval is at least as wide as their spread allows
+    (stats.worker_spread, Student's t on its degrees of freedom). That term is spent once, at
+    the single-look level: the offsets are drawn when the workers start, and further looks
+    time the same workers, so they re-test the pairs' noise (covered by the looks' shares
+    above), not the offsets.
     """
     a = np.asarray(baseline_rounds, dtype=np.float64)
     b = np.asarray(current_rounds, dtype=np.float64)
@@ -225,9 +235,16 @@ def paired_verdict(
         raise ValueError("paired_verdict needs the same number of A and B rounds, at least one")
     differences = np.log(b) - np.log(a)
     item, family = decision_levels(comparisons, alpha=alpha, looks=looks)
-    return _decide(
-        paired_shift_interval(differences, item),
-        paired_shift_interval(differences, family),
+    item_shift = paired_shift_interval(differences, item)
+    family_shift = paired_shift_interval(differences, family)
+    spread = worker_spread(differences, workers) if len(workers) else None
+    if spread is not None:
+        once, family_once = decision_levels(comparisons, alpha=alpha)
+        item_shift = item_shift.widened(spread.half_width(once))
+        family_shift = family_shift.widened(spread.half_width(family_once))
+    found = _decide(
+        item_shift,
+        family_shift,
         noise=math.expm1(robust_sd(differences) / math.sqrt(2)),
         threshold=threshold,
         baseline_median=float(np.median(a)),
@@ -236,6 +253,15 @@ def paired_verdict(
         baseline_run=baseline_run,
         design="interleaved",
         pairs=int(a.size),
+    )
+    if spread is None:
+        return found
+    return replace(
+        found,
+        reason=(
+            f"{found.reason} (across {spread.a_workers} + {spread.b_workers} worker processes, "
+            f"whose own speeds add ±{math.expm1(spread.half_width(once)):.1%})"
+        ),
     )
 
 
@@ -246,13 +272,19 @@ def settled(
     threshold: float,
     comparisons: int = 1,
     looks: int = 1,
+    workers: Sequence[Sequence[int]] = (),
 ) -> bool:
     """Whether interleaved rounds so far decide the item (anything but inconclusive): the
     sequential measurement's stopping rule, the same rule the verdict applies."""
     if len(baseline_rounds) < 2 or len(baseline_rounds) != len(current_rounds):
         return False
     found = paired_verdict(
-        baseline_rounds, current_rounds, threshold=threshold, comparisons=comparisons, looks=looks
+        baseline_rounds,
+        current_rounds,
+        threshold=threshold,
+        comparisons=comparisons,
+        looks=looks,
+        workers=workers,
     )
     return found.kind != "inconclusive"
 

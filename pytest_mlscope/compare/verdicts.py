@@ -43,6 +43,7 @@ class Side:
     paired_rounds: Sequence[int] = ()
     paired_version: str | None = None
     paired_artifact_sha256: str | None = None
+    paired_workers: Sequence[Sequence[int]] = ()  # per pair, (A's worker, B's worker)
 
 
 @dataclass(frozen=True)

@@ -34,27 +34,29 @@ class RuntimePool:
                 self._container_only[cell.framework] = False
         return self._container_only[cell.framework]
 
-    def runtime(self, cell: Cell) -> Runtime:
+    def runtime(self, cell: Cell, copy: int = 0) -> Runtime:
         """One runtime per software stack: every framework on the host shares the host stack;
-        with the docker runtime, each image is a stack of its own."""
+        with the docker runtime, each image is a stack of its own. ``copy`` > 0: another worker
+        process of the same stack (a timing across workers needs several per side, since each
+        process has a speed of its own)."""
         if self.in_container(cell):
-            return self._docker_runtime(cell, self.image(cell))
+            return self._docker_runtime(cell, self.image(cell), copy)
         from pytest_mlscope.predictors import predictor_class
 
         stack = predictor_class(cell.framework, self.settings.predictors).venv_stack
         if stack:
             from pytest_mlscope import stacks
 
-            return self._venv_runtime(stacks.get(stack))
-        return self._host_runtime(self.settings.runtime)
+            return self._venv_runtime(stacks.get(stack), copy)
+        return self._host_runtime(self.settings.runtime, copy)
 
-    def _venv_runtime(self, stack: Any) -> Runtime:
+    def _venv_runtime(self, stack: Any, copy: int = 0) -> Runtime:
         """A subprocess worker in a venv stack (``pytest_mlscope.stacks.VenvStack``), with this
         pytest-mlscope on its path: the same worker and protocol, another interpreter."""
         from pytest_mlscope import stacks
         from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
-        key = f"venv:{stacks.location(stack)}"
+        key = _copy_key(f"venv:{stacks.location(stack)}", copy)
         if key not in self._runtimes:
             self._runtimes[key] = SubprocessRuntime(
                 work_dir=self.work_dir / "workers",
@@ -68,15 +70,17 @@ class RuntimePool:
             )
         return self._runtimes[key]
 
-    def _host_runtime(self, kind: str) -> Runtime:
+    def _host_runtime(self, kind: str, copy: int = 0) -> Runtime:
         from pytest_mlscope.runtimes import make_runtime
 
-        if kind not in self._runtimes:
+        # The in-process runtime is this process: it has no copies to give.
+        key = kind if kind == "inprocess" else _copy_key(kind, copy)
+        if key not in self._runtimes:
             python_path = [str(self.settings.rootdir), *self.settings.python_path]
-            self._runtimes[kind] = make_runtime(
+            self._runtimes[key] = make_runtime(
                 kind, self.work_dir / "workers", python_path, memory=self.settings.worker_memory
             )
-        return self._runtimes[kind]
+        return self._runtimes[key]
 
     def image(self, cell: Cell) -> str:
         """The container image a cell runs in (the manifest's ``container`` map, else the
@@ -86,10 +90,10 @@ class RuntimePool:
         spec = self.manifest(cell.model).framework_spec(cell.framework, cell.stack)
         return image_for(spec, cell.device)
 
-    def _docker_runtime(self, cell: Cell, image: str) -> Runtime:
+    def _docker_runtime(self, cell: Cell, image: str, copy: int = 0) -> Runtime:
         from pytest_mlscope.runtimes.docker import DockerRuntime
 
-        key = f"docker:{image}:{cell.device}"
+        key = _copy_key(f"docker:{image}:{cell.device}", copy)
         if key not in self._runtimes:
             # Read-only: the project (manifests, goldens, predictors named in the ini), manifest
             # folders outside it and the artifact cache; writable: this session's folders only.
@@ -132,3 +136,7 @@ class RuntimePool:
                 launcher=callgrind.launcher(out),
             )
         return self._runtimes[key]
+
+
+def _copy_key(key: str, copy: int) -> str:
+    return f"{key}#{copy}" if copy else key

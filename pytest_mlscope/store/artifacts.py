@@ -256,11 +256,7 @@ class ArtifactsMixin(_StoreBase):
                     size += len(chunk)
         except OSError as exc:
             return f"{path} cannot be read: {exc.strerror or exc}"
-        if size != stored.size:
-            return f"{path} holds {size} bytes, expected {stored.size}"
-        if digest.hexdigest() != stored.sha256:
-            return f"{path} reads back with sha256 {digest.hexdigest()}"
-        return None
+        return _mismatch(stored, size, digest.hexdigest(), f"{path}")
 
     def _write_chunks(self, stored: StoredArtifact, handle: Any) -> str | None:
         """Write a blob's chunks, decompressed, to ``handle``; what is wrong with them, or None."""
@@ -288,11 +284,7 @@ class ArtifactsMixin(_StoreBase):
                 count += 1
         if count != stored.chunks:
             return f"{count} of its {stored.chunks} chunks are stored"
-        if size != stored.size:
-            return f"its chunks hold {size} bytes, expected {stored.size}"
-        if digest.hexdigest() != stored.sha256:
-            return f"its chunks read back with sha256 {digest.hexdigest()}"
-        return None
+        return _mismatch(stored, size, digest.hexdigest(), "the stored chunks")
 
     def free_artifacts(self) -> int:
         """Free every stored artifact no baseline keeps (left by an interrupted session, say);
@@ -413,3 +405,12 @@ def _safe_filename(name: str) -> str:
     name stored by someone else (``../../.bashrc``) cannot place it outside the fetch directory."""
     base = Path(name.replace("\\", "/").replace("\x00", "")).name
     return base[:255] if base not in ("", ".", "..") else "artifact"
+
+
+def _mismatch(stored: StoredArtifact, size: int, sha256: str, what: str) -> str | None:
+    """What a blob read back wrong (its size, then its content), or None when it is whole."""
+    if size != stored.size:
+        return f"{what}: {size} bytes, expected {stored.size}"
+    if sha256 != stored.sha256:
+        return f"{what} reads back with sha256 {sha256}"
+    return None

@@ -80,6 +80,7 @@ class ResultRecord:
     paired_rounds: list[int] = field(default_factory=list)
     paired_artifact_sha256: str | None = None
     paired_predictor: PredictorInfo | None = None
+    paired_workers: list[tuple[int, int]] = field(default_factory=list)
 
 
 INJECTED_TAG = "inject_slowdown"  # runs tagged so measured a deliberately slowed model
@@ -248,6 +249,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         paired_predictor=(
             PredictorInfo.model_validate(paired["predictor"]) if paired.get("predictor") else None
         ),
+        paired_workers=[(int(a), int(b)) for a, b in paired.get("workers") or []],
     )
 
 

@@ -125,6 +125,7 @@ class RunsMixin(_StoreBase):
                     paired_samples_ns=list(result.paired_samples_ns),
                     paired={
                         "rounds": list(result.paired_rounds),
+                        "workers": [list(pair) for pair in result.paired_workers],
                         "artifact_sha256": result.paired_artifact_sha256,
                         "predictor": result.paired_predictor.model_dump(mode="json")
                         if result.paired_predictor
