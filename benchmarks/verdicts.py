@@ -63,8 +63,9 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "user_cnn"
 ITEM = f"{MODEL}[onnxruntime-cpu-bs1-single_stream]"
 INJECTED = (0.0, 0.025, 0.05, 0.10)
-# The upgrade's conditions: B slower than the baseline's A by this much in all, the release's
-# own difference (measured apart) made up to it by a slowdown injected on top of the new one.
+# The upgrade's conditions: 0 is the new release alone; the others make B slower than the
+# baseline's A by this much in all, the release's own difference (measured apart) made up to it
+# by a slowdown injected on top of the new release.
 UPGRADE_TOTALS = (0.0, 0.025, 0.05)
 BASE_CONVS = 40  # identity convolutions in the user's model: ~0.1 ms a call, each ~2.5 %
 EDITS = (0, 1, 2, 4)  # identity convolutions an edit adds; 0 is a re-export of the same graph
@@ -197,6 +198,9 @@ def judged(db: Path) -> dict[str, Any]:
         "ratio": verdict.get("ratio"),
         "pairs": verdict.get("pairs"),
         "item_s": record.duration_s,
+        "reason": verdict.get("reason"),
+        # worker processes per side that timed the pairs (1 + 1 inside one worker)
+        "workers": [len({pair[side] for pair in record.paired_workers}) or 1 for side in (0, 1)],
     }
 
 
@@ -313,11 +317,11 @@ UPGRADE_PROCESSES = 24
 UPGRADE_PAIRS = 40
 
 
-def realized_upgrade(model: Path, other: str, seed: int = 0) -> tuple[float, float, float]:
+def realized_upgrade(model: Path, other: str, seed: int = 0) -> tuple[float, float, float, float]:
     """The host's release against the other one, apart from the plugin: UPGRADE_PROCESSES fresh
     pairs of processes (plain InferenceSessions), each timing alternating 20 ms rounds in random
     order within each pair; per pair of processes the median of the log ratios. (mean, lowest,
-    highest) of those, as host / other - 1."""
+    highest) of those, as host / other - 1, and the mean's standard error (in log ratio)."""
     rng = random.Random(seed)
     found = []
     for _ in range(UPGRADE_PROCESSES):
@@ -345,7 +349,8 @@ def realized_upgrade(model: Path, other: str, seed: int = 0) -> tuple[float, flo
                 worker.wait()
         found.append(float(np.median(logs)))
     ratios = np.expm1(np.array(found))
-    return float(np.expm1(np.mean(found))), float(ratios.min()), float(ratios.max())
+    error = float(np.std(found, ddof=1) / np.sqrt(len(found)))
+    return float(np.expm1(np.mean(found))), float(ratios.min()), float(ratios.max()), error
 
 
 def upgrade_injection(target: float, release: float) -> float | None:
@@ -423,18 +428,22 @@ def table(rows: list[dict[str, Any]], realized: dict[tuple[str, float], Any]) ->
             middle, low, high = realized[(design, condition)]
             seen = f"{middle:+.1%} ({low:+.1%} to {high:+.1%})"
         else:
-            release, low, high = realized[(design, 0.0)]
+            release, low, high, error = realized[(design, 0.0)]
             name = f"onnxruntime {OTHER_ORT} → this release"
-            seen = f"{release:+.1%} ({low:+.1%} to {high:+.1%} per pair of processes)"
+            seen = f"{release:+.1%} ± {error:.1%} ({low:+.1%} to {high:+.1%} per pair of processes)"
             if condition:
                 injected = upgrade_injection(condition, release) or 0.0
                 name += f", and slowed to {condition:+.1%} in all"
                 seen = f"{condition:+.1%} ({release:+.1%} release, {injected:+.1%} injected)"
         times = [r["item_s"] for r in chosen if r["item_s"]]
+        interleaved = f"{sum(r['verdict_design'] == 'interleaved' for r in chosen)}/{n}"
+        spread = sorted({tuple(r.get("workers") or (1, 1)) for r in chosen})
+        if design == "upgrade":  # in how many worker processes per side
+            interleaved += " (" + ", ".join(f"{a} + {b}" for a, b in spread) + " workers)"
         lines.append(
             f"| {name} | {seen} | {kinds.count('regression')}/{n} | {kinds.count('ok')}/{n} "
             f"| {kinds.count('inconclusive')}/{n} | {other}/{n} "
-            f"| {sum(r['verdict_design'] == 'interleaved' for r in chosen)}/{n} "
+            f"| {interleaved} "
             f"| {statistics.median(times):.1f} s |"
         )
     unchanged = [
@@ -482,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only these conditions (comma-separated; e.g. 0.025,0.05 of the upgrade design)",
     )
     args = parser.parse_args(argv)
+    if args.readme and args.design not in ("all", "upgrade"):
+        parser.error("--readme writes the whole experiment's table, or the upgrade design's")
     designs = ("injected", "edit", "upgrade") if args.design == "all" else (args.design,)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="mlscope-models-"))

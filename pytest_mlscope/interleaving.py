@@ -1,6 +1,7 @@
 """The baseline's side of an interleaved measurement: its model file (fetched from the results
 database by hash), its software stack (another venv, rebuilt from the registry), and the pairs
-of rounds timed across two workers when the sides cannot share one process.
+of rounds timed across workers of both stacks (several per side: each process has a speed of its
+own) when the sides cannot share one process.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.availability import _installed
@@ -110,7 +112,7 @@ class Interleaving:
         import random
 
         from pytest_mlscope.compare import settled
-        from pytest_mlscope.measure import LOOKS, WORKERS_PER_SIDE, Block, pair_plan
+        from pytest_mlscope.measure import LOOKS, Block, pair_plan
         from pytest_mlscope.passes import renew_every
         from pytest_mlscope.protocol import RoundRequest
         from pytest_mlscope.stats import round_medians, summarize_scenario
@@ -127,9 +129,15 @@ class Interleaving:
         b_request = request.model_copy(
             update={"hold": True, "interleave": None, "save_inputs": str(inputs)}
         )
-        workers = {
-            "a": _distinct(runtime_a(k) for k in range(WORKERS_PER_SIDE)),
-            "b": _distinct(self.runtime(cell, k) for k in range(WORKERS_PER_SIDE)),
+        # Every worker but B's first holds B's first's inputs, unchecked (what one process
+        # computes, all do), untraced, and without the dataset's accuracy pass.
+        unchecked = {
+            "checks": [],
+            "save_inputs": None,
+            "save_outputs": None,
+            "reference_outputs": None,
+            "trace_level": "none",
+            "inputs_path": str(inputs),
         }
         cells = {"a": a_cell, "b": cell}
         timeout = self.settings.timeout
@@ -138,30 +146,31 @@ class Interleaving:
         sizes: dict[str, list[int]] = {"a": [], "b": []}
         met: list[tuple[int, int]] = []
         held: list[tuple[Runtime, Cell]] = []
+        workers: dict[str, list[Runtime]] = {"b": [self.runtime(cell)]}
 
-        def hold(runtime: Runtime, which: Cell, hold_request: EvaluationRequest) -> Any:
-            found = runtime.evaluate(hold_request, timeout)
-            held.append((runtime, which))
+        def hold(key: str, index: int, hold_request: EvaluationRequest) -> Any:
+            runtime, side = workers[key][index], "A (the baseline's side)" if key == "a" else "B"
+            try:
+                found = runtime.evaluate(hold_request, timeout)
+            except MlscopeError as exc:
+                raise EvaluationFailed(
+                    f"{side}'s worker {index + 1} of {len(workers[key])} could not hold the "
+                    f"model: {exc}"
+                ) from exc
+            held.append((runtime, cells[key]))
             return found
 
         try:
-            # B's first worker checks the model and keeps the inputs; the others hold the same
-            # inputs unchecked (what one process computes, all do), started side by side.
-            first_b = hold(workers["b"][0], cell, b_request)
-            unchecked = {
-                "checks": [],
-                "save_inputs": None,
-                "save_outputs": None,
-                "inputs_path": str(inputs),
-            }
-            more, more_a = (
-                b_request.model_copy(update=unchecked),
-                a_request.model_copy(update=unchecked),
-            )
-            jobs = [(workers["a"][0], a_cell, a_request)]
-            jobs += [(runtime, a_cell, more_a) for runtime in workers["a"][1:]]
-            jobs += [(runtime, cell, more) for runtime in workers["b"][1:]]
-            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            first_b = hold("b", 0, b_request)
+            _readable(inputs)
+            per_side, fewer = self._workers_per_side(cell, workers["b"][0])
+            workers["a"] = _distinct(runtime_a(k) for k in range(per_side))
+            workers["b"] += _distinct(self.runtime(cell, k) for k in range(1, per_side))
+            more = b_request.model_copy(update=unchecked)
+            more_a = a_request.model_copy(update=unchecked)
+            jobs = [("a", k, more_a) for k in range(len(workers["a"]))]
+            jobs += [("b", k, more) for k in range(1, len(workers["b"]))]
+            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # side by side
                 started = [pool.submit(hold, *job) for job in jobs]
                 first_a = started[0].result()
                 for job in started[1:]:
@@ -212,7 +221,9 @@ class Interleaving:
                     break
         finally:
             for runtime, which in held:
-                with contextlib.suppress(MlscopeError):
+                if not _alive(runtime):
+                    continue  # a release would start it again, to hear that nothing is held
+                with contextlib.suppress(Exception):  # the Docker SDK's errors too: release all
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
         summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
         result = first_b.model_copy(
@@ -234,7 +245,38 @@ class Interleaving:
             if every == 1
             else f"a fresh instance of each side every {every} pairs"
         )
+        if fewer:
+            renewed += f"; {fewer}"
         return result, first_a.predictor.version, renewed
+
+    def _workers_per_side(self, cell: Cell, first: Runtime) -> tuple[int, str]:
+        """How many worker processes each side gets, and why fewer than measure.WORKERS_PER_SIDE
+        when so: GPU cells keep one CUDA context per side; on the host, the extra workers may
+        take at most half the memory free now, each as much as the first one holds."""
+        from pytest_mlscope.measure import WORKERS_PER_SIDE
+
+        if cell.device == "gpu":
+            return 1, (
+                "one worker process per side on a GPU (one CUDA context each): a process's own "
+                "speed is not in the interval"
+            )
+        process = getattr(first, "process", None)
+        if process is None:
+            return WORKERS_PER_SIDE, ""  # a container: its own memory limit guards the host
+        import psutil
+
+        from pytest_mlscope.runtimes.subprocess import _resident_bytes
+
+        needs = max(_resident_bytes(process.pid), 1)
+        spare = int(psutil.virtual_memory().available * 0.5 // needs)
+        per_side = max(1, min(WORKERS_PER_SIDE, 1 + spare // 2))
+        if per_side == WORKERS_PER_SIDE:
+            return per_side, ""
+        return per_side, (
+            f"{per_side} worker process{'es' if per_side > 1 else ''} per side, not "
+            f"{WORKERS_PER_SIDE}: each holds {needs / 2**30:.1f} GiB, and half the free memory "
+            "allows no more"
+        )
 
     def _baseline_stack(self, manifest: Manifest, cell: Cell, item_id: str) -> Any:
         """The venv stack (``stacks.VenvStack``) of the baseline's framework release, when the
@@ -493,3 +535,20 @@ def _distinct(runtimes: Iterable[Runtime]) -> list[Runtime]:
         if not any(runtime is known for known in found):
             found.append(runtime)
     return found
+
+
+def _alive(runtime: Runtime) -> bool:
+    """Whether a worker process is still there to hear a release (a subprocess runtime's
+    process; other runtimes are asked anyway)."""
+    if not hasattr(runtime, "process"):
+        return True
+    process = runtime.process
+    return process is not None and process.poll() is None
+
+
+def _readable(path: Path) -> None:
+    """Let every worker read the inputs file: containers run as another user than a host
+    worker that wrote it with a strict umask (and the other way round, when the host may)."""
+    with contextlib.suppress(OSError):
+        path.parent.chmod(0o755)
+        path.chmod(0o644)

@@ -33,9 +33,10 @@ LOOKS = 4
 # Worker processes per side when A and B cannot share one (two stacks, two images). A process
 # has a speed of its own for its life: two fresh processes of one ONNX Runtime release differed
 # by about 1 % (sd) on this project's 2-core machine, however many pairs they timed. The verdict
-# widens its interval by the spread of the workers' levels (t on 2 x (n - 1) degrees of
-# freedom): with 4 per side a 5 % slowdown is still caught and 2.5 % is not flagged; with 2 or
-# 3, t's few degrees of freedom widen the interval past T.
+# widens its interval by the spread of the workers' levels (t on at most 2 x (n - 1) degrees of
+# freedom). Simulated with that 1 % (tests/test_compare.py), 4 per side keeps the promise at T
+# and T/2; 2 or 3 leave t so few degrees of freedom that the interval widens past T.
+# benchmarks/verdicts.py (upgrade design) measures it with real sessions.
 WORKERS_PER_SIDE = 4
 
 

@@ -16,7 +16,9 @@ from pytest_mlscope.vocabulary import Scenario
 
 # 2: a request is one pass; replies carry the traceback apart. 3: save_layer_outputs. 4: it
 # goes with save_outputs too (a golden and its layers in one pass); large layers are sampled.
-PROTOCOL_VERSION = 5
+# 5: RoundRequest.renew. 6: a hold from inputs_path with no checks skips the accuracy pass (the
+# extra workers of an interleave across stacks).
+PROTOCOL_VERSION = 6
 
 
 class _Document(BaseModel):

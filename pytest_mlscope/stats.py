@@ -194,7 +194,7 @@ class WorkerSpread:
     # The standard error that the processes' own offsets add to the mean log ratio, and the
     # degrees of freedom it was estimated with.
     error: float
-    df: int
+    df: float
     a_workers: int
     b_workers: int
 
@@ -214,28 +214,36 @@ def worker_spread(
     one pair of processes cancel drift but carry that pair's offset whole, however many pairs
     are timed. With several workers per side, pair ``k`` ran on A's worker ``workers[k][0]``
     and B's ``workers[k][1]``; each worker's level is the median log ratio of its pairs (every
-    worker meets the other side's alike, so their offsets average out of it). The spread of
-    those levels, pooled over both sides, is the per-process spread ``s`` with
-    ``(m_a - 1) + (m_b - 1)`` degrees of freedom, and the mean log ratio carries
-    ``s * sqrt(1/m_a + 1/m_b)``. Each level also holds its pairs' own noise, so this errs wide.
-    None when neither side had two workers (one process: the pairs' interval says it all).
+    worker meets the other side's alike, so their offsets average out of it). The mean log
+    ratio carries ``sqrt(v_a / m_a + v_b / m_b)``, ``v`` the variance of a side's levels, on
+    Welch–Satterthwaite's degrees of freedom: the two sides are two stacks, whose processes
+    need not scatter alike. A side with one worker is taken to scatter as the other does (its
+    one offset is still in the error; the degrees of freedom are the other side's). Each level
+    also holds its pairs' own noise, so this errs wide. None when neither side had two workers
+    (one process each: the pairs' interval is all there is).
     """
     d = np.asarray(differences, dtype=np.float64)
     labels = np.asarray(workers, dtype=np.int64).reshape(-1, 2)
     if labels.shape[0] != d.size:
         raise ValueError("worker_spread needs one (a, b) worker pair per difference")
-    squares, df, counts = 0.0, 0, []
+    sides = []
     for side in (0, 1):
         levels = np.array([np.median(d[labels[:, side] == k]) for k in np.unique(labels[:, side])])
-        counts.append(int(levels.size))
-        if levels.size > 1:
-            squares += float(((levels - levels.mean()) ** 2).sum())
-            df += int(levels.size) - 1
-    if df == 0:
+        sides.append((int(levels.size), float(levels.var(ddof=1)) if levels.size > 1 else None))
+    known = [(m, v) for m, v in sides if v is not None]
+    if not known:
         return None
-    per_process = squares / df
-    error = float(np.sqrt(per_process * (1 / counts[0] + 1 / counts[1])))
-    return WorkerSpread(error, df, counts[0], counts[1])
+    if len(known) == 1:
+        (m_known, v), (m_a, _), (m_b, _) = known[0], *sides
+        return WorkerSpread(float(np.sqrt(v * (1 / m_a + 1 / m_b))), m_known - 1, m_a, m_b)
+    (m_a, v_a), (m_b, v_b) = sides
+    assert v_a is not None and v_b is not None
+    parts = (v_a / m_a, v_b / m_b)
+    error = float(np.sqrt(sum(parts)))
+    if error == 0:
+        return WorkerSpread(0.0, m_a + m_b - 2, m_a, m_b)
+    df = sum(parts) ** 2 / (parts[0] ** 2 / (m_a - 1) + parts[1] ** 2 / (m_b - 1))
+    return WorkerSpread(error, df, m_a, m_b)
 
 
 def _reached(distance: float, sd: float) -> float:

@@ -284,6 +284,7 @@ def test_the_threshold_holds_across_worker_processes_that_each_have_a_speed() ->
     assert same.count("regression") / trials <= 0.01
     assert half.count("regression") / trials <= 0.05
     assert full.count("regression") / trials >= 0.95
+    assert full.count("ok") / trials <= 0.025  # a slowdown of T is never waved through
 
 
 def test_the_workers_spread_widens_the_verdict_and_says_so() -> None:
@@ -297,19 +298,39 @@ def test_the_workers_spread_widens_the_verdict_and_says_so() -> None:
     a = [0.01 * np.exp(offsets["a"][i] + rng.normal(0, 0.001)) for i, _ in met]
     b = [0.01 * np.exp(offsets["b"][j] + rng.normal(0, 0.001)) for _, j in met]
     spread = worker_spread(np.log(b) - np.log(a), met)
-    assert spread is not None and (spread.a_workers, spread.b_workers, spread.df) == (4, 4, 6)
+    assert spread is not None and (spread.a_workers, spread.b_workers) == (4, 4)
+    assert 3 <= spread.df <= 6  # Welch–Satterthwaite: the two stacks' spreads need not match
     # sd of the levels about 1.5 %, over sqrt(1/4 + 1/4)
     assert 0.008 < spread.error < 0.013
     narrow = paired_verdict(a, b, threshold=0.05)
     wide = paired_verdict(a, b, threshold=0.05, workers=met)
     assert narrow.ratio_high - narrow.ratio_low < 0.015
     assert wide.ratio_high - wide.ratio_low > 0.03
-    assert "across 4 + 4 worker processes" in wide.reason
+    assert "across 4 + 4 worker processes, whose own speeds keep the interval" in wide.reason
     # one worker per side: nothing to estimate their spread from, nothing widened
     single = [(0, 0)] * len(met)
     assert worker_spread(np.log(b) - np.log(a), single) is None
     with pytest.raises(ValueError, match="one \\(a, b\\) worker pair per difference"):
         worker_spread([0.0, 0.1], [(0, 0)])
+
+
+def test_one_stack_whose_processes_scatter_more_gets_fewer_degrees_of_freedom() -> None:
+    """A and B are two stacks: when only one side's processes scatter, the error is theirs and
+    the degrees of freedom are that side's (3), not both sides' pooled (6); a side with one
+    worker borrows the other side's spread for its one offset."""
+    from pytest_mlscope.stats import worker_spread
+
+    met = [(i, j) for i in range(4) for j in range(4)]
+    a_offsets = [0.0, 0.03, -0.02, 0.01]
+    d = np.array([-a_offsets[i] + 0.0001 * j for i, j in met])
+    spread = worker_spread(d, met)
+    assert spread is not None and spread.df == pytest.approx(3.0, abs=0.01)
+    assert spread.error == pytest.approx(np.std(a_offsets, ddof=1) / 2, rel=0.01)
+    one_b = [(i, 0) for i, _ in met]
+    borrowed = worker_spread(d, one_b)
+    assert borrowed is not None and (borrowed.a_workers, borrowed.b_workers) == (4, 1)
+    assert borrowed.df == 3
+    assert borrowed.error == pytest.approx(np.std(a_offsets, ddof=1) * np.sqrt(1 / 4 + 1), rel=0.01)
 
 
 def test_round_medians_fall_back_to_chunks_without_round_boundaries() -> None:

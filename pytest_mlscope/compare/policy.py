@@ -152,6 +152,13 @@ def _interleaved_latency(
     b = round_medians(current.samples_ns, current.rounds)
     if a.size < 2 or a.size != b.size:
         return Verdict("new", "interleaved timing gave no pairs of rounds to compare")
+    if current.paired_workers and len(current.paired_workers) != a.size:
+        return Verdict(
+            "inconclusive",
+            f"interleaved, but the result names the workers of {len(current.paired_workers)} "
+            f"pairs for {a.size} pairs of rounds (an edited or damaged row): without which "
+            "processes timed each pair, their own speeds cannot be told from a change",
+        )
     found = paired_verdict(
         a,
         b,

@@ -224,10 +224,11 @@ def paired_verdict(
     When A and B ran in worker processes of their own (two stacks), each process's own speed is
     an offset that pairing cannot cancel; ``workers`` says which of several workers per side
     timed each pair, and the interval is at least as wide as their spread allows
-    (stats.worker_spread, Student's t on its degrees of freedom). That term is spent once, at
-    the single-look level: the offsets are drawn when the workers start, and further looks
-    time the same workers, so they re-test the pairs' noise (covered by the looks' shares
-    above), not the offsets.
+    (stats.worker_spread, Student's t on its degrees of freedom). That term is spent at the
+    single-look level: the offsets are drawn once, when the workers start, and further looks
+    time the same workers, so successive looks see nearly the same offsets and the same
+    spread. This is not a proven bound: the sequential simulation in tests/test_compare.py
+    holds it to the promised rates, and benchmarks/verdicts.py (upgrade design) measures it.
     """
     a = np.asarray(baseline_rounds, dtype=np.float64)
     b = np.asarray(current_rounds, dtype=np.float64)
@@ -256,11 +257,12 @@ def paired_verdict(
     )
     if spread is None:
         return found
+    least = math.expm1(spread.half_width(once))
     return replace(
         found,
         reason=(
             f"{found.reason} (across {spread.a_workers} + {spread.b_workers} worker processes, "
-            f"whose own speeds add ±{math.expm1(spread.half_width(once)):.1%})"
+            f"whose own speeds keep the interval at least ±{least:.1%} wide)"
         ),
     )
 

@@ -1,5 +1,6 @@
 """Which worker serves a cell: the host's subprocess, a venv stack's, a container's, or the
-count worker under callgrind. One worker per stack, started on first use and kept for the session.
+count worker under callgrind. One worker per stack, started on first use and kept for the session;
+an interleave across stacks asks for copies (``copy`` > 0), kept the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
 
 
 class RuntimePool:
-    """The session's workers, one per software stack; a part of :class:`MlscopeSession`."""
+    """The session's workers, one per software stack (and the copies an interleave across two
+    stacks asks for); a part of :class:`MlscopeSession`."""
 
     def in_container(self, cell: Cell) -> bool:
         """Whether the cell's worker runs in its stack's image: with the docker runtime, and
