@@ -1,0 +1,238 @@
+"""A and B timed across worker processes of two stacks: several workers per side (each process
+has a speed of its own), every A worker against every B worker, in alternating rounds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_mlscope.errors import EvaluationFailed, MlscopeError
+from pytest_mlscope.evaluation import _safe
+from pytest_mlscope.protocol import Cell, EvaluationRequest, EvaluationResult
+
+if TYPE_CHECKING:
+    from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.runtimes import Runtime
+
+
+class AcrossWorkers:
+    """The rounds of an interleave whose sides cannot share a process; a part of
+    :class:`MlscopeSession` (through :class:`Interleaving`)."""
+
+    def _interleave_workers(
+        self,
+        manifest: Manifest,
+        cell: Cell,
+        request: EvaluationRequest,
+        a_cell: Cell,
+        a_request: EvaluationRequest,
+        runtime_a: Callable[[int], Runtime],
+    ) -> tuple[EvaluationResult, str, str]:
+        """B in the cell's own workers, A in ``runtime_a``'s, in alternating rounds.
+
+        Every worker loads, warms up and keeps its model (``hold``); then the host asks for one
+        round at a time, in random order within each pair, so drift hits both stacks alike, and
+        adds blocks of pairs until the verdict is clear (measure.LOOKS at most), as the
+        in-worker interleave does. A process has a speed of its own for its life, which pairs
+        inside one pair of processes carry whole: each side runs in measure.WORKERS_PER_SIDE
+        processes, every A worker meets every B worker alike, and the verdict widens its
+        interval by their spread (stats.worker_spread). The result is B's, with A's rounds as
+        pairs; with A's framework version and how often each side's instances were renewed.
+        """
+        import random
+
+        from pytest_mlscope.compare import settled
+        from pytest_mlscope.measure import LOOKS, Block, pair_plan
+        from pytest_mlscope.passes import renew_every
+        from pytest_mlscope.protocol import RoundRequest
+        from pytest_mlscope.stats import round_medians, summarize_scenario
+
+        a_request = a_request.model_copy(
+            update={
+                "hold": True,
+                "inject_slowdown": 0.0,
+                "matched_wrapper": bool(request.inject_slowdown),
+                "interleave": None,
+            }
+        )
+        inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}-interleaved.npz"
+        b_request = request.model_copy(
+            update={"hold": True, "interleave": None, "save_inputs": str(inputs)}
+        )
+        # Every worker but B's first holds B's first's inputs, unchecked (what one process
+        # computes, all do), untraced, and without the dataset's accuracy pass.
+        unchecked = {
+            "checks": [],
+            "save_inputs": None,
+            "save_outputs": None,
+            "reference_outputs": None,
+            "trace_level": "none",
+            "inputs_path": str(inputs),
+        }
+        cells = {"a": a_cell, "b": cell}
+        timeout = self.settings.timeout
+        pairs, per_round = pair_plan(request.measure)
+        samples: dict[str, list[int]] = {"a": [], "b": []}
+        sizes: dict[str, list[int]] = {"a": [], "b": []}
+        met: list[tuple[int, int]] = []
+        held: list[tuple[Runtime, Cell]] = []
+        workers: dict[str, list[Runtime]] = {"b": [self.runtime(cell)]}
+
+        def hold(key: str, index: int, hold_request: EvaluationRequest) -> Any:
+            runtime, side = workers[key][index], "A (the baseline's side)" if key == "a" else "B"
+            try:
+                found = runtime.evaluate(hold_request, timeout)
+            except MlscopeError as exc:
+                raise EvaluationFailed(
+                    f"{side}'s worker {index + 1} of {len(workers[key])} could not hold the "
+                    f"model: {exc}"
+                ) from exc
+            held.append((runtime, cells[key]))
+            return found
+
+        try:
+            first_b = hold("b", 0, b_request)
+            _readable(inputs)
+            per_side, fewer = self._workers_per_side(cell, workers["b"][0])
+            workers["a"] = _distinct(runtime_a(k) for k in range(per_side))
+            workers["b"] += _distinct(self.runtime(cell, k) for k in range(1, per_side))
+            more = b_request.model_copy(update=unchecked)
+            more_a = a_request.model_copy(update=unchecked)
+            jobs = [("a", k, more_a) for k in range(len(workers["a"]))]
+            jobs += [("b", k, more) for k in range(1, len(workers["b"]))]
+            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # side by side
+                started = [pool.submit(hold, *job) for job in jobs]
+                first_a = started[0].result()
+                for job in started[1:]:
+                    job.result()
+            rng = random.Random(random.randrange(2**31))
+            threshold = self.threshold(manifest)
+            combos = [(i, j) for i in range(len(workers["a"])) for j in range(len(workers["b"]))]
+            schedule: list[tuple[int, int]] = []
+            # Fresh instances of both sides through the measurement, as in one worker
+            # (passes._Instances): a held instance's memory layout would be an offset no number
+            # of pairs removes. The first pair renews both and says what that costs.
+            every: int | None = 1
+            done = 0
+            for _ in range(LOOKS):
+                block = Block()
+                for _ in range(pairs):
+                    if block.complete(request.measure):
+                        break
+                    if not schedule:  # every A worker meets every B worker, in random order
+                        schedule = rng.sample(combos, len(combos))
+                    pair = schedule.pop()
+                    renew = every is not None and done % every == 0
+                    renew_s = 0.0
+                    for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
+                        runtime = workers[key][pair[0] if key == "a" else pair[1]]
+                        got = runtime.evaluate(
+                            RoundRequest(cell=cells[key], measure=per_round, renew=renew), timeout
+                        )
+                        samples[key].extend(got.samples_ns)
+                        sizes[key].append(len(got.samples_ns))
+                        block.add(key, got.samples_ns)
+                        renew_s += float(got.telemetry.get("renew_s", 0.0))
+                    met.append(pair)
+                    if done == 0:
+                        every = renew_every(renew_s, 2 * per_round.min_duration_s)
+                    done += 1
+                    block.pairs += 1
+                a_rounds = round_medians(samples["a"], sizes["a"])
+                b_rounds = round_medians(samples["b"], sizes["b"])
+                if settled(
+                    a_rounds,
+                    b_rounds,
+                    threshold=threshold,
+                    comparisons=self.comparisons,
+                    looks=LOOKS,
+                    workers=met,
+                ):
+                    break
+        finally:
+            for runtime, which in held:
+                if not _alive(runtime):
+                    continue  # a release would start it again, to hear that nothing is held
+                with contextlib.suppress(Exception):  # the Docker SDK's errors too: release all
+                    runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
+        summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
+        result = first_b.model_copy(
+            update={
+                "summary": summary,
+                "samples_ns": samples["b"],
+                "rounds": sizes["b"],
+                "paired_samples_ns": samples["a"],
+                "paired_rounds": sizes["a"],
+                "paired_artifact_sha256": first_a.artifact_sha256,
+                "paired_predictor": first_a.predictor,
+                "paired_workers": met,
+            }
+        )
+        renewed = (
+            "one pair of instances"
+            if every is None
+            else "a fresh instance of each side per pair"
+            if every == 1
+            else f"a fresh instance of each side every {every} pairs"
+        )
+        if fewer:
+            renewed += f"; {fewer}"
+        return result, first_a.predictor.version, renewed
+
+    def _workers_per_side(self, cell: Cell, first: Runtime) -> tuple[int, str]:
+        """How many worker processes each side gets, and why fewer than measure.WORKERS_PER_SIDE
+        when so: GPU cells keep one CUDA context per side; on the host, the extra workers may
+        take at most half the memory free now, each as much as the first one holds."""
+        from pytest_mlscope.measure import WORKERS_PER_SIDE
+
+        if cell.device == "gpu":
+            return 1, (
+                "one worker process per side on a GPU (one CUDA context each): a process's own "
+                "speed is not in the interval"
+            )
+        process = getattr(first, "process", None)
+        if process is None:
+            return WORKERS_PER_SIDE, ""  # a container: its own memory limit guards the host
+        import psutil
+
+        from pytest_mlscope.runtimes.subprocess import _resident_bytes
+
+        needs = max(_resident_bytes(process.pid), 1)
+        spare = int(psutil.virtual_memory().available * 0.5 // needs)
+        per_side = max(1, min(WORKERS_PER_SIDE, 1 + spare // 2))
+        if per_side == WORKERS_PER_SIDE:
+            return per_side, ""
+        return per_side, (
+            f"{per_side} worker process{'es' if per_side > 1 else ''} per side, not "
+            f"{WORKERS_PER_SIDE}: each holds {needs / 2**30:.1f} GiB, and half the free memory "
+            "allows no more"
+        )
+
+
+def _distinct(runtimes: Iterable[Runtime]) -> list[Runtime]:
+    """The workers, once each: the in-process runtime has no copies to give."""
+    found: list[Runtime] = []
+    for runtime in runtimes:
+        if not any(runtime is known for known in found):
+            found.append(runtime)
+    return found
+
+
+def _alive(runtime: Runtime) -> bool:
+    """Whether a worker process is still there to hear a release (a subprocess runtime's
+    process; other runtimes are asked anyway)."""
+    if not hasattr(runtime, "process"):
+        return True
+    process = runtime.process
+    return process is not None and process.poll() is None
+
+
+def _readable(path: Path) -> None:
+    """Let every worker read the inputs file: containers run as another user than a host
+    worker that wrote it with a strict umask (and the other way round, when the host may)."""
+    with contextlib.suppress(OSError):
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
