@@ -303,11 +303,17 @@ ROUND_TIMER = """\
 import sys, time, numpy as np, onnxruntime as ort
 s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 x = {"input": np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)}
-for _ in range(300): s.run(None, x)
+fraction, clock = float(sys.argv[2]), time.perf_counter
+def call():  # the injected slowdown as the plugin's: a wait for a fraction of each call
+    b = clock(); s.run(None, x); a = clock(); until = a + fraction * (a - b)
+    while clock() < until: pass
+started = clock()
+while clock() - started < 1.0: call()
+print("ready", flush=True)
 for line in sys.stdin:  # one round of about 20 ms per line; its median call
     t, started = [], time.perf_counter_ns()
     while not t or time.perf_counter_ns() - started < 20_000_000:
-        b = time.perf_counter_ns(); s.run(None, x); t.append(time.perf_counter_ns() - b)
+        b = time.perf_counter_ns(); call(); t.append(time.perf_counter_ns() - b)
     print(float(np.median(t)), flush=True)
 """
 # Fresh pairs of processes (one per release) the upgrade is measured with apart from the plugin,
@@ -317,9 +323,12 @@ UPGRADE_PROCESSES = 24
 UPGRADE_PAIRS = 40
 
 
-def realized_upgrade(model: Path, other: str, seed: int = 0) -> tuple[float, float, float, float]:
-    """The host's release against the other one, apart from the plugin: UPGRADE_PROCESSES fresh
-    pairs of processes (plain InferenceSessions), each timing alternating 20 ms rounds in random
+def realized_upgrade(
+    model: Path, other: str, seed: int = 0, injected: float = 0.0
+) -> tuple[float, float, float, float]:
+    """The host's release (slowed by ``injected``, as the plugin injects) against the other one,
+    apart from the plugin: UPGRADE_PROCESSES fresh pairs of processes (plain InferenceSessions,
+    both warmed up for a second before any round), each timing alternating 20 ms rounds in random
     order within each pair; per pair of processes the median of the log ratios. (mean, lowest,
     highest) of those, as host / other - 1, and the mean's standard error (in log ratio)."""
     rng = random.Random(seed)
@@ -327,13 +336,18 @@ def realized_upgrade(model: Path, other: str, seed: int = 0) -> tuple[float, flo
     for _ in range(UPGRADE_PROCESSES):
         workers = {
             which: subprocess.Popen(
-                [python, "-c", ROUND_TIMER, str(model)],
+                [python, "-c", ROUND_TIMER, str(model), str(fraction)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
-            for which, python in (("host", sys.executable), ("other", other))
+            for which, python, fraction in (
+                ("host", sys.executable, injected), ("other", other, 0.0)
+            )
         }  # fmt: skip
         logs = []
         try:
+            for worker in workers.values():  # both warm before either is timed
+                assert worker.stdout is not None
+                worker.stdout.readline()
             for _ in range(UPGRADE_PAIRS):
                 got = {}
                 for which in rng.sample(sorted(workers), 2):
@@ -434,7 +448,14 @@ def table(rows: list[dict[str, Any]], realized: dict[tuple[str, float], Any]) ->
             if condition:
                 injected = upgrade_injection(condition, release) or 0.0
                 name += f", and slowed to {condition:+.1%} in all"
-                seen = f"{condition:+.1%} ({release:+.1%} release, {injected:+.1%} injected)"
+                total, low, high, error = realized[(design, condition)]
+                seen = (
+                    f"{total:+.1%} ± {error:.1%} (+{injected:.1%} injected on the release's "
+                    f"{release:+.1%})"
+                )
+            ratios = [r["ratio"] for r in chosen if r["ratio"]]
+            if ratios:  # what the gate read, beside what was set up
+                seen += f"; the gate read {statistics.median(ratios) - 1:+.1%}"
         times = [r["item_s"] for r in chosen if r["item_s"]]
         interleaved = f"{sum(r['verdict_design'] == 'interleaved' for r in chosen)}/{n}"
         spread = sorted({tuple(r.get("workers") or (1, 1)) for r in chosen})
@@ -521,6 +542,14 @@ def main(argv: list[str] | None = None) -> int:
             plan["upgrade"] = [
                 t for t in UPGRADE_TOTALS if upgrade_injection(t, release[0]) is not None
             ]
+            if args.conditions is not None:
+                plan["upgrade"] = [c for c in plan["upgrade"] if c in args.conditions]
+            for total in plan["upgrade"]:
+                if total:  # what the release and the injection make together, measured so
+                    injected = upgrade_injection(total, release[0]) or 0.0
+                    realized[("upgrade", total)] = realized_upgrade(
+                        models[0], other, args.seed, injected
+                    )
         if args.conditions is not None:
             plan = {d: [c for c in cs if c in args.conditions] for d, cs in plan.items()}
         print(f"realized (measured alone): {realized}", file=sys.stderr, flush=True)
@@ -555,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"rows": rows, "realized": {str(k): v for k, v in realized.items()}}, indent=2
+                {"rows": rows, "realized": {str(k): v for k, v in realized.items()}, "text": text},
+                indent=2,
             )
         )
     if args.readme:
