@@ -35,8 +35,9 @@ LOOKS = 4
 # by about 1 % (sd) on this project's 2-core machine, however many pairs they timed. The verdict
 # widens its interval by the spread of the workers' levels (t on at most 2 x (n - 1) degrees of
 # freedom). Simulated with that 1 % (tests/test_compare.py), 4 per side keeps the promise at T
-# and T/2; 2 or 3 leave t so few degrees of freedom that the interval widens past T.
-# benchmarks/verdicts.py (upgrade design) measures it with real sessions.
+# and T/2; 2 or 3 leave t so few degrees of freedom that the interval widens past T. Measured
+# with real sessions (benchmarks/verdicts.py, upgrade design; README) it falls short at T: the
+# workers' levels carry their pairs' noise too, which the simulation's quiet pairs hide.
 WORKERS_PER_SIDE = 4
 
 
