@@ -97,17 +97,30 @@ class AcrossWorkers:
             first_b = hold("b", 0, b_request)
             _readable(inputs)
             per_side, fewer = self._workers_per_side(cell, workers["b"][0])
-            workers["a"] = _distinct(runtime_a(k) for k in range(per_side))
             workers["b"] += _distinct(self.runtime(cell, k) for k in range(1, per_side))
+            workers["a"] = _distinct(runtime_a(k) for k in range(per_side))
+            if _shared(workers["a"], workers["b"]):
+                # Both stacks are served by one kind of worker (a stack with neither image nor
+                # venv): A takes copies of its own, unless there are none (in-process).
+                workers["a"] = _distinct(runtime_a(k) for k in range(per_side, 2 * per_side))
             more = b_request.model_copy(update=unchecked)
             more_a = a_request.model_copy(update=unchecked)
             jobs = [("a", k, more_a) for k in range(len(workers["a"]))]
             jobs += [("b", k, more) for k in range(1, len(workers["b"]))]
-            with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # side by side
-                started = [pool.submit(hold, *job) for job in jobs]
-                first_a = started[0].result()
-                for job in started[1:]:
-                    job.result()
+            # Side by side, one at a time per worker: a worker serves one request at a time.
+            queues: dict[int, list[tuple[str, int, EvaluationRequest]]] = {}
+            for job in jobs:
+                queues.setdefault(id(workers[job[0]][job[1]]), []).append(job)
+            got: dict[tuple[str, int], Any] = {}
+
+            def run(queue: list[tuple[str, int, EvaluationRequest]]) -> None:
+                for key, index, hold_request in queue:
+                    got[key, index] = hold(key, index, hold_request)
+
+            with ThreadPoolExecutor(max_workers=len(queues)) as pool:
+                for future in [pool.submit(run, queue) for queue in queues.values()]:
+                    future.result()
+            first_a = got["a", 0]
             rng = random.Random(random.randrange(2**31))
             threshold = self.threshold(manifest)
             combos = [(i, j) for i in range(len(workers["a"])) for j in range(len(workers["b"]))]
@@ -219,6 +232,10 @@ def _distinct(runtimes: Iterable[Runtime]) -> list[Runtime]:
         if not any(runtime is known for known in found):
             found.append(runtime)
     return found
+
+
+def _shared(one: list[Runtime], other: list[Runtime]) -> bool:
+    return any(a is b for a in one for b in other)
 
 
 def _alive(runtime: Runtime) -> bool:
