@@ -14,6 +14,8 @@ from pytest_mlscope.evaluation import _safe
 from pytest_mlscope.protocol import Cell, EvaluationRequest, EvaluationResult
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pytest_mlscope.manifest import Manifest
     from pytest_mlscope.runtimes import Runtime
 
@@ -42,13 +44,16 @@ class AcrossWorkers:
         interval by their spread (stats.worker_spread). The result is B's, with A's rounds as
         pairs; with A's framework version and how often each side's instances were renewed.
         """
+        import math
         import random
+
+        import numpy as np
 
         from pytest_mlscope.compare import settled
         from pytest_mlscope.measure import LOOKS, Block, pair_plan
-        from pytest_mlscope.passes import renew_every
+        from pytest_mlscope.passes import ACROSS_RENEW_SHARE, renew_every
         from pytest_mlscope.protocol import RoundRequest
-        from pytest_mlscope.stats import round_medians, summarize_scenario
+        from pytest_mlscope.stats import outlying_workers, summarize_scenario
 
         a_request = a_request.model_copy(
             update={
@@ -75,11 +80,11 @@ class AcrossWorkers:
         cells = {"a": a_cell, "b": cell}
         timeout = self.settings.timeout
         pairs, per_round = pair_plan(request.measure)
-        samples: dict[str, list[int]] = {"a": [], "b": []}
-        sizes: dict[str, list[int]] = {"a": [], "b": []}
-        met: list[tuple[int, int]] = []
-        held: list[tuple[Runtime, Cell]] = []
+        # Per pair: A's samples, B's, and the workers that timed them.
+        timed: list[tuple[list[int], list[int], tuple[int, int]]] = []
+        held: dict[int, tuple[Runtime, Cell]] = {}
         workers: dict[str, list[Runtime]] = {"b": [self.runtime(cell)]}
+        more = more_a = b_request
 
         def hold(key: str, index: int, hold_request: EvaluationRequest) -> Any:
             runtime, side = workers[key][index], "A (the baseline's side)" if key == "a" else "B"
@@ -90,7 +95,7 @@ class AcrossWorkers:
                     f"{side}'s worker {index + 1} of {len(workers[key])} could not hold the "
                     f"model: {exc}"
                 ) from exc
-            held.append((runtime, cells[key]))
+            held[id(runtime)] = (runtime, cells[key])
             return found
 
         try:
@@ -126,36 +131,66 @@ class AcrossWorkers:
             combos = [(i, j) for i in range(len(workers["a"])) for j in range(len(workers["b"]))]
             schedule: list[tuple[int, int]] = []
             # Fresh instances of both sides through the measurement, as in one worker
-            # (passes._Instances): a held instance's memory layout would be an offset no number
-            # of pairs removes. The first pair renews both and says what that costs.
+            # (passes._Instances), and more often: across stacks the instances' memory layouts
+            # are the largest error left (passes.ACROSS_RENEW_SHARE). The first pair renews
+            # both and says what that costs.
             every: int | None = 1
             done = 0
-            for _ in range(LOOKS):
+            replaced: list[str] = []
+            redo: list[tuple[int, int]] = []  # the pairs of replaced workers, to time again
+            for look in range(LOOKS):
                 block = Block()
-                for _ in range(pairs):
-                    if block.complete(request.measure):
+                for _ in range(len(redo) or pairs):
+                    if redo:
+                        pair = redo.pop()
+                    elif block.complete(request.measure):
                         break
-                    if not schedule:  # every A worker meets every B worker, in random order
-                        schedule = rng.sample(combos, len(combos))
-                    pair = schedule.pop()
+                    else:
+                        if not schedule:  # every A worker meets every B worker, in random order
+                            schedule = rng.sample(combos, len(combos))
+                        pair = schedule.pop()
                     renew = every is not None and done % every == 0
                     renew_s = 0.0
+                    this: dict[str, list[int]] = {}
                     for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
                         runtime = workers[key][pair[0] if key == "a" else pair[1]]
                         got = runtime.evaluate(
                             RoundRequest(cell=cells[key], measure=per_round, renew=renew), timeout
                         )
-                        samples[key].extend(got.samples_ns)
-                        sizes[key].append(len(got.samples_ns))
+                        this[key] = list(got.samples_ns)
                         block.add(key, got.samples_ns)
                         renew_s += float(got.telemetry.get("renew_s", 0.0))
-                    met.append(pair)
+                    timed.append((this["a"], this["b"], pair))
                     if done == 0:
-                        every = renew_every(renew_s, 2 * per_round.min_duration_s)
+                        every = renew_every(
+                            renew_s, 2 * per_round.min_duration_s, ACROSS_RENEW_SHARE
+                        )
                     done += 1
                     block.pairs += 1
-                a_rounds = round_medians(samples["a"], sizes["a"])
-                b_rounds = round_medians(samples["b"], sizes["b"])
+                a_rounds, b_rounds, met = _rounds(timed)
+                if look < LOOKS - 1 and len(replaced) < per_side:
+                    apart = outlying_workers(np.log(b_rounds) - np.log(a_rounds), met, threshold)
+                    apart = apart[: per_side - len(replaced)]
+                    if apart:  # set aside, started afresh, and their pairs timed again
+                        for side, index, distance in apart:
+                            key = "ab"[side]
+                            runtime = workers[key][index]
+                            held.pop(id(runtime), None)
+                            runtime.close()
+                            hold(key, index, more if key == "b" else more_a)
+                            replaced.append(
+                                f"{'A' if key == 'a' else 'B'}'s worker {index + 1} "
+                                f"({math.expm1(abs(distance)):.1%} "
+                                f"{'faster' if (distance > 0) == (key == 'a') else 'slower'} "
+                                "than its side's others)"
+                            )
+                        gone = {(side, index) for side, index, _ in apart}
+                        dropped = [t[2] for t in timed if gone & {(0, t[2][0]), (1, t[2][1])}]
+                        timed = [t for t in timed if not gone & {(0, t[2][0]), (1, t[2][1])}]
+                        # The same meetings again, so every worker still meets the other
+                        # side's alike; the look after is that short.
+                        redo = rng.sample(dropped, len(dropped))
+                        continue
                 if settled(
                     a_rounds,
                     b_rounds,
@@ -166,11 +201,17 @@ class AcrossWorkers:
                 ):
                     break
         finally:
-            for runtime, which in held:
+            for runtime, which in held.values():
                 if not _alive(runtime):
                     continue  # a release would start it again, to hear that nothing is held
                 with contextlib.suppress(Exception):  # the Docker SDK's errors too: release all
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
+        samples = {
+            "a": [ns for t in timed for ns in t[0]],
+            "b": [ns for t in timed for ns in t[1]],
+        }
+        sizes = {"a": [len(t[0]) for t in timed], "b": [len(t[1]) for t in timed]}
+        met = [t[2] for t in timed]
         summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
         result = first_b.model_copy(
             update={
@@ -193,6 +234,10 @@ class AcrossWorkers:
         )
         if fewer:
             renewed += f"; {fewer}"
+        if replaced:
+            renewed += "; replaced by a fresh process, its pairs timed again: " + ", ".join(
+                replaced
+            )
         return result, first_a.predictor.version, renewed
 
     def _workers_per_side(self, cell: Cell, first: Runtime) -> tuple[int, str]:
@@ -236,6 +281,17 @@ def _distinct(runtimes: Iterable[Runtime]) -> list[Runtime]:
 
 def _shared(one: list[Runtime], other: list[Runtime]) -> bool:
     return any(a is b for a in one for b in other)
+
+
+def _rounds(
+    timed: list[tuple[list[int], list[int], tuple[int, int]]],
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """A's and B's round medians, pair by pair, and the workers of each pair."""
+    from pytest_mlscope.stats import round_medians
+
+    a = round_medians([ns for t in timed for ns in t[0]], [len(t[0]) for t in timed])
+    b = round_medians([ns for t in timed for ns in t[1]], [len(t[1]) for t in timed])
+    return a, b, [t[2] for t in timed]
 
 
 def _alive(runtime: Runtime) -> bool:

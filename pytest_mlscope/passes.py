@@ -179,17 +179,25 @@ def _interleaved(
 
 
 RENEW_SHARE = 0.25  # renewing (loads and warm-up) may add at most this share of a pair's time
+# ... and across two stacks' workers, as much as the pair's rounds themselves. Two instances of a
+# model differ by their memory layout for as long as they live, by about 1 % and now and then by
+# 10 %: measured here on one ONNX Runtime, 16 fresh processes against one reference, each kept
+# its instance (levels' sd 2.7 to 4 %, two of 16 beyond ±8 %) or took a fresh one every round
+# (sd 1.0 %, none beyond ±3.1 %). In one process A and B share the layout's luck as they share
+# the process; across two, a kept instance is an offset of its worker, which only more workers
+# would average out.
+ACROSS_RENEW_SHARE = 1.0
 
 
-def renew_every(renew_s: float, pair_s: float) -> int | None:
+def renew_every(renew_s: float, pair_s: float, share: float = RENEW_SHARE) -> int | None:
     """Every how many pairs both sides get fresh instances (in one worker, or in two held
-    across stacks): every pair when reloading costs at most RENEW_SHARE of a pair's rounds, else
+    across stacks): every pair when reloading costs at most ``share`` of a pair's rounds, else
     as often as that share allows; None when the rounds have no duration to share."""
     if pair_s <= 0:
         return None
     import math
 
-    return max(1, math.ceil(renew_s / (RENEW_SHARE * pair_s)))
+    return max(1, math.ceil(renew_s / (share * pair_s)))
 
 
 class _Instances:

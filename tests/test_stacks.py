@@ -130,19 +130,21 @@ def test_a_baseline_on_another_onnxruntime_release_is_rebuilt_and_timed_beside_t
     # both releases' workers reload their model through the measurement: every pair, or every
     # few when a reload costs more than a quarter of these short (7 ms) rounds
     assert re.search(
-        r"package registry; a fresh instance of each side (per pair|every \d+ pairs)\)", reason
+        r"package registry; a fresh instance of each side (per pair|every \d+ pairs)[;)]", reason
     ), reason
     assert f"A on {OTHER_ORT}, B on {installed}" in reason
     assert record.paired_predictor is not None and record.paired_predictor.version == OTHER_ORT
     assert record.framework_version == installed
     assert len(record.paired_rounds) == len(record.rounds) >= 30
-    # Each side in four worker processes (each has a speed of its own), every A worker timed
-    # against every B worker; the interval is as wide as their spread says.
+    # Each side in five worker processes (each has a speed of its own), every A worker timed
+    # against every B worker (a worker replaced for standing apart has its pairs timed again,
+    # and may not have met every other yet); the interval is as wide as their spread says.
     assert len(record.paired_workers) == len(record.rounds)
     assert (
         {a for a, _ in record.paired_workers}
         == {b for _, b in record.paired_workers}
-        == {0, 1, 2, 3}
+        == {0, 1, 2, 3, 4}
     )
-    assert len(set(record.paired_workers)) == 16
-    assert "across 4 + 4 worker processes, whose own speeds keep the interval at least ±" in reason
+    replaced = "replaced by a fresh process, its pairs timed again: " in reason
+    assert len(set(record.paired_workers)) == 25 or replaced, reason
+    assert "across 5 + 5 worker processes, whose own speeds keep the interval at least ±" in reason
