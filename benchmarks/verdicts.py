@@ -306,7 +306,10 @@ from pytest_mlscope.protocol import ArtifactRef
 from pytest_mlscope.slowdown import matched, slowed
 model, fraction = ArtifactRef(path=sys.argv[1], format="onnx", sha256="0" * 64), float(sys.argv[2])
 raw = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
-def fresh():  # as the gate's worker renews its held instance: loaded, wrapped, 3 calls warm
+p = None
+def fresh():  # as the gate's worker renews its held instance: the old one closed first,
+    global p  # the new one loaded, wrapped and warmed up with 3 calls
+    if p is not None: p.close()
     p = OnnxRuntimePredictor("cpu"); p.load(model); x = p.prepare_input(raw)
     call = slowed(p.predict, x, fraction) if fraction else matched(p.predict)
     for _ in range(3): call(x)
@@ -347,7 +350,9 @@ def realized_upgrade(
             which: subprocess.Popen(
                 [python, "-c", ROUND_TIMER, str(model), str(fraction)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                env=dict(os.environ, PYTHONPATH=str(REPO)),
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                    filter(None, [str(REPO), os.environ.get("PYTHONPATH")])
+                )),
             )
             for which, python, fraction in (
                 ("host", sys.executable, injected), ("other", other, 0.0)
@@ -517,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every repetition here")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
     parser.add_argument(
+        "--readme-from",
+        type=Path,
+        metavar="JSON",
+        help="rewrite the README's table from an earlier run's --json file, measuring nothing",
+    )
+    parser.add_argument(
         "--conditions",
         type=lambda text: [float(x) for x in text.split(",")],
         help="only these conditions (comma-separated; e.g. 0.025,0.05 of the upgrade design)",
@@ -524,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.readme and args.design not in ("all", "upgrade"):
         parser.error("--readme writes the whole experiment's table, or the upgrade design's")
+    if args.readme_from:  # the text that run printed, as it printed it, where its design's go
+        saved = json.loads(args.readme_from.read_text())
+        if saved.get("design") not in ("all", "upgrade"):
+            parser.error(f"{args.readme_from} holds no table the README keeps (its --design)")
+        write_readme(saved["text"], saved["design"])
+        return 0
     designs = ("injected", "edit", "upgrade") if args.design == "all" else (args.design,)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="mlscope-models-"))
@@ -594,21 +611,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"rows": rows, "realized": {str(k): v for k, v in realized.items()}, "text": text},
+                {
+                    "design": args.design,
+                    "rows": rows,
+                    "realized": {str(k): v for k, v in realized.items()},
+                    "text": text,
+                },
                 indent=2,
             )
         )
     if args.readme:
-        readme = REPO / "README.md"
-        content = readme.read_text()
-        # The whole experiment has one table; one design alone (--design upgrade) has its own.
-        begin, end_mark = MARK_BEGIN, MARK_END
-        if args.design != "all":
-            named = f"verdicts-{args.design}-"
-            begin, end_mark = (m.replace("verdicts-", named) for m in (MARK_BEGIN, MARK_END))
-        start, end = content.index(begin), content.index(end_mark)
-        readme.write_text(content[: start + len(begin)] + "\n" + text + "\n" + content[end:])
+        write_readme(text, args.design)
     return 0
+
+
+def write_readme(text: str, design: str) -> None:
+    """The table between the README's markers: the whole experiment has one; one design alone
+    (--design upgrade) has its own."""
+    readme = REPO / "README.md"
+    content = readme.read_text()
+    begin, end_mark = MARK_BEGIN, MARK_END
+    if design != "all":
+        named = f"verdicts-{design}-"
+        begin, end_mark = (m.replace("verdicts-", named) for m in (MARK_BEGIN, MARK_END))
+    start, end = content.index(begin), content.index(end_mark)
+    readme.write_text(content[: start + len(begin)] + "\n" + text + "\n" + content[end:])
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ class AcrossWorkers:
         in-worker interleave does. A process has a speed of its own for its life, which pairs
         inside one pair of processes carry whole: each side runs in measure.WORKERS_PER_SIDE
         processes, every A worker meets every B worker alike, and the verdict widens its
-        interval by their spread (stats.worker_spread). The result is B's, with A's rounds as
-        pairs; with A's framework version and how often each side's instances were renewed.
+        interval by their spread (stats.worker_spread). A worker whose speed stands apart
+        (stats.outlying_workers) is replaced by a fresh process between blocks, and the
+        meetings it had are timed again before the next decision. The result is B's, with A's
+        rounds as pairs; with A's framework version and what was done to the workers.
         """
-        import math
         import random
 
         import numpy as np
@@ -82,7 +83,7 @@ class AcrossWorkers:
         pairs, per_round = pair_plan(request.measure)
         # Per pair: A's samples, B's, and the workers that timed them.
         timed: list[tuple[list[int], list[int], tuple[int, int]]] = []
-        held: dict[int, tuple[Runtime, Cell]] = {}
+        held: dict[tuple[int, str], tuple[Runtime, Cell]] = {}
         workers: dict[str, list[Runtime]] = {"b": [self.runtime(cell)]}
         more = more_a = b_request
 
@@ -95,14 +96,14 @@ class AcrossWorkers:
                     f"{side}'s worker {index + 1} of {len(workers[key])} could not hold the "
                     f"model: {exc}"
                 ) from exc
-            held[id(runtime)] = (runtime, cells[key])
+            held[id(runtime), key] = (runtime, cells[key])
             return found
 
         try:
             first_b = hold("b", 0, b_request)
             _readable(inputs)
             per_side, fewer = self._workers_per_side(cell, workers["b"][0])
-            workers["b"] += _distinct(self.runtime(cell, k) for k in range(1, per_side))
+            workers["b"] = _distinct(self.runtime(cell, k) for k in range(per_side))
             workers["a"] = _distinct(runtime_a(k) for k in range(per_side))
             if _shared(workers["a"], workers["b"]):
                 # Both stacks are served by one kind of worker (a stack with neither image nor
@@ -137,9 +138,11 @@ class AcrossWorkers:
             every: int | None = 1
             done = 0
             replaced: list[str] = []
-            redo: list[tuple[int, int]] = []  # the pairs of replaced workers, to time again
-            for look in range(LOOKS):
+            redo: list[tuple[int, int]] = []  # meetings of replaced workers, to time again
+            decisions = 0
+            while decisions < LOOKS:
                 block = Block()
+                # Replaced workers' meetings alone, or a block of new pairs.
                 for _ in range(len(redo) or pairs):
                     if redo:
                         pair = redo.pop()
@@ -168,29 +171,31 @@ class AcrossWorkers:
                     done += 1
                     block.pairs += 1
                 a_rounds, b_rounds, met = _rounds(timed)
-                if look < LOOKS - 1 and len(replaced) < per_side:
-                    apart = outlying_workers(np.log(b_rounds) - np.log(a_rounds), met, threshold)
-                    apart = apart[: per_side - len(replaced)]
-                    if apart:  # set aside, started afresh, and their pairs timed again
-                        for side, index, distance in apart:
-                            key = "ab"[side]
-                            runtime = workers[key][index]
-                            held.pop(id(runtime), None)
-                            runtime.close()
+                apart = outlying_workers(np.log(b_rounds) - np.log(a_rounds), met, threshold)
+                apart = apart[: max(0, per_side - len(replaced))]
+                if apart:  # no decision on them: set aside, started afresh, timed again
+                    gone = {(side, index) for side, index, _ in apart}
+                    dropped = [t[2] for t in timed if gone & {(0, t[2][0]), (1, t[2][1])}]
+                    timed = [t for t in timed if not gone & {(0, t[2][0]), (1, t[2][1])}]
+                    for side, index, distance in apart:
+                        key = "ab"[side]
+                        runtime = workers[key][index]
+                        held.pop((id(runtime), key), None)
+                        runtime.close()
+                        try:
                             hold(key, index, more if key == "b" else more_a)
-                            replaced.append(
-                                f"{'A' if key == 'a' else 'B'}'s worker {index + 1} "
-                                f"({math.expm1(abs(distance)):.1%} "
-                                f"{'faster' if (distance > 0) == (key == 'a') else 'slower'} "
-                                "than its side's others)"
-                            )
-                        gone = {(side, index) for side, index, _ in apart}
-                        dropped = [t[2] for t in timed if gone & {(0, t[2][0]), (1, t[2][1])}]
-                        timed = [t for t in timed if not gone & {(0, t[2][0]), (1, t[2][1])}]
-                        # The same meetings again, so every worker still meets the other
-                        # side's alike; the look after is that short.
-                        redo = rng.sample(dropped, len(dropped))
-                        continue
+                        except EvaluationFailed as exc:  # timed without it, if others are left
+                            combos = [c for c in combos if c[side] != index]
+                            schedule = [c for c in schedule if c[side] != index]
+                            dropped = [c for c in dropped if c[side] != index]
+                            if not combos:  # the side's last worker
+                                raise
+                            replaced.append(f"{_replaced(key, index, distance)}, left out: {exc}")
+                            continue
+                        replaced.append(_replaced(key, index, distance))
+                    redo = rng.sample(dropped, len(dropped))
+                    continue
+                decisions += 1
                 if settled(
                     a_rounds,
                     b_rounds,
@@ -281,6 +286,19 @@ def _distinct(runtimes: Iterable[Runtime]) -> list[Runtime]:
 
 def _shared(one: list[Runtime], other: list[Runtime]) -> bool:
     return any(a is b for a in one for b in other)
+
+
+def _replaced(key: str, index: int, distance: float) -> str:
+    """What the verdict says of a replaced worker; ``distance`` is its level's log ratio from
+    its side's others (B over A: a higher level is a faster A, a slower B)."""
+    import math
+
+    slower = (distance > 0) != (key == "a")
+    by = math.expm1(abs(distance)) if slower else -math.expm1(-abs(distance))
+    return (
+        f"{key.upper()}'s worker {index + 1} ({by:.1%} {'slower' if slower else 'faster'} than its "
+        "side's others)"
+    )
 
 
 def _rounds(

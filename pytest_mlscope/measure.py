@@ -32,12 +32,12 @@ ROUND_S = 0.02
 LOOKS = 4
 # Worker processes per side when A and B cannot share one (two stacks, two images). A process
 # has a speed of its own for its life: on fresh instances every pair (passes.ACROSS_RENEW_SHARE)
-# the workers of one stack scatter by about 0.7 % (sd) on this project's 2-core machine, and one
-# in about 20 runs 4 to 10 % slower (replaced: stats.outlying_workers). The verdict widens its
+# the workers of one stack scatter by about 0.7 % (sd) on this project's 2-core machine, and now
+# and then one runs 4 to 30 % slower (replaced: stats.outlying_workers). The verdict widens its
 # interval by the spread of the workers' levels (t on at most 2 x (n - 1) degrees of freedom).
-# Simulated so (tests/test_compare.py, 400 items a condition): 4 per side caught T 94.8 % of the
-# time, 5 per side 97.8 % (T/2 flagged 3.3 %); 2 or 3 leave t so few degrees of freedom that the
-# interval widens past T.
+# Simulated so (as tests/test_compare.py does, 400 items a condition, blocks of 30 or 80 pairs):
+# 4 per side caught T 95 % of the time, 5 per side 96 to 98 % (T/2 flagged 2 to 2.5 %); 2 or 3
+# leave t so few degrees of freedom that the interval widens past T.
 WORKERS_PER_SIDE = 5
 
 
@@ -109,9 +109,11 @@ class Block:
 
     A block is complete with MIN_PAIRS (or the item's rounds) pairs once each side has had the
     item's count floor and the block has lasted both sides' duration floors (2 x
-    ``min_duration_s``, loads of fresh instances included: renew_every keeps them to about a
-    quarter of a pair). A model whose rounds are its count floor (three calls of a 50 ms model)
-    stops at MIN_PAIRS; a fast one fills the time with 20 ms rounds.
+    ``min_duration_s``, loads of fresh instances included: renew_every keeps them to a quarter
+    of a pair in one worker, and to as much as the pair's rounds across two stacks' workers,
+    where a kept instance costs more than fewer pairs do). A model whose rounds are its count
+    floor (three calls of a 50 ms model) stops at MIN_PAIRS; a fast one fills the time with
+    20 ms rounds.
     """
 
     started_ns: int = field(default_factory=lambda: time.perf_counter_ns())

@@ -256,7 +256,7 @@ def _worker_levels(
     d = np.asarray(differences, dtype=np.float64)
     labels = np.asarray(workers, dtype=np.int64).reshape(-1, 2)
     if labels.shape[0] != d.size:
-        raise ValueError("worker_spread needs one (a, b) worker pair per difference")
+        raise ValueError("paired workers: one (a, b) worker pair per difference is needed")
     keys = [np.unique(labels[:, side]) for side in (0, 1)]
     members = [[labels[:, side] == k for k in keys[side]] for side in (0, 1)]
     levels = [np.array([np.median(d[mask]) for mask in side]) for side in members]
@@ -284,12 +284,19 @@ def outlying_workers(
     6 of 14 sessions of 4 + 4 or 5 + 5 workers had one). Its spread is honest but wide, on few
     degrees of freedom: the interval at T = 5 % could not exclude T/2 (measured: ±4 to ±9 %
     where ±1 % was usual). Such a worker is replaced by a fresh process and its pairs are timed
-    again, as a lab sets a faulty instrument aside; either side's may be, so the estimate stays
-    centred. Apart means beyond half the threshold (a smaller offset cannot cost the decision
-    much) and beyond four times what its pairs' own noise gives its level (not noise), from
-    the median of its side's others; a side needs three workers to say which one is apart.
+    again, as a lab sets a faulty instrument aside. Either side's may be, so the estimate stays
+    centred while both stacks make such processes alike; a stack that makes more of them is
+    judged by its typical process (the verdict names every replacement).
+
+    Apart means beyond half the threshold (a smaller offset cannot cost the decision much) and
+    beyond four times the workers' usual scatter from the median of its side's others: the
+    scatter of all levels about their side's median (robust, so the one apart does not set it),
+    or what the worker's own pairs' noise gives its level when that is more. A side needs
+    three workers to say which one is apart.
     """
     found = _worker_levels(differences, workers)
+    sides = [side for side in found.levels if side.size >= 2]
+    usual = robust_sd(np.concatenate([side - np.median(side) for side in sides])) if sides else 0.0
     apart = []
     for side, (side_levels, side_members) in enumerate(
         zip(found.levels, found.members, strict=True)
@@ -299,7 +306,7 @@ def outlying_workers(
         for index, (level, mask) in enumerate(zip(side_levels, side_members, strict=True)):
             others = float(np.median(np.delete(side_levels, index)))
             sampling = math.sqrt(math.pi / 2 / max(1, int(mask.sum()))) * found.noise
-            if abs(level - others) > max(threshold / 2, 4 * sampling):
+            if abs(level - others) > max(threshold / 2, 4 * max(usual, sampling)):
                 apart.append((side, int(found.keys[side][index]), float(level - others)))
     return apart
 

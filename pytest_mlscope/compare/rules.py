@@ -226,8 +226,9 @@ def paired_verdict(
     timed each pair, and the interval is at least as wide as their spread allows
     (stats.worker_spread, Student's t on its degrees of freedom). That term is spent at the
     single-look level: the offsets are drawn once, when the workers start, and further looks
-    time the same workers, so successive looks see nearly the same offsets and the same
-    spread. This is not a proven bound: the sequential simulation in tests/test_compare.py
+    time the same workers (a worker replaced for standing apart has its pairs timed afresh
+    before the next look), so successive looks see nearly the same offsets and spread. This
+    is not a proven bound: the sequential simulation in tests/test_compare.py
     holds it to the promised rates, and benchmarks/verdicts.py (upgrade design) measures it.
     """
     a = np.asarray(baseline_rounds, dtype=np.float64)
