@@ -85,7 +85,6 @@ class AcrossWorkers:
         timed: list[tuple[list[int], list[int], tuple[int, int]]] = []
         held: dict[tuple[int, str], tuple[Runtime, Cell]] = {}
         workers: dict[str, list[Runtime]] = {"b": [self.runtime(cell)]}
-        more = more_a = b_request
 
         def hold(key: str, index: int, hold_request: EvaluationRequest) -> Any:
             runtime, side = workers[key][index], "A (the baseline's side)" if key == "a" else "B"
@@ -175,8 +174,11 @@ class AcrossWorkers:
                 apart = apart[: max(0, per_side - len(replaced))]
                 if apart:  # no decision on them: set aside, started afresh, timed again
                     gone = {(side, index) for side, index, _ in apart}
-                    dropped = [t[2] for t in timed if gone & {(0, t[2][0]), (1, t[2][1])}]
-                    timed = [t for t in timed if not gone & {(0, t[2][0]), (1, t[2][1])}]
+                    kept: list[tuple[list[int], list[int], tuple[int, int]]] = []
+                    dropped: list[tuple[int, int]] = []
+                    for t in timed:
+                        (dropped if gone & {(0, t[2][0]), (1, t[2][1])} else kept).append(t)
+                    timed, dropped = kept, [t[2] for t in dropped]
                     for side, index, distance in apart:
                         key = "ab"[side]
                         runtime = workers[key][index]
@@ -211,23 +213,18 @@ class AcrossWorkers:
                     continue  # a release would start it again, to hear that nothing is held
                 with contextlib.suppress(Exception):  # the Docker SDK's errors too: release all
                     runtime.evaluate(RoundRequest(cell=which, measure=per_round, release=True))
-        samples = {
-            "a": [ns for t in timed for ns in t[0]],
-            "b": [ns for t in timed for ns in t[1]],
-        }
-        sizes = {"a": [len(t[0]) for t in timed], "b": [len(t[1]) for t in timed]}
-        met = [t[2] for t in timed]
-        summary = summarize_scenario(samples["b"], cell.batch_size, cell.scenario)
+        (a_samples, a_sizes), (b_samples, b_sizes) = _side(timed, 0), _side(timed, 1)
+        summary = summarize_scenario(b_samples, cell.batch_size, cell.scenario)
         result = first_b.model_copy(
             update={
                 "summary": summary,
-                "samples_ns": samples["b"],
-                "rounds": sizes["b"],
-                "paired_samples_ns": samples["a"],
-                "paired_rounds": sizes["a"],
+                "samples_ns": b_samples,
+                "rounds": b_sizes,
+                "paired_samples_ns": a_samples,
+                "paired_rounds": a_sizes,
                 "paired_artifact_sha256": first_a.artifact_sha256,
                 "paired_predictor": first_a.predictor,
-                "paired_workers": met,
+                "paired_workers": [t[2] for t in timed],
             }
         )
         renewed = (
@@ -307,9 +304,15 @@ def _rounds(
     """A's and B's round medians, pair by pair, and the workers of each pair."""
     from pytest_mlscope.stats import round_medians
 
-    a = round_medians([ns for t in timed for ns in t[0]], [len(t[0]) for t in timed])
-    b = round_medians([ns for t in timed for ns in t[1]], [len(t[1]) for t in timed])
+    a, b = (round_medians(*_side(timed, k)) for k in (0, 1))
     return a, b, [t[2] for t in timed]
+
+
+def _side(
+    timed: list[tuple[list[int], list[int], tuple[int, int]]], k: int
+) -> tuple[list[int], list[int]]:
+    """One side's samples, pair after pair, and how many each pair's round had."""
+    return [ns for t in timed for ns in t[k]], [len(t[k]) for t in timed]
 
 
 def _alive(runtime: Runtime) -> bool:
