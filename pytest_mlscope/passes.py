@@ -179,13 +179,13 @@ def _interleaved(
 
 
 RENEW_SHARE = 0.25  # renewing (loads and warm-up) may add at most this share of a pair's time
-# ... and across two stacks' workers, as much as the pair's rounds themselves. Two instances of a
-# model differ by their memory layout for as long as they live, by about 1 % and now and then by
-# 10 %: measured here on one ONNX Runtime, 16 fresh processes against one reference, each kept
-# its instance (levels' sd 2.7 to 4 %, two of 16 beyond ±8 %) or took a fresh one every round
-# (sd 1.0 %, none beyond ±3.1 %). In one process A and B share the layout's luck as they share
-# the process; across two, a kept instance is an offset of its worker, which only more workers
-# would average out.
+# ... and across two stacks' workers, as much as the pair's rounds themselves: in one process A
+# and B share an instance's luck as they share the process; across two, a kept instance is an
+# offset of its worker. Not settled: a first measurement (outside the repository) had fresh
+# processes scatter 2.7 to 4 % on the instance each loaded first and 1.0 % on a fresh one every
+# round; benchmarks/instances.py, the same comparison rerun three times, found no clear
+# difference (1.0 to 1.2 % robust sd either way; README). The upgrade table was measured with
+# this share, and items stayed at 7 to 9 s.
 ACROSS_RENEW_SHARE = 1.0
 
 
