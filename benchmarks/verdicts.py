@@ -37,9 +37,11 @@ verdicts"). Conditions run in a seeded random order, so drift does not line up w
 Run from the repository root (about two minutes per repetition of the three designs on 2 cores)::
 
     .venv/bin/python benchmarks/verdicts.py --repetitions 10
-    .venv/bin/python benchmarks/verdicts.py --repetitions 40 --readme   # rewrite the README table
+    .venv/bin/python benchmarks/verdicts.py --repetitions 40 --readme   # rewrite both tables
     .venv/bin/python benchmarks/verdicts.py --design edit --repetitions 5
-    .venv/bin/python benchmarks/verdicts.py --design upgrade --repetitions 40 --readme  # its own
+    .venv/bin/python benchmarks/verdicts.py --design injected edit --repetitions 40 --readme
+    .venv/bin/python benchmarks/verdicts.py --design upgrade --repetitions 40 --json run.json
+    .venv/bin/python benchmarks/verdicts.py --readme-from run.json   # that run's tables
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ EDITS = (0, 1, 2, 4)  # identity convolutions an edit adds; 0 is a re-export of 
 REEXPORTED = -1  # the key of the re-exported base file in the models
 REALIZED_PROCESSES = 6
 OTHER_ORT = "1.31.1"  # the release the upgrade's baseline was measured on
-MARK_BEGIN, MARK_END = "<!-- verdicts-table -->", "<!-- /verdicts-table -->"
+# The README's tables (their markers) and the designs each shows: the changes within one stack,
+# and the upgrade across two.
+TABLES = {"verdicts-table": ("injected", "edit"), "verdicts-upgrade-table": ("upgrade",)}
 MANIFEST = f"""\
 name: {MODEL}
 description: A conv net the team exported to ONNX themselves
@@ -518,7 +522,13 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--design", choices=("injected", "edit", "upgrade", "all"), default="all")
+    parser.add_argument(
+        "--design",
+        nargs="+",
+        choices=("injected", "edit", "upgrade", "all"),
+        default=["all"],
+        help="the designs to run (several may be named; all: the three)",
+    )
     parser.add_argument("--repetitions", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every repetition here")
@@ -542,15 +552,20 @@ def main(argv: list[str] | None = None) -> int:
         help="pairs of processes that measure the upgrade's release apart (fewer for a try)",
     )
     args = parser.parse_args(argv)
-    if args.readme and args.design not in ("all", "upgrade"):
-        parser.error("--readme writes the whole experiment's table, or the upgrade design's")
-    if args.readme_from:  # the text that run printed, as it printed it, where its design's go
+    designs = [d for d in ("injected", "edit", "upgrade") if {d, "all"} & set(args.design)]
+    tables = [name for name, shown in TABLES.items() if set(shown) <= set(designs)]
+    if args.readme and not tables:
+        parser.error(
+            "--readme writes whole tables: "
+            + "; ".join(" and ".join(shown) for shown in TABLES.values())
+        )
+    if args.readme_from:  # the text that run printed, as it printed it, where its tables go
         saved = json.loads(args.readme_from.read_text())
-        if saved.get("design") not in ("all", "upgrade"):
-            parser.error(f"{args.readme_from} holds no table the README keeps (its --design)")
-        write_readme(saved["text"], saved["design"])
+        if "tables" not in saved:
+            parser.error(f"{args.readme_from} holds no table the README keeps")
+        for name, text in saved["tables"].items():
+            write_readme(text, name)
         return 0
-    designs = ("injected", "edit", "upgrade") if args.design == "all" else (args.design,)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="mlscope-models-"))
     try:
@@ -607,39 +622,40 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--readme"]
     shown = [a for i, a in enumerate(shown) if a != "--json" and shown[i - 1 : i] != ["--json"]]
-    text = (
-        f"From `benchmarks/verdicts.py {' '.join(shown)}` (a user's own ONNX "
-        f"conv net, {ITEM}, real `pytest --mlscope` sessions at default settings, T = 5 %, a "
-        f"fresh project and database per repetition, {(time.perf_counter() - started) / 60:.0f} "
-        f"minutes; {machine()}):\n\n" + table(rows, realized)
-    )
-    print(text)
+    minutes = (time.perf_counter() - started) / 60
+    texts = {
+        name: (
+            f"From `benchmarks/verdicts.py {' '.join(shown)}` (a user's own ONNX conv net, "
+            f"{ITEM}, real `pytest --mlscope` sessions at default settings, T = 5 %, a fresh "
+            f"project and database per repetition, {minutes:.0f} minutes; {machine()}):\n\n"
+            + table([r for r in rows if r["design"] in TABLES[name]], realized)
+        )
+        for name in tables
+    }
+    print("\n\n".join(texts.values()) or table(rows, realized))
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
-                    "design": args.design,
+                    "designs": designs,
                     "rows": rows,
                     "realized": {str(k): v for k, v in realized.items()},
-                    "text": text,
+                    "tables": texts,
                 },
                 indent=2,
             )
         )
     if args.readme:
-        write_readme(text, args.design)
+        for name, text in texts.items():
+            write_readme(text, name)
     return 0
 
 
-def write_readme(text: str, design: str) -> None:
-    """The table between the README's markers: the whole experiment has one; one design alone
-    (--design upgrade) has its own."""
+def write_readme(text: str, name: str) -> None:
+    """The table between the README's markers of that name (a key of TABLES)."""
     readme = REPO / "README.md"
     content = readme.read_text()
-    begin, end_mark = MARK_BEGIN, MARK_END
-    if design != "all":
-        named = f"verdicts-{design}-"
-        begin, end_mark = (m.replace("verdicts-", named) for m in (MARK_BEGIN, MARK_END))
+    begin, end_mark = f"<!-- {name} -->", f"<!-- /{name} -->"
     start, end = content.index(begin), content.index(end_mark)
     readme.write_text(content[: start + len(begin)] + "\n" + text + "\n" + content[end:])
 
