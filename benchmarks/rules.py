@@ -235,7 +235,7 @@ def judge(
     # Row "pyperf" is compare_to on what ``mlscope export --format pyperf`` writes: each round as
     # PYPERF_VALUES_PER_RUN quantiles, so both sides have equal counts when their round counts
     # are equal. Row "pyperf_equal" is the t-test on the first n raw samples of each side.
-    from pytest_mlscope.export import PYPERF_VALUES_PER_RUN, _quantiles
+    from pytest_mlscope.report.export import PYPERF_VALUES_PER_RUN, _quantiles
 
     def exported(samples: np.ndarray, rounds: Sequence[int]) -> list[float]:
         values = (samples / 1e9).tolist()

@@ -5,6 +5,7 @@ The reason is what the skip says, and a missing service fails under CI=true inst
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.protocol import (
@@ -23,8 +24,25 @@ def _installed(metadata: Any, distribution: str) -> bool:
     return True
 
 
+def under_ci() -> bool:
+    """CI=true: an item that needs a missing service (Docker daemon, image) fails, so a broken
+    CI machine cannot pass by skipping everything."""
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
 class Availability:
     """Skip reasons; a part of :class:`MlscopeSession`."""
+
+    def unavailable(self, manifest: Manifest, cell: Cell) -> tuple[str, bool] | None:
+        """Why this host cannot run a cell, and whether that fails the item instead of
+        skipping it (a missing service under CI=true); None when it can run. What a manifest's
+        item and a hand-written test's ``mlscope_eval`` both decide by."""
+        reason, service_missing = self.skip_reason(manifest, cell)
+        if reason is None:
+            return None
+        if service_missing and under_ci():
+            return f"{reason} (CI=true: fails instead of skipping)", True
+        return reason, False
 
     def skip_reason(self, manifest: Manifest, cell: Cell) -> tuple[str | None, bool]:
         """Why a cell cannot run here, and whether a missing service (a Docker daemon, an

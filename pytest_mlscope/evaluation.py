@@ -290,6 +290,15 @@ class Evaluation:
             result = self._count(cell, request, result)
         return result
 
+    def evaluate_in_turn(
+        self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
+    ) -> tuple[EvaluationResult, Verdict | None]:
+        """Evaluate and compare in this session's timing turn (parallel pytest-xdist workers
+        take turns, so no item is timed beside another): a manifest's item and a hand-written
+        test's ``mlscope_eval`` both measure through here."""
+        with self.timing_turn():
+            return self.evaluate_and_compare(manifest, cell, item_id, **overrides)
+
     def evaluate_and_compare(
         self, manifest: Manifest, cell: Cell, item_id: str | None = None, **overrides: float
     ) -> tuple[EvaluationResult, Verdict | None]:

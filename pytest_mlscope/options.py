@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from pytest_mlscope.session import Settings
     from pytest_mlscope.shard import Shard
 
-KNOWN_FRAMEWORKS = FRAMEWORKS
 DEFAULT_HTML = ".mlscope/report.html"
 
 
@@ -218,7 +217,7 @@ def add_options(parser: pytest.Parser) -> None:
 def register_markers(config: pytest.Config) -> None:
     """Markers for ``-m`` and ``--strict-markers``: registered with or without ``--mlscope``."""
     _register_marker(config, "mlscope", "an item collected from a pytest-mlscope manifest")
-    for name in (*KNOWN_FRAMEWORKS, *_predictors(config)):
+    for name in (*FRAMEWORKS, *_predictors(config)):
         _register_marker(config, name, f"pytest-mlscope items on the {name} framework")
     for name in DEVICES:
         _register_marker(config, name, f"pytest-mlscope items on {name}")

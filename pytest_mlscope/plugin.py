@@ -24,7 +24,6 @@ from pytest_mlscope.items import (
     MlscopeItem,
     mark_hardware,
     session_of,
-    under_ci,
 )
 
 if TYPE_CHECKING:
@@ -153,7 +152,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     from pytest_mlscope.report.terminal import summary_lines
 
     terminalreporter.write_sep("=", "mlscope")
-    for line in summary_lines(state):
+    if state.report_data is not None:
+        html = state.settings.html
+        for line in summary_lines(state.report_data, everything_in=str(html) if html else None):
+            terminalreporter.write_line(line)
+    for line in state.summary_notes():
         terminalreporter.write_line(line)
 
 
@@ -189,19 +192,17 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
             batch_size=batch_size,
             scenario=scenario,  # type: ignore[arg-type]
         )
-        reason, service_missing = session.skip_reason(manifest, cell)
-        if reason and service_missing and under_ci():
-            pytest.fail(f"{reason} (CI=true: fails instead of skipping)")
-        if reason:
-            pytest.skip(reason)
+        unavailable = session.unavailable(manifest, cell)
+        if unavailable is not None:
+            reason, fails = unavailable
+            pytest.fail(reason) if fails else pytest.skip(reason)
         # Named by its test too: the manifest's own item may evaluate the same cell in this run,
         # and the two results must stay apart in the store, the exports and the verdicts.
         item_id = f"{cell.id}@{request.node.nodeid}"
         taken = sum(1 for r in session.records if r.item_id.startswith(item_id))
         if taken:
             item_id += f"#{taken + 1}"
-        with session.timing_turn():
-            result, verdict = session.evaluate_and_compare(manifest, cell, item_id, **measure)
+        result, verdict = session.evaluate_in_turn(manifest, cell, item_id, **measure)
         outcome = "passed" if result.accuracy.passed else "failed"
         session.record(
             cell,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from pytest_mlscope.compare import Side, Verdict
     from pytest_mlscope.hardware import Host
     from pytest_mlscope.manifest import Manifest
+    from pytest_mlscope.report.data import ReportData
     from pytest_mlscope.runtimes import Runtime
     from pytest_mlscope.shard import Shard
     from pytest_mlscope.store import Store
@@ -136,6 +138,7 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
         self.shard: tuple[str, str | None] | None = None  # (K/N, group) once items were split
         self.shard_note: str | None = None
         self.report_lines: list[str] = []  # where the reports went, or why they did not
+        self.report_data: ReportData | None = None  # the stored run, read back at close
         self.lock_wait_s = 0.0  # the last item's wait for the timing lock (pytest-xdist)
         # Waits for the timing lock: on an xdist worker those not yet sent to the controller, on
         # the controller all its workers' (the summary says it).
@@ -313,7 +316,9 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
                         artifacts=self._baseline_artifacts(self._run_id),
                     )
                     self.saved_baseline = name
-                self._write_reports()
+                self.report_data = self._report_data()
+                if self.report_data is not None:
+                    self._write_reports(self.report_data)
             self._store.close()
 
     def _baseline_artifacts(self, run_id: str) -> list[Any]:
@@ -356,45 +361,82 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
             self.report_lines.append("the baseline keeps no model file for: " + "; ".join(missed))
         return list(entries.values())
 
-    def _write_reports(self) -> None:
-        """The HTML report and the markdown summary of the stored run.
-
-        Built from the database, like ``mlscope report``, so both show the same thing. A report
-        that cannot be written is said in the summary, never raised: the results are stored.
-        """
-        markdown_targets = [self.settings.markdown] if self.settings.markdown else []
+    def _markdown_targets(self) -> list[Path]:
+        targets = [self.settings.markdown] if self.settings.markdown else []
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY", "").strip()
         if step_summary:
-            markdown_targets.append(Path(step_summary))
-        if self.settings.html is None and not markdown_targets:
-            return
+            targets.append(Path(step_summary))
+        return targets
+
+    def _report_data(self) -> ReportData | None:
+        """What every report of this run shows, read back from the database before it closes:
+        the terminal table, the HTML report and the markdown summary then say what the store
+        holds, as ``mlscope show`` and ``mlscope report`` will later. Each item's history and
+        the other systems are read only when a file report shows them. None, said in the
+        summary, when the run cannot be read: its results are stored all the same."""
         from pytest_mlscope.report import data as report_data
 
+        full = self.settings.html is not None or bool(self._markdown_targets())
         try:
-            data = report_data.load(self.store, self.run_id)
+            data = report_data.load(
+                self.store, self.run_id, history=report_data.HISTORY_RUNS if full else 0,
+                across=full,
+            )  # fmt: skip
         except Exception as exc:  # the run is stored; a report bug must not hide that
             self.report_lines.append(f"no report: reading run {self.run_id[:12]} failed: {exc}")
-            return
-        if self.settings.html is not None:
-            from pytest_mlscope.report import html
-
-            try:
-                html.write(html.render(data), self.settings.html)
-                self.report_lines.append(f"HTML report: {self.settings.html}")
-            except Exception as exc:
-                self.report_lines.append(f"HTML report not written: {exc}")
-        if markdown_targets:
-            from pytest_mlscope.report import markdown
-
-            text = markdown.render(
-                data, html_path=str(self.settings.html) if self.settings.html else None
+            return None
+        if self.settings.baseline:
+            data.against = f"baseline {self.settings.baseline!r}"
+        elif self.settings.interleaving:
+            data.against = "A side"
+        if self.baseline_note:
+            data.notes.append(self.baseline_note)
+        data.declared = {
+            name: report_data.Declared(
+                frameworks=tuple(
+                    f"{spec.name}@{spec.stack}" if spec.stack else spec.name
+                    for spec in manifest.framework
+                ),
+                reference=manifest.accuracy.agreement.reference
+                if manifest.accuracy.agreement
+                else None,
             )
-            for target in markdown_targets:
-                appending = target != self.settings.markdown
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with target.open("a" if appending else "w", encoding="utf-8") as handle:
-                        handle.write(text)
-                    self.report_lines.append(f"markdown summary: {target}")
-                except OSError as exc:
-                    self.report_lines.append(f"markdown summary not written to {target}: {exc}")
+            for name, manifest in self.manifests.items()
+        }
+        return data
+
+    def _write_reports(self, data: ReportData) -> None:
+        """The run's file reports, as the settings ask: each format from the registry
+        (``pytest_mlscope.report.FORMATS``). A report that cannot be written is said in the
+        summary, never raised: the results are stored."""
+        from pytest_mlscope.report import FORMATS
+
+        html = self.settings.html
+        wanted: list[tuple[str, Path, bool]] = [("html", html, False)] if html else []
+        wanted += [
+            ("markdown", target, target != self.settings.markdown)  # the step summary appends
+            for target in self._markdown_targets()
+        ]
+        for name, target, appending in wanted:
+            try:
+                FORMATS[name].write(data, target, append=appending, html=html)
+                self.report_lines.append(f"{FORMATS[name].title}: {target}")
+            except Exception as exc:
+                self.report_lines.append(f"{FORMATS[name].title} not written to {target}: {exc}")
+
+    def summary_notes(self) -> Iterator[str]:
+        """What the end of the session says about the session itself, after its results: where
+        the run went, how pytest-xdist shared the timing, the reports written."""
+        if self.shard_note:
+            yield self.shard_note
+        if self.started:
+            yield f"run {self.run_id} stored in {self.store.url}"
+        if self.xdist_workers:
+            yield (
+                f"{self.xdist_workers} pytest-xdist workers, one run: items were timed one at a "
+                f"time across workers (a lock, {self.lock_waited_s:.1f} s waited in all) so "
+                "parallel items did not distort each other's timings"
+            )
+        yield from self.report_lines
+        if self.saved_baseline:
+            yield f"baseline {self.saved_baseline!r} now points to run {self.run_id}"

@@ -1,7 +1,7 @@
 """The evaluation a runtime hosts: verify and load the artifact, an accuracy pass, a timing pass.
 
 Run as ``python -m pytest_mlscope.worker`` it serves requests, one JSON line in and one JSON
-line out, until its input closes; with ``--request FILE --reply FILE`` it evaluates one request.
+line out, until its input closes.
 The in-process runtime calls :func:`handle` directly, so what is measured never depends on the
 host. Framework output printed to stdout cannot corrupt the protocol: the worker moves the
 protocol to a private descriptor and points fd 1 at stderr before any framework is imported.
@@ -449,20 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     # stdin between requests, so it still ends with its parent, at the latest after one count.
     if parent.isdigit() and not running_on_valgrind():
         watch_parent(int(parent))
-    parser = argparse.ArgumentParser(prog="python -m pytest_mlscope.worker")
-    parser.add_argument("--request", help="evaluate one request from this JSON file")
-    parser.add_argument("--reply", help="write the reply here (default: stdout)")
-    args = parser.parse_args(argv)
-    out = _protocol_stream()
-    if args.request:
-        reply = handle(EvaluationRequest.model_validate_json(Path(args.request).read_text()))
-        text = reply.model_dump_json()
-        if args.reply:
-            Path(args.reply).write_text(text)
-        else:
-            out.write(text + "\n")
-        return 0 if reply.ok else 1
-    serve(sys.stdin, out)
+    argparse.ArgumentParser(
+        prog="python -m pytest_mlscope.worker",
+        description="serve evaluation requests: one JSON line in, one out, until stdin closes",
+    ).parse_args(argv)
+    serve(sys.stdin, _protocol_stream())
     return 0
 
 

@@ -56,6 +56,28 @@ def test_a_cell_this_host_cannot_run_says_why_and_is_not_a_missing_service(
     assert not service_missing  # a host without a GPU is not a broken CI machine
 
 
+def test_a_missing_service_fails_under_ci_where_a_missing_device_still_skips(
+    session: MlscopeSession, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    manifest = session.manifest("digits_cnn")
+    monkeypatch.setenv("MLSCOPE_STACKS", str(tmp_path / "no-stacks"))  # mxnet's venv is not set up
+    monkeypatch.setenv("CI", "false")
+    skipped = session.unavailable(manifest, _cell("mxnet"))
+    assert skipped is not None and "`mlscope stacks setup mxnet`" in skipped[0]
+    assert skipped[1] is False  # on a laptop: a skip that says what to run
+    monkeypatch.setenv("CI", "true")
+    assert session.unavailable(manifest, _cell("mxnet")) == (
+        f"{skipped[0]} (CI=true: fails instead of skipping)",
+        True,
+    )
+    assert session.unavailable(manifest, _cell("onnxruntime")) is None
+    from pytest_mlscope.hardware import current_host
+
+    if not current_host().gpus:  # no GPU is not a broken CI machine: a skip even under CI
+        reason, fails = session.unavailable(manifest, _cell("torch", device="gpu"))  # type: ignore[misc]
+        assert "needs an NVIDIA GPU" in reason and fails is False
+
+
 def test_an_unknown_predictor_is_a_skip_with_its_name(tmp_path: Path) -> None:
     settings = Settings(
         rootdir=tmp_path, manifest_paths=[MANIFESTS], predictors={"torch": "no_such_module:Torch"}

@@ -202,6 +202,46 @@ def test_an_unknown_baseline_on_the_command_line_is_a_usage_error(
     result.stderr.fnmatch_lines(["*no baseline named 'nope'*"])
 
 
+def test_the_session_prints_the_stored_run_as_every_registered_format_renders_it(
+    suite: pytest.Pytester, tmp_path: Path
+) -> None:
+    from pytest_mlscope.report import FORMATS
+
+    _run(suite, "--mlscope-save-baseline", "main").assert_outcomes(passed=1)
+    result = _run(suite, "--mlscope-baseline", "main", *VERY_LOOSE)
+    result.assert_outcomes(passed=1)
+    printed = result.stdout.lines
+    start = printed.index(next(line for line in printed if line.startswith("item  ")))
+    store = _store(suite)
+    run_id = store.runs(limit=1)[0].id
+    base_id = store.runs(limit=2)[1].id
+    store.close()
+    db = str(suite.path / ".mlscope" / "results.db")
+    written = {}
+    for name in FORMATS:  # a format registered is a format `mlscope export` writes
+        target = tmp_path / f"run.{name}"
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest_mlscope.cli", "export", run_id[:12], "--format", name,
+             "-o", str(target), "--db", db],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"(1 items of run {run_id[:12]}, {name} format)" in done.stdout
+        written[name] = target.read_text()
+    # The terminal table is the stored run, as the text export reads it back later.
+    text = written["text"].splitlines()
+    assert text[:3] == printed[start : start + 3]
+    assert ITEM in text[2] and text[2].split()[-1] == "ok"
+    counted = printed[start + 3]
+    assert counted.startswith("compared with baseline 'main': 1 ok (1 interleaved)")
+    # Rebuilt from the database alone, the baseline is known by its run, not by its name.
+    assert text[3] == counted.replace("baseline 'main'", f"baseline run {base_id[:12]}")
+    assert ITEM in written["html"] and 'data-kind="ok"' in written["html"]
+    assert f"run `{run_id[:12]}`" in written["markdown"] and "**1** ok" in written["markdown"]
+    assert [b["name"] for b in json.loads(written["pytest-benchmark"])["benchmarks"]] == [ITEM]
+    assert ITEM in written["pyperf"]
+
+
 def test_exports_are_read_by_pyperf_and_pytest_benchmark_themselves(
     suite: pytest.Pytester, tmp_path: Path
 ) -> None:

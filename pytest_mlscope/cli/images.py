@@ -99,21 +99,17 @@ def cmd_containers_build(args: argparse.Namespace) -> int:
 def cmd_containers_prune(args: argparse.Namespace) -> int:
     from pytest_mlscope import containers
 
-    docker = containers.client()
     freed, kept = 0.0, []
-    for image in containers.superseded(docker, args.stacks or None):
-        name = ", ".join(image.tags) or image.short_id
-        size = image.attrs.get("Size", 0) / 1e6
+    for name, size, why in containers.prune(
+        containers.client(), args.stacks or None, dry_run=args.dry_run
+    ):
         if args.dry_run:
             print(f"would remove {name} ({size:.0f} MB)")
-            continue
-        try:
-            docker.images.remove(image.id)
-        except Exception as exc:  # a container still uses it, say
-            kept.append(f"{name}: {str(exc).splitlines()[0]}")
-            continue
-        freed += size
-        print(f"removed {name} ({size:.0f} MB)")
+        elif why is not None:
+            kept.append(f"{name}: {why}")
+        else:
+            freed += size
+            print(f"removed {name} ({size:.0f} MB)")
     for line in kept:
         print(f"mlscope: kept {line}", file=sys.stderr)
     if not args.dry_run:

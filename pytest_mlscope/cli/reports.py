@@ -207,16 +207,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.output:
             print(f"wrote {html.write(html.render_across(views, location), args.output)}")
         return EXIT_OK
-    output = args.output or "report.html"
-    html.write(html.render(data), output)
+    from pytest_mlscope.report import FORMATS
+
+    output = Path(args.output or "report.html")
+    FORMATS["html"].write(data, output)
     counts = ", ".join(f"{n} {kind}" for kind, n in data.counts().items())
     print(f"wrote {output}: run {data.run.id[:12]}, {len(data.items)} items ({counts})")
     for note in data.notes:
         print(f"note: {note}")
     if args.md:
-        from pytest_mlscope.report import markdown
-
-        Path(args.md).write_text(markdown.render(data, html_path=output), encoding="utf-8")
+        FORMATS["markdown"].write(data, Path(args.md), html=output)
         print(f"wrote {args.md}")
     return EXIT_OK
 

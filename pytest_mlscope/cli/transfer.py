@@ -36,12 +36,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     copy.add_argument("--db", metavar="LOCATION", help=DB_HELP)
     copy.set_defaults(handler=cmd_copy)
 
+    from pytest_mlscope.report import FORMATS
+
     export = commands.add_parser(
-        "export", help="write a run as pyperf or pytest-benchmark JSON for their own tools"
+        "export",
+        help="write a run in any report format: pyperf or pytest-benchmark JSON for their own "
+        "tools, the session's text table, markdown, HTML",
     )
     export.add_argument("run", metavar="RUN", help="a run id or a unique prefix of one")
-    export.add_argument("--format", choices=("pyperf", "pytest-benchmark"), required=True)
-    export.add_argument("-o", "--output", required=True, help="the JSON file to write")
+    export.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        required=True,
+        help="; ".join(f"{f.name}: {f.what}" for f in FORMATS.values()),
+    )
+    export.add_argument("-o", "--output", required=True, help="the file to write")
     export.add_argument("--db", metavar="LOCATION", help=DB_HELP)
     export.set_defaults(handler=cmd_export)
 
@@ -129,11 +138,15 @@ def _fetched_artifacts(store: Store, name: str, directory: Path) -> list[Artifac
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pytest_mlscope.export import export_run
+    from pytest_mlscope.report import FORMATS
+    from pytest_mlscope.report import data as report_data
 
+    chosen = FORMATS[args.format]
     with open_store(args.db) as store:
-        run = store.get_run(args.run)
-        results = store.results(run.id)
-    count = export_run(run, results, args.format, args.output)
-    print(f"wrote {args.output} ({count} benchmarks of run {run.id[:12]}, {args.format} format)")
+        data = report_data.load(
+            store, args.run, history=report_data.HISTORY_RUNS if chosen.history else 0,
+            across=chosen.history,
+        )  # fmt: skip
+    count = chosen.write(data, Path(args.output))
+    print(f"wrote {args.output} ({count} items of run {data.run.id[:12]}, {chosen.name} format)")
     return EXIT_OK

@@ -26,6 +26,7 @@ from pytest_mlscope.containers.building import (
     client,
     find_image,
     images,
+    prune,
     superseded,
     wheelhouse_dir,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "image_for",
     "images",
     "plan",
+    "prune",
     "source_digest",
     "stacks",
     "superseded",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,20 @@ def superseded(docker: Any, stacks: list[str] | None = None) -> list[Any]:
         if not moving:
             found.append(image)
     return found
+
+
+def prune(
+    docker: Any, stacks: list[str] | None = None, *, dry_run: bool = False
+) -> Iterator[tuple[str, float, str | None]]:
+    """Remove the superseded builds (only name them, ``dry_run``): per image its name, its size
+    in MB and why it was kept (a container still uses it, say), or None."""
+    for image in superseded(docker, stacks):
+        name = ", ".join(image.tags) or image.short_id
+        size = image.attrs.get("Size", 0) / 1e6
+        if not dry_run:
+            try:
+                docker.images.remove(image.id)
+            except Exception as exc:
+                yield name, size, _first_line(exc)
+                continue
+        yield name, size, None

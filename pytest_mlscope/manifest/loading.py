@@ -21,18 +21,19 @@ from pytest_mlscope.manifest.parsing import (
     _shown,
 )
 from pytest_mlscope.manifest.schema import Manifest, ModelFiles
+from pytest_mlscope.vocabulary import DEVICES, SCENARIOS
 
 # Phrases for keys whose expected value is better said in the user's words than pydantic's.
 _EXPECTED = {
     ("performance", "batch_sizes"): "a list of positive integers",
     ("performance", "batch_sizes", "*"): "a positive integer",
-    ("performance", "scenarios"): "a list of scenarios (single_stream, offline)",
-    ("performance", "scenarios", "*"): "a scenario (single_stream or offline)",
+    ("performance", "scenarios"): f"a list of scenarios ({', '.join(SCENARIOS)})",
+    ("performance", "scenarios", "*"): f"a scenario ({' or '.join(SCENARIOS)})",
     ("inputs", "*", "shape"): "a list of positive integers (batch excluded)",
     ("inputs", "*", "shape", "*"): "a positive integer (one dimension, batch excluded)",
     ("framework",): "a list of frameworks, each a mapping with a 'name'",
-    ("framework", "*", "devices"): "a list of devices (cpu, gpu)",
-    ("framework", "*", "devices", "*"): "a device (cpu or gpu)",
+    ("framework", "*", "devices"): f"a list of devices ({', '.join(DEVICES)})",
+    ("framework", "*", "devices", "*"): f"a device ({' or '.join(DEVICES)})",
     ("model", "sha256"): "a sha256 hex digest (64 lowercase hex characters, quoted)",
     ("model", "source", "builder"): "an importable 'module:callable'",
     ("name",): "a name of lowercase letters, digits and underscores",

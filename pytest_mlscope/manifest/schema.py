@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from pytest_mlscope.vocabulary import Device, Scenario
+from pytest_mlscope.vocabulary import Device, Scenario, TraceLevel
 
 if TYPE_CHECKING:
     # Only named in ``Manifest._source``'s annotation, which pydantic never needs resolved.
@@ -368,7 +368,7 @@ class PerformanceSpec(_Strict):
     # None: the ini option mlscope_threshold, else 5 %.
     regression_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
     # Profiling pass after the timing pass (pytest_mlscope.tracing); --mlscope-trace overrides.
-    trace: Literal["none", "model", "framework", "library", "system", "full"] = "none"
+    trace: TraceLevel = "none"
 
     @model_validator(mode="after")
     def _duration_order(self) -> PerformanceSpec:

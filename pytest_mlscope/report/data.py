@@ -145,8 +145,22 @@ def layers_across(records: Iterable[ResultRecord]) -> list[LayersAcross]:
     ]
 
 
+@dataclass(frozen=True)
+class Declared:
+    """What a model's manifest says that its stored results do not: its frameworks (stacks) in
+    the manifest's order, and the one the others must agree with. Known to a session, which has
+    the manifests; a report rebuilt from the database alone orders by name and marks no
+    reference."""
+
+    frameworks: tuple[str, ...]
+    reference: str | None = None
+
+
 @dataclass
 class ReportData:
+    """Everything any report of one stored run shows: every format (terminal, markdown, HTML,
+    the exports) renders from this, so they cannot disagree."""
+
     run: RunRecord
     location: str
     items: list[Item]
@@ -155,6 +169,10 @@ class ReportData:
     across: list[AcrossSystems] = field(default_factory=list)
     layers_across: list[LayersAcross] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # What the verdicts compared with, in words ("baseline 'main'", "A side"): set by the session
+    # that judged them, or by load() when it judges against a named baseline now.
+    against: str | None = None
+    declared: dict[str, Declared] = field(default_factory=dict)  # by model
 
     def counts(self) -> dict[str, int]:
         """Items per verdict, in reading order (regressions first), 'none' for uncompared."""
@@ -171,6 +189,12 @@ class ReportData:
     @property
     def compared(self) -> bool:
         return any(item.verdict for item in self.items)
+
+    @property
+    def comparisons(self) -> int:
+        """How many items the verdicts' suite-wide false-alarm budget was shared by."""
+        found = [(item.verdict or {}).get("comparisons") or 0 for item in self.items]
+        return max([1, *found])
 
     def flagged(self) -> list[Item]:
         """Items a reader should look at: regressions, then inconclusive, then improvements."""
@@ -278,6 +302,7 @@ def load(
     data = ReportData(run=run, location=store.url, items=[Item(r) for r in results.values()])
     verdicts = {item: record.verdict for item, record in results.items() if record.verdict}
     if baseline is not None:
+        data.against = f"baseline {baseline!r}"
         data.baseline = store.get_baseline(baseline)
         base_run = store.get_run(data.baseline.run_id)
         if base_run.id == run.id:
@@ -301,6 +326,8 @@ def load(
             data.notes.append(f"baseline run {base_id[:12]} is no longer in the database")
             continue
         base_results[base_id] = store.latest_results(base_id)
+    if data.against is None and base_ids:  # the session knew the baseline's name; this, its run
+        data.against = "baseline run " + ", ".join(base_id[:12] for base_id in base_ids)
     for item in data.items:
         item.verdict = verdicts.get(item.id)
         base_id = (item.verdict or {}).get("baseline_run")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_mlscope.protocol import AccuracyReport, ColdStart, Summary
-    from pytest_mlscope.session import MlscopeSession
+    from pytest_mlscope.report.data import Item, ReportData
 
 RESULT_COLUMNS = ("item", "outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms")
 RESULT_NUMBERS = {3, 4, 5, 6}
@@ -106,28 +106,26 @@ def _top(rows: list[Any], k: int) -> list[Any]:
     return top_layers(rows, k)
 
 
-def matrix_lines(session: MlscopeSession) -> Iterator[str]:
+def matrix_lines(data: ReportData) -> Iterator[str]:
     """The seed's "one model across frameworks" table: per model and framework (stack), the
     median latency of its single-stream item at its smallest batch, and whether it agrees with
     the manifest's reference framework."""
     cells: dict[str, dict[str, tuple[int, str]]] = {}
-    for record in session.records:
-        cell, result = record.cell, record.result
-        if cell.scenario != "single_stream" or result is None or result.summary is None:
+    for item in data.items:
+        record = item.record
+        cell = record.cell
+        if cell.scenario != "single_stream" or record.summary is None:
             continue
-        agreement = result.accuracy.check("agreement")
-        manifest = session.manifests.get(cell.model)
-        reference = manifest.accuracy.agreement if manifest else None
-        if reference is not None and (reference.reference, "cpu") == (
-            cell.framework_id,
-            cell.device,
-        ):
+        agreement = record.accuracy.check("agreement") if record.accuracy else None
+        declared = data.declared.get(cell.model)
+        reference = declared.reference if declared else None
+        if (reference, "cpu") == (cell.framework_id, cell.device):
             mark = "ref"
         elif agreement is None:
             mark = ""
         else:
             mark = "agrees" if agreement.passed else "DISAGREES"
-        text = f"{ms(result.summary.median)} ms {mark}".rstrip()
+        text = f"{ms(record.summary.median)} ms {mark}".rstrip()
         known = cells.setdefault(cell.model, {}).get(cell.framework_id)
         if known is None or cell.batch_size < known[0]:
             cells[cell.model][cell.framework_id] = (
@@ -138,14 +136,14 @@ def matrix_lines(session: MlscopeSession) -> Iterator[str]:
     if not models:
         return
     # Columns in the manifests' order (the reference first, usually), not in the order items ran.
-    declared = [
-        f"{spec.name}@{spec.stack}" if spec.stack else spec.name
+    declared_order = [
+        framework
         for model in models
-        if model in session.manifests
-        for spec in session.manifests[model].framework
+        if model in data.declared
+        for framework in data.declared[model].frameworks
     ]
     seen = {f for row in models.values() for f in row}
-    frameworks = [f for f in dict.fromkeys([*declared, *sorted(seen)]) if f in seen]
+    frameworks = [f for f in dict.fromkeys([*declared_order, *sorted(seen)]) if f in seen]
     yield "across frameworks (single-stream median; agreement with the manifest's reference):"
     rows = [
         [model, *(row.get(f, (0, "-"))[1] for f in frameworks)] for model, row in models.items()
@@ -157,98 +155,77 @@ def matrix_lines(session: MlscopeSession) -> Iterator[str]:
 SHORT_TABLE = 30  # rows in the end-of-session table before passing items are left out
 
 
-def _worth_showing(records: Sequence[Any]) -> list[Any]:
-    """Every record if they fit; else failures, regressions and unsure verdicts first, then as
+def _worth_showing(items: Sequence[Item]) -> list[Item]:
+    """Every item if they fit; else failures, regressions and unsure verdicts first, then as
     many others as fit. The HTML report has them all."""
-    if len(records) <= SHORT_TABLE:
-        return list(records)
+    if len(items) <= SHORT_TABLE:
+        return list(items)
     quiet = ("ok", "new", None)
 
-    def remarkable(record: Any) -> bool:
-        kind = record.verdict.kind if record.verdict else None
-        return record.outcome not in ("passed", "skipped") or kind not in quiet
+    def remarkable(item: Item) -> bool:
+        return item.record.outcome not in ("passed", "skipped") or item.kind not in quiet
 
-    chosen = [r for r in records if remarkable(r)]
+    chosen = [item for item in items if remarkable(item)]
     room = max(0, SHORT_TABLE - len(chosen))
-    chosen_ids = {id(r) for r in chosen} | {id(r) for r in
-                  [r for r in records if not remarkable(r)][:room]}  # fmt: skip
-    return [r for r in records if id(r) in chosen_ids]
+    chosen_ids = {id(i) for i in chosen} | {id(i) for i in
+                  [i for i in items if not remarkable(i)][:room]}  # fmt: skip
+    return [item for item in items if id(item) in chosen_ids]
 
 
-def summary_lines(session: MlscopeSession) -> Iterator[str]:
-    compared = bool(session.settings.baseline) or session.settings.interleaving
+def summary_lines(data: ReportData, *, everything_in: str | None = None) -> Iterator[str]:
+    """A run's results as the end of its session prints them: the table (the remarkable items
+    when there are many; ``everything_in`` names the report that has them all), the verdicts in
+    a line with their notes, where the traces are and one model across frameworks."""
+    compared = data.against is not None or data.compared
     rows = []
-    shown = _worth_showing(session.records)
-    for record in shown:
-        result = record.result
+    shown = _worth_showing(data.items)
+    for item in shown:
+        record = item.record
         row = result_row(
-            record.item_id,
-            record.outcome,
-            result.accuracy if result else None,
-            result.summary if result else None,
-            result.cold_start if result else None,
+            item.id, record.outcome, record.accuracy, record.summary, record.cold_start
         )
         if compared:
-            verdict = record.verdict
-            row += [verdict.ratio_text or "-", verdict.kind] if verdict else ["-", "-"]
+            verdict = item.verdict
+            row += [verdict.get("ratio_text") or "-", verdict["kind"]] if verdict else ["-", "-"]
         rows.append(row)
     columns = [*RESULT_COLUMNS, *(VERDICT_COLUMNS if compared else ())]
     yield from table(columns, rows, RESULT_NUMBERS).splitlines()
-    hidden = len(session.records) - len(shown)
+    hidden = len(data.items) - len(shown)
     if hidden:
-        where = f" in {session.settings.html}" if session.settings.html else ""
+        where = f" in {everything_in}" if everything_in else ""
         yield f"... and {hidden} more items that passed unremarkably (every item{where})"
     if compared:
         counts: dict[str, int] = {}
         designs: dict[str, int] = {}
-        for record in session.records:
-            if record.verdict:
-                counts[record.verdict.kind] = counts.get(record.verdict.kind, 0) + 1
-                if record.verdict.design:
-                    design = record.verdict.design
+        for item in data.items:
+            if item.verdict:
+                counts[item.verdict["kind"]] = counts.get(item.verdict["kind"], 0) + 1
+                if item.verdict.get("design"):
+                    design = item.verdict["design"]
                     designs[design] = designs.get(design, 0) + 1
         verdicts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
-        against = (
-            f"baseline {session.settings.baseline!r}" if session.settings.baseline else "A side"
-        )
         how = ", ".join(f"{n} {design}" for design, n in sorted(designs.items()))
+        m = data.comparisons
         yield (
-            f"compared with {against}: {verdicts}" + (f" ({how})" if how else "") + "; a "
-            "slowdown of the threshold is caught, half of it is not flagged, over "
-            f"{session.comparisons} item{'s' if session.comparisons != 1 else ''}"
+            f"compared with {data.against or 'a baseline'}: {verdicts}"
+            + (f" ({how})" if how else "")
+            + "; a slowdown of the threshold is caught, half of it is not flagged, over "
+            f"{m} item{'s' if m != 1 else ''}"
         )
-        if session.baseline_note:
-            yield session.baseline_note
-    traced = [r for r in session.records if r.result and r.result.trace and r.result.trace.path]
+        yield from data.notes
+    traced = [item.record for item in data.items if item.record.trace and item.record.trace.path]
     if traced:
-        yield f"traces ({traced[0].result.trace.level}), open in https://ui.perfetto.dev:"  # type: ignore[union-attr]
+        yield f"traces ({traced[0].trace.level}), open in https://ui.perfetto.dev:"  # type: ignore[union-attr]
         for record in traced:
-            trace = record.result.trace  # type: ignore[union-attr]
-            top = ", ".join(
-                f"{row.layer} {row.self_us:.0f} µs"
-                for row in _top(record.result.layers, 3)  # type: ignore[union-attr]
-            )
-            yield f"  {record.item_id}: {trace.path}" + (f" (top: {top})" if top else "")  # type: ignore[union-attr]
-    yield from matrix_lines(session)
-    if session.records:
+            top = ", ".join(f"{row.layer} {row.self_us:.0f} µs" for row in _top(record.layers, 3))
+            yield f"  {record.item_id}: {record.trace.path}" + (f" (top: {top})" if top else "")  # type: ignore[union-attr]
+    yield from matrix_lines(data)
+    if data.items:
         from pytest_mlscope.hardware import noise_sources
 
-        noisy = noise_sources(session.host.tuning)
+        noisy = noise_sources(data.run.host.get("tuning") or {})
         if noisy:
             yield (
                 f"host not tuned for benchmarking ({', '.join(noisy)}): expect noisier timings "
                 "(`python -m pyperf system tune` fixes what it can)"
             )
-    if session.shard_note:
-        yield session.shard_note
-    if session.started:
-        yield f"run {session.run_id} stored in {session.store.url}"
-    if session.xdist_workers:
-        yield (
-            f"{session.xdist_workers} pytest-xdist workers, one run: items were timed one at a "
-            f"time across workers (a lock, {session.lock_waited_s:.1f} s waited in all) so "
-            "parallel items did not distort each other's timings"
-        )
-    yield from session.report_lines
-    if session.saved_baseline:
-        yield f"baseline {session.saved_baseline!r} now points to run {session.run_id}"

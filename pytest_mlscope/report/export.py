@@ -19,8 +19,6 @@ from pytest_mlscope.errors import MlscopeError
 if TYPE_CHECKING:
     from pytest_mlscope.store import ResultRecord, RunRecord
 
-FORMATS = ("pyperf", "pytest-benchmark")
-
 
 def _timed(results: list[ResultRecord]) -> list[ResultRecord]:
     return [r for r in results if r.samples_ns]
@@ -166,13 +164,3 @@ def write_pytest_benchmark(
     }
     Path(path).write_text(json.dumps(document, indent=2))
     return len(benchmarks)
-
-
-def export_run(
-    run: RunRecord, results: list[ResultRecord], fmt: str, path: str | os.PathLike[str]
-) -> int:
-    if fmt == "pyperf":
-        return write_pyperf(run, results, path)
-    if fmt == "pytest-benchmark":
-        return write_pytest_benchmark(run, results, path)
-    raise MlscopeError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
