@@ -226,7 +226,7 @@ def test_the_session_prints_the_stored_run_as_every_registered_format_renders_it
             capture_output=True, text=True,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert f"(1 items of run {run_id[:12]}, {name} format)" in done.stdout
+        assert f"(1 item of run {run_id[:12]}, {name} format)" in done.stdout
         written[name] = target.read_text()
     # The terminal table is the stored run, as the text export reads it back later.
     text = written["text"].splitlines()

@@ -148,5 +148,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             across=chosen.history,
         )  # fmt: skip
     count = chosen.write(data, Path(args.output))
-    print(f"wrote {args.output} ({count} items of run {data.run.id[:12]}, {chosen.name} format)")
+    what = f"{plural(count, 'item')} of run {data.run.id[:12]}, {chosen.name} format"
+    print(f"wrote {args.output} ({what})")
     return EXIT_OK
