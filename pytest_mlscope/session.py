@@ -361,12 +361,16 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
             self.report_lines.append("the baseline keeps no model file for: " + "; ".join(missed))
         return list(entries.values())
 
-    def _markdown_targets(self) -> list[Path]:
-        targets = [self.settings.markdown] if self.settings.markdown else []
+    def _file_reports(self) -> list[tuple[str, Path, bool]]:
+        """The file reports the settings ask for: (format, where, whether it appends). The
+        markdown summary also goes to GitHub's step summary when one is set, appended."""
+        html, markdown = self.settings.html, self.settings.markdown
+        wanted = [("html", html, False)] if html else []
+        wanted += [("markdown", markdown, False)] if markdown else []
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY", "").strip()
         if step_summary:
-            targets.append(Path(step_summary))
-        return targets
+            wanted.append(("markdown", Path(step_summary), True))
+        return wanted
 
     def _report_data(self) -> ReportData | None:
         """What every report of this run shows, read back from the database before it closes:
@@ -374,9 +378,10 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
         holds, as ``mlscope show`` and ``mlscope report`` will later. Each item's history and
         the other systems are read only when a file report shows them. None, said in the
         summary, when the run cannot be read: its results are stored all the same."""
+        from pytest_mlscope.report import FORMATS
         from pytest_mlscope.report import data as report_data
 
-        full = self.settings.html is not None or bool(self._markdown_targets())
+        full = any(FORMATS[name].history for name, _, _ in self._file_reports())
         try:
             data = report_data.load(
                 self.store, self.run_id, history=report_data.HISTORY_RUNS if full else 0,
@@ -411,15 +416,9 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
         summary, never raised: the results are stored."""
         from pytest_mlscope.report import FORMATS
 
-        html = self.settings.html
-        wanted: list[tuple[str, Path, bool]] = [("html", html, False)] if html else []
-        wanted += [
-            ("markdown", target, target != self.settings.markdown)  # the step summary appends
-            for target in self._markdown_targets()
-        ]
-        for name, target, appending in wanted:
+        for name, target, appending in self._file_reports():
             try:
-                FORMATS[name].write(data, target, append=appending, html=html)
+                FORMATS[name].write(data, target, append=appending, html=self.settings.html)
                 self.report_lines.append(f"{FORMATS[name].title}: {target}")
             except Exception as exc:
                 self.report_lines.append(f"{FORMATS[name].title} not written to {target}: {exc}")
