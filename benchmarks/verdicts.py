@@ -206,7 +206,26 @@ def judged(db: Path) -> dict[str, Any]:
         "reason": verdict.get("reason"),
         # worker processes per side that timed the pairs (1 + 1 inside one worker)
         "workers": [len({pair[side] for pair in record.paired_workers}) or 1 for side in (0, 1)],
+        **processes(record),
     }
+
+
+def processes(record: Any) -> dict[str, Any]:
+    """Across worker processes, what set the interval's width that session: how far each side's
+    processes' own speeds scattered (the sd of a worker's level, less what its pairs' noise
+    alone puts there) and the pairs' own noise about their two workers' levels."""
+    from pytest_mlscope.stats import _worker_levels, round_medians
+
+    if len({tuple(pair) for pair in record.paired_workers}) < 2:
+        return {}
+    a = round_medians(record.paired_samples_ns, record.paired_rounds)
+    b = round_medians(record.samples_ns, record.rounds)
+    found = _worker_levels(np.log(b) - np.log(a), record.paired_workers)
+    spread = []
+    for levels, members in zip(found.levels, found.members, strict=True):
+        sampling = np.mean([np.pi / 2 * found.noise**2 / max(1, m.sum()) for m in members])
+        spread.append(float(np.sqrt(max(0.0, levels.var(ddof=1) - sampling))))
+    return {"process_sd": spread, "pair_noise": float(found.noise)}
 
 
 def _check(done: subprocess.CompletedProcess[str], what: str) -> None:
@@ -488,6 +507,17 @@ def table(rows: list[dict[str, Any]], realized: dict[tuple[str, float], Any]) ->
             f"| {interleaved} "
             f"| {statistics.median(times):.1f} s |"
         )
+    measured = [r for r in rows if r.get("process_sd")]
+    if measured:
+        a, b = (statistics.median(r["process_sd"][k] for r in measured) for k in (0, 1))
+        noise = statistics.median(r["pair_noise"] for r in measured)
+        lines += [
+            "",
+            f"Across the worker processes of {len(measured)} sessions (medians): a process's own "
+            f"speed scattered by {a:.1%} (sd) on A's side and {b:.1%} on B's, beyond what its "
+            f"pairs' noise explains; a pair's log ratio scattered by {noise:.1%} about what its "
+            "two processes' levels predict.",
+        ]
     unchanged = [
         r["process_ratio"] for r in rows if r["design"] == "injected" and r["condition"] == 0
     ]
