@@ -294,6 +294,54 @@ def settings(config: pytest.Config) -> Settings:
     )
 
 
+def no_manifests(config: pytest.Config, paths: list[Path]) -> list[str]:
+    """What a session that collected no manifest says: where it looked, what it found there,
+    and the three ways to point it at manifests. A new user's first ``pytest --mlscope``
+    otherwise ends in "no tests ran" and nothing else."""
+    ini = config.inipath
+    lines = ["mlscope: no manifest was collected."]
+    uncollected = False  # manifests are there, but the command line named other paths
+    if not paths:
+        where = (
+            f"is set in {ini}"
+            if ini
+            else "is set (no pytest.ini, pyproject.toml, tox.ini or setup.cfg was found "
+            f"in {config.rootpath} or above it)"
+        )
+        lines.append(
+            "  No manifest paths: neither --mlscope-manifests=PATH nor the ini key "
+            f"mlscope_manifests {where}."
+        )
+    else:
+        from_cli = config.getoption("mlscope_manifests")
+        source = "--mlscope-manifests" if from_cli else f"mlscope_manifests in {ini}"
+        lines.append(f"  Looked in (from {source}):")
+        named = " ".join(str(arg) for arg in config.args)
+        for path in paths:
+            candidates = [path] if path.is_file() else path.rglob("*.y*ml")
+            found = [f for f in candidates if f.suffix in (".yaml", ".yml")]
+            if not path.exists():
+                state = "does not exist"
+            elif not found:
+                state = "no .yaml or .yml file"
+            else:
+                state = (
+                    f"{len(found)} manifest file{'s' if len(found) != 1 else ''}, not collected: "
+                    f"the command line names other paths ({named}); name this one too, or none"
+                )
+            lines.append(f"    {path}: {state}")
+            uncollected = uncollected or bool(found)
+    if uncollected:
+        return lines
+    lines += [
+        "  Point the plugin at your manifests: pytest --mlscope --mlscope-manifests=manifests,",
+        "  or once for the project, in pyproject.toml under [tool.pytest.ini_options]:",
+        '    mlscope_manifests = ["manifests"]',
+        "  No manifest yet? Write one from a model file: mlscope init path/to/model.onnx",
+    ]
+    return lines
+
+
 def _either(config: pytest.Config, name: str) -> Any:
     """The option's value, else the ini key's; None when neither is set (or both are empty)."""
     return config.getoption(name) or config.getini(name) or None

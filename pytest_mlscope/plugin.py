@@ -79,8 +79,22 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     resolved = file_path.resolve()
     for root in session.settings.manifest_paths:
         if resolved == root or resolved.is_relative_to(root):
+            session.manifest_files += 1
             return ManifestFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    # A session that found no manifest (and no test that evaluates by hand) says where it looked;
+    # an xdist controller collects nothing itself, its workers do.
+    from pytest_mlscope import xdist
+
+    session = session_of(config)
+    if session is None or session.manifest_files or xdist.is_controller(config):
+        return []
+    if any("mlscope_eval" in getattr(item, "fixturenames", ()) for item in items):
+        return []
+    return options.no_manifests(config, session.settings.manifest_paths)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -125,6 +125,7 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.manifests: dict[str, Manifest] = {}
+        self.manifest_files = 0  # collected, loaded or not (none: say where the plugin looked)
         self.records: list[Record] = []
         self._runtimes: dict[str, Runtime] = {}
         self._store: Store | None = None

@@ -239,6 +239,48 @@ def test_without_the_flag_manifests_are_not_collected(pytester: pytest.Pytester)
     assert not (pytester.path / ".mlscope").exists()
 
 
+def test_with_no_manifest_found_the_session_says_where_it_looked_and_what_to_do(
+    pytester: pytest.Pytester,
+) -> None:
+    """A new user's first `pytest --mlscope`: not a bare "no tests ran", but where the plugin
+    looked, what it found there, and how to point it at manifests."""
+    empty = _run(pytester)
+    assert empty.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    empty.stdout.fnmatch_lines(
+        [
+            "mlscope: no manifest was collected.",
+            "  No manifest paths: neither --mlscope-manifests=PATH nor the ini key "
+            "mlscope_manifests is set (no pytest.ini, *",
+            "  Point the plugin at your manifests: pytest --mlscope --mlscope-manifests=manifests,",
+            '    mlscope_manifests = ["manifests"]',
+            "  No manifest yet? Write one from a model file: mlscope init path/to/model.onnx",
+        ]
+    )
+    ini = pytester.makeini("[pytest]\nmlscope_manifests = models\n")
+    missing = _run(pytester)
+    missing.stdout.fnmatch_lines(
+        [
+            f"  Looked in (from mlscope_manifests in {ini}):",
+            f"    {pytester.path}/models: does not exist",
+        ]
+    )
+    (pytester.path / "models").mkdir()
+    copy_manifest("digits_cnn", pytester.path / "models")
+    pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
+    elsewhere = _run(pytester, "test_unit.py")
+    elsewhere.assert_outcomes(passed=1)
+    elsewhere.stdout.fnmatch_lines(
+        [
+            f"    {pytester.path}/models: 1 manifest file, not collected: the command line names "
+            "other paths (test_unit.py); name this one too, or none"
+        ]
+    )
+    elsewhere.stdout.no_fnmatch_line("*Point the plugin*")
+    found = _run(pytester, "--co", "-q")
+    found.stdout.no_fnmatch_line("*no manifest was collected*")
+    assert "digits_cnn[onnxruntime-cpu-bs1-single_stream]" in found.stdout.str()
+
+
 def test_a_framework_version_the_host_lacks_is_skipped_with_the_reason(
     pytester: pytest.Pytester,
 ) -> None:

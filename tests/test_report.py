@@ -298,3 +298,39 @@ def test_the_default_session_writes_the_report_into_the_state_folder(
     assert ITEM in page and "not compared" in page
     json.dumps(page)  # one self-contained text file
     assert "http://" not in page.replace("http://www.w3.org", "")  # nothing fetched
+
+
+def test_a_skipped_item_says_why_in_the_html_table_and_the_markdown_summary(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host without a GPU skips the TensorRT items; the reader of the report or the job
+    summary sees why beside the outcome, once per reason, not a bare 'skipped'."""
+    from markupsafe import escape as html_escape
+
+    from pytest_mlscope.hardware import current_host
+
+    if current_host().gpus:
+        pytest.skip("this host has a GPU: TensorRT items would run, not skip")
+    bundled = Path(__file__).resolve().parent.parent / "manifests" / "digits_cnn.yaml"
+    shutil.copyfile(bundled, suite.path / "manifests" / "digits_cnn.yaml")  # TensorRT's entry too
+    summary = suite.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    page = suite.path / "report.html"
+    result = suite.runpytest_subprocess(
+        "--mlscope", "-p", "no:cacheprovider", "-k", "tensorrt", f"--mlscope-html={page}"
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("skipped", 0) >= 2 and "passed" not in outcomes
+    with Store.from_location(suite.path / ".mlscope" / "results.db", create=False) as store:
+        (run,) = store.runs()
+        records = store.latest_results(run.id).values()
+    reasons = {record.message for record in records}
+    assert len(reasons) == 1 and all(reasons)  # one reason, as pytest reported it
+    (reason,) = reasons
+    first = reason.splitlines()[0]
+    text = summary.read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("- ") and "tensorrt" in line]
+    assert line.startswith(f"- {markdown.escape(first)}: `digits_cnn[tensorrt-gpu-bs")
+    assert "### Skipped" in text
+    shown = page.read_text()
+    assert f'<div class="why muted" title="{html_escape(first)}">' in shown

@@ -54,6 +54,18 @@ class Item:
     def kind(self) -> str | None:
         return (self.verdict or {}).get("kind")
 
+    @property
+    def why(self) -> str:
+        """Why the item did not pass, in one line: a skip's reason (its first line), a failure's
+        last line (where the error says what went wrong); empty when it passed."""
+        if self.record.outcome == "passed":
+            return ""
+        lines = [line.strip() for line in (self.record.message or "").splitlines()]
+        lines = [line for line in lines if line]
+        if not lines:
+            return ""
+        return lines[0] if self.record.outcome == "skipped" else lines[-1]
+
 
 @dataclass(frozen=True)
 class System:

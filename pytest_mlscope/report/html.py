@@ -126,6 +126,7 @@ def _item_view(item: Item) -> dict[str, Any]:
         "cell": record.cell,
         "outcome": record.outcome,
         "message": record.message,
+        "why": item.why,
         "accuracy": record.accuracy.headline() if record.accuracy else "-",
         "accuracy_ok": record.accuracy.passed if record.accuracy else None,
         "summary": summary,

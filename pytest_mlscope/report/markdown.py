@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from pytest_mlscope.report.terminal import printable
 
 if TYPE_CHECKING:
-    from pytest_mlscope.report.data import LayersAcross, ReportData
+    from pytest_mlscope.report.data import Item, LayersAcross, ReportData
 
 MAX_ROWS = 50  # a job summary is read, not searched; the HTML report has every row
 MAX_LAYERS = 15  # slowest layers per model in the side-by-side tables
@@ -74,8 +74,8 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
     if failed:
         lines += ["", "### Failed", ""]
         for item in failed:
-            first = (item.record.message or "").strip().splitlines()
-            lines.append(f"- {_code(item.id)}: {escape(first[-1] if first else '')}")
+            lines.append(f"- {_code(item.id)}: {escape(item.why)}")
+    lines += _skipped(data.items)
 
     lines += [
         "",
@@ -137,4 +137,25 @@ def _layers_across(group: LayersAcross) -> list[str]:
         lines.append("| " + " | ".join(row) + " |")
     if len(named) > MAX_LAYERS:
         lines.append(f"\n{len(named) - MAX_LAYERS} more layers in the HTML report")
+    return lines
+
+
+SKIPPED_NAMED = 3  # items named per skip reason; the rest are counted
+
+
+def _skipped(items: list[Item]) -> list[str]:
+    """Why items were skipped, one line per reason: a host without a GPU skips every GPU item
+    for one reason, which a line per item would repeat."""
+    reasons: dict[str, list[str]] = {}
+    for item in items:
+        if item.record.outcome == "skipped":
+            reasons.setdefault(item.why or "no reason given", []).append(item.id)
+    if not reasons:
+        return []
+    lines = ["", "### Skipped", ""]
+    for reason, ids in reasons.items():
+        named = ", ".join(_code(i) for i in ids[:SKIPPED_NAMED])
+        if len(ids) > SKIPPED_NAMED:
+            named += f" and {len(ids) - SKIPPED_NAMED} more"
+        lines.append(f"- {escape(reason)}: {named}")
     return lines

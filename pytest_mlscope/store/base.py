@@ -3,8 +3,6 @@ its mixins build on, which declares the engine and the methods one concern calls
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -28,14 +26,3 @@ class _StoreBase:
     if TYPE_CHECKING:
 
         def get_run(self, run_id_or_prefix: str) -> RunRecord: ...
-
-        def put_artifact(
-            self,
-            path: str | os.PathLike[str],
-            *,
-            sha256: str,
-            format: str,
-            filename: str | None = None,
-        ) -> bool: ...
-
-        def _free_artifacts(self, candidates: Iterable[str]) -> int: ...

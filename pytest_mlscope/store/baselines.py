@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from pytest_mlscope.store.artifacts import _check_sha256
-from pytest_mlscope.store.base import StoreError, _StoreBase
+from pytest_mlscope.store.artifacts import ArtifactsMixin, _check_sha256
+from pytest_mlscope.store.base import StoreError
 from pytest_mlscope.store.records import (
     ArtifactEntry,
     BaselineArtifact,
@@ -37,8 +37,9 @@ class _ReferencesRaced(Exception):
     writing a baseline's references: the transaction is rolled back and set again."""
 
 
-class BaselinesMixin(_StoreBase):
-    """Setting, reading and deleting named baselines and the artifacts they keep."""
+class BaselinesMixin(ArtifactsMixin):
+    """Setting, reading and deleting named baselines and the artifacts they keep (stored and
+    freed through the artifacts' own methods)."""
 
     def set_baseline(
         self,
