@@ -97,7 +97,7 @@ class Availability:
             return f"{where}: {exc}", True
         if found is None:
             system = SYSTEM_STACKS.get(stack)
-            first = f"containers/{system.base_script} (its base), then " if system else ""
+            first = f"`mlscope containers base {stack}` (its base), then " if system else ""
             return (
                 f"{where}: no image {image} here; build it with {first}"
                 f"`mlscope containers build {stack}`",

@@ -2,7 +2,7 @@
 items run for real in the image `.ci/run` builds (Debian bullseye's Caffe), agreeing with torch.
 
 Without a Docker daemon or the image the container tests skip on a laptop and fail under CI=true.
-Build the image with ``containers/caffe/base.sh`` then ``mlscope containers build caffe``.
+Build the image with ``mlscope containers base caffe`` then ``mlscope containers build caffe``.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_the_caffemodel_holds_the_torch_weights_under_the_torch_names(
 def test_the_caffe_plan_needs_its_base_and_reads_the_version_from_its_labels(
     tmp_path: Path,
 ) -> None:
-    folder = REPO / "containers"
+    folder = None  # the recipes that ship with the package
 
     class Images:
         def __init__(self, labels: dict[str, str] | None) -> None:
@@ -124,7 +124,7 @@ def test_the_caffe_plan_needs_its_base_and_reads_the_version_from_its_labels(
         def __init__(self, labels: dict[str, str] | None) -> None:
             self.images = Images(labels)
 
-    with pytest.raises(containers.ContainerError, match=r"containers/caffe/base\.sh"):
+    with pytest.raises(containers.ContainerError, match=r"`mlscope containers base caffe`"):
         containers.plan("caffe", folder, docker=Client(None))
     with pytest.raises(containers.ContainerError, match="python3-caffe"):
         containers.plan("caffe", folder, docker=Client({"org.mlscope.python": "3.11.2"}))
@@ -179,7 +179,8 @@ def caffe_image() -> str:
         raise
     if containers.find_image(client, CAFFE_IMAGE) is None:
         requires_ci(
-            f"no image {CAFFE_IMAGE}: containers/caffe/base.sh, then mlscope containers build caffe"
+            f"no image {CAFFE_IMAGE}: mlscope containers base caffe, then "
+            "mlscope containers build caffe"
         )
     return CAFFE_IMAGE
 

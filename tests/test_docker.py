@@ -1,7 +1,7 @@
 """The docker runtime, for real: a Docker daemon, the stack images `.ci/run` builds, real models.
 
 Without a daemon or the images these tests skip on a laptop and fail under CI=true. Build the
-images with ``containers/base/build.sh`` (or any python:3.11 base) and
+images with ``mlscope containers base`` (or any python:3.11 base) and
 ``mlscope containers build onnxruntime torch --base mlscope/base:bookworm``.
 """
 
@@ -444,7 +444,7 @@ def test_requirements_pin_what_the_host_runs_and_leave_out_host_only_packages() 
 
 def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
     folder = tmp_path / "containers"
-    shutil.copytree(REPO / "containers", folder)
+    shutil.copytree(containers.RECIPES, folder)
     first = containers.plan("torch", folder, base_image="mlscope/base:bookworm")
     again = containers.plan("torch", folder, base_image="mlscope/base:bookworm")
     assert first.digest == again.digest and len(first.digest) == 64
@@ -464,15 +464,68 @@ def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
         containers.plan("onnxruntime", folder, device="gpu")
 
 
+def test_the_recipes_ship_in_the_wheel_and_a_project_adds_to_or_replaces_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user with only the wheel builds the bundled stacks' images and bases from the recipes
+    inside it; a project's own containers/<stack>/ replaces a bundled stack or adds one."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(REPO)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("pytest_mlscope-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {
+        str(path.relative_to(REPO)) for path in containers.RECIPES.rglob("*") if path.is_file()
+    }
+    assert {"base/build.sh", "caffe/base.sh", "torch/Dockerfile.gpu"} <= {
+        name.removeprefix("pytest_mlscope/containers/recipes/") for name in shipped
+    }
+    assert shipped <= names
+    # No project recipes: the bundled ones, wherever the user stands.
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    monkeypatch.chdir(project / "sub")
+    assert containers.recipe_folders() == [containers.RECIPES]
+    assert containers.stacks() == ["caffe", "onnxruntime", "tensorflow", "torch"]
+    bundled = containers.plan("onnxruntime", base_image="mlscope/base:bookworm")
+    assert bundled.dockerfile == containers.RECIPES / "onnxruntime" / "Dockerfile"
+    # The project's containers/ above the working folder: its onnxruntime and its own stack.
+    own = project / "containers"
+    (own / "onnxruntime").mkdir(parents=True)
+    text = (containers.RECIPES / "onnxruntime" / "Dockerfile").read_text()
+    (own / "onnxruntime" / "Dockerfile").write_text(text + "RUN echo the team's own layer\n")
+    (own / "mystack").mkdir()
+    (own / "mystack" / "Dockerfile").write_text("FROM scratch\n")
+    assert containers.recipe_folders() == [own, containers.RECIPES]
+    assert containers.stacks() == ["caffe", "mystack", "onnxruntime", "tensorflow", "torch"]
+    replaced = containers.plan("onnxruntime", base_image="mlscope/base:bookworm")
+    assert replaced.dockerfile == own / "onnxruntime" / "Dockerfile"
+    assert replaced.digest != bundled.digest
+    # A GPU build the project did not override still comes from the wheel.
+    assert containers.recipe("onnxruntime", "Dockerfile.gpu") == (
+        containers.RECIPES / "onnxruntime" / "Dockerfile.gpu"
+    )
+    assert containers.base_recipe("caffe") == (
+        containers.RECIPES / "caffe" / "base.sh",
+        "mlscope/base:bullseye-caffe",
+    )
+    with pytest.raises(containers.ContainerError, match="only caffe has one of its own"):
+        containers.base_recipe("torch")
+
+
 def test_an_unchanged_image_is_not_rebuilt(images: list[str], docker_client: object) -> None:
     """The image CI built from this checkout has this checkout's content hash: building again
     is a lookup, not a build."""
     base = containers.find_image(docker_client, ORT_IMAGE).labels[  # type: ignore[union-attr]
         f"{containers.LABEL}.base-image"
     ]
-    made = containers.plan(
-        "onnxruntime", REPO / "containers", base_image=base, docker=docker_client
-    )
+    made = containers.plan("onnxruntime", base_image=base, docker=docker_client)
     if containers.find_image(docker_client, made.tag) is None:
         requires_ci(f"{ORT_IMAGE} was built from other sources than this checkout's")
     built = containers.build(made, docker_client)

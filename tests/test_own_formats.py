@@ -217,7 +217,10 @@ def docker_client() -> Any:
         raise
     image = containers.default_image("caffe")
     if containers.find_image(client, image) is None:
-        requires_ci(f"no image {image}: containers/caffe/base.sh, then `mlscope containers build`")
+        requires_ci(
+            f"no image {image}: `mlscope containers base caffe`, then "
+            "`mlscope containers build caffe`"
+        )
     return client
 
 

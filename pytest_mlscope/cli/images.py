@@ -11,6 +11,11 @@ from pytest_mlscope.cli.common import EXIT_ERROR
 from pytest_mlscope.report.terminal import table
 from pytest_mlscope.vocabulary import DEVICES
 
+RECIPES_HELP = (
+    "a folder of stack recipes (<stack>/Dockerfile, base.sh) that adds to or replaces the bundled "
+    "ones (default: the project's containers/, in this folder or above it)"
+)
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     containers = commands.add_parser(
@@ -19,9 +24,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     container_commands = containers.add_subparsers(
         dest="containers_command", required=True, metavar="ACTION"
     )
+    base = container_commands.add_parser(
+        "base",
+        help="build a base image with no container registry (debootstrap, needs root): the pip "
+        "stacks' mlscope/base:bookworm, or with STACK (caffe) that stack's own",
+    )
+    base.add_argument("stack", nargs="?", metavar="STACK", help="a stack with a base of its own")
+    base.add_argument("--tag", help="the image's tag (default: the one the stacks build FROM)")
+    base.add_argument("--dir", type=Path, help=RECIPES_HELP)
+    base.set_defaults(handler=cmd_containers_base)
     build = container_commands.add_parser(
         "build",
-        help="build stack images (containers/<stack>/Dockerfile); only what changed is rebuilt",
+        help="build stack images (the bundled recipes, or the project's containers/<stack>/"
+        "Dockerfile); only what changed is rebuilt",
     )
     build.add_argument(
         "stacks", nargs="*", metavar="STACK", help="stacks to build (default: every one)"
@@ -30,8 +45,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--base",
         metavar="IMAGE",
         help="base image (default python:3.11-slim; mlscope/base:bookworm from "
-        "containers/base/build.sh where no registry is reachable; caffe: "
-        "mlscope/base:bullseye-caffe from containers/caffe/base.sh)",
+        "`mlscope containers base` where no registry is reachable; caffe: "
+        "mlscope/base:bullseye-caffe from `mlscope containers base caffe`)",
     )
     build.add_argument("--device", choices=DEVICES, default="cpu")
     build.add_argument(
@@ -40,9 +55,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the framework release to install (default: the one installed here)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if the hash matches")
-    build.add_argument(
-        "--dir", type=Path, help="the folder holding <stack>/Dockerfile (default: ./containers)"
-    )
+    build.add_argument("--dir", type=Path, help=RECIPES_HELP)
     build.set_defaults(handler=cmd_containers_build)
     listing = container_commands.add_parser("list", help="list the stack images built here")
     listing.set_defaults(handler=cmd_containers_list)
@@ -54,10 +67,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     prune.set_defaults(handler=cmd_containers_prune)
 
 
+def cmd_containers_base(args: argparse.Namespace) -> int:
+    from pytest_mlscope import containers
+
+    tag = containers.build_base(args.stack, args.dir, args.tag)
+    print(
+        f"{tag}  built; stacks build FROM it with --base {tag}"
+        if not args.stack
+        else f"{tag}  built"
+    )
+    return 0
+
+
 def cmd_containers_build(args: argparse.Namespace) -> int:
     from pytest_mlscope import containers
 
-    folder = args.dir.resolve() if args.dir else containers.containers_dir()
+    folder = args.dir
     chosen = args.stacks or containers.stacks(folder)
     if args.framework_version and len(chosen) != 1:
         raise containers.ContainerError("--framework-version needs exactly one STACK")

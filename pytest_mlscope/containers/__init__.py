@@ -1,9 +1,10 @@
 """Container images of software stacks: what goes into one, its content-hashed tag, the build.
 
 An image holds pytest-mlscope's worker and one framework, nothing else. Its build context is put
-together here: the stack's Dockerfile (``containers/<stack>/Dockerfile``), a requirements file
-pinned to the versions installed on this host (so a container runs the same numpy and framework as
-the subprocess runtime unless asked otherwise), a wheelhouse that the host builds with its own pip
+together here: the stack's Dockerfile (``recipes/<stack>/Dockerfile`` in the package, or the
+project's own ``containers/<stack>/Dockerfile``), a requirements file pinned to the versions
+installed on this host (so a container runs the same numpy and framework as the subprocess runtime
+unless asked otherwise), a wheelhouse that the host builds with its own pip
 (the image build then needs no network, no registry credentials and no CA bundle: the wheels come
 in, the build runs with ``network_mode=none``), and the package source. The tag carries the stack,
 the framework version, the device and a hash of all of that, so ``mlscope containers build``
@@ -22,6 +23,7 @@ from pytest_mlscope.containers.building import (
     _first_line,
     _link_or_copy,
     build,
+    build_base,
     build_wheelhouse,
     client,
     find_image,
@@ -33,6 +35,7 @@ from pytest_mlscope.containers.building import (
 from pytest_mlscope.containers.naming import (
     ARCHES,
     DEFAULT_BASE_IMAGE,
+    DEFAULT_OFFLINE_BASE,
     DISTRIBUTION,
     GPU_DISTRIBUTIONS,
     HOST_ONLY,
@@ -47,12 +50,16 @@ from pytest_mlscope.containers.naming import (
     image_for,
 )
 from pytest_mlscope.containers.planning import (
+    RECIPES,
     ImagePlan,
     _installed,
     _source_files,
     _system_requirements,
-    containers_dir,
+    base_recipe,
     plan,
+    project_recipes,
+    recipe,
+    recipe_folders,
     source_digest,
     stacks,
     worker_requirements,
@@ -62,11 +69,13 @@ from pytest_mlscope.errors import MlscopeError, StackUnavailable
 __all__ = [
     "ARCHES",
     "DEFAULT_BASE_IMAGE",
+    "DEFAULT_OFFLINE_BASE",
     "DISTRIBUTION",
     "GPU_DISTRIBUTIONS",
     "HOST_ONLY",
     "LABEL",
     "PACKAGES_LABEL",
+    "RECIPES",
     "REPOSITORY",
     "SYSTEM_STACKS",
     "Built",
@@ -82,17 +91,21 @@ __all__ = [
     "_link_or_copy",
     "_source_files",
     "_system_requirements",
+    "base_recipe",
     "build",
+    "build_base",
     "build_wheelhouse",
     "client",
-    "containers_dir",
     "default_image",
     "docker_arch",
     "find_image",
     "image_for",
     "images",
     "plan",
+    "project_recipes",
     "prune",
+    "recipe",
+    "recipe_folders",
     "source_digest",
     "stacks",
     "superseded",

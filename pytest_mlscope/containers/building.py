@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_mlscope.containers.naming import LABEL, ContainerError
-from pytest_mlscope.containers.planning import ImagePlan
+from pytest_mlscope.containers.planning import ImagePlan, base_recipe, recipe
 
 # -- the docker daemon ---------------------------------------------------------------------------
 
@@ -127,6 +127,27 @@ class Built:
     size_mb: float
 
 
+def build_base(stack: str | None = None, folder: Path | None = None, tag: str | None = None) -> str:
+    """Build a base image without any container registry (debootstrap from a Debian mirror,
+    then ``docker import``) and return its tag: the pip stacks' one, or a system stack's.
+
+    The recipes are shell scripts because debootstrap is; they run as shipped in the wheel (or
+    as the project's ``containers/`` overrides them), so no clone of this repository is needed.
+    """
+    script, default_tag = base_recipe(stack, folder)
+    builder = recipe("base", "build.sh", folder)
+    env = dict(os.environ)
+    if builder is not None:  # a system stack's base.sh builds through the same builder
+        env["MLSCOPE_BASE_BUILD"] = str(builder)
+    chosen = tag or default_tag
+    done = subprocess.run(["bash", str(script), chosen], env=env, check=False)
+    if done.returncode != 0:
+        raise ContainerError(
+            f"{script} {chosen} failed (exit {done.returncode}); its output is above"
+        )
+    return chosen
+
+
 def find_image(docker: Any, reference: str) -> Any | None:
     import docker as sdk
 
@@ -207,7 +228,7 @@ def _build_failure(made: ImagePlan, exc: Exception) -> str:
     if "pull access denied" in tail or ("not found" in tail and made.base_image in tail):
         hint = (
             f"\n(the base image {made.base_image} is not here and could not be pulled: build an "
-            "offline one with containers/base/build.sh and pass --base mlscope/base:bookworm)"
+            "offline one with `mlscope containers base` and pass --base mlscope/base:bookworm)"
         )
     return f"building {made.tag} from {made.dockerfile} failed:\n{tail}{hint}"
 

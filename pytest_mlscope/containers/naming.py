@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 DISTRIBUTION = "pytest-mlscope"
 REPOSITORY = "mlscope"  # images are mlscope/<stack>:<tag>
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
+# What `mlscope containers base` builds (recipes/base/build.sh): python:3.11-slim's stand-in
+# where no container registry is reachable.
+DEFAULT_OFFLINE_BASE = "mlscope/base:bookworm"
 LABEL = "org.mlscope"
 # The worker never imports these: the store, the reports and pytest live on the host side only.
 HOST_ONLY = frozenset({"pytest", "sqlalchemy", "jinja2", "matplotlib"})
@@ -29,7 +32,7 @@ class SystemStack:
     """A framework that comes with its base image's OS packages, not from pip.
 
     Caffe has no wheel; Debian packaged it up to bullseye (``python3-caffe``, Python 3.9).
-    Its base image is debootstrapped with the packages (``containers/<stack>/base.sh``) and
+    Its base image is debootstrapped with the packages (its recipe's ``base.sh``) and
     labelled with their versions; the worker's own dependencies are resolved for the base's
     Python rather than pinned to the host's (whose releases may not exist for 3.9), and numpy is
     left to Debian's, the one Caffe was built against.
@@ -38,7 +41,6 @@ class SystemStack:
     base_image: str
     packages: tuple[str, ...]  # Debian packages the base holds; the first is the framework's
     requirements: tuple[str, ...]
-    base_script: str  # builds the base, relative to containers/
 
 
 SYSTEM_STACKS = {
@@ -57,11 +59,10 @@ SYSTEM_STACKS = {
             "opentelemetry-sdk>=1.20",
             "nvidia-ml-py>=12.535",
         ),
-        base_script="caffe/base.sh",
     ),
 }
-# Where ``containers/base/build.sh`` records the Debian packages it put in a base, as
-# ``name=version`` separated by spaces.
+# Where the base builder (``recipes/base/build.sh``, `mlscope containers base`) records the Debian
+# packages it put in a base, as ``name=version`` separated by spaces.
 PACKAGES_LABEL = f"{LABEL}.packages"
 
 

@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 import pytest_mlscope
 from pytest_mlscope.containers.naming import (
     DEFAULT_BASE_IMAGE,
+    DEFAULT_OFFLINE_BASE,
     DISTRIBUTION,
     GPU_DISTRIBUTIONS,
     HOST_ONLY,
@@ -30,22 +31,63 @@ from pytest_mlscope.containers.naming import (
 )
 from pytest_mlscope.errors import StackUnavailable
 
+RECIPES = Path(__file__).resolve().parent / "recipes"  # the bundled stacks', in the wheel
 
-def containers_dir(start: Path | None = None) -> Path:
-    """``containers/`` of the project: given, else in the current directory or above it."""
+
+def project_recipes(start: Path | None = None) -> Path | None:
+    """The project's own ``containers/`` (its stacks add to or replace the bundled ones), in
+    the current directory or above it; None when it has none."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / "containers"
-        if (candidate / "base" / "build.sh").exists() or any(candidate.glob("*/Dockerfile")):
+        if candidate != RECIPES and any(candidate.glob("*/Dockerfile*")):
             return candidate
-    raise ContainerError(
-        f"no containers/ folder with stack Dockerfiles in {here} or above it; "
-        "pass --dir (the folder that holds <stack>/Dockerfile)"
+    return None
+
+
+def recipe_folders(folder: Path | None = None) -> list[Path]:
+    """Where a stack's recipe is looked for, first match wins: ``folder`` (``--dir``) or the
+    project's ``containers/``, then the recipes that ship with pytest-mlscope."""
+    first = folder.resolve() if folder is not None else project_recipes()
+    return [first, RECIPES] if first is not None and first != RECIPES else [RECIPES]
+
+
+def recipe(stack: str, name: str, folder: Path | None = None) -> Path | None:
+    """A stack's file (``Dockerfile``, ``Dockerfile.gpu``, ``base.sh``) from the first folder
+    that has it."""
+    for root in recipe_folders(folder):
+        if (root / stack / name).is_file():
+            return root / stack / name
+    return None
+
+
+def base_recipe(stack: str | None = None, folder: Path | None = None) -> tuple[Path, str]:
+    """The script that builds a base image with no container registry, and the tag it makes:
+    the pip stacks' (``base/build.sh``, Debian bookworm's Python 3.11) or a system stack's own
+    (``<stack>/base.sh``: Caffe's bullseye with Debian's Caffe)."""
+    if stack is None:
+        found, tag = recipe("base", "build.sh", folder), DEFAULT_OFFLINE_BASE
+    else:
+        system = SYSTEM_STACKS.get(stack)
+        if system is None and stack not in stacks(folder):
+            raise ContainerError(f"no stack {stack} (stacks: {', '.join(stacks(folder))})")
+        if system is None:
+            raise ContainerError(
+                f"{stack} builds FROM a pip stacks' base; only "
+                f"{', '.join(SYSTEM_STACKS)} {'has' if len(SYSTEM_STACKS) == 1 else 'have'} one "
+                "of its own (`mlscope containers base` builds the pip stacks' one)"
+            )
+        found, tag = recipe(stack, "base.sh", folder), system.base_image
+    if found is None:
+        raise ContainerError(f"no base recipe for {stack or 'the pip stacks'} in any recipe folder")
+    return found, tag
+
+
+def stacks(folder: Path | None = None) -> list[str]:
+    """Every stack with a Dockerfile: the project's and the bundled ones."""
+    return sorted(
+        {p.parent.name for root in recipe_folders(folder) for p in root.glob("*/Dockerfile")}
     )
-
-
-def stacks(folder: Path) -> list[str]:
-    return sorted(p.parent.name for p in folder.glob("*/Dockerfile"))
 
 
 @dataclass(frozen=True)
@@ -187,17 +229,19 @@ def worker_requirements(
 
 def plan(
     stack: str,
-    folder: Path,
+    folder: Path | None = None,
     *,
     device: str = "cpu",
     base_image: str | None = None,
     framework_version: str | None = None,
     docker: Any = None,
 ) -> ImagePlan:
-    dockerfile = folder / stack / ("Dockerfile.gpu" if device == "gpu" else "Dockerfile")
-    if not dockerfile.exists():
+    name = "Dockerfile.gpu" if device == "gpu" else "Dockerfile"
+    dockerfile = recipe(stack, name, folder)
+    if dockerfile is None:
+        where = " or ".join(str(root / stack / name) for root in recipe_folders(folder))
         known = ", ".join(stacks(folder)) or "none"
-        raise ContainerError(f"no {dockerfile} (stacks with a Dockerfile in {folder}: {known})")
+        raise ContainerError(f"no {where} (stacks with a Dockerfile: {known})")
     if device == "gpu" and not base_image:
         raise ContainerError(
             f"{dockerfile} builds FROM a CUDA base image: pass --base (e.g. an nvidia/cuda "
@@ -253,7 +297,7 @@ def _system_requirements(
     stack: str, system: SystemStack, base: str, labels: dict[str, str]
 ) -> tuple[list[str], str, str]:
     """The worker's requirements, the framework version and the Python of a system stack's
-    base, read from the labels ``containers/base/build.sh`` gave it."""
+    base, read from the labels its base builder (``recipes/base/build.sh``) gave it."""
     packages = dict(
         item.split("=", 1) for item in labels.get(PACKAGES_LABEL, "").split() if "=" in item
     )
@@ -262,7 +306,7 @@ def _system_requirements(
         where = f"{base} has no label {PACKAGES_LABEL} naming it" if labels else f"no {base} here"
         raise ContainerError(
             f"the {stack} stack builds FROM a base image with Debian's {framework_package} "
-            f"({where}): build it with containers/{system.base_script}"
+            f"({where}): build it with `mlscope containers base {stack}`"
         )
     python = labels.get(f"{LABEL}.python", "")
     if python.count(".") < 1:

@@ -1,8 +1,8 @@
 """Caffe predictor: BVLC Caffe 1.0 from Debian's ``python3-caffe`` (CPU), in a container.
 
 Caffe has had no release since 2017 and no wheel on PyPI; Debian packaged it up to bullseye
-(Python 3.9), so its stack is an image made from that: ``containers/caffe/`` (base.sh, then
-``mlscope containers build caffe``). Its items always run in that container, whatever the
+(Python 3.9), so its stack is an image made from that: ``mlscope containers base caffe``, then
+``mlscope containers build caffe``. Its items always run in that container, whatever the
 session's runtime: there is no Caffe to run on the host. The artifact is the zoo's ``caffe``
 format, a caffemodel with its deploy prototxt beside it (``pytest_mlscope.zoo.caffe_models``), or a
 user's deploy prototxt and caffemodel (``caffe_net``), staged into one folder.

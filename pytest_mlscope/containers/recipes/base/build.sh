@@ -3,14 +3,14 @@
 # debootstrap from a Debian package mirror into a folder, then `docker import`. It stands in for
 # python:3.11-slim on machines that cannot reach Docker Hub (air-gapped CI, this project's CI):
 #
-#   containers/base/build.sh                     # -> mlscope/base:bookworm
+#   mlscope containers base                      # runs this: -> mlscope/base:bookworm
 #   mlscope containers build onnxruntime --base mlscope/base:bookworm
 #
 # Needs root (debootstrap chroots), debootstrap and a running Docker daemon.
 # Environment: MLSCOPE_BASE_SUITE (default bookworm, whose python3 is 3.11), MLSCOPE_BASE_MIRROR
 # (default http://deb.debian.org/debian), MLSCOPE_BASE_TAG (default mlscope/base:<suite>),
 # MLSCOPE_BASE_PACKAGES (Debian packages to add, e.g. "python3-caffe libopenblas0-pthread" on
-# bullseye for the Caffe stack: containers/caffe/base.sh). The image's labels record the suite,
+# bullseye for the Caffe stack: caffe/base.sh, `mlscope containers base caffe`). The image's labels record the suite,
 # the Python version and each added package's version (org.mlscope.packages, name=version).
 set -euo pipefail
 
