@@ -7,7 +7,7 @@ predictor, through benchmarks/verdicts.py's ROUND_TIMER: one reference process s
 within each pair, and its level is the median log ratio of its pairs. "kept": every process
 times the instance it loaded first; "renewed": a fresh instance every round, the old one closed
 first, as the gate's workers across two stacks take them. Both processes of a variant run the
-same variant. Writes its table to the README (``--readme``) between
+same variant. Writes its table to docs/benchmarks.md (``--readme``) between
 ``<!-- instances-table -->`` markers.
 
     .venv/bin/python benchmarks/instances.py --processes 16 --readme
@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _tables import write_table
 from verdicts import BASE_CONVS, REPO, ROUND_TIMER, export_model, machine
 
 PAIRS = 30
-MARKS = ("<!-- instances-table -->", "<!-- /instances-table -->")
 
 
 def levels(model: Path, variant: str, processes: int, seed: int) -> list[float]:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processes", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    parser.add_argument("--readme", action="store_true", help="rewrite docs/benchmarks.md's table")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlscope-instances-") as work:
@@ -104,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     if args.readme:
-        readme = REPO / "README.md"
-        content = readme.read_text()
-        start, end = content.index(MARKS[0]), content.index(MARKS[1])
-        readme.write_text(content[: start + len(MARKS[0])] + "\n" + text + "\n" + content[end:])
+        write_table("instances-table", text)
     return 0
 
 

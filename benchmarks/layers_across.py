@@ -14,7 +14,7 @@ its container image when the Docker daemon has it); the session says why any oth
 Run from the repository root::
 
     .venv/bin/python benchmarks/layers_across.py            # a few minutes on 2 cores
-    .venv/bin/python benchmarks/layers_across.py --readme   # rewrite the README's table
+    .venv/bin/python benchmarks/layers_across.py --readme   # rewrite its docs table
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _tables import write_table
+
 REPO = Path(__file__).resolve().parent.parent
 SELECT = "alexnet and cpu and bs1 and single_stream"
 PATTERN = "alexnet[*-cpu-bs1-single_stream]"
-MARK_BEGIN, MARK_END = "<!-- layers-across-table -->", "<!-- /layers-across-table -->"
 
 
 def run(*command: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -52,7 +53,7 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    parser.add_argument("--readme", action="store_true", help="rewrite docs/benchmarks.md's table")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlscope-layers-") as work:
         db = Path(work) / "results.db"
@@ -90,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(text)
     if args.readme:
-        readme = REPO / "README.md"
-        content = readme.read_text()
-        start, end = content.index(MARK_BEGIN), content.index(MARK_END)
-        readme.write_text(content[: start + len(MARK_BEGIN)] + "\n" + text + content[end:])
+        write_table("layers-across-table", text)
     return 0
 
 

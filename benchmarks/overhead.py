@@ -1,4 +1,4 @@
-"""What pytest-mlscope's measurement costs: the figures behind the README's overhead claims.
+"""What pytest-mlscope's measurement costs: the figures behind the overhead claims (docs/).
 
 Two questions, each answered as a ratio or a difference taken within one run:
 
@@ -95,7 +95,7 @@ QUICK = Plan(
 
 @dataclass
 class Row:
-    """One line of the README table."""
+    """One line of the overhead table."""
 
     what: str
     mlscope: str

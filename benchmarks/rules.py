@@ -659,7 +659,7 @@ def _condition(slowdown: float) -> str:
 
 
 def _pct(value: float, digits: int = 0, sign: bool = False) -> str:
-    """``5 %``, ``+1.7 %``: a fraction as a percentage, spaced as in the README."""
+    """``5 %``, ``+1.7 %``: a fraction as a percentage, spaced as in the docs."""
     return f"{value * 100:{'+' if sign else ''}.{digits}f} %"
 
 

@@ -9,7 +9,7 @@ from the database the sessions wrote; any ``regression`` is a false alarm.
 Run from the repository root (about a minute per rerun of ``-k "digits and bs8"`` on 2 cores)::
 
     .venv/bin/python benchmarks/unchanged_reruns.py                        # 20 reruns
-    .venv/bin/python benchmarks/unchanged_reruns.py --reruns 20 --readme   # rewrite the table
+    .venv/bin/python benchmarks/unchanged_reruns.py --reruns 20 --readme   # rewrite its docs table
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _tables import write_table
+
 REPO = Path(__file__).resolve().parent.parent
-MARK_BEGIN, MARK_END = "<!-- unchanged-reruns-table -->", "<!-- /unchanged-reruns-table -->"
 
 
 def session(project: Path, select: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reruns", type=int, default=20)
     parser.add_argument("-k", dest="select", default="digits and bs8")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    parser.add_argument("--readme", action="store_true", help="rewrite docs/benchmarks.md's table")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlscope-reruns-") as scratch:
@@ -94,10 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n\nFalse alarms:\n\n" + "\n".join(f"- {alarm}" for alarm in alarms)
     print(text)
     if args.readme:
-        readme = REPO / "README.md"
-        content = readme.read_text()
-        start, end = content.index(MARK_BEGIN), content.index(MARK_END)
-        readme.write_text(content[: start + len(MARK_BEGIN)] + "\n" + text + "\n" + content[end:])
+        write_table("unchanged-reruns-table", text)
     return 1 if alarms else 0
 
 

@@ -31,8 +31,8 @@ Three designs of change, each against its own baseline:
   so their totals are known as well as the release's difference is).
 
 The promise at the default T = 5 %: an unchanged model flagged at most 1 % of the time, a
-slowdown of T caught at least 95 %, one of T/2 flagged at most 5 % (README, "Baselines and
-verdicts"). Conditions run in a seeded random order, so drift does not line up with one.
+slowdown of T caught at least 95 %, one of T/2 flagged at most 5 % (docs/verdicts.md). Conditions
+run in a seeded random order, so drift does not line up with one.
 
 Run from the repository root (about two minutes per repetition of the three designs on 2 cores)::
 
@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _tables import write_table
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "user_cnn"
@@ -75,8 +76,8 @@ EDITS = (0, 1, 2, 4)  # identity convolutions an edit adds; 0 is a re-export of 
 REEXPORTED = -1  # the key of the re-exported base file in the models
 REALIZED_PROCESSES = 6
 OTHER_ORT = "1.31.1"  # the release the upgrade's baseline was measured on
-# The README's tables (their markers) and the designs each shows: the changes within one stack,
-# and the upgrade across two.
+# The tables in docs/benchmarks.md (their markers) and the designs each shows: the changes
+# within one stack, and the upgrade across two.
 TABLES = {"verdicts-table": ("injected", "edit"), "verdicts-upgrade-table": ("upgrade",)}
 MANIFEST = f"""\
 name: {MODEL}
@@ -562,12 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every repetition here")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table")
+    parser.add_argument("--readme", action="store_true", help="rewrite docs/benchmarks.md's tables")
     parser.add_argument(
         "--readme-from",
         type=Path,
         metavar="JSON",
-        help="rewrite the README's table from an earlier run's --json file, measuring nothing",
+        help="rewrite docs/benchmarks.md's tables from an earlier run's --json file, measuring "
+        "nothing",
     )
     parser.add_argument(
         "--conditions",
@@ -592,9 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme_from:  # the text that run printed, as it printed it, where its tables go
         saved = json.loads(args.readme_from.read_text())
         if "tables" not in saved:
-            parser.error(f"{args.readme_from} holds no table the README keeps")
+            parser.error(f"{args.readme_from} holds no table docs/benchmarks.md keeps")
         for name, text in saved["tables"].items():
-            write_readme(text, name)
+            write_table(name, text)
         return 0
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="mlscope-models-"))
@@ -677,17 +679,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.readme:
         for name, text in texts.items():
-            write_readme(text, name)
+            write_table(name, text)
     return 0
-
-
-def write_readme(text: str, name: str) -> None:
-    """The table between the README's markers of that name (a key of TABLES)."""
-    readme = REPO / "README.md"
-    content = readme.read_text()
-    begin, end_mark = f"<!-- {name} -->", f"<!-- /{name} -->"
-    start, end = content.index(begin), content.index(end_mark)
-    readme.write_text(content[: start + len(begin)] + "\n" + text + "\n" + content[end:])
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ RENEW_SHARE = 0.25  # renewing (loads and warm-up) may add at most this share of
 # offset of its worker. Not settled: a first measurement (outside the repository) had fresh
 # processes scatter 2.7 to 4 % on the instance each loaded first and 1.0 % on a fresh one every
 # round; benchmarks/instances.py, the same comparison rerun three times, found no clear
-# difference (1.0 to 1.2 % robust sd either way; README). The upgrade table was measured with
-# this share, and items stayed at 7 to 9 s.
+# difference (1.0 to 1.2 % robust sd either way; docs/benchmarks.md). The upgrade table was
+# measured with this share, and items stayed at 7 to 9 s.
 ACROSS_RENEW_SHARE = 1.0
 
 

@@ -254,7 +254,8 @@ def test_a_missing_golden_file_is_refused_unless_files_are_not_required(tmp_path
     line = line_of(text, "golden:")
     assert problems == [
         f"manifest bad.yaml:{line}: accuracy.golden: "
-        "expected an existing file, got 'goldens/new.npz' (no such file)"
+        "expected an existing file, got 'goldens/new.npz' (no such file); write it with "
+        "`mlscope golden bad.yaml`"
     ]
     manifest = load_manifest(tmp_path / "bad.yaml", require_files=False)
     assert manifest.accuracy.golden is not None

@@ -222,7 +222,12 @@ def _semantic_problems(
         if not resolved.is_relative_to(root):
             yield problem(key, f"expected a path inside {root}, got {relative!r}")
         elif require_files and not resolved.exists():
-            yield problem(key, f"expected an existing file, got {relative!r} (no such file)")
+            hint = (
+                f"; write it with `mlscope golden {source.display}`"
+                if key[:2] == ("accuracy", "golden")
+                else ""
+            )
+            yield problem(key, f"expected an existing file, got {relative!r} (no such file){hint}")
 
 
 def _line_number(problem: str) -> int:
