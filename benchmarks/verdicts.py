@@ -225,7 +225,8 @@ def processes(record: Any) -> dict[str, Any]:
     spread = []
     for levels, members in zip(found.levels, found.members, strict=True):
         sampling = np.mean([np.pi / 2 * found.noise**2 / max(1, m.sum()) for m in members])
-        spread.append(float(np.sqrt(max(0.0, levels.var(ddof=1) - sampling))))
+        level_var = float(levels.var(ddof=1)) if levels.size > 1 else 0.0  # one worker: none
+        spread.append(float(np.sqrt(max(0.0, level_var - sampling))))
     return {"process_sd": spread, "pair_noise": float(found.noise)}
 
 

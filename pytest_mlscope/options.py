@@ -324,6 +324,11 @@ def no_manifests(config: pytest.Config, paths: list[Path]) -> list[str]:
                 state = "does not exist"
             elif not found:
                 state = "no .yaml or .yml file"
+            elif any(path == Path(arg).resolve() for arg in config.args):
+                state = (
+                    f"{len(found)} manifest file{'s' if len(found) != 1 else ''}, not collected: "
+                    "pytest skipped the folder (norecursedirs or --ignore)"
+                )
             else:
                 state = (
                     f"{len(found)} manifest file{'s' if len(found) != 1 else ''}, not collected: "

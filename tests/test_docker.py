@@ -458,7 +458,8 @@ def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
     assert containers.plan("torch", folder, base_image="mlscope/base:bookworm").digest != (
         first.digest
     )
-    with pytest.raises(containers.ContainerError, match=r"no .*nosuch/Dockerfile.*onnxruntime"):
+    known = r"no stack 'nosuch' \(stacks with a Dockerfile: .*onnxruntime"
+    with pytest.raises(containers.ContainerError, match=known):
         containers.plan("nosuch", folder)
     with pytest.raises(containers.ContainerError, match="pass --base"):
         containers.plan("onnxruntime", folder, device="gpu")
@@ -507,10 +508,21 @@ def test_the_recipes_ship_in_the_wheel_and_a_project_adds_to_or_replaces_them(
     replaced = containers.plan("onnxruntime", base_image="mlscope/base:bookworm")
     assert replaced.dockerfile == own / "onnxruntime" / "Dockerfile"
     assert replaced.digest != bundled.digest
-    # A GPU build the project did not override still comes from the wheel.
-    assert containers.recipe("onnxruntime", "Dockerfile.gpu") == (
-        containers.RECIPES / "onnxruntime" / "Dockerfile.gpu"
+    # The project's onnxruntime replaces the bundled one whole: no GPU file of its own, none at all
+    # (never the bundled one beside the project's CPU file), and the error names where.
+    assert containers.recipe("onnxruntime", "Dockerfile.gpu") is None
+    with pytest.raises(containers.ContainerError, match=f"no {own}/onnxruntime/Dockerfile.gpu"):
+        containers.plan("onnxruntime", device="gpu", base_image="nvidia/cuda")
+    assert containers.recipe("torch", "Dockerfile.gpu") == (
+        containers.RECIPES / "torch" / "Dockerfile.gpu"
     )
+    with pytest.raises(containers.ContainerError, match=r"--dir .*nowhere: no such folder"):
+        containers.stacks(tmp_path / "nowhere")
+    # A project whose containers/ holds only its own base builder is found too.
+    shutil.rmtree(own)
+    (own / "base").mkdir(parents=True)
+    (own / "base" / "build.sh").write_text("echo the team's base\n")
+    assert containers.base_recipe() == (own / "base" / "build.sh", "mlscope/base:bookworm")
     assert containers.base_recipe("caffe") == (
         containers.RECIPES / "caffe" / "base.sh",
         "mlscope/base:bullseye-caffe",

@@ -30,7 +30,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "stacks' mlscope/base:bookworm, or with STACK (caffe) that stack's own",
     )
     base.add_argument("stack", nargs="?", metavar="STACK", help="a stack with a base of its own")
-    base.add_argument("--tag", help="the image's tag (default: the one the stacks build FROM)")
+    base.add_argument(
+        "--tag",
+        help="the image's tag (default: mlscope/base:bookworm, or the stack's base: "
+        "mlscope/base:bullseye-caffe)",
+    )
     base.add_argument("--dir", type=Path, help=RECIPES_HELP)
     base.set_defaults(handler=cmd_containers_base)
     build = container_commands.add_parser(
@@ -44,7 +48,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument(
         "--base",
         metavar="IMAGE",
-        help="base image (default python:3.11-slim; mlscope/base:bookworm from "
+        help="base image (default python:X.Y-slim of this Python; mlscope/base:bookworm from "
         "`mlscope containers base` where no registry is reachable; caffe: "
         "mlscope/base:bullseye-caffe from `mlscope containers base caffe`)",
     )
@@ -81,9 +85,16 @@ def cmd_containers_base(args: argparse.Namespace) -> int:
 
 def cmd_containers_build(args: argparse.Namespace) -> int:
     from pytest_mlscope import containers
+    from pytest_mlscope.vocabulary import FRAMEWORKS
 
     folder = args.dir
-    chosen = args.stacks or containers.stacks(folder)
+    chosen = args.stacks
+    if not chosen:  # every framework stack; a project's other images are not ours to build
+        found = containers.stacks(folder)
+        chosen = [stack for stack in found if stack in FRAMEWORKS]
+        others = [stack for stack in found if stack not in FRAMEWORKS]
+        if others:
+            print(f"not a framework stack, not built unless named: {', '.join(others)}")
     if args.framework_version and len(chosen) != 1:
         raise containers.ContainerError("--framework-version needs exactly one STACK")
     docker = containers.client()

@@ -85,7 +85,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                 "folder); "
                 + (
                     f"a {fmt} model loads, but its interface is not read here: write its "
-                    "model.source.path entry by hand (docs/manifests.md)"
+                    "model.source.path entry by hand (the Manifests page of the docs)"
                     if fmt
                     else "other formats are named in model.source.path by hand"
                 )

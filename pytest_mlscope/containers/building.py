@@ -139,8 +139,11 @@ def build_base(stack: str | None = None, folder: Path | None = None, tag: str | 
     env = dict(os.environ)
     if builder is not None:  # a system stack's base.sh builds through the same builder
         env["MLSCOPE_BASE_BUILD"] = str(builder)
+    if tag is None and stack is None:  # the builder's own default: its suite's tag
+        suite = env.get("MLSCOPE_BASE_SUITE", "bookworm")
+        default_tag = env.get("MLSCOPE_BASE_TAG") or f"mlscope/base:{suite}"
     chosen = tag or default_tag
-    done = subprocess.run(["bash", str(script), chosen], env=env, check=False)
+    done = subprocess.run(["bash", str(script), *([tag] if tag else [])], env=env, check=False)
     if done.returncode != 0:
         raise ContainerError(
             f"{script} {chosen} failed (exit {done.returncode}); its output is above"

@@ -4,6 +4,7 @@ comes with their base image, and the image a manifest's framework entry runs in.
 from __future__ import annotations
 
 import platform
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,9 @@ if TYPE_CHECKING:
 
 DISTRIBUTION = "pytest-mlscope"
 REPOSITORY = "mlscope"  # images are mlscope/<stack>:<tag>
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
+# The pip stacks' base: the official slim image of the host's Python, the minor version the
+# wheelhouse is built for (the Dockerfiles refuse another).
+DEFAULT_BASE_IMAGE = "python:{}.{}-slim".format(*sys.version_info[:2])
 # What `mlscope containers base` builds (recipes/base/build.sh): python:3.11-slim's stand-in
 # where no container registry is reachable.
 DEFAULT_OFFLINE_BASE = "mlscope/base:bookworm"

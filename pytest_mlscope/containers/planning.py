@@ -36,28 +36,41 @@ RECIPES = Path(__file__).resolve().parent / "recipes"  # the bundled stacks', in
 
 def project_recipes(start: Path | None = None) -> Path | None:
     """The project's own ``containers/`` (its stacks add to or replace the bundled ones), in
-    the current directory or above it; None when it has none."""
+    the current directory or above it: a folder with a stack's Dockerfile or a base builder.
+    None when there is none."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / "containers"
-        if candidate != RECIPES and any(candidate.glob("*/Dockerfile*")):
+        if candidate != RECIPES and _holds_recipes(candidate):
             return candidate
     return None
+
+
+def _holds_recipes(folder: Path) -> bool:
+    return (
+        any(folder.glob("*/Dockerfile*"))
+        or any(folder.glob("*/base.sh"))
+        or (folder / "base" / "build.sh").is_file()
+    )
 
 
 def recipe_folders(folder: Path | None = None) -> list[Path]:
     """Where a stack's recipe is looked for, first match wins: ``folder`` (``--dir``) or the
     project's ``containers/``, then the recipes that ship with pytest-mlscope."""
+    if folder is not None and not folder.is_dir():
+        raise ContainerError(f"--dir {folder}: no such folder")
     first = folder.resolve() if folder is not None else project_recipes()
     return [first, RECIPES] if first is not None and first != RECIPES else [RECIPES]
 
 
 def recipe(stack: str, name: str, folder: Path | None = None) -> Path | None:
     """A stack's file (``Dockerfile``, ``Dockerfile.gpu``, ``base.sh``) from the first folder
-    that has it."""
+    that has the stack: a project's ``<stack>/`` replaces the bundled one whole, so a file it
+    lacks is missing, never taken from the bundled recipe beside the project's others."""
     for root in recipe_folders(folder):
-        if (root / stack / name).is_file():
-            return root / stack / name
+        if (root / stack).is_dir():
+            found = root / stack / name
+            return found if found.is_file() else None
     return None
 
 
@@ -239,7 +252,8 @@ def plan(
     name = "Dockerfile.gpu" if device == "gpu" else "Dockerfile"
     dockerfile = recipe(stack, name, folder)
     if dockerfile is None:
-        where = " or ".join(str(root / stack / name) for root in recipe_folders(folder))
+        roots = [root for root in recipe_folders(folder) if (root / stack).is_dir()]
+        where = str(roots[0] / stack / name) if roots else f"stack {stack!r}"
         known = ", ".join(stacks(folder)) or "none"
         raise ContainerError(f"no {where} (stacks with a Dockerfile: {known})")
     if device == "gpu" and not base_image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import types
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -223,7 +224,7 @@ def _semantic_problems(
             yield problem(key, f"expected a path inside {root}, got {relative!r}")
         elif require_files and not resolved.exists():
             hint = (
-                f"; write it with `mlscope golden {source.display}`"
+                f"; write it with `mlscope golden {shlex.quote(str(source.display))}`"
                 if key[:2] == ("accuracy", "golden")
                 else ""
             )
