@@ -43,6 +43,10 @@ class _Attached:
     """Lines over a container's attached stdin/stdout (Docker's multiplexed stream framing)."""
 
     def __init__(self, sock: Any) -> None:
+        # The SDK's wrapper (with the HTTP response it pins) must live as long as we use the
+        # socket inside it: when the garbage collector takes it, it closes that socket, the
+        # container's stdin ends and its worker exits 0 (seen when many workers start at once).
+        self._owner = sock
         self.sock: socket.socket = getattr(sock, "_sock", sock)
         self.raw = b""  # bytes received, not yet split into frames
         self.text = b""  # stdout payload, not yet split into lines
