@@ -444,7 +444,7 @@ def test_requirements_pin_what_the_host_runs_and_leave_out_host_only_packages() 
 
 def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
     folder = tmp_path / "containers"
-    shutil.copytree(containers.RECIPES, folder)
+    folder.mkdir()
     first = containers.plan("torch", folder, base_image="mlscope/base:bookworm")
     again = containers.plan("torch", folder, base_image="mlscope/base:bookworm")
     assert first.digest == again.digest and len(first.digest) == 64
@@ -453,8 +453,12 @@ def test_the_image_tag_hashes_what_goes_into_the_image(tmp_path: Path) -> None:
     assert first.tag.endswith(f"-cpu-{first.digest[:12]}")
     other_base = containers.plan("torch", folder, base_image="python:3.11-slim")
     assert other_base.digest != first.digest
+    # One bundled Dockerfile builds every stack: the stack is in the hash.
+    ort = containers.plan("onnxruntime", folder, base_image="mlscope/base:bookworm")
+    assert ort.dockerfile == first.dockerfile and ort.digest != first.digest
+    (folder / "torch").mkdir()
     dockerfile = folder / "torch" / "Dockerfile"
-    dockerfile.write_text(dockerfile.read_text() + "\n# a change\n")
+    dockerfile.write_text(first.dockerfile.read_text() + "\n# a change\n")
     assert containers.plan("torch", folder, base_image="mlscope/base:bookworm").digest != (
         first.digest
     )
@@ -484,7 +488,7 @@ def test_the_recipes_ship_in_the_wheel_and_a_project_adds_to_or_replaces_them(
     shipped = {
         str(path.relative_to(REPO)) for path in containers.RECIPES.rglob("*") if path.is_file()
     }
-    assert {"base/build.sh", "caffe/base.sh", "torch/Dockerfile.gpu"} <= {
+    assert {"Dockerfile", "base/build.sh", "caffe/base.sh"} <= {
         name.removeprefix("pytest_mlscope/containers/recipes/") for name in shipped
     }
     assert shipped <= names
@@ -495,11 +499,11 @@ def test_the_recipes_ship_in_the_wheel_and_a_project_adds_to_or_replaces_them(
     assert containers.recipe_folders() == [containers.RECIPES]
     assert containers.stacks() == ["caffe", "onnxruntime", "tensorflow", "torch"]
     bundled = containers.plan("onnxruntime", base_image="mlscope/base:bookworm")
-    assert bundled.dockerfile == containers.RECIPES / "onnxruntime" / "Dockerfile"
+    assert bundled.dockerfile == containers.RECIPES / "Dockerfile"
     # The project's containers/ above the working folder: its onnxruntime and its own stack.
     own = project / "containers"
     (own / "onnxruntime").mkdir(parents=True)
-    text = (containers.RECIPES / "onnxruntime" / "Dockerfile").read_text()
+    text = (containers.RECIPES / "Dockerfile").read_text()
     (own / "onnxruntime" / "Dockerfile").write_text(text + "RUN echo the team's own layer\n")
     (own / "mystack").mkdir()
     (own / "mystack" / "Dockerfile").write_text("FROM scratch\n")
@@ -513,9 +517,11 @@ def test_the_recipes_ship_in_the_wheel_and_a_project_adds_to_or_replaces_them(
     assert containers.recipe("onnxruntime", "Dockerfile.gpu") is None
     with pytest.raises(containers.ContainerError, match=f"no {own}/onnxruntime/Dockerfile.gpu"):
         containers.plan("onnxruntime", device="gpu", base_image="nvidia/cuda")
-    assert containers.recipe("torch", "Dockerfile.gpu") == (
-        containers.RECIPES / "torch" / "Dockerfile.gpu"
-    )
+    assert containers.recipe("torch", "Dockerfile.gpu") == containers.RECIPES / "Dockerfile"
+    # The bundled recipe builds Caffe for CPUs only, and says so.
+    assert containers.recipe("caffe", "Dockerfile.gpu") is None
+    with pytest.raises(containers.ContainerError, match="builds caffe for cpu only"):
+        containers.plan("caffe", device="gpu", base_image="nvidia/cuda")
     with pytest.raises(containers.ContainerError, match=r"--dir .*nowhere: no such folder"):
         containers.stacks(tmp_path / "nowhere")
     # A project whose containers/ holds only its own base builder is found too.

@@ -1,27 +1,24 @@
 """Container images of software stacks: what goes into one, its content-hashed tag, the build.
 
 An image holds pytest-mlscope's worker and one framework, nothing else. Its build context is put
-together here: the stack's Dockerfile (``recipes/<stack>/Dockerfile`` in the package, or the
-project's own ``containers/<stack>/Dockerfile``), a requirements file pinned to the versions
-installed on this host (so a container runs the same numpy and framework as the subprocess runtime
-unless asked otherwise), a wheelhouse that the host builds with its own pip
+together here: the stack's Dockerfile (``recipes/Dockerfile`` in the package, one for every
+bundled stack, or the project's own ``containers/<stack>/Dockerfile``), a requirements file pinned
+to the versions installed on this host (so a container runs the same numpy and framework as the
+subprocess runtime unless asked otherwise), a wheelhouse that the host builds with its own pip
 (the image build then needs no network, no registry credentials and no CA bundle: the wheels come
 in, the build runs with ``network_mode=none``), and the package source. The tag carries the stack,
 the framework version, the device and a hash of all of that, so ``mlscope containers build``
 rebuilds only when something that goes into the image changed.
 
 ``naming`` holds the repository, tags, labels and system stacks, ``planning`` what goes into an
-image and its hash, ``building`` the daemon and the build. Every name stays importable here.
+image and its hash, ``building`` the daemon and the build. What the rest of the package and a
+user's script use is importable here.
 """
 
 from __future__ import annotations
 
 from pytest_mlscope.containers.building import (
     Built,
-    _build_failure,
-    _download_wheels,
-    _first_line,
-    _link_or_copy,
     build,
     build_base,
     build_wheelhouse,
@@ -33,15 +30,8 @@ from pytest_mlscope.containers.building import (
     wheelhouse_dir,
 )
 from pytest_mlscope.containers.naming import (
-    ARCHES,
-    DEFAULT_BASE_IMAGE,
-    DEFAULT_OFFLINE_BASE,
-    DISTRIBUTION,
-    GPU_DISTRIBUTIONS,
-    HOST_ONLY,
+    BUNDLED_STACKS,
     LABEL,
-    PACKAGES_LABEL,
-    REPOSITORY,
     SYSTEM_STACKS,
     ContainerError,
     SystemStack,
@@ -52,9 +42,6 @@ from pytest_mlscope.containers.naming import (
 from pytest_mlscope.containers.planning import (
     RECIPES,
     ImagePlan,
-    _installed,
-    _source_files,
-    _system_requirements,
     base_recipe,
     plan,
     project_recipes,
@@ -64,33 +51,16 @@ from pytest_mlscope.containers.planning import (
     stacks,
     worker_requirements,
 )
-from pytest_mlscope.errors import MlscopeError, StackUnavailable
 
 __all__ = [
-    "ARCHES",
-    "DEFAULT_BASE_IMAGE",
-    "DEFAULT_OFFLINE_BASE",
-    "DISTRIBUTION",
-    "GPU_DISTRIBUTIONS",
-    "HOST_ONLY",
+    "BUNDLED_STACKS",
     "LABEL",
-    "PACKAGES_LABEL",
     "RECIPES",
-    "REPOSITORY",
     "SYSTEM_STACKS",
     "Built",
     "ContainerError",
     "ImagePlan",
-    "MlscopeError",
-    "StackUnavailable",
     "SystemStack",
-    "_build_failure",
-    "_download_wheels",
-    "_first_line",
-    "_installed",
-    "_link_or_copy",
-    "_source_files",
-    "_system_requirements",
     "base_recipe",
     "build",
     "build_base",

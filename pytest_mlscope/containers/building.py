@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_mlscope.containers.naming import LABEL, ContainerError
+from pytest_mlscope.containers.naming import LABEL, SYSTEM_STACKS, ContainerError
 from pytest_mlscope.containers.planning import ImagePlan, base_recipe, recipe
 
 # -- the docker daemon ---------------------------------------------------------------------------
@@ -190,7 +190,15 @@ def build(made: ImagePlan, docker: Any, *, force: bool = False, log: Any = None)
                 existing, _ = docker.images.build(
                     path=str(context),
                     tag=made.tag,
-                    buildargs={"BASE_IMAGE": made.base_image, "PYTHON_VERSION": made.python},
+                    buildargs={
+                        "BASE_IMAGE": made.base_image,
+                        "PYTHON_VERSION": made.python,
+                        "STACK": made.stack,
+                        # A system stack's framework is its base's OS package: the venv sees it.
+                        "VENV_OPTIONS": (
+                            "--system-site-packages" if made.stack in SYSTEM_STACKS else ""
+                        ),
+                    },
                     labels=made.labels,
                     # Everything a CPU build installs came in the context; a CUDA base may
                     # have to fetch Python from its distribution.

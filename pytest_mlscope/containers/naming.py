@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 DISTRIBUTION = "pytest-mlscope"
 REPOSITORY = "mlscope"  # images are mlscope/<stack>:<tag>
 # The pip stacks' base: the official slim image of the host's Python, the minor version the
-# wheelhouse is built for (the Dockerfiles refuse another).
+# wheelhouse is built for (the Dockerfile refuses another).
 DEFAULT_BASE_IMAGE = "python:{}.{}-slim".format(*sys.version_info[:2])
 # What `mlscope containers base` builds (recipes/base/build.sh): python:3.11-slim's stand-in
 # where no container registry is reachable.
@@ -26,6 +26,14 @@ LABEL = "org.mlscope"
 HOST_ONLY = frozenset({"pytest", "sqlalchemy", "jinja2", "matplotlib"})
 # The distribution that carries a framework's GPU build, where it differs from the CPU one.
 GPU_DISTRIBUTIONS = {"onnxruntime": "onnxruntime-gpu"}
+# The stacks the bundled recipe (``recipes/Dockerfile``) builds, and for which devices; a
+# project's own ``containers/<stack>/`` replaces one whole or adds another.
+BUNDLED_STACKS = {
+    "caffe": ("cpu",),
+    "onnxruntime": ("cpu", "gpu"),
+    "tensorflow": ("cpu",),
+    "torch": ("cpu", "gpu"),
+}
 # Docker's names for machine architectures, as manifests' container maps use them.
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 

@@ -17,6 +17,7 @@ from packaging.requirements import Requirement
 
 import pytest_mlscope
 from pytest_mlscope.containers.naming import (
+    BUNDLED_STACKS,
     DEFAULT_BASE_IMAGE,
     DEFAULT_OFFLINE_BASE,
     DISTRIBUTION,
@@ -68,10 +69,22 @@ def recipe(stack: str, name: str, folder: Path | None = None) -> Path | None:
     that has the stack: a project's ``<stack>/`` replaces the bundled one whole, so a file it
     lacks is missing, never taken from the bundled recipe beside the project's others."""
     for root in recipe_folders(folder):
+        if root == RECIPES:
+            return _bundled(stack, name)
         if (root / stack).is_dir():
             found = root / stack / name
             return found if found.is_file() else None
     return None
+
+
+def _bundled(stack: str, name: str) -> Path | None:
+    """The bundled stacks share one Dockerfile (its build arguments say which stack), for the
+    devices ``BUNDLED_STACKS`` lists; their base builders are files of their own."""
+    device = {"Dockerfile": "cpu", "Dockerfile.gpu": "gpu"}.get(name)
+    if device is not None:
+        return RECIPES / "Dockerfile" if device in BUNDLED_STACKS.get(stack, ()) else None
+    found = RECIPES / stack / name
+    return found if found.is_file() else None
 
 
 def base_recipe(stack: str | None = None, folder: Path | None = None) -> tuple[Path, str]:
@@ -98,9 +111,8 @@ def base_recipe(stack: str | None = None, folder: Path | None = None) -> tuple[P
 
 def stacks(folder: Path | None = None) -> list[str]:
     """Every stack with a Dockerfile: the project's and the bundled ones."""
-    return sorted(
-        {p.parent.name for root in recipe_folders(folder) for p in root.glob("*/Dockerfile")}
-    )
+    own = {p.parent.name for root in recipe_folders(folder) for p in root.glob("*/Dockerfile")}
+    return sorted(own | set(BUNDLED_STACKS))
 
 
 @dataclass(frozen=True)
@@ -253,13 +265,21 @@ def plan(
     dockerfile = recipe(stack, name, folder)
     if dockerfile is None:
         roots = [root for root in recipe_folders(folder) if (root / stack).is_dir()]
-        where = str(roots[0] / stack / name) if roots else f"stack {stack!r}"
         known = ", ".join(stacks(folder)) or "none"
-        raise ContainerError(f"no {where} (stacks with a Dockerfile: {known})")
+        if roots and roots[0] != RECIPES:
+            missing = roots[0] / stack / name
+            raise ContainerError(f"no {missing} (stacks with a Dockerfile: {known})")
+        if stack in BUNDLED_STACKS:
+            raise ContainerError(
+                f"the bundled recipe builds {stack} for {' and '.join(BUNDLED_STACKS[stack])} "
+                f"only; a {device} image needs the project's own containers/{stack}/ with a "
+                f"{name} (and a Dockerfile for the CPU: the folder replaces the bundled stack)"
+            )
+        raise ContainerError(f"no stack {stack!r} (stacks with a Dockerfile: {known})")
     if device == "gpu" and not base_image:
         raise ContainerError(
-            f"{dockerfile} builds FROM a CUDA base image: pass --base (e.g. an nvidia/cuda "
-            "runtime image with Python)"
+            f"a {stack} GPU image builds FROM a CUDA base image ({dockerfile}): pass --base "
+            "(e.g. an nvidia/cuda runtime image with Python)"
         )
     system = SYSTEM_STACKS.get(stack)
     base = base_image or (system.base_image if system else DEFAULT_BASE_IMAGE)
@@ -295,6 +315,8 @@ def plan(
     )
     digest = hashlib.sha256()
     for part in (
+        made.stack.encode(),  # one bundled Dockerfile builds every stack
+        made.device.encode(),
         dockerfile.read_bytes(),
         "\n".join(made.requirements).encode(),
         made.python.encode(),
