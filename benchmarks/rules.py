@@ -358,7 +358,7 @@ def evaluate_in_fresh_worker(
     With ``interleave``, the request is the one ``MlscopeSession`` sends for
     ``--mlscope-interleave`` with an injected slowdown: A is the item's own artifact, unslowed.
     """
-    from pytest_mlscope.protocol import Cell, EvaluationRequest, Interleave
+    from pytest_mlscope.protocol import Cell, EvaluationRequest, Interleave, TimingPass
     from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
     cell = Cell(model=model.manifest.name, framework=model.framework, device="cpu", batch_size=1)
@@ -370,7 +370,9 @@ def evaluate_in_fresh_worker(
         work_dir=str(work_dir),
         checks=[],
         inject_slowdown=slowdown,
-        interleave=Interleave(artifact=model.artifact, seed=seed) if interleave else None,
+        pass_=TimingPass(
+            interleave=Interleave(artifact=model.artifact, seed=seed) if interleave else None
+        ),
     )
     runtime = SubprocessRuntime(work_dir=work_dir / "workers")
     try:
@@ -402,7 +404,7 @@ def count_in_fresh_worker(
     The worker reads the model's input from a file, as the plugin's count pass does (preparing
     the dataset under Valgrind would take longer than the counting)."""
     from pytest_mlscope import callgrind
-    from pytest_mlscope.protocol import Cell, CountOptions, EvaluationRequest
+    from pytest_mlscope.protocol import Cell, CountPass, EvaluationRequest
     from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 
     inputs = work_dir / "inputs.npz"
@@ -417,7 +419,7 @@ def count_in_fresh_worker(
         work_dir=str(work_dir),
         checks=[],
         inject_slowdown=slowdown,
-        count=CountOptions(rounds=rounds),
+        pass_=CountPass(rounds=rounds),
         inputs_path=str(inputs),
     )
     out = work_dir / "callgrind"

@@ -53,21 +53,18 @@ class AcrossWorkers:
         from pytest_mlscope.compare import settled
         from pytest_mlscope.measure import LOOKS, Block, pair_plan
         from pytest_mlscope.passes import ACROSS_RENEW_SHARE, renew_every
-        from pytest_mlscope.protocol import RoundRequest
+        from pytest_mlscope.protocol import HoldPass, RoundRequest
         from pytest_mlscope.stats import outlying_workers, summarize_scenario
 
         a_request = a_request.model_copy(
             update={
-                "hold": True,
+                "pass_": HoldPass(),
                 "inject_slowdown": 0.0,
                 "matched_wrapper": bool(request.inject_slowdown),
-                "interleave": None,
             }
         )
         inputs = self.work_dir / "inputs" / f"{_safe(cell.id)}-interleaved.npz"
-        b_request = request.model_copy(
-            update={"hold": True, "interleave": None, "save_inputs": str(inputs)}
-        )
+        b_request = request.model_copy(update={"pass_": HoldPass(), "save_inputs": str(inputs)})
         # Every worker but B's first holds B's first's inputs, unchecked (what one process
         # computes, all do), untraced, and without the dataset's accuracy pass.
         unchecked = {

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.errors import EvaluationFailed, MlscopeError
 from pytest_mlscope.protocol import (
+    AccuracyPass,
     Cell,
+    CountPass,
     EvaluationRequest,
     EvaluationResult,
+    TimingPass,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +69,7 @@ class Evaluation:
                 f"the agreement reference {reference} cannot run here, so agreement cannot be "
                 f"checked: {reason}"
             )
-        request = self._request(manifest, cell, accuracy_only=True, save_outputs=path)
+        request = self._request(manifest, cell, accuracy=AccuracyPass(), save_outputs=path)
         try:
             runtime.evaluate(request, self.settings.timeout)
         except MlscopeError as exc:
@@ -93,7 +96,7 @@ class Evaluation:
         manifest: Manifest,
         cell: Cell,
         *,
-        accuracy_only: bool = False,
+        accuracy: AccuracyPass | None = None,
         save_outputs: Path | None = None,
         reference: Path | None = None,
         checks: list[str] | None = None,
@@ -103,21 +106,22 @@ class Evaluation:
     ) -> EvaluationRequest:
         artifact = self._artifact(manifest, cell.framework)
         level = self.trace_level(manifest)
+        work = accuracy
+        if work is None:
+            side = self._interleave_side(manifest, cell, artifact, item_id) if interleave else None
+            work = TimingPass(interleave=side)
         return EvaluationRequest(
-            trace_level="none" if accuracy_only else level,
+            pass_=work,
+            trace_level="none" if accuracy is not None else level,
             trace_dir=str(self.trace_dir),
             cell=cell,
             manifest_path=str(manifest.path),
             artifact=artifact,
-            interleave=self._interleave_side(manifest, cell, artifact, item_id)
-            if interleave
-            else None,
             measure=self.measure_options(manifest, **overrides),
             work_dir=str(self.work_dir),
             reference_outputs=str(reference) if reference else None,
             save_outputs=str(save_outputs) if save_outputs else None,
             predictors=self.settings.predictors,
-            accuracy_only=accuracy_only,
             checks=checks,
             inject_slowdown=self.settings.inject_slowdown,
         )
@@ -169,8 +173,8 @@ class Evaluation:
         # host makes in it belongs to the host's user).
         path = self.work_dir / f"layers-{_safe(cell.id)}.npz"
         if not path.exists():
-            request = self._request(manifest, cell, accuracy_only=True, checks=[])
-            request = request.model_copy(update={"save_layer_outputs": str(path)})
+            layers = AccuracyPass(save_layer_outputs=str(path))
+            request = self._request(manifest, cell, accuracy=layers, checks=[])
             runtime.evaluate(request, self.settings.timeout)
         return load_layers(path)
 
@@ -270,6 +274,10 @@ class Evaluation:
             item_id=item,
             **overrides,
         )
+        # Each timed item starts in a worker that has served nothing before (the stack's worker
+        # starts again on its next request): what the item measures, its memory above all,
+        # owes nothing to the models loaded before it.
+        self.runtime(cell).close()
         if across:
             assert other is not None
             return self._interleave_stacks(manifest, cell, other, request, **overrides)
@@ -331,17 +339,14 @@ class Evaluation:
     ) -> EvaluationResult:
         """The count pass: the same model and inputs as the timing pass, in a worker of the same
         stack started under callgrind; instructions per call per round join the result."""
-        from pytest_mlscope.protocol import CountOptions
-
         request = timed.model_copy(
             update={
-                "count": CountOptions(rounds=COUNT_ROUNDS),
+                "pass_": CountPass(rounds=COUNT_ROUNDS),
                 "checks": [],
                 "inputs_path": timed.save_inputs,
                 "save_inputs": None,
                 "save_outputs": None,
                 "reference_outputs": None,
-                "interleave": None,
                 "trace_level": "none",
             }
         )
@@ -372,11 +377,11 @@ class Evaluation:
         manifest.framework_spec(framework)
         path = manifest.resolve(golden.path)
         cell = Cell(model=manifest.name, framework=framework, device="cpu", batch_size=1)
-        request = self._request(manifest, cell, accuracy_only=True, save_outputs=path, checks=[])
         # With the outputs, each layer's on the first sample, where the framework exposes them:
         # a later miss then says which layer changed since (none kept where it cannot).
         layers = self._golden_layers(manifest)
-        request = request.model_copy(update={"save_layer_outputs": str(layers)})
+        both = AccuracyPass(save_layer_outputs=str(layers))
+        request = self._request(manifest, cell, accuracy=both, save_outputs=path, checks=[])
         self.runtime(cell).evaluate(request, self.settings.timeout)
         from pytest_mlscope.divergence import load_layers
 

@@ -57,11 +57,12 @@ def compare_stored_runs(
     current: RunRecord,
     *,
     threshold: float | None = None,
+    memory_threshold: float | None = None,
     ignore_environment: bool = False,
 ) -> dict[str, Verdict]:
     """Every item of ``current`` against ``baseline``, by ``compare.verdict``: with the noise of
-    the runs stored before ``current`` and the threshold and comparisons its session used (its
-    stored verdicts), unless ``threshold`` overrides them."""
+    the runs stored before ``current`` and the thresholds and comparisons its session used (its
+    stored verdicts), unless ``threshold`` or ``memory_threshold`` overrides them."""
     from pytest_mlscope.compare import compare_runs, environment, run_sides
 
     records = store.latest_results(current.id)
@@ -79,11 +80,15 @@ def compare_stored_runs(
             before=current.id,
         )
         if record.verdict:
-            settings[item] = {key: record.verdict.get(key) for key in ("threshold", "comparisons")}
+            settings[item] = {
+                key: record.verdict.get(key)
+                for key in ("threshold", "comparisons", "memory_threshold")
+            }
     return compare_runs(
         sides_a,
         sides_b,
         threshold=threshold,
+        memory_threshold=memory_threshold,
         ignore_environment=ignore_environment,
         noise=noise,
         settings=settings,
@@ -93,6 +98,8 @@ def compare_stored_runs(
 def failure_message(verdict: Verdict) -> str:
     """What a failed item says: the verdict, then the numbers it rests on, by design."""
     lines = [verdict.describe()]
+    if verdict.memory is not None and verdict.memory not in verdict.reason:
+        lines.append(verdict.memory)
     if verdict.baseline_instructions is not None and verdict.current_instructions is not None:
         lines.append(
             f"instructions per call {verdict.baseline_instructions:,.0f} (baseline run "
@@ -129,8 +136,8 @@ def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
     seen = suspicions(result.telemetry)
     if not seen or found.kind not in ("regression", "inconclusive"):
         return found
-    if found.design == "instructions":  # counts are what a busy machine cannot move
-        return found
+    if found.design == "instructions" or found.decided_by == "memory":
+        return found  # counts, and memory, are what a busy machine cannot move
     return replace(found, reason=f"{found.reason}; suspect: {'; '.join(seen)} during timing")
 
 
@@ -143,6 +150,15 @@ class Judging:
             self.settings.threshold
             or manifest.performance.regression_threshold
             or self.settings.default_threshold
+        )
+
+    def memory_threshold(self, manifest: Manifest) -> float:
+        """How much more memory than the baseline's fails an item: command line, else
+        manifest, else ini."""
+        return (
+            self.settings.memory_threshold
+            or manifest.performance.memory_threshold
+            or self.settings.default_memory_threshold
         )
 
     def check_baselines(self) -> None:
@@ -219,6 +235,7 @@ class Judging:
             ),
             paired_artifact_sha256=result.paired_artifact_sha256,
             paired_workers=result.paired_workers,
+            memory=result.memory.model if result.memory is not None else None,
         )
         item = item_id or result.cell.id
         baseline = self._baseline_sides().get(item) if self.settings.baseline else None
@@ -235,6 +252,7 @@ class Judging:
             between_run_noise=noise.latency,
             noise_runs=noise.runs,
             count_noise=noise.instructions,
+            memory_threshold=self.memory_threshold(manifest),
         )
         interleaved = self._interleaved.get(result.cell.id)
         if found.design == "interleaved" and interleaved is not None and interleaved[0]:
@@ -258,6 +276,7 @@ class Judging:
             )
         if (
             found.kind == "regression"
+            and found.decided_by != "memory"
             and baseline is not None
             and baseline.layers
             and result.layers

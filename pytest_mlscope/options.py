@@ -93,6 +93,13 @@ def add_options(parser: pytest.Parser) -> None:
         help="regression threshold for every item, e.g. 0.05 (default: manifest, ini, 0.05)",
     )
     group.addoption(
+        "--mlscope-memory-threshold",
+        type=float,
+        metavar="FRACTION",
+        help="how much more memory than the baseline's fails an item, e.g. 0.1 (default: "
+        "manifest, ini, 0.10)",
+    )
+    group.addoption(
         "--mlscope-no-fail",
         action="store_true",
         help="report regressions as warnings instead of failing their items",
@@ -182,6 +189,11 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "mlscope_threshold", "regression threshold for manifests that set none", default="0.05"
+    )
+    parser.addini(
+        "mlscope_memory_threshold",
+        "memory threshold (more than the baseline's peak) for manifests that set none",
+        default="0.10",
     )
     parser.addini("mlscope_manifests", "manifest files or directories", type="paths", default=[])
     parser.addini(
@@ -277,6 +289,8 @@ def settings(config: pytest.Config) -> Settings:
         force_baseline=config.getoption("mlscope_force_baseline"),
         threshold=config.getoption("mlscope_threshold"),
         default_threshold=float(config.getini("mlscope_threshold") or 0.05),
+        memory_threshold=config.getoption("mlscope_memory_threshold"),
+        default_memory_threshold=float(config.getini("mlscope_memory_threshold") or 0.10),
         fail_on_regression=not config.getoption("mlscope_no_fail"),
         inject_slowdown=config.getoption("mlscope_inject_slowdown"),
         trace_level=config.getoption("mlscope_trace"),

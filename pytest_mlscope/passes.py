@@ -1,7 +1,7 @@
 """The worker's passes after load and accuracy, one function each: accuracy only (nothing timed),
 timing (alone, or interleaved with the baseline's A side), counting under callgrind, and hold (kept
-loaded for the host's rounds). ``EvaluationRequest.pass_kind`` picks one; the protocol refuses a
-request that asks for two.
+loaded for the host's rounds). The request's ``pass_`` (a typed document of its own per pass)
+picks one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlscope.protocol import EvaluationRequest
+from pytest_mlscope.protocol import CountPass, EvaluationRequest
 
 if TYPE_CHECKING:
     from pytest_mlscope.measure import Timing
@@ -71,13 +71,13 @@ def _count_pass(
     from pytest_mlscope.callgrind import count_calls
     from pytest_mlscope.slowdown import slowed
 
-    assert request.count is not None
+    assert isinstance(request.pass_, CountPass)
     inputs = _timed_inputs(request, batches)
     call = slowed(predictor.predict, inputs[0], request.inject_slowdown, "instructions")
     for i in range(request.measure.warmup):
         call(inputs[i % len(inputs)])
     with spans.span("count pass"):
-        counted = count_calls(call, inputs, request.count.rounds, request.count.round_instructions)
+        counted = count_calls(call, inputs, request.pass_.rounds, request.pass_.round_instructions)
     return Measured(inputs=inputs, call=call, instructions=counted)
 
 

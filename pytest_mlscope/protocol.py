@@ -17,8 +17,9 @@ from pytest_mlscope.vocabulary import Scenario
 # 2: a request is one pass; replies carry the traceback apart. 3: save_layer_outputs. 4: it
 # goes with save_outputs too (a golden and its layers in one pass); large layers are sampled.
 # 5: RoundRequest.renew. 6: a hold from inputs_path with no checks skips the accuracy pass (the
-# extra workers of an interleave across stacks).
-PROTOCOL_VERSION = 6
+# extra workers of an interleave across stacks). 7: the pass is one typed field (``pass_``), not
+# four flags; results carry the model's memory.
+PROTOCOL_VERSION = 7
 
 
 class _Document(BaseModel):
@@ -66,14 +67,6 @@ class MeasureOptions(_Document):
     precision: float | None = None  # target relative half-width of the median's 95 % interval
 
 
-class CountOptions(_Document):
-    """The instruction-count pass (pytest_mlscope.callgrind): rounds of calls under callgrind."""
-
-    rounds: int = 5
-    # Calls per round: enough to execute about this many instructions (callgrind.count_calls).
-    round_instructions: float = 3_000_000
-
-
 class ArtifactRef(_Document):
     """A model file the worker loads, with the checksum it must have."""
 
@@ -102,14 +95,56 @@ class Interleave(_Document):
     comparisons: int = 1
 
 
+class AccuracyPass(_Document):
+    """Load and check, time nothing: the agreement reference's outputs, a golden being written,
+    a failed agreement's layer outputs."""
+
+    kind: Literal["accuracy"] = "accuracy"
+    # Also write every layer's output for the first batch here (npz, pytest_mlscope.divergence),
+    # when the predictor can expose them: how a failed agreement finds the first layer where two
+    # frameworks part.
+    save_layer_outputs: str | None = None
+
+
+class TimingPass(_Document):
+    """Time the model: alone, or interleaved with the baseline's A side in this worker."""
+
+    kind: Literal["timing"] = "timing"
+    # Time the item interleaved with this A side (``pytest --mlscope-interleave``).
+    interleave: Interleave | None = None
+
+
+class CountPass(_Document):
+    """Count instructions instead of timing (a worker under callgrind, callgrind.launcher):
+    rounds of calls; the accuracy pass still runs the checks asked for."""
+
+    kind: Literal["count"] = "count"
+    rounds: int = 5
+    # Calls per round: enough to execute about this many instructions (callgrind.count_calls).
+    round_instructions: float = 3_000_000
+
+
+class HoldPass(_Document):
+    """Load, check accuracy and warm up, then keep the model loaded for RoundRequests instead of
+    timing: the host alternates rounds between two workers (two stacks of one framework)."""
+
+    kind: Literal["hold"] = "hold"
+
+
+# typing.Union, not ``|``: the Caffe image's Python 3.9 evaluates these at import.
+Pass = Annotated[
+    Union[AccuracyPass, TimingPass, CountPass, HoldPass],  # noqa: UP007
+    Field(discriminator="kind"),
+]
 PassKind = Literal["accuracy", "timing", "count", "hold"]
 
 
 class EvaluationRequest(_Document):
-    """Load and check one cell's model, then run one pass on it (``pass_kind``): accuracy only,
-    timing (alone or interleaved with an A side), counting under callgrind, or hold (kept loaded
-    for the host's RoundRequests). Which pass follows from the fields; combinations that mean
-    nothing are refused when the request is made or parsed, before any model is loaded."""
+    """Load and check one cell's model, then run one pass on it (``pass_``, one of the
+    ``Pass`` documents): what a pass needs of its own lives in it, so a request cannot ask for
+    two; what the passes share (the cell, the artifact, the inputs) lives here, and the few
+    combinations of those that mean nothing are refused when the request is made or parsed,
+    before any model is loaded."""
 
     version: int = PROTOCOL_VERSION
     kind: Literal["evaluate"] = "evaluate"
@@ -118,13 +153,13 @@ class EvaluationRequest(_Document):
     artifact: ArtifactRef
     measure: MeasureOptions
     work_dir: str
+    pass_: Pass = Field(default_factory=TimingPass)
     # Outputs of the reference framework on the same inputs (npz), for the agreement check.
     reference_outputs: str | None = None
     # Where to write this cell's accuracy-pass outputs (npz), so other items can agree with it.
     save_outputs: str | None = None
     # Extra predictors named in the project's ini (name -> "module:Class"), beside entry points.
     predictors: dict[str, str] = {}
-    accuracy_only: bool = False
     # Run only these accuracy checks (None: all the manifest asks for); writing goldens runs none.
     checks: list[str] | None = None
     # Extra work per timed call, as a fraction of the model's latency (gate self-tests only).
@@ -132,60 +167,38 @@ class EvaluationRequest(_Document):
     # A held A side timed beside a slowed B in another worker: its calls go through the same
     # wrapper with nothing added (slowdown.matched), so the sides differ by the injected work.
     matched_wrapper: bool = False
-    # Time the item interleaved with this A side (``pytest --mlscope-interleave``).
-    interleave: Interleave | None = None
-    # After the timing pass: profile at this level (pytest_mlscope.tracing), this many predictions.
+    # After a timing or hold pass: profile at this level (pytest_mlscope.tracing), this many
+    # predictions.
     trace_level: str = "none"
     trace_iterations: int = 20
     trace_dir: str | None = None  # where trace files go (default: work_dir/traces)
-    # Load, check accuracy and warm up, then keep the model loaded for RoundRequests instead of
-    # timing: the host alternates rounds between two workers (two stacks of one framework).
-    hold: bool = False
-    # Count instructions instead of timing (a worker under callgrind, callgrind.launcher); the
-    # accuracy pass still runs the checks asked for.
-    count: CountOptions | None = None
-    # Write the timing pass's input batches here (npz), and read them from inputs_path instead
-    # of preparing the dataset: how a count pass gets the inputs the timing pass used.
+    # Write the timed input batches here (npz), and read them from inputs_path instead of
+    # preparing the dataset: how a count pass, or one more worker holding the model, gets the
+    # inputs the first one used.
     save_inputs: str | None = None
     inputs_path: str | None = None
-    # An accuracy pass that also writes every layer's output for the first batch here (npz,
-    # pytest_mlscope.divergence), when the predictor can expose them: how a failed agreement
-    # finds the first layer where two frameworks part.
-    save_layer_outputs: str | None = None
 
     @property
     def pass_kind(self) -> PassKind:
-        if self.accuracy_only:
-            return "accuracy"
-        if self.hold:
-            return "hold"
-        if self.count is not None:
-            return "count"
-        return "timing"
+        return self.pass_.kind
+
+    @property
+    def interleave(self) -> Interleave | None:
+        """The A side a timing pass interleaves with; None for every other pass."""
+        return self.pass_.interleave if isinstance(self.pass_, TimingPass) else None
+
+    @property
+    def save_layer_outputs(self) -> str | None:
+        return self.pass_.save_layer_outputs if isinstance(self.pass_, AccuracyPass) else None
 
     @model_validator(mode="after")
-    def _one_pass(self) -> EvaluationRequest:
-        chosen = [
-            name
-            for name, on in (
-                ("accuracy_only", self.accuracy_only),
-                ("hold", self.hold),
-                ("count", self.count is not None),
-            )
-            if on
-        ]
-        if len(chosen) > 1:
-            raise ValueError(f"one pass per request: {' and '.join(chosen)} exclude each other")
-        if self.interleave is not None and chosen:
-            raise ValueError(f"interleave is a timing pass: it excludes {chosen[0]}")
+    def _consistent(self) -> EvaluationRequest:
         if self.inputs_path is not None and self.checks != []:
             raise ValueError(
                 "inputs_path gives no dataset to check accuracy on: it needs checks=[]"
             )
         if self.inputs_path is not None and self.save_inputs is not None:
             raise ValueError("inputs_path and save_inputs exclude each other")
-        if self.save_layer_outputs is not None and not self.accuracy_only:
-            raise ValueError("save_layer_outputs is part of an accuracy-only pass")
         return self
 
 
@@ -300,6 +313,23 @@ class TraceInfo(_Document):
     notes: list[str] = Field(default_factory=list)
 
 
+class MemoryUse(_Document):
+    """The worker's resident memory around one item, in bytes (pytest_mlscope.memory): what the
+    process held before the model loaded, and its peak over loading the model and its first
+    inference, then through the accuracy pass (every sample at the item's batch size). The
+    timing pass is left out: an interleaved item loads its A side there, and a framework's
+    arena grows over thousands of calls, so the window would differ by design."""
+
+    before: int
+    load_peak: int
+    run_peak: int
+
+    @property
+    def model(self) -> int:
+        """What the model took at its highest, weights and working memory: the gated figure."""
+        return max(self.load_peak, self.run_peak) - self.before
+
+
 class EvaluationResult(_Document):
     version: int = PROTOCOL_VERSION
     cell: Cell
@@ -326,6 +356,9 @@ class EvaluationResult(_Document):
     trace: TraceInfo | None = None
     # The machine during the timing pass (pytest_mlscope.telemetry): CPU load, RSS, clocks, GPU.
     telemetry: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    # The model's memory, measured in a worker that served nothing before (the session starts
+    # one per timed item); None where not measurable (in-process, not Linux).
+    memory: MemoryUse | None = None
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

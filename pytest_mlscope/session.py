@@ -58,6 +58,8 @@ class Settings:
     force_baseline: bool = False
     threshold: float | None = None  # overrides every manifest's regression_threshold
     default_threshold: float = 0.05  # ini mlscope_threshold: for manifests that set none
+    memory_threshold: float | None = None  # overrides every manifest's memory_threshold
+    default_memory_threshold: float = 0.10  # ini mlscope_memory_threshold
     fail_on_regression: bool = True
     inject_slowdown: float = 0.0
     # Time items in alternating rounds with their baseline's model; None: whenever a baseline

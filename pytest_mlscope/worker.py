@@ -31,6 +31,7 @@ from pytest_mlscope.protocol import (
     EvaluationRequest,
     EvaluationResult,
     LayerRow,
+    MemoryUse,
     RoundRequest,
     TraceInfo,
     WorkerReply,
@@ -81,7 +82,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
 
     started = time.perf_counter()
     cell = request.cell
-    tracing = request.trace_level != "none" and not request.accuracy_only
+    tracing = request.trace_level != "none" and request.pass_kind != "accuracy"
     spans = Spans(f"mlscope {cell.id}", enabled=tracing)
     try:
         return _evaluate(request, spans, started)
@@ -91,6 +92,7 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
 
 def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> EvaluationResult:
     from pytest_mlscope.manifest import load_manifest
+    from pytest_mlscope.memory import PeakWindow
     from pytest_mlscope.predictors import predictor_class
     from pytest_mlscope.tracing.timeline import Timeline
     from pytest_mlscope.zoo.files import verify
@@ -103,33 +105,43 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             # A count pass under Valgrind gets the timing pass's inputs as a file: preparing the
             # dataset again there (scikit-learn, decoding, resizing) would take a minute.
             data = None if request.inputs_path else _prepared(request.manifest_path, manifest)
-        predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
-        with spans.span("load", artifact=request.artifact.path):
-            verify(request.artifact)
-            before = time.perf_counter()
-            predictor.load(request.artifact)
-            load_s = time.perf_counter() - before
-        held = request.pass_kind == "hold"
-        kept = False  # a held model stays loaded only if everything up to here worked
-        try:
             if request.inputs_path:
                 raw_batches = _load_inputs(request.inputs_path)
             else:
                 raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
                 if request.save_inputs:
                     _save_inputs(request.save_inputs, raw_batches, cell.scenario)
+        predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
+        # The dataset's batches and the framework's code are in place before the window opens:
+        # what it sees is the model's (its weights, its working memory, its inputs as tensors).
+        window = PeakWindow()
+        with spans.span("load", artifact=request.artifact.path):
+            predictor.import_framework()
+            verify(request.artifact)
+            window.start()
+            before = time.perf_counter()
+            predictor.load(request.artifact)
+            load_s = time.perf_counter() - before
+        held = request.pass_kind == "hold"
+        kept = False  # a held model stays loaded only if everything up to here worked
+        try:
             batches = [predictor.prepare_input(b) for b in raw_batches]
             with spans.span("first inference"):
                 before = time.perf_counter()
                 first = predictor.predict(batches[0])
                 first_inference_s = time.perf_counter() - before
                 del first
+            load_peak = window.peak()
 
             # Accuracy pass: every sample once; the rows added to fill the last batch are dropped.
             if (
                 request.checks == []
                 and request.save_outputs is None
-                and (request.count is not None or request.save_layer_outputs or request.inputs_path)
+                and (
+                    request.pass_kind == "count"
+                    or request.save_layer_outputs
+                    or request.inputs_path
+                )
             ):
                 # a count pass after a checked timing pass, a failed agreement's layers, or one
                 # more worker holding a model another one checked: the outputs are known, the
@@ -138,6 +150,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             else:
                 with spans.span("accuracy pass"):
                     accuracy = _accuracy(request, manifest, data, predictor, batches)
+            run_peak = window.peak()
             if request.save_layer_outputs:
                 from pytest_mlscope.divergence import save_layers
 
@@ -177,7 +190,16 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
         instructions=measured.instructions,
         layers=layers,
         trace=trace,
-        telemetry=measured.telemetry,
+        telemetry=(
+            {**measured.telemetry, "memory_not_measured": window.why_not}
+            if window.why_not
+            else measured.telemetry
+        ),
+        memory=(
+            MemoryUse(before=window.before, load_peak=load_peak, run_peak=run_peak)
+            if window.before is not None and load_peak is not None and run_peak is not None
+            else None
+        ),
         outputs_path=request.save_outputs,
         worker_pid=os.getpid(),
         wall_s=time.perf_counter() - started,

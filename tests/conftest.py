@@ -30,6 +30,11 @@ if os.environ.get("MLSCOPE_TEST_POSTGRES"):
 import matplotlib.figure  # noqa: E402, F401
 import numpy  # noqa: E402, F401
 
+# And the OTLP exporter's HTTP client: requests first imported inside a pytester test is dropped
+# with http.cookiejar, and a later session no longer recognises its own cookie jar ("You can only
+# merge into CookieJar"), so no span reaches the collector.
+import requests  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session")
 def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -19,7 +19,7 @@ from pytest_mlscope import callgrind
 from pytest_mlscope.compare import count_verdict
 from pytest_mlscope.manifest import Manifest
 from pytest_mlscope.predictors import predictor_class
-from pytest_mlscope.protocol import Cell, CountOptions, EvaluationRequest, MeasureOptions
+from pytest_mlscope.protocol import Cell, CountPass, EvaluationRequest, MeasureOptions
 from pytest_mlscope.runtimes.subprocess import SubprocessRuntime
 from pytest_mlscope.zoo.cache import ArtifactCache
 from tests._services import requires_ci
@@ -162,7 +162,7 @@ def _count(digits_manifest: Manifest, artifact: object, slowdown: float, work: P
         work_dir=str(work),
         checks=[],
         inject_slowdown=slowdown,
-        count=CountOptions(rounds=5),
+        pass_=CountPass(rounds=5),
     )
     work.mkdir(parents=True, exist_ok=True)
     runtime = SubprocessRuntime(

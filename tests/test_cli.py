@@ -18,6 +18,7 @@ from pytest_mlscope.protocol import (
     Cell,
     ColdStart,
     EvaluationResult,
+    MemoryUse,
     PredictorInfo,
     Summary,
 )
@@ -87,9 +88,10 @@ def recorded(tmp_path: Path) -> tuple[Path, str, str]:
         new = store.start_run(
             host=HOST, git=GitInfo("b" * 40, "feature/x", True), tags={"ci": "nightly"}
         )
-        store.record_result(
-            new, cell=torch_cell, outcome="passed", result=make_result(torch_cell, 0.0123)
-        )
+        # The model's memory: 150 MiB at its peak, above 100 MiB before it loaded.
+        memory = MemoryUse(before=100 * 2**20, load_peak=140 * 2**20, run_peak=150 * 2**20)
+        measured = make_result(torch_cell, 0.0123).model_copy(update={"memory": memory})
+        store.record_result(new, cell=torch_cell, outcome="passed", result=measured)
         store.record_result(
             new,
             cell=ort_cell,
@@ -318,11 +320,19 @@ def test_show_prints_the_header_table_and_failure_messages(
 
     table_start = lines.index(next(line for line in lines if line.startswith("item")))
     header = lines[table_start]
-    for title in ("outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms"):
+    for title in (
+        "outcome",
+        "accuracy",
+        "median ms",
+        "p99 ms",
+        "items/s",
+        "cold start ms",
+        "memory MiB",
+    ):
         assert title in header
     rows = lines[table_start + 2 : table_start + 5]
     torch_row, ort_row, gpu_row = (row.split() for row in rows)
-    # 12.3 ms median, 14.8 ms p99, 8 items / 12.3 ms = 650 /s, 200 + 34.5 ms cold start.
+    # 12.3 ms median, 14.8 ms p99, 8 items / 12.3 ms = 650 /s, 200 + 34.5 ms cold start, 50 MiB.
     assert torch_row == [
         "digits_cnn[torch-cpu-bs8-single_stream]",
         "passed",
@@ -331,6 +341,7 @@ def test_show_prints_the_header_table_and_failure_messages(
         "14.8",
         "650",
         "234",
+        "50.0",
     ]
     assert ort_row[:5] == [
         "digits_cnn[onnxruntime-cpu-bs8-single_stream]",
@@ -342,6 +353,7 @@ def test_show_prints_the_header_table_and_failure_messages(
     assert gpu_row == [
         "digits_cnn[torch-gpu-bs1-single_stream]",
         "skipped",
+        "-",
         "-",
         "-",
         "-",

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _projects import team_project
 from onnx import TensorProto, helper, numpy_helper
 
 from pytest_mlscope.store import Store
@@ -98,13 +99,7 @@ def _export_model(path: Path, identity_convs: int = 0) -> None:
 
 def _checkout(root: Path, fast_model: Path) -> Path:
     """A project folder as a team's repository holds it: settings, manifest, model, data."""
-    root.mkdir()
-    (root / "pyproject.toml").write_text(
-        '[tool.pytest.ini_options]\nmlscope_manifests = ["manifests"]\n'
-    )
-    manifests = root / "manifests"
-    manifests.mkdir()
-    (manifests / "tiny_cnn.yaml").write_text(MANIFEST)
+    manifests = team_project(root, "tiny_cnn.yaml", MANIFEST)
     (manifests / "model.onnx").write_bytes(fast_model.read_bytes())
     inputs = np.random.default_rng(1).random((16, 1, 8, 8), dtype=np.float32)
     np.savez(manifests / "inputs.npz", inputs=inputs)

@@ -20,9 +20,11 @@ from pytest_mlscope.protocol import (
     ArtifactRef,
     Cell,
     EvaluationRequest,
+    HoldPass,
     Interleave,
     MeasureOptions,
     PredictorInfo,
+    TimingPass,
 )
 
 
@@ -60,7 +62,9 @@ def _request(tmp_path: Path, min_duration_s: float) -> EvaluationRequest:
         cell=Cell(model="m", framework="counting", device="cpu", batch_size=1),
         manifest_path=str(tmp_path / "m.yaml"),
         artifact=_artifact(tmp_path / "edited.onnx", b"B"),
-        interleave=Interleave(artifact=_artifact(tmp_path / "baseline.onnx", b"A"), seed=5),
+        pass_=TimingPass(
+            interleave=Interleave(artifact=_artifact(tmp_path / "baseline.onnx", b"A"), seed=5)
+        ),
         measure=MeasureOptions(warmup=1, min_count=90, min_duration_s=min_duration_s, rounds=1),
         work_dir=str(tmp_path),
         predictors={"counting": "test_instances:Counting"},
@@ -127,7 +131,7 @@ def test_a_held_model_is_timed_on_a_fresh_instance_for_each_round_the_host_renew
     from pytest_mlscope import worker
     from pytest_mlscope.protocol import AccuracyReport, ColdStart, EvaluationResult, RoundRequest
 
-    request = _request(tmp_path, 0.0).model_copy(update={"interleave": None, "hold": True})
+    request = _request(tmp_path, 0.0).model_copy(update={"pass_": HoldPass()})
     Counting.loads.clear()
     Counting.closed.clear()
     first = Counting()

@@ -72,7 +72,7 @@ def test_bundled_suite_passes_on_five_frameworks_and_is_stored(pytester: pytest.
             "*digits_cnn?tensorflow-cpu-bs8-offline? PASSED*",
             "*digits_cnn?mxnet-cpu-bs8-offline? PASSED*",
             "*= mlscope =*",
-            "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms",
+            "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms*memory MiB",
             "across frameworks (single-stream median; agreement with the manifest's reference):",
             "  model * torch * onnxruntime * tensorflow * mxnet*",
             "  alexnet * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)*",

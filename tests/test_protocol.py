@@ -17,14 +17,17 @@ import pytest
 from pytest_mlscope.passes import PASSES
 from pytest_mlscope.protocol import (
     PROTOCOL_VERSION,
+    AccuracyPass,
     ArtifactRef,
     Cell,
-    CountOptions,
+    CountPass,
     EvaluationRequest,
+    HoldPass,
     Interleave,
     MeasureOptions,
     PassKind,
     RoundRequest,
+    TimingPass,
     WorkerReply,
 )
 from pytest_mlscope.runtimes.base import check_ready
@@ -49,10 +52,10 @@ def _request(**fields: Any) -> EvaluationRequest:
     ("fields", "kind"),
     [
         ({}, "timing"),
-        ({"interleave": Interleave(artifact=ARTIFACT)}, "timing"),
-        ({"accuracy_only": True}, "accuracy"),
-        ({"hold": True}, "hold"),
-        ({"count": CountOptions(), "checks": [], "inputs_path": "/x.npz"}, "count"),
+        ({"pass_": TimingPass(interleave=Interleave(artifact=ARTIFACT))}, "timing"),
+        ({"pass_": AccuracyPass()}, "accuracy"),
+        ({"pass_": HoldPass()}, "hold"),
+        ({"pass_": CountPass(), "checks": [], "inputs_path": "/x.npz"}, "count"),
     ],
 )
 def test_each_request_is_one_pass_and_the_worker_has_a_function_for_it(
@@ -65,9 +68,10 @@ def test_each_request_is_one_pass_and_the_worker_has_a_function_for_it(
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"accuracy_only": True, "hold": True}, "accuracy_only and hold exclude each other"),
-        ({"hold": True, "count": CountOptions()}, "hold and count exclude each other"),
-        ({"hold": True, "interleave": Interleave(artifact=ARTIFACT)}, "it excludes hold"),
+        # A pass's own fields belong to it: a hold has no A side, an accuracy pass no rounds.
+        ({"pass_": {"kind": "hold", "interleave": {}}}, "pass_.hold.interleave"),
+        ({"pass_": {"kind": "accuracy", "rounds": 5}}, "pass_.accuracy.rounds"),
+        ({"pass_": {"kind": "profile"}}, "does not match any of the expected tags"),
         ({"inputs_path": "/x.npz"}, "inputs_path gives no dataset to check accuracy on"),
         (
             {"inputs_path": "/x.npz", "checks": [], "save_inputs": "/y.npz"},
@@ -95,11 +99,9 @@ def test_another_protocol_version_is_named_before_any_field_is_read() -> None:
 
 
 def test_a_real_worker_replies_with_the_mismatch_and_the_refusal_and_keeps_serving() -> None:
-    bad_pass = _request().model_copy(update={"accuracy_only": True, "hold": True})
-    lines = [
-        json.dumps({"version": PROTOCOL_VERSION + 1}),
-        bad_pass.model_dump_json(),  # made without validation: a host bug, caught by the worker
-    ]
+    # model_copy does not validate: a host bug that the worker catches.
+    bad = _request().model_copy(update={"inputs_path": "/x.npz"})
+    lines = [json.dumps({"version": PROTOCOL_VERSION + 1}), bad.model_dump_json()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run(
         [sys.executable, "-m", "pytest_mlscope.worker"],
@@ -113,7 +115,7 @@ def test_a_real_worker_replies_with_the_mismatch_and_the_refusal_and_keeps_servi
     replies = [WorkerReply.model_validate_json(line) for line in done.stdout.splitlines()]
     assert [r.error_type for r in replies] == ["ready", "ProtocolMismatch", "BadRequest"]
     assert "rebuild it" in (replies[1].error or "")
-    assert "accuracy_only and hold exclude each other" in (replies[2].error or "")
+    assert "inputs_path gives no dataset to check accuracy on" in (replies[2].error or "")
 
 
 def test_the_host_refuses_a_worker_of_another_protocol_at_its_ready_line() -> None:

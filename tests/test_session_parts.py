@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_mlscope.protocol import Cell
+from pytest_mlscope.protocol import AccuracyPass, Cell
 from pytest_mlscope.session import MlscopeSession, Settings
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
@@ -94,5 +94,21 @@ def test_the_requests_an_item_sends_are_one_pass_each(session: MlscopeSession) -
     manifest = session.manifest("digits_cnn")  # its model comes from the tests' shared cache
     timing = session._request(manifest, _cell("onnxruntime"))
     assert timing.pass_kind == "timing" and timing.interleave is None
-    accuracy = session._request(manifest, _cell("onnxruntime"), accuracy_only=True)
+    accuracy = session._request(manifest, _cell("onnxruntime"), accuracy=AccuracyPass())
     assert accuracy.pass_kind == "accuracy" and accuracy.trace_level == "none"
+
+
+def test_each_timed_item_starts_in_a_worker_that_served_nothing_before(
+    session: MlscopeSession,
+) -> None:
+    """A worker keeps part of what the models before it allocated, and the next model reuses
+    it unseen: each timed item gets its stack's worker started again, and measures its memory
+    there."""
+    manifest = session.manifest("digits_cnn")
+    fast = {"warmup": 1, "min_count": 5, "min_duration_s": 0.01, "rounds": 1}
+    first, second = (
+        session.evaluate(manifest, _cell("onnxruntime", batch_size=size), **fast) for size in (1, 8)
+    )
+    assert first.worker_pid != second.worker_pid
+    assert first.memory is not None and second.memory is not None
+    assert first.memory.model > 0 and second.memory.model > 0

@@ -113,7 +113,13 @@ def test_a_held_a_side_beside_a_slowed_b_in_another_worker_is_matched(clock: Clo
     from types import SimpleNamespace
 
     from pytest_mlscope.passes import _hold_pass
-    from pytest_mlscope.protocol import ArtifactRef, Cell, EvaluationRequest, MeasureOptions
+    from pytest_mlscope.protocol import (
+        ArtifactRef,
+        Cell,
+        EvaluationRequest,
+        HoldPass,
+        MeasureOptions,
+    )
 
     held = EvaluationRequest(
         cell=Cell(model="m", framework="onnxruntime", device="cpu", batch_size=1),
@@ -121,7 +127,7 @@ def test_a_held_a_side_beside_a_slowed_b_in_another_worker_is_matched(clock: Clo
         artifact=ArtifactRef(format="onnx", path="/nowhere/m.onnx", sha256="0" * 64),
         measure=MeasureOptions(warmup=0),
         work_dir="/nowhere",
-        hold=True,
+        pass_=HoldPass(),
         matched_wrapper=True,
     )
     predictor = SimpleNamespace(predict=_model(clock, [1e-3]))

@@ -26,6 +26,7 @@ from pytest_mlscope.protocol import (
     Cell,
     ColdStart,
     EvaluationResult,
+    MemoryUse,
     PredictorInfo,
     Summary,
 )
@@ -1301,7 +1302,7 @@ def test_a_version_6_database_is_migrated_and_gains_the_artifact_tables(
         assert store.fetch_artifact(sha256, tmp_path / "f").read_bytes() == path.read_bytes()
         with store._engine.connect() as connection:
             version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
-    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 8
+    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 9
 
 
 def test_a_version_7_database_keeps_its_chunked_artifacts_and_gains_their_location(
@@ -1320,6 +1321,25 @@ def test_a_version_7_database_keeps_its_chunked_artifacts_and_gains_their_locati
         with store._engine.connect() as connection:
             version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
     assert version == [(SCHEMA_VERSION,)]
+
+
+def test_a_version_8_database_gains_the_memory_column_and_keeps_its_results(
+    store_location: str,
+) -> None:
+    with Store.from_location(store_location) as store:
+        run_id = complete_run(store)
+        with store._engine.begin() as connection:  # what schema 8 had: no memory column
+            connection.execute(sa.text("ALTER TABLE results DROP COLUMN memory"))
+            connection.execute(sa.text("UPDATE schema_version SET version = 8"))
+    memory = MemoryUse(before=10 * 2**20, load_peak=30 * 2**20, run_peak=42 * 2**20)
+    with Store.from_location(store_location) as store:
+        (old,) = store.results(run_id)
+        assert old.memory is None and old.samples_ns == make_result().samples_ns
+        new = store.start_run(host=HOST)
+        measured = make_result().model_copy(update={"memory": memory})
+        store.record_result(new, cell=CELL, outcome="passed", result=measured)
+        (stored,) = store.results(new)
+    assert stored.memory == memory and stored.memory.model == 32 * 2**20
 
 
 def test_copy_with_baselines_carries_the_artifacts_they_keep(

@@ -103,7 +103,10 @@ def _verdict_text(verdict: dict[str, object] | None) -> str:
 
 def _result_table(results: Sequence[ResultRecord]) -> str:
     """The results under RESULT_COLUMNS, plus a verdict column when any result has one."""
-    rows = [result_row(r.item_id, r.outcome, r.accuracy, r.summary, r.cold_start) for r in results]
+    rows = [
+        result_row(r.item_id, r.outcome, r.accuracy, r.summary, r.cold_start, r.memory)
+        for r in results
+    ]
     if not any(r.verdict for r in results):
         return table(RESULT_COLUMNS, rows, RESULT_NUMBERS)
     for row, result in zip(rows, results, strict=True):

@@ -34,6 +34,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the slowdown to catch (default: what B's session used, else 0.05)",
     )
     compare.add_argument(
+        "--memory-threshold",
+        type=float,
+        default=None,
+        help="how much more memory fails an item (default: what B's session used, else 0.10)",
+    )
+    compare.add_argument(
         "--ignore-environment",
         action="store_true",
         help="compare latencies even across different CPUs or framework versions (A/B of stacks)",
@@ -101,6 +107,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             run_a,
             run_b,
             threshold=args.threshold,
+            memory_threshold=args.memory_threshold,
             ignore_environment=args.ignore_environment,
         )
     print(f"A (baseline): run {run_a.id[:12]}  {local_time(run_a.started_at)}  {git_text(run_a)}")
@@ -113,7 +120,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if found.baseline_instructions is not None and found.current_instructions is not None:
             a = f"{found.baseline_instructions:,.0f} instr"  # both runs counted: work decided
             b = f"{found.current_instructions:,.0f} instr"
-        rows.append([item, a, b, found.ratio_text or "-", found.kind])
+        rows.append([item, a, b, found.change_text or "-", found.kind])
     print()
     print(table(["item", "A median ms", "B median ms", "B vs A", "verdict"], rows, {1, 2}))
     counts: dict[str, int] = {}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pytest_mlscope.compare.memory import MEMORY_THRESHOLD, memory_change
 from pytest_mlscope.compare.rules import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
@@ -49,6 +50,7 @@ def verdict(
     between_run_noise: float | None = None,
     noise_runs: int | None = None,
     count_noise: float | None = None,
+    memory_threshold: float = MEMORY_THRESHOLD,
 ) -> Verdict:
     """The verdict for one item: the one policy the session, ``mlscope compare`` and the report
     all apply. ``comparisons`` is how many items the session compares (the family-wise
@@ -59,8 +61,66 @@ def verdict(
     ``regression``; latency on the pairs when the item was interleaved (the environment is the
     same by construction), else ``incomparable`` on another environment, else the stored
     design; instructions decide instead when both sides were counted on one environment, with
-    latency's verdict kept beside them.
+    latency's verdict kept beside them. Last, the model's memory against the baseline's
+    (``compare.memory``): more than ``memory_threshold`` more makes any of those but
+    ``incomparable`` a regression, and the change is named in every verdict that has both
+    figures.
     """
+    found = _time_or_work(
+        baseline,
+        current,
+        threshold=threshold,
+        comparisons=comparisons,
+        alpha=alpha,
+        accuracy_tolerance=accuracy_tolerance,
+        framework=framework,
+        between_run_noise=between_run_noise,
+        noise_runs=noise_runs,
+        count_noise=count_noise,
+    )
+    found = replace(found, memory_threshold=memory_threshold)
+    if found.kind == "new" or baseline is None:
+        return found
+    change = memory_change(baseline.memory, current.memory, memory_threshold)
+    if change is None:
+        if (baseline.memory is None) != (current.memory is None):
+            which = "the baseline's result" if baseline.memory is None else "this result"
+            return replace(found, memory=f"memory not compared: {which} has no figure")
+        return found
+    found = replace(
+        found,
+        baseline_memory=change.baseline,
+        current_memory=change.current,
+        memory=change.describe(),
+    )
+    # Another environment (CPU, framework release, image) moves memory as it moves time: named,
+    # never judged, as latency is not.
+    if change.kind != "regression" or found.kind == "incomparable":
+        return found
+    if found.kind == "regression":
+        return replace(found, reason=f"{found.reason}; {change.describe()}")
+    return replace(
+        found,
+        kind="regression",
+        reason=f"{change.describe()} (latency: {found.describe()})",
+        decided_by="memory",
+    )
+
+
+def _time_or_work(
+    baseline: Side | None,
+    current: Side,
+    *,
+    threshold: float,
+    comparisons: int,
+    alpha: float,
+    accuracy_tolerance: float,
+    framework: str,
+    between_run_noise: float | None,
+    noise_runs: int | None,
+    count_noise: float | None,
+) -> Verdict:
+    """Every decision but memory's, in the order ``verdict`` gives."""
     interleaved = bool(current.paired_samples_ns)
     if baseline is None and not interleaved:
         return Verdict("new", "no baseline result for this item", comparisons=comparisons)
@@ -207,6 +267,7 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         paired_version=getattr(paired, "version", None) if paired is not None else None,
         paired_artifact_sha256=getattr(record, "paired_artifact_sha256", None),
         paired_workers=list(getattr(record, "paired_workers", None) or []),
+        memory=record.memory.model if getattr(record, "memory", None) is not None else None,
     )
 
 
@@ -234,6 +295,7 @@ def compare_runs(
     current: Mapping[str, Side],
     *,
     threshold: float | None = None,
+    memory_threshold: float | None = None,
     alpha: float = DEFAULT_ALPHA,
     ignore_environment: bool = False,
     noise: Mapping[str, Noise] | None = None,
@@ -243,7 +305,8 @@ def compare_runs(
     for each, so a stored run compared later says what its session said.
 
     ``settings`` are what each item's session judged with (its stored verdict's threshold and
-    comparisons); ``threshold`` overrides them, else the default applies. ``noise`` is each
+    comparisons); ``threshold`` and ``memory_threshold`` override them, else the defaults
+    apply. ``noise`` is each
     item's run-to-run spread from runs stored before ``current``. ``ignore_environment``
     compares latencies across different environments anyway: the A/B of two framework versions
     or two machines that a user asked for explicitly.
@@ -267,5 +330,6 @@ def compare_runs(
             between_run_noise=known.latency,
             noise_runs=known.runs,
             count_noise=known.instructions,
+            memory_threshold=memory_threshold or used.get("memory_threshold") or MEMORY_THRESHOLD,
         )
     return verdicts

@@ -44,6 +44,7 @@ class Side:
     paired_version: str | None = None
     paired_artifact_sha256: str | None = None
     paired_workers: Sequence[Sequence[int]] = ()  # per pair, (A's worker, B's worker)
+    memory: int | None = None  # bytes: the model's peak above its worker's (MemoryUse.model)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ class Verdict:
     # When instructions decided: what latency said beside them (kind, change, reason).
     latency: str | None = None
     comparisons: int | None = None  # items the session compared (the family-wise correction)
+    # The model's memory (bytes) on each side and how it moved (compare.memory), when both
+    # measured it; a memory regression fails the item whatever its latency says.
+    baseline_memory: int | None = None
+    current_memory: int | None = None
+    memory_threshold: float | None = None
+    memory: str | None = None
+    # "memory" when the memory rule made the kind (latency alone did not): the change column
+    # shows memory's, and latency's per-layer movers and load suspicions are not added.
+    decided_by: str | None = None
 
     @property
     def ratio_text(self) -> str:
@@ -88,15 +98,22 @@ class Verdict:
     def fails(self) -> bool:
         return self.kind == "regression"
 
+    @property
+    def change_text(self) -> str:
+        """The change that decided: latency's interval, or memory's when memory decided."""
+        if self.decided_by == "memory" and self.baseline_memory and self.current_memory:
+            return f"memory {self.current_memory / self.baseline_memory - 1:+.1%}"
+        return self.ratio_text
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["ratio_text"] = self.ratio_text
+        data["ratio_text"] = self.change_text
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
 
     def describe(self) -> str:
         text = f"{self.kind}"
-        if self.ratio_text:
-            text += f" {self.ratio_text}"
+        if self.change_text:
+            text += f" {self.change_text}"
         return f"{text}: {self.reason}"
 
 

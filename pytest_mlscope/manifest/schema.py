@@ -367,6 +367,9 @@ class PerformanceSpec(_Strict):
     rounds: Annotated[int, Field(ge=1, le=1000, strict=True)] = 10
     # None: the ini option mlscope_threshold, else 5 %.
     regression_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
+    # How much more memory than the baseline's fails an item (peak resident memory of the
+    # model in its worker); None: the ini option mlscope_memory_threshold, else 10 %.
+    memory_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
     # Profiling pass after the timing pass (pytest_mlscope.tracing); --mlscope-trace overrides.
     trace: TraceLevel = "none"
 

@@ -59,6 +59,11 @@ class Predictor(ABC):
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
 
+    def import_framework(self) -> None:  # noqa: B027 - optional hook
+        """Import what ``load`` imports, before the worker starts to measure the model's
+        memory: the framework's own code and start-up allocations are not the model's. A
+        predictor without it has its framework's import counted with its first model."""
+
     @abstractmethod
     def load(self, artifact: ArtifactRef) -> None:
         """Load the (already verified) artifact; timed as the cold start."""

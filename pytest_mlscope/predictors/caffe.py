@@ -40,6 +40,9 @@ class CaffePredictor(Predictor):
         self.input = ""
         self.output = ""
 
+    def import_framework(self) -> None:
+        import caffe  # noqa: F401
+
     def load(self, artifact: ArtifactRef) -> None:
         import caffe
 

@@ -31,6 +31,9 @@ class MXNetPredictor(Predictor):
         self.net: Any = None
         self._artifact: ArtifactRef | None = None
 
+    def import_framework(self) -> None:
+        import mxnet  # noqa: F401
+
     def load(self, artifact: ArtifactRef) -> None:
         if artifact.format not in self.formats:
             raise ArtifactError(f"{artifact.path}: mxnet cannot load format {artifact.format!r}")

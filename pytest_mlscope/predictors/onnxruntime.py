@@ -24,6 +24,9 @@ class OnnxRuntimePredictor(Predictor):
         self.input_name = ""
         self._path = ""
 
+    def import_framework(self) -> None:
+        import onnxruntime  # noqa: F401
+
     def load(self, artifact: ArtifactRef) -> None:
         import onnxruntime as ort
 

@@ -44,6 +44,10 @@ class TensorFlowPredictor(Predictor):
         self._saved: Any = None  # a SavedModel: its loaded object (keeps the signature alive)
         self._dtype: Any = None
 
+    def import_framework(self) -> None:
+        import_tensorflow()
+        import keras  # noqa: F401
+
     def load(self, artifact: ArtifactRef) -> None:
         tf = import_tensorflow()
         threads = worker_threads()
@@ -140,7 +144,14 @@ class TensorFlowPredictor(Predictor):
         profiled = self._function()
         profiled(prepared)  # traced and optimized outside the profiler's window
         return profile_tf(
-            self.model, self.predict, profiled, prepared, iterations, level, timeline, trace_dir
+            self.model,
+            self.predict,
+            profiled,
+            prepared,
+            iterations=iterations,
+            level=level,
+            timeline=timeline,
+            trace_dir=trace_dir,
         )
 
     def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:

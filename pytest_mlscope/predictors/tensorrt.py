@@ -79,6 +79,10 @@ class TensorRTPredictor(Predictor):
         self.engine_path: Path | None = None
         self.built = False
 
+    def import_framework(self) -> None:
+        import tensorrt  # noqa: F401
+        import torch  # noqa: F401
+
     def load(self, artifact: ArtifactRef) -> None:
         import tensorrt as trt
         import torch

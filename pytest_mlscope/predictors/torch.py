@@ -30,6 +30,9 @@ class TorchPredictor(Predictor):
         self._mode: Any = None
         self._program: Any = None  # a torch.export program: its module tree, for layer tables
 
+    def import_framework(self) -> None:
+        import torch  # noqa: F401
+
     def load(self, artifact: ArtifactRef) -> None:
         import torch
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import markupsafe
 
+from pytest_mlscope.compare.memory import MEMORY_THRESHOLD, memory_change
 from pytest_mlscope.report.terminal import ms, number, printable
 
 if TYPE_CHECKING:
@@ -131,6 +132,12 @@ def _item_view(item: Item) -> dict[str, Any]:
         "accuracy_ok": record.accuracy.passed if record.accuracy else None,
         "summary": summary,
         "cold_start": (cold.load_s + cold.first_inference_s) if cold else None,
+        "memory_mib": record.memory.model / 2**20 if record.memory is not None else None,
+        "memory_change": memory_change(
+            verdict.get("baseline_memory"),
+            verdict.get("current_memory"),
+            verdict.get("memory_threshold") or MEMORY_THRESHOLD,
+        ),
         "verdict": verdict,
         "kind": verdict.get("kind") or "",
         "ratio": verdict.get("ratio"),

@@ -29,6 +29,8 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
             mlscope_throughput=round(result.summary.throughput, 2),
             mlscope_samples=result.summary.count,
         )
+    if result.memory is not None:
+        props["mlscope_memory_mib"] = round(result.memory.model / 2**20, 2)
     if result.instructions:
         props["mlscope_instructions"] = round(statistics.median(result.instructions))
     if result.trace is not None:
@@ -54,6 +56,8 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
                 props[f"mlscope_{name}"] = round(value, 6)
         if verdict.baseline_median is not None:
             props["mlscope_baseline_median_ms"] = round(verdict.baseline_median * 1e3, 4)
+        if verdict.baseline_memory is not None:
+            props["mlscope_baseline_memory_mib"] = round(verdict.baseline_memory / 2**20, 2)
         if verdict.baseline_instructions is not None:
             props["mlscope_baseline_instructions"] = round(verdict.baseline_instructions)
         if verdict.baseline_run:

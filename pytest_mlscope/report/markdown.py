@@ -79,8 +79,9 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
 
     lines += [
         "",
-        "| item | outcome | accuracy | median ms | p99 ms | items/s | vs baseline | verdict |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+        "| item | outcome | accuracy | median ms | p99 ms | items/s | memory MiB | vs baseline "
+        "| verdict |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     order = {id(item): i for i, item in enumerate(flagged)}
     rows = sorted(data.items, key=lambda item: order.get(id(item), len(order)))
@@ -97,6 +98,7 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
                     ms(summary.median if summary else None),
                     ms(summary.p99 if summary else None),
                     number(summary.throughput if summary else None),
+                    f"{record.memory.model / 2**20:.1f}" if record.memory is not None else "-",
                     escape(verdict.get("ratio_text") or "-"),
                     escape(verdict.get("kind") or "-"),
                 ]

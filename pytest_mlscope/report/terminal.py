@@ -12,11 +12,20 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pytest_mlscope.protocol import AccuracyReport, ColdStart, Summary
+    from pytest_mlscope.protocol import AccuracyReport, ColdStart, MemoryUse, Summary
     from pytest_mlscope.report.data import Item, ReportData
 
-RESULT_COLUMNS = ("item", "outcome", "accuracy", "median ms", "p99 ms", "items/s", "cold start ms")
-RESULT_NUMBERS = {3, 4, 5, 6}
+RESULT_COLUMNS = (
+    "item",
+    "outcome",
+    "accuracy",
+    "median ms",
+    "p99 ms",
+    "items/s",
+    "cold start ms",
+    "memory MiB",
+)
+RESULT_NUMBERS = {3, 4, 5, 6, 7}
 VERDICT_COLUMNS = ("vs baseline", "verdict")
 
 
@@ -87,6 +96,7 @@ def result_row(
     accuracy: AccuracyReport | None,
     summary: Summary | None,
     cold_start: ColdStart | None,
+    memory: MemoryUse | None = None,
 ) -> list[str]:
     """One row under RESULT_COLUMNS."""
     return [
@@ -97,6 +107,7 @@ def result_row(
         ms(summary.p99 if summary else None),
         number(summary.throughput if summary else None),
         ms(cold_start.load_s + cold_start.first_inference_s) if cold_start else "-",
+        f"{memory.model / 2**20:.1f}" if memory is not None else "-",
     ]
 
 
@@ -182,7 +193,12 @@ def summary_lines(data: ReportData, *, everything_in: str | None = None) -> Iter
     for item in shown:
         record = item.record
         row = result_row(
-            item.id, record.outcome, record.accuracy, record.summary, record.cold_start
+            item.id,
+            record.outcome,
+            record.accuracy,
+            record.summary,
+            record.cold_start,
+            record.memory,
         )
         if compared:
             verdict = item.verdict

@@ -28,7 +28,14 @@ from typing import Any
 
 from pytest_mlscope.containers import LABEL, ContainerError, client
 from pytest_mlscope.errors import StackUnavailable, WorkerCrashed, WorkerTimeout
-from pytest_mlscope.protocol import EvaluationRequest, EvaluationResult, RoundRequest, WorkerReply
+from pytest_mlscope.protocol import (
+    AccuracyPass,
+    EvaluationRequest,
+    EvaluationResult,
+    RoundRequest,
+    TimingPass,
+    WorkerReply,
+)
 from pytest_mlscope.runtimes.base import Runtime, check_ready, default_memory, unwrap
 from pytest_mlscope.runtimes.subprocess import exit_description
 
@@ -131,12 +138,17 @@ class PathMap:
             "save_outputs": move(request.save_outputs),
             "save_inputs": move(request.save_inputs),
             "inputs_path": move(request.inputs_path),
-            "save_layer_outputs": move(request.save_layer_outputs),
         }
-        if request.interleave is not None:
-            artifact = request.interleave.artifact
-            changes["interleave"] = request.interleave.model_copy(
-                update={"artifact": artifact.model_copy(update={"path": move(artifact.path)})}
+        work = request.pass_
+        if isinstance(work, AccuracyPass) and work.save_layer_outputs is not None:
+            changes["pass_"] = work.model_copy(
+                update={"save_layer_outputs": move(work.save_layer_outputs)}
+            )
+        if isinstance(work, TimingPass) and work.interleave is not None:
+            artifact = work.interleave.artifact
+            moved = artifact.model_copy(update={"path": move(artifact.path)})
+            changes["pass_"] = work.model_copy(
+                update={"interleave": work.interleave.model_copy(update={"artifact": moved})}
             )
         return request.model_copy(update=changes)
 

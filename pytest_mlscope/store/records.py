@@ -15,6 +15,7 @@ from pytest_mlscope.protocol import (
     Cell,
     ColdStart,
     LayerRow,
+    MemoryUse,
     PredictorInfo,
     Summary,
     TraceInfo,
@@ -73,6 +74,7 @@ class ResultRecord:
     layers: list[LayerRow] = field(default_factory=list)
     trace: TraceInfo | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
+    memory: MemoryUse | None = None
     duration_s: float | None = None
     instructions: list[float] = field(default_factory=list)
     # Interleaved: the A side timed beside this result (round i of each is pair i).
@@ -241,6 +243,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         layers=[LayerRow.model_validate(r) for r in row.get("layers") or []],
         trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
         telemetry=dict(row.get("telemetry") or {}),
+        memory=MemoryUse.model_validate(row["memory"]) if row.get("memory") else None,
         duration_s=row.get("duration_s"),
         instructions=[float(x) for x in row.get("instructions") or []],
         paired_samples_ns=[int(sample) for sample in row.get("paired_samples_ns") or []],

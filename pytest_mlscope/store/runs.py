@@ -99,6 +99,7 @@ class RunsMixin(_StoreBase):
             "layers": None,
             "trace": None,
             "telemetry": None,
+            "memory": None,
             "instructions": None,
             "paired_samples_ns": None,
             "paired": None,
@@ -118,6 +119,7 @@ class RunsMixin(_StoreBase):
                 layers=[row.model_dump() for row in result.layers] if result.layers else None,
                 trace=result.trace.model_dump() if result.trace else None,
                 telemetry=dict(result.telemetry) or None,
+                memory=result.memory.model_dump() if result.memory else None,
                 instructions=list(result.instructions) or None,
             )
             if result.paired_samples_ns:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Each step takes a database from version N to N + 1, in one transaction. A database written by
 # an older pytest-mlscope keeps every result it had. A step is SQL text ({json} is the backend's
 # JSON type) or a function of the connection (new tables, indexes, converted columns).
@@ -57,6 +57,10 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
         lambda connection: _add_missing_column(
             connection, "artifact_blobs", "location", "VARCHAR(1024)"
         ),
+    ],
+    8: [
+        # The model's memory in its worker (protocol.MemoryUse), gated beside its latency.
+        lambda connection: _add_missing_column(connection, "results", "memory", "{json}"),
     ],
 }
 
@@ -156,6 +160,7 @@ results_table = sa.Table(
     sa.Column("layers", _NullableJSON, nullable=True),
     sa.Column("trace", _NullableJSON, nullable=True),
     sa.Column("telemetry", _NullableJSON, nullable=True),
+    sa.Column("memory", _NullableJSON, nullable=True),
     # Instructions per call, one figure per round, from the count pass (schema 6).
     sa.Column("instructions", _NullableJSON, nullable=True),
     # Interleaved (schema 7): the A side's samples, and its rounds, artifact and predictor.

@@ -92,6 +92,7 @@ def profile_tf(
     call: Any,
     profiled: Any,
     prepared: Any,
+    *,
     iterations: int,
     level: str,
     timeline: Timeline,
