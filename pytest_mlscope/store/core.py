@@ -4,6 +4,7 @@ migrated, and :class:`Store` composed from the mixins that each keep one concern
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from pytest_mlscope.store.values import _json_dumps
 
 # Long enough to ride out another pytest process (xdist worker, parallel CI job) committing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# How long a session that lost the race to create the schema waits for the winner's version row.
+SCHEMA_RACE_S = 10.0
 
 
 def default_location() -> str:
@@ -187,11 +190,24 @@ class Store(RunsMixin, HistoryMixin, TransferMixin, BaselinesMixin, ArtifactsMix
         except (sa_exc.IntegrityError, sa_exc.OperationalError, sa_exc.ProgrammingError):
             # Another process may have created the schema between our check and our create;
             # then what it wrote is what counts. Otherwise the error is real.
-            with self._engine.connect() as connection:
-                version = self._stored_version(connection)
+            version = self._version_of_another(SCHEMA_RACE_S)
             if version is None:
                 raise
             self._check_version(version)
+
+    def _version_of_another(self, seconds: float) -> int | None:
+        """The version another process writes as it creates the schema: SQLite commits each
+        CREATE TABLE as it goes, so its tables can be there a moment before its version row.
+        None at once when there is no version table at all."""
+        deadline = time.monotonic() + seconds
+        while True:
+            with self._engine.connect() as connection:
+                if not sa.inspect(connection).has_table(schema_version_table.name):
+                    return None
+                version = self._stored_version(connection)
+            if version is not None or time.monotonic() > deadline:
+                return version
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Release pooled connections (and with them SQLite's file handles)."""
