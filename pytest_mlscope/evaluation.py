@@ -49,20 +49,30 @@ class Evaluation:
             self._cache = ArtifactCache(self.settings.artifact_dir)
         return self._cache
 
-    def _reference_path(self, manifest: Manifest) -> Path | None:
+    def _reference_path(self, manifest: Manifest, length: int | None) -> Path | None:
+        """The reference's outputs, one file per sequence length (tokenized text padded or cut
+        to another length is another input)."""
         agreement = manifest.accuracy.agreement
         if agreement is None:
             return None
-        return self.work_dir / "reference" / f"{_safe(manifest.name)}-{agreement.reference}.npz"
+        seq = f"-seq{length}" if length is not None else ""
+        name = f"{_safe(manifest.name)}-{agreement.reference}{seq}.npz"
+        return self.work_dir / "reference" / name
 
-    def _ensure_reference(self, manifest: Manifest) -> Path:
+    def _ensure_reference(self, manifest: Manifest, length: int | None) -> Path:
         """The reference framework's outputs, computed by an accuracy-only pass if no item did."""
-        path = self._reference_path(manifest)
+        path = self._reference_path(manifest, length)
         assert path is not None and manifest.accuracy.agreement is not None
         if path.exists():
             return path
         reference = manifest.accuracy.agreement.reference
-        cell = Cell(model=manifest.name, framework=reference, device="cpu", batch_size=1)
+        cell = Cell(
+            model=manifest.name,
+            framework=reference,
+            device="cpu",
+            batch_size=1,
+            sequence_length=length,
+        )
         runtime, reason = self._reference_runtime(manifest, cell)
         if runtime is None:
             raise EvaluationFailed(
@@ -213,6 +223,7 @@ class Evaluation:
             framework=agreement.reference,
             device="cpu",
             batch_size=cell.batch_size,
+            sequence_length=cell.sequence_length,
         )
         found = {}
         try:
@@ -251,10 +262,10 @@ class Evaluation:
         if agreement is not None:
             # The reference runs on the CPU; the same framework on a GPU is checked against it.
             if cell.framework == agreement.reference and cell.device == "cpu":
-                candidate = self._reference_path(manifest)
+                candidate = self._reference_path(manifest, cell.sequence_length)
                 save = candidate if candidate and not candidate.exists() else None
             else:
-                reference = self._ensure_reference(manifest)
+                reference = self._ensure_reference(manifest, cell.sequence_length)
         other = manifest.framework_spec(cell.framework, cell.stack).interleave_with
         interleaving = self.settings.interleaving
         across = interleaving and other is not None
@@ -376,7 +387,15 @@ class Evaluation:
         framework = framework or (agreement.reference if agreement else manifest.framework[0].name)
         manifest.framework_spec(framework)
         path = manifest.resolve(golden.path)
-        cell = Cell(model=manifest.name, framework=framework, device="cpu", batch_size=1)
+        # Tokenized text at the longest length of the sweep: the one that cuts the fewest texts.
+        lengths = manifest.performance.sequence_lengths
+        cell = Cell(
+            model=manifest.name,
+            framework=framework,
+            device="cpu",
+            batch_size=1,
+            sequence_length=max(lengths) if lengths else None,
+        )
         # With the outputs, each layer's on the first sample, where the framework exposes them:
         # a later miss then says which layer changed since (none kept where it cannot).
         layers = self._golden_layers(manifest)

@@ -59,10 +59,12 @@ def compare_stored_runs(
     threshold: float | None = None,
     memory_threshold: float | None = None,
     ignore_environment: bool = False,
+    scaling_threshold: float | None = None,
 ) -> dict[str, Verdict]:
     """Every item of ``current`` against ``baseline``, by ``compare.verdict``: with the noise of
     the runs stored before ``current`` and the thresholds and comparisons its session used (its
-    stored verdicts), unless ``threshold`` or ``memory_threshold`` overrides them."""
+    stored verdicts), unless ``threshold``, ``memory_threshold`` or ``scaling_threshold``
+    overrides them; sweeps over sequence lengths by ``compare.scaling``."""
     from pytest_mlscope.compare import compare_runs, environment, run_sides
 
     records = store.latest_results(current.id)
@@ -84,7 +86,7 @@ def compare_stored_runs(
                 key: record.verdict.get(key)
                 for key in ("threshold", "comparisons", "memory_threshold")
             }
-    return compare_runs(
+    verdicts = compare_runs(
         sides_a,
         sides_b,
         threshold=threshold,
@@ -93,6 +95,34 @@ def compare_stored_runs(
         noise=noise,
         settings=settings,
     )
+    return _stored_sweeps(records, verdicts, scaling_threshold)
+
+
+def _stored_sweeps(
+    records: dict[str, Any], verdicts: dict[str, Verdict], threshold: float | None
+) -> dict[str, Verdict]:
+    """Each complete sweep of a stored run judged as its session judged it: on the item with
+    the longest length, with the scaling threshold the session used (its stored verdict's)
+    unless ``threshold`` overrides it."""
+    from pytest_mlscope.compare.scaling import SCALING_THRESHOLD, sweep_scaling, with_scaling
+
+    sweeps: dict[Any, dict[int, str]] = {}
+    for item, record in records.items():
+        length = record.cell.sequence_length
+        if length is not None and item == record.cell.id and item in verdicts:
+            sweeps.setdefault(record.cell.model_copy(update={"sequence_length": None}), {})[
+                length
+            ] = item
+    for items in sweeps.values():
+        last = items[max(items)]
+        stored = (records[last].verdict or {}).get("scaling") or {}
+        scaling = sweep_scaling(
+            {length: records[item] for length, item in items.items()},
+            threshold or stored.get("threshold") or SCALING_THRESHOLD,
+        )
+        if scaling is not None:
+            verdicts[last] = with_scaling(verdicts[last], scaling)
+    return verdicts
 
 
 def failure_message(verdict: Verdict) -> str:
@@ -159,6 +189,15 @@ class Judging:
             self.settings.memory_threshold
             or manifest.performance.memory_threshold
             or self.settings.default_memory_threshold
+        )
+
+    def scaling_threshold(self, manifest: Manifest) -> float:
+        """How much the exponent of L may grow over a sweep: command line, else manifest,
+        else ini."""
+        return (
+            self.settings.scaling_threshold
+            or manifest.performance.scaling_threshold
+            or self.settings.default_scaling_threshold
         )
 
     def check_baselines(self) -> None:
@@ -302,7 +341,29 @@ class Judging:
                 found,
                 reason=f"{found.reason} (decided on latency: {which} has no instruction counts)",
             )
+        if item_id in (None, result.cell.id):
+            found = self._with_scaling(manifest, result, found)
         return _with_suspicions(found, result)
+
+    def _with_scaling(
+        self, manifest: Manifest, result: EvaluationResult, found: Verdict
+    ) -> Verdict:
+        """On the item that completes a sweep over sequence lengths in this session: how time
+        grows with the length against the baseline's (compare.scaling), from each length's
+        interleaved pairs. A sweep partly selected (``-k seq64``) or split across pytest-xdist
+        workers is not judged as a sweep; its items are, one by one."""
+        from pytest_mlscope.compare.scaling import sweep_scaling, with_scaling
+
+        lengths = manifest.performance.sequence_lengths
+        cell = result.cell
+        if not lengths or cell.sequence_length is None or len(lengths) < 2:
+            return found
+        seen = self._sweeps.setdefault(cell.model_copy(update={"sequence_length": None}), {})
+        seen[cell.sequence_length] = result
+        if set(seen) != set(lengths) or any(not r.paired_samples_ns for r in seen.values()):
+            return found
+        scaling = sweep_scaling(seen, self.scaling_threshold(manifest))
+        return found if scaling is None else with_scaling(found, scaling)
 
     def noise(self, result: EvaluationResult, item_id: str | None = None) -> Noise:
         """The item's spread across comparable stored runs (same CPU model, framework version

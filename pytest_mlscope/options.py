@@ -100,6 +100,13 @@ def add_options(parser: pytest.Parser) -> None:
         "manifest, ini, 0.10)",
     )
     group.addoption(
+        "--mlscope-scaling-threshold",
+        type=float,
+        metavar="EXPONENT",
+        help="how much faster time may grow with the sequence length than in the baseline, as "
+        "a change of the exponent of L, e.g. 0.05 (default: manifest, ini, 0.05)",
+    )
+    group.addoption(
         "--mlscope-no-fail",
         action="store_true",
         help="report regressions as warnings instead of failing their items",
@@ -194,6 +201,11 @@ def add_options(parser: pytest.Parser) -> None:
         "mlscope_memory_threshold",
         "memory threshold (more than the baseline's peak) for manifests that set none",
         default="0.10",
+    )
+    parser.addini(
+        "mlscope_scaling_threshold",
+        "scaling threshold (a change of the exponent of L) for manifests that set none",
+        default="0.05",
     )
     parser.addini("mlscope_manifests", "manifest files or directories", type="paths", default=[])
     parser.addini(
@@ -291,6 +303,8 @@ def settings(config: pytest.Config) -> Settings:
         default_threshold=float(config.getini("mlscope_threshold") or 0.05),
         memory_threshold=config.getoption("mlscope_memory_threshold"),
         default_memory_threshold=float(config.getini("mlscope_memory_threshold") or 0.10),
+        scaling_threshold=config.getoption("mlscope_scaling_threshold"),
+        default_scaling_threshold=float(config.getini("mlscope_scaling_threshold") or 0.05),
         fail_on_regression=not config.getoption("mlscope_no_fail"),
         inject_slowdown=config.getoption("mlscope_inject_slowdown"),
         trace_level=config.getoption("mlscope_trace"),

@@ -180,7 +180,8 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
 
     ``mlscope_eval("alexnet", framework="onnxruntime", batch_size=1)`` returns the
     :class:`~pytest_mlscope.protocol.EvaluationResult` (accuracy, latency summary, raw samples,
-    cold start), and stores it with the session's run. Measurement settings (``min_count``,
+    cold start), and stores it with the session's run. A text model takes ``sequence_length``
+    (default: the manifest's first). Measurement settings (``min_count``,
     ``min_duration_s``, ``max_duration_s``, ``warmup``) may be passed as keywords.
     """
     session = session_of(request.config)
@@ -193,18 +194,23 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
         batch_size: int = 1,
         device: str = "cpu",
         scenario: str = "single_stream",
+        sequence_length: int | None = None,
         **measure: float,
     ) -> EvaluationResult:
         from pytest_mlscope.protocol import Cell
 
         manifest = session.manifest(model)
         manifest.framework_spec(framework)  # a clear KeyError for a framework it does not list
+        lengths = manifest.performance.sequence_lengths
+        if lengths and sequence_length is None:
+            sequence_length = lengths[0]
         cell = Cell(
             model=model,
             framework=framework,
             device=device,
             batch_size=batch_size,
             scenario=scenario,  # type: ignore[arg-type]
+            sequence_length=sequence_length,
         )
         unavailable = session.unavailable(manifest, cell)
         if unavailable is not None:

@@ -18,8 +18,8 @@ from pytest_mlscope.vocabulary import Scenario
 # goes with save_outputs too (a golden and its layers in one pass); large layers are sampled.
 # 5: RoundRequest.renew. 6: a hold from inputs_path with no checks skips the accuracy pass (the
 # extra workers of an interleave across stacks). 7: the pass is one typed field (``pass_``), not
-# four flags; results carry the model's memory.
-PROTOCOL_VERSION = 7
+# four flags; results carry the model's memory. 8: a cell's sequence length (tokenized text).
+PROTOCOL_VERSION = 8
 
 
 class _Document(BaseModel):
@@ -27,7 +27,8 @@ class _Document(BaseModel):
 
 
 class Cell(_Document):
-    """One point of the evaluation grid: model × framework × device × batch size × scenario.
+    """One point of the evaluation grid: model × framework × device × batch size (× sequence
+    length, for text) × scenario.
 
     ``stack`` names one of several stacks of the same framework in a manifest (two ONNX Runtime
     releases in two images, say); it shows in the id as ``onnxruntime@ort131``.
@@ -41,6 +42,8 @@ class Cell(_Document):
     batch_size: int = 1
     scenario: Scenario = "single_stream"
     stack: str | None = None
+    # Tokens per sample, for a model whose input is tokenized text (None otherwise).
+    sequence_length: int | None = None
 
     @property
     def framework_id(self) -> str:
@@ -48,7 +51,8 @@ class Cell(_Document):
 
     @property
     def param_id(self) -> str:
-        return f"{self.framework_id}-{self.device}-bs{self.batch_size}-{self.scenario}"
+        seq = f"-seq{self.sequence_length}" if self.sequence_length is not None else ""
+        return f"{self.framework_id}-{self.device}-bs{self.batch_size}{seq}-{self.scenario}"
 
     @property
     def id(self) -> str:

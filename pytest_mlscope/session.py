@@ -60,6 +60,8 @@ class Settings:
     default_threshold: float = 0.05  # ini mlscope_threshold: for manifests that set none
     memory_threshold: float | None = None  # overrides every manifest's memory_threshold
     default_memory_threshold: float = 0.10  # ini mlscope_memory_threshold
+    scaling_threshold: float | None = None  # overrides every manifest's scaling_threshold
+    default_scaling_threshold: float = 0.05  # ini mlscope_scaling_threshold
     fail_on_regression: bool = True
     inject_slowdown: float = 0.0
     # Time items in alternating rounds with their baseline's model; None: whenever a baseline
@@ -150,6 +152,8 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
         self.xdist_workers = 0  # on the controller of a pytest-xdist session: its workers
         # Per item id: what the A side of an interleaved measurement was, or why there was none.
         self._interleaved: dict[str, tuple[bool, str]] = {}
+        # Per sweep (its cell without the length): each length's result so far, this session.
+        self._sweeps: dict[Cell, dict[int, EvaluationResult]] = {}
         self._image_versions: dict[str, str | None] = {}  # tag -> its framework release
         # Per item id: why its instructions were not counted (a container stack, say).
         self.not_counted: dict[str, str] = {}

@@ -40,17 +40,18 @@ from pytest_mlscope.protocol import (
 if TYPE_CHECKING:
     from pytest_mlscope.predictors.base import Predictor
 
-_PREPARED_CACHE: dict[tuple[str, float], object] = {}
+_PREPARED_CACHE: dict[tuple[str, float, int | None], object] = {}
 
 
-def _prepared(manifest_path: str, manifest: object) -> object:
-    """Preprocessed data per manifest file (and its mtime), reused across a worker's items."""
+def _prepared(manifest_path: str, manifest: object, sequence_length: int | None) -> object:
+    """Preprocessed data per manifest file (and its mtime) and sequence length, reused across
+    a worker's items."""
     from pytest_mlscope.data import prepare
 
-    key = (manifest_path, os.stat(manifest_path).st_mtime)
+    key = (manifest_path, os.stat(manifest_path).st_mtime, sequence_length)
     if key not in _PREPARED_CACHE:
         _PREPARED_CACHE.clear()  # one manifest at a time: items arrive grouped by model
-        _PREPARED_CACHE[key] = prepare(manifest)  # type: ignore[arg-type]
+        _PREPARED_CACHE[key] = prepare(manifest, sequence_length)  # type: ignore[arg-type]
     return _PREPARED_CACHE[key]
 
 
@@ -104,7 +105,11 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             manifest = load_manifest(request.manifest_path, require_files=False)
             # A count pass under Valgrind gets the timing pass's inputs as a file: preparing the
             # dataset again there (scikit-learn, decoding, resizing) would take a minute.
-            data = None if request.inputs_path else _prepared(request.manifest_path, manifest)
+            data = (
+                None
+                if request.inputs_path
+                else _prepared(request.manifest_path, manifest, cell.sequence_length)
+            )
             if request.inputs_path:
                 raw_batches = _load_inputs(request.inputs_path)
             else:
@@ -311,7 +316,9 @@ def _accuracy(
     if request.checks is not None:
         spec = spec.model_copy(
             update={
-                k: None for k in ("top1", "top5", "golden", "agreement") if k not in request.checks
+                k: None
+                for k in ("top1", "top5", "golden", "agreement", "paraphrase")
+                if k not in request.checks
             }
         )
     return assess(
@@ -320,6 +327,7 @@ def _accuracy(
         data.labels,
         reference=reference,
         golden=_golden(spec, manifest, output_spec.name),
+        pair_labels=data.pair_labels,
     )
 
 

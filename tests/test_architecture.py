@@ -189,3 +189,11 @@ def test_statistics_import_no_store_and_no_report(module: str) -> None:
     modules, _ = closure(module)
     forbidden = ("pytest_mlscope.store", "pytest_mlscope.report")
     assert not {m for m in modules if m.startswith(forbidden)}
+
+
+def test_the_accuracy_checks_import_nothing_into_the_measured_memory() -> None:
+    """The accuracy pass runs inside the memory window: what its checks import counts as the
+    model's memory (scipy.stats alone is 30 MiB), so they use what the worker imported before
+    the window opened: numpy, and pydantic for the request it parsed."""
+    _, external = closure("pytest_mlscope.accuracy")
+    assert external <= {"numpy", "pydantic", "__future__", "collections", "typing"}, external

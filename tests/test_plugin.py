@@ -59,7 +59,8 @@ def test_bundled_suite_passes_on_five_frameworks_and_is_stored(pytester: pytest.
     for folder in (pytester.path, os.environ["MLSCOPE_CACHE"]):
         os.chmod(folder, 0o755)
     result = _run(pytester, "-v", "-rs")
-    result.assert_outcomes(passed=26 + 6 * caffe, skipped=6 + 6 * (not caffe))
+    # 26 image items and MiniLM's 6 (torch and ONNX Runtime at three sequence lengths).
+    result.assert_outcomes(passed=32 + 6 * caffe, skipped=6 + 6 * (not caffe))
     result.stdout.fnmatch_lines(
         ["SKIPPED [[]3[]] manifests/alexnet.yaml: alexnet needs an NVIDIA GPU, none found (*)"]
     )
@@ -71,12 +72,14 @@ def test_bundled_suite_passes_on_five_frameworks_and_is_stored(pytester: pytest.
             "*digits_cnn?onnxruntime-cpu-bs8-single_stream? PASSED*",
             "*digits_cnn?tensorflow-cpu-bs8-offline? PASSED*",
             "*digits_cnn?mxnet-cpu-bs8-offline? PASSED*",
+            "*minilm?onnxruntime-cpu-bs1-seq256-single_stream? PASSED*",
             "*= mlscope =*",
             "item*outcome*accuracy*median ms*p99 ms*items/s*cold start ms*memory MiB",
             "across frameworks (single-stream median; agreement with the manifest's reference):",
             "  model * torch * onnxruntime * tensorflow * mxnet*",
             "  alexnet * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)*",
             "  digits_cnn * ms ref (bs1) * ms agrees (bs1) * ms agrees (bs1) * ms agrees (bs1)*",
+            "  minilm * ms ref (bs1 seq16) * ms agrees (bs1 seq16) *",
             "run * stored in sqlite:///*results.db",
         ]
     )
@@ -98,7 +101,14 @@ def test_bundled_suite_passes_on_five_frameworks_and_is_stored(pytester: pytest.
     results = [r for r in stored if r.outcome != "skipped"]
     assert {r.outcome for r in results} == {"passed"}
     # The hand-written tests store what they evaluate too.
-    assert len(results) == 24 + 6 * caffe + 3
+    assert len(results) == 24 + 6 + 6 * caffe + 3
+    minilm = [r for r in results if r.cell.model == "minilm"]
+    assert {(r.cell.framework, r.cell.sequence_length) for r in minilm} == {
+        (framework, length) for framework in ("torch", "onnxruntime") for length in (16, 64, 256)
+    }
+    for record in minilm:  # the paraphrases ranked, the transformers golden met
+        checks = {c.name: c.passed for c in record.accuracy.checks}  # type: ignore[union-attr]
+        assert checks["paraphrase"] and checks["golden"], record.accuracy
     digits = [r for r in results if r.cell.model == "digits_cnn"]
     frameworks = {"torch", "onnxruntime", "tensorflow", "mxnet"} | ({"caffe"} if caffe else set())
     assert {r.cell.framework for r in digits} == frameworks

@@ -69,8 +69,12 @@ def _cell_of(node: str) -> Cell:
     """The cell behind a collected node id, e.g. ``manifests/a.yaml::alexnet[torch-cpu-bs1-…]``."""
     model, _, rest = node.split("::")[1].partition("[")
     framework, device, batch, scenario = rest.rstrip("]").split("-", 3)
-    return Cell(model=model, framework=framework, device=device,
-                batch_size=int(batch[2:]), scenario=scenario)  # fmt: skip
+    length = None
+    if scenario.startswith("seq"):  # a text model's sequence length: ...-bs1-seq64-single_stream
+        seq, scenario = scenario.split("-", 1)
+        length = int(seq[3:])
+    return Cell(model=model, framework=framework, device=device, batch_size=int(batch[2:]),
+                scenario=scenario, sequence_length=length)  # fmt: skip
 
 
 def test_two_runners_split_the_bundled_suite_through_one_database(

@@ -1302,7 +1302,7 @@ def test_a_version_6_database_is_migrated_and_gains_the_artifact_tables(
         assert store.fetch_artifact(sha256, tmp_path / "f").read_bytes() == path.read_bytes()
         with store._engine.connect() as connection:
             version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
-    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 9
+    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 10
 
 
 def test_a_version_7_database_keeps_its_chunked_artifacts_and_gains_their_location(
@@ -1340,6 +1340,25 @@ def test_a_version_8_database_gains_the_memory_column_and_keeps_its_results(
         store.record_result(new, cell=CELL, outcome="passed", result=measured)
         (stored,) = store.results(new)
     assert stored.memory == memory and stored.memory.model == 32 * 2**20
+
+
+def test_a_version_9_database_gains_the_sequence_length_and_keeps_its_results(
+    store_location: str,
+) -> None:
+    with Store.from_location(store_location) as store:
+        run_id = complete_run(store)
+        with store._engine.begin() as connection:  # what schema 9 had: no sequence length
+            connection.execute(sa.text("ALTER TABLE results DROP COLUMN sequence_length"))
+            connection.execute(sa.text("UPDATE schema_version SET version = 9"))
+    text_cell = Cell(model="minilm", framework="torch", sequence_length=64)
+    with Store.from_location(store_location) as store:
+        (old,) = store.results(run_id)
+        assert old.cell == CELL and old.cell.sequence_length is None
+        new = store.start_run(host=HOST)
+        store.record_result(new, cell=text_cell, outcome="passed", result=make_result())
+        (stored,) = store.results(new)
+    assert stored.cell == text_cell
+    assert stored.item_id == "minilm[torch-cpu-bs1-seq64-single_stream]"
 
 
 def test_copy_with_baselines_carries_the_artifacts_they_keep(

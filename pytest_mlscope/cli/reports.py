@@ -40,6 +40,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="how much more memory fails an item (default: what B's session used, else 0.10)",
     )
     compare.add_argument(
+        "--scaling-threshold",
+        type=float,
+        default=None,
+        help="how much the exponent of time over sequence length may grow in a sweep "
+        "(default: what B's session used, else 0.05)",
+    )
+    compare.add_argument(
         "--ignore-environment",
         action="store_true",
         help="compare latencies even across different CPUs or framework versions (A/B of stacks)",
@@ -109,6 +116,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             memory_threshold=args.memory_threshold,
             ignore_environment=args.ignore_environment,
+            scaling_threshold=args.scaling_threshold,
         )
     print(f"A (baseline): run {run_a.id[:12]}  {local_time(run_a.started_at)}  {git_text(run_a)}")
     print(f"B (current):  run {run_b.id[:12]}  {local_time(run_b.started_at)}  {git_text(run_b)}")
@@ -131,6 +139,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for item, found in verdicts.items():
         if found.kind in ("regression", "inconclusive", "incomparable"):
             print(f"{found.kind.upper()} {item}: {found.reason}")
+    for item, found in verdicts.items():
+        if found.scaling and found.decided_by != "scaling":
+            from pytest_mlscope.compare.scaling import Scaling
+
+            scaling = Scaling(**found.scaling)
+            print(f"sweep ending at {item}: {scaling.kind}, {scaling.describe()}")
     return EXIT_INVALID if any(v.fails for v in verdicts.values()) else EXIT_OK
 
 

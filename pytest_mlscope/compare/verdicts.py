@@ -83,6 +83,9 @@ class Verdict:
     # "memory" when the memory rule made the kind (latency alone did not): the change column
     # shows memory's, and latency's per-layer movers and load suspicions are not added.
     decided_by: str | None = None
+    # Over a sweep of sequence lengths, on the item that completed it: how the exponent of L
+    # moved (compare.scaling.Scaling, as a dict); decided_by "scaling" when it made the kind.
+    scaling: dict[str, Any] | None = None
 
     @property
     def ratio_text(self) -> str:
@@ -103,6 +106,8 @@ class Verdict:
         """The change that decided: latency's interval, or memory's when memory decided."""
         if self.decided_by == "memory" and self.baseline_memory and self.current_memory:
             return f"memory {self.current_memory / self.baseline_memory - 1:+.1%}"
+        if self.decided_by == "scaling" and self.scaling:
+            return f"exponent {self.scaling['change']:+.2f}"
         return self.ratio_text
 
     def as_dict(self) -> dict[str, Any]:

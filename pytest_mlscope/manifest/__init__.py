@@ -12,6 +12,14 @@ line, ``loading`` validates it and phrases the problems. Every name stays import
 from __future__ import annotations
 
 from pytest_mlscope.errors import ManifestError
+from pytest_mlscope.manifest.base import (
+    NAME_PATTERN,
+    SHA256_PATTERN,
+    NonNegative,
+    PositiveInt,
+    Probability,
+    _Strict,
+)
 from pytest_mlscope.manifest.loading import (
     _EXPECTED,
     _data_key,
@@ -36,45 +44,43 @@ from pytest_mlscope.manifest.parsing import (
     _parse,
     _shown,
 )
-from pytest_mlscope.manifest.schema import (
-    NAME_PATTERN,
+from pytest_mlscope.manifest.preprocess import (
     PREPROCESS_STEPS,
-    SHA256_PATTERN,
+    CenterCropStep,
+    DecodeStep,
+    LayoutStep,
+    Normalize,
+    NormalizeStep,
+    PreprocessStep,
+    ResizeStep,
+    ScaleStep,
+    Size,
+    _step_kind,
+)
+from pytest_mlscope.manifest.schema import (
     AccuracySpec,
     Agreement,
     BuilderSource,
-    CenterCropStep,
     DatasetSpec,
-    DecodeStep,
     Device,
     FrameworkSpec,
     Golden,
     GpuRequirement,
     InputSpec,
-    LayoutStep,
     Manifest,
     ModelFiles,
     ModelSource,
     ModelSpec,
-    NonNegative,
-    Normalize,
-    NormalizeStep,
     OutputSpec,
+    Paraphrase,
     PathSource,
     PerformanceSpec,
-    PositiveInt,
-    PreprocessStep,
-    Probability,
     Requirements,
-    ResizeStep,
-    ScaleStep,
     Scenario,
-    Size,
+    TokenizerSpec,
     TopK,
     UrlSource,
     _source_kind,
-    _step_kind,
-    _Strict,
 )
 
 __all__ = [
@@ -108,6 +114,7 @@ __all__ = [
     "Normalize",
     "NormalizeStep",
     "OutputSpec",
+    "Paraphrase",
     "PathSource",
     "PerformanceSpec",
     "PositiveInt",
@@ -118,6 +125,7 @@ __all__ = [
     "ScaleStep",
     "Scenario",
     "Size",
+    "TokenizerSpec",
     "TopK",
     "UrlSource",
     "_Composer",

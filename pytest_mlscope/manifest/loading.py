@@ -21,7 +21,7 @@ from pytest_mlscope.manifest.parsing import (
     _parse,
     _shown,
 )
-from pytest_mlscope.manifest.schema import Manifest, ModelFiles
+from pytest_mlscope.manifest.schema import TEXT_DATASETS, Manifest, ModelFiles
 from pytest_mlscope.vocabulary import DEVICES, SCENARIOS
 
 # Phrases for keys whose expected value is better said in the user's words than pydantic's.
@@ -31,6 +31,8 @@ _EXPECTED = {
     ("performance", "scenarios"): f"a list of scenarios ({', '.join(SCENARIOS)})",
     ("performance", "scenarios", "*"): f"a scenario ({' or '.join(SCENARIOS)})",
     ("inputs", "*", "shape"): "a list of positive integers (batch excluded)",
+    ("performance", "sequence_lengths"): "a list of positive integers (tokens per sample)",
+    ("performance", "sequence_lengths", "*"): "a positive integer (tokens per sample)",
     ("inputs", "*", "shape", "*"): "a positive integer (one dimension, batch excluded)",
     ("framework",): "a list of frameworks, each a mapping with a 'name'",
     ("framework", "*", "devices"): f"a list of devices ({', '.join(DEVICES)})",
@@ -190,7 +192,11 @@ def _semantic_problems(
                 ("model", "sha256", framework),
                 f"expected a framework of this manifest ({', '.join(names)}), got {framework!r}",
             )
+    yield from (problem(key, message) for key, message in _text_problems(manifest))
     paths: list[tuple[tuple[str | int, ...], str]] = []
+    for i, spec in enumerate(manifest.inputs):
+        if spec.tokenizer is not None and spec.tokenizer.package is None:
+            paths.append((("inputs", i, "tokenizer", "path"), spec.tokenizer.path))
     if manifest.accuracy.golden:
         paths.append((("accuracy", "golden"), manifest.accuracy.golden.path))
     if manifest.dataset.path:
@@ -229,6 +235,41 @@ def _semantic_problems(
                 else ""
             )
             yield problem(key, f"expected an existing file, got {relative!r} (no such file){hint}")
+
+
+def _text_problems(manifest: Manifest) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """A tokenized input, its sequence lengths and a text dataset go together."""
+    tokenized = [i for i, spec in enumerate(manifest.inputs) if spec.tokenizer is not None]
+    lengths = manifest.performance.sequence_lengths
+    if tokenized and not lengths:
+        yield (
+            ("inputs", tokenized[0], "tokenizer"),
+            "a tokenized input needs performance.sequence_lengths (the token counts to pad or "
+            "truncate to, e.g. [16, 64, 128])",
+        )
+    if lengths and not tokenized:
+        yield (
+            ("performance", "sequence_lengths"),
+            "expected an input with a 'tokenizer': the lengths are what tokenized text is "
+            "padded or truncated to",
+        )
+    if tokenized and manifest.dataset.name not in TEXT_DATASETS:
+        yield (
+            ("dataset", "name"),
+            f"expected a text dataset ({' or '.join(TEXT_DATASETS)}) for the tokenized input "
+            f"{manifest.inputs[tokenized[0]].name!r}, got {manifest.dataset.name!r}",
+        )
+    if manifest.dataset.name in TEXT_DATASETS and not tokenized:
+        yield (
+            ("inputs", 0),
+            f"the dataset {manifest.dataset.name} is text: expected a 'tokenizer' on an input",
+        )
+    if manifest.accuracy.paraphrase is not None and manifest.dataset.name != "text_pairs":
+        yield (
+            ("accuracy", "paraphrase"),
+            f"ranks labelled sentence pairs: expected dataset text_pairs, got "
+            f"{manifest.dataset.name!r}",
+        )
 
 
 def _line_number(problem: str) -> int:

@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -20,23 +18,20 @@ from pydantic import (
     model_validator,
 )
 
+from pytest_mlscope.manifest.base import (
+    NAME_PATTERN,
+    SHA256_PATTERN,
+    NonNegative,
+    PositiveInt,
+    Probability,
+    _Strict,
+)
+from pytest_mlscope.manifest.preprocess import PreprocessStep
 from pytest_mlscope.vocabulary import Device, Scenario, TraceLevel
 
 if TYPE_CHECKING:
     # Only named in ``Manifest._source``'s annotation, which pydantic never needs resolved.
     from pytest_mlscope.manifest.parsing import ManifestSource
-
-NAME_PATTERN = r"^[a-z0-9_]+$"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-PositiveInt = Annotated[int, Field(gt=0, strict=True)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegative = Annotated[float, Field(ge=0.0)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 # -- frameworks ----------------------------------------------------------------------------------
 
@@ -230,77 +225,37 @@ class ModelSpec(_Strict):
 # -- inputs, outputs, preprocessing --------------------------------------------------------------
 
 
-class Normalize(_Strict):
-    mean: Annotated[list[float], Field(min_length=1)]
-    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)]
+class TokenizerSpec(_Strict):
+    """A ``tokenizer.json``, relative to the manifest or inside an installed package."""
 
-    @model_validator(mode="after")
-    def _same_length(self) -> Normalize:
-        if len(self.mean) != len(self.std):
-            raise ValueError("expected mean and std of the same length")
-        return self
-
-
-Size = Union[PositiveInt, tuple[PositiveInt, PositiveInt]]  # noqa: UP007
-
-
-class DecodeStep(_Strict):
-    decode: Literal["rgb", "bgr", "gray"]
-
-
-class ResizeStep(_Strict):
-    resize: Size
-
-
-class CenterCropStep(_Strict):
-    center_crop: Size
-
-
-class ScaleStep(_Strict):
-    scale: Annotated[float, Field(gt=0)]
-
-
-class NormalizeStep(_Strict):
-    normalize: Normalize
-
-
-class LayoutStep(_Strict):
-    layout: Literal["chw", "hwc"]
-
-
-PREPROCESS_STEPS = ("decode", "resize", "center_crop", "scale", "normalize", "layout")
-
-
-def _step_kind(value: Any) -> str | None:
-    if isinstance(value, dict) and len(value) == 1:
-        key = next(iter(value))
-        return key if key in PREPROCESS_STEPS else None
-    return None
-
-
-PreprocessStep = Annotated[
-    Union[  # noqa: UP007
-        Annotated[DecodeStep, Tag("decode")],
-        Annotated[ResizeStep, Tag("resize")],
-        Annotated[CenterCropStep, Tag("center_crop")],
-        Annotated[ScaleStep, Tag("scale")],
-        Annotated[NormalizeStep, Tag("normalize")],
-        Annotated[LayoutStep, Tag("layout")],
-    ],
-    Discriminator(
-        _step_kind,
-        custom_error_type="preprocess_step",
-        custom_error_message="expected a mapping with exactly one key, one of "
-        + ", ".join(PREPROCESS_STEPS),
-    ),
-]
+    path: str
+    package: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$")] | None = None
 
 
 class InputSpec(_Strict):
     name: str
-    shape: Annotated[list[PositiveInt], Field(min_length=1)]
+    # None for a tokenized input: [the item's sequence length].
+    shape: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
     dtype: Literal["float32", "float16", "int64", "int32", "uint8"] = "float32"
     preprocess: list[PreprocessStep] = []
+    # Text in, token ids out: each sample padded (with the tokenizer's pad id) or truncated to
+    # the item's sequence length (performance.sequence_lengths).
+    tokenizer: TokenizerSpec | None = None
+
+    @model_validator(mode="after")
+    def _shape_or_tokenizer(self) -> InputSpec:
+        problem = None
+        if self.tokenizer is None and self.shape is None:
+            problem = "expected 'shape' (or a 'tokenizer' for text)"
+        elif self.tokenizer is not None and self.shape is not None:
+            problem = "expected no 'shape' with a tokenizer: its shape is [sequence length]"
+        elif self.tokenizer is not None and self.preprocess:
+            problem = "expected no 'preprocess' steps with a tokenizer (they are for images)"
+        elif self.tokenizer is not None and self.dtype not in ("int64", "int32"):
+            problem = f"expected dtype int64 or int32 for token ids, got {self.dtype}"
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class OutputSpec(_Strict):
@@ -308,16 +263,21 @@ class OutputSpec(_Strict):
     postprocess: list[Literal["softmax", "sigmoid"]] = []
 
 
+# From a file: arrays, sentences a line, or "label<TAB>first<TAB>second" lines (data.py).
+FILE_DATASETS = ("npz", "text", "text_pairs")
+TEXT_DATASETS = ("text", "text_pairs")
+
+
 class DatasetSpec(_Strict):
-    name: Literal["sklearn_sample_images", "sklearn_digits", "npz"]
+    name: Literal["sklearn_sample_images", "sklearn_digits", "npz", "text", "text_pairs"]
     split: Literal["train", "test", "all"] = "test"
     path: str | None = None
     limit: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _npz_needs_path(self) -> DatasetSpec:
-        if self.name == "npz" and not self.path:
-            raise ValueError("expected a 'path' for the npz dataset")
+    def _file_needs_path(self) -> DatasetSpec:
+        if self.name in FILE_DATASETS and not self.path:
+            raise ValueError(f"expected a 'path' for the {self.name} dataset")
         return self
 
 
@@ -341,11 +301,19 @@ class Golden(_Strict):
     rtol: NonNegative = 1e-3
 
 
+class Paraphrase(_Strict):
+    """The fraction of (paraphrase, unrelated) pair combinations of a text_pairs dataset whose
+    paraphrase is the closer by cosine (the ROC AUC); a broken encoder scores about 0.5."""
+
+    min: Probability = 0.95
+
+
 class AccuracySpec(_Strict):
     top1: TopK | None = None
     top5: TopK | None = None
     agreement: Agreement | None = None
     golden: Golden | None = None
+    paraphrase: Paraphrase | None = None
 
     @field_validator("golden", mode="before")
     @classmethod
@@ -358,6 +326,8 @@ class AccuracySpec(_Strict):
 
 class PerformanceSpec(_Strict):
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1]
+    # Token counts each tokenized input is padded or truncated to, an item each.
+    sequence_lengths: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
     scenarios: Annotated[list[Scenario], Field(min_length=1)] = ["single_stream"]
     warmup: Annotated[int, Field(ge=0, strict=True)] = 5
     min_count: PositiveInt = 50
@@ -370,6 +340,9 @@ class PerformanceSpec(_Strict):
     # How much more memory than the baseline's fails an item (peak resident memory of the
     # model in its worker); None: the ini option mlscope_memory_threshold, else 10 %.
     memory_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
+    # How much faster time may grow with the sequence length than in the baseline (a change of
+    # the exponent k in time ∝ L^k over the sweep); None: ini mlscope_scaling_threshold, else 0.05.
+    scaling_threshold: Annotated[float, Field(gt=0, lt=10)] | None = None
     # Profiling pass after the timing pass (pytest_mlscope.tracing); --mlscope-trace overrides.
     trace: TraceLevel = "none"
 

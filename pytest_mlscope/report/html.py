@@ -172,6 +172,11 @@ def render(data: ReportData, *, title: str | None = None) -> str:
         traced=[view for view in items if view["trace"] is not None],
         counts=data.counts(),
         plots=all_plots(data),
+        sweeps=[
+            (item.id, item.verdict["scaling"])
+            for item in data.items
+            if item.verdict and item.verdict.get("scaling")
+        ],
         host=_host_rows(data.run.host),
         **_page(__version__),
     )

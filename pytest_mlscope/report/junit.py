@@ -64,4 +64,10 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
             props["mlscope_baseline_run"] = verdict.baseline_run
         if verdict.latency:
             props["mlscope_latency_verdict"] = verdict.latency
+        if verdict.scaling:  # on the item that completed a sweep over sequence lengths
+            scaling = verdict.scaling
+            props["mlscope_scaling"] = scaling["kind"]
+            props["mlscope_scaling_exponent"] = round(scaling["current_exponent"], 4)
+            props["mlscope_baseline_scaling_exponent"] = round(scaling["baseline_exponent"], 4)
+            props["mlscope_scaling_change"] = round(scaling["change"], 4)
     return props

@@ -107,11 +107,20 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
         )
     if len(rows) > MAX_ROWS:
         lines.append(f"\n{len(rows) - MAX_ROWS} more items in the HTML report")
+    lines += _scaling(data.items)
     for group in data.layers_across:
         lines += ["", *_layers_across(group)]
     if html_path:
         lines += ["", f"Full report (plots, layer diffs, history): `{html_path}`"]
     return "\n".join(lines) + "\n"
+
+
+def _scaling(items: list[Item]) -> list[str]:
+    """Each sweep over sequence lengths judged against its baseline: time ∝ L^k, k's change."""
+    from pytest_mlscope.report.terminal import scaling_lines
+
+    found = list(scaling_lines(items))
+    return ["", "```", *found, "```"] if found else []
 
 
 def _layers_across(group: LayersAcross) -> list[str]:

@@ -174,6 +174,49 @@ def batch_scaling(items: Sequence[Item]) -> str | None:
         return _uri(figure)
 
 
+def length_scaling(items: Sequence[Item]) -> str | None:
+    """Median latency against sequence length on log-log axes, one line per sweep (framework,
+    device, batch, scenario); dashed, the baseline's model as the sweep's scaling verdict timed it
+    beside the current one, with the fitted exponents in the legend."""
+    from pytest_mlscope.report.terminal import sweep_id
+
+    lines: dict[str, list[tuple[int, float]]] = {}
+    baselines: dict[str, dict[str, Any]] = {}
+    for item in items:
+        cell, summary = item.record.cell, item.record.summary
+        if summary is None or cell.sequence_length is None:
+            continue
+        sweep = sweep_id(cell).split("[", 1)[-1].rstrip("]")
+        lines.setdefault(sweep, []).append((cell.sequence_length, summary.median))
+        scaling = (item.verdict or {}).get("scaling")
+        if scaling:
+            baselines[sweep] = scaling
+    if not any(len(points) > 1 for points in lines.values()):
+        return None
+    with _figure(5.6, 2.8) as figure:
+        axes = figure.subplots()
+        for i, (sweep, points) in enumerate(sorted(lines.items())):
+            points.sort()
+            color = COLORS[i % len(COLORS)]
+            scaling = baselines.get(sweep)
+            label = _short(sweep, 44)
+            if scaling:
+                label += f" L^{scaling['current_exponent']:.2f}"
+                axes.plot(scaling["lengths"], [m * 1e3 for m in scaling["baseline_medians"]],
+                          linestyle="--", marker="x", color=color,
+                          label=f"baseline L^{scaling['baseline_exponent']:.2f}")  # fmt: skip
+            axes.plot([p[0] for p in points], [p[1] * 1e3 for p in points], marker="o",
+                      color=color, label=label)  # fmt: skip
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        _plain_log(axes, "x")
+        _plain_log(axes, "y")
+        axes.set_xlabel("sequence length (tokens)")
+        axes.set_ylabel("median ms")
+        axes.legend(frameon=False, fontsize=7)
+        return _uri(figure)
+
+
 def framework_matrix(rows: dict[str, dict[str, float]]) -> str | None:
     """Models × frameworks: each cell's median in ms, coloured by how much slower it is than the
     model's fastest framework."""
@@ -253,6 +296,7 @@ def all_plots(data: Any) -> dict[str, Any]:
     plots: dict[str, Any] = {
         "matrix": framework_matrix(matrix),
         "scaling": {model: batch_scaling(items) for model, items in by_model.items()},
+        "lengths": {model: length_scaling(items) for model, items in by_model.items()},
         "systems": {view.model: systems(view) for view in data.across},
         "distribution": {},
         "history": {},

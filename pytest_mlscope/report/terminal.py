@@ -117,11 +117,38 @@ def _top(rows: list[Any], k: int) -> list[Any]:
     return top_layers(rows, k)
 
 
+def sweep_id(cell: Any) -> str:
+    """A sweep's name: its items' id without the sequence length."""
+    return cell.model_copy(update={"sequence_length": None}).id
+
+
+def scaling_lines(items: Sequence[Any]) -> Iterator[str]:
+    """Each sweep over sequence lengths judged against the baseline: how time grows with L."""
+    rows = []
+    for item in items:
+        scaling = (item.verdict or {}).get("scaling")
+        if not scaling:
+            continue
+        rows.append(
+            [
+                sweep_id(item.record.cell),
+                f"seq{scaling['lengths'][0]}-seq{scaling['lengths'][-1]}",
+                f"L^{scaling['baseline_exponent']:.2f} -> L^{scaling['current_exponent']:.2f}",
+                f"{scaling['change']:+.2f} [{scaling['low']:+.2f}, {scaling['high']:+.2f}]",
+                scaling["kind"],
+            ]
+        )
+    if rows:
+        yield "scaling over sequence length (time ∝ L^k, baseline -> now; change of k, 95 %):"
+        columns = ["sweep", "lengths", "time", "change of k", "verdict"]
+        yield from ("  " + line for line in table(columns, rows, ()).splitlines())
+
+
 def matrix_lines(data: ReportData) -> Iterator[str]:
     """The seed's "one model across frameworks" table: per model and framework (stack), the
-    median latency of its single-stream item at its smallest batch, and whether it agrees with
-    the manifest's reference framework."""
-    cells: dict[str, dict[str, tuple[int, str]]] = {}
+    median latency of its single-stream item at its smallest batch (and sequence length), and
+    whether it agrees with the manifest's reference framework."""
+    cells: dict[str, dict[str, tuple[tuple[int, int], str]]] = {}
     for item in data.items:
         record = item.record
         cell = record.cell
@@ -138,11 +165,10 @@ def matrix_lines(data: ReportData) -> Iterator[str]:
             mark = "agrees" if agreement.passed else "DISAGREES"
         text = f"{ms(record.summary.median)} ms {mark}".rstrip()
         known = cells.setdefault(cell.model, {}).get(cell.framework_id)
-        if known is None or cell.batch_size < known[0]:
-            cells[cell.model][cell.framework_id] = (
-                cell.batch_size,
-                f"{text} (bs{cell.batch_size})",
-            )
+        size = (cell.batch_size, cell.sequence_length or 0)
+        if known is None or size < known[0]:
+            seq = f" seq{cell.sequence_length}" if cell.sequence_length is not None else ""
+            cells[cell.model][cell.framework_id] = (size, f"{text} (bs{cell.batch_size}{seq})")
     models = {model: row for model, row in cells.items() if len(row) > 1}
     if not models:
         return
@@ -229,6 +255,7 @@ def summary_lines(data: ReportData, *, everything_in: str | None = None) -> Iter
             f"{m} item{'s' if m != 1 else ''}"
         )
         yield from data.notes
+    yield from scaling_lines(data.items)
     traced = [item.record for item in data.items if item.record.trace and item.record.trace.path]
     if traced:
         yield f"traces ({traced[0].trace.level}), open in https://ui.perfetto.dev:"  # type: ignore[union-attr]

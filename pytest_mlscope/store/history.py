@@ -229,6 +229,7 @@ class HistoryMixin(_StoreBase):
                 results_table.c.batch_size,
                 results_table.c.scenario,
                 results_table.c.stack,
+                results_table.c.sequence_length,
                 results_table.c.framework_version,
                 results_table.c.predictor,
                 runs_table.c.hostname,

@@ -210,6 +210,7 @@ def _cell(row: sa.RowMapping) -> Cell:
         batch_size=row["batch_size"],
         scenario=row["scenario"],
         stack=row.get("stack"),
+        sequence_length=row.get("sequence_length"),
     )
 
 

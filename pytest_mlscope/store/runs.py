@@ -82,6 +82,7 @@ class RunsMixin(_StoreBase):
             "framework": _text(cell.framework, 255),
             "device": cell.device,
             "batch_size": cell.batch_size,
+            "sequence_length": cell.sequence_length,
             "scenario": cell.scenario,
             "stack": _text(cell.stack, 255),
             "outcome": outcome,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 # Each step takes a database from version N to N + 1, in one transaction. A database written by
 # an older pytest-mlscope keeps every result it had. A step is SQL text ({json} is the backend's
 # JSON type) or a function of the connection (new tables, indexes, converted columns).
@@ -61,6 +61,10 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     8: [
         # The model's memory in its worker (protocol.MemoryUse), gated beside its latency.
         lambda connection: _add_missing_column(connection, "results", "memory", "{json}"),
+    ],
+    9: [
+        # Tokens per sample of a text model's item (Cell.sequence_length); NULL for the others.
+        lambda connection: _add_missing_column(connection, "results", "sequence_length", "INTEGER"),
     ],
 }
 
@@ -143,6 +147,8 @@ results_table = sa.Table(
     sa.Column("scenario", sa.String(32), nullable=False),
     # One of several stacks of the framework in the manifest (Cell.stack); None for the only one.
     sa.Column("stack", sa.String(255), nullable=True),
+    # Tokens per sample, for a model whose input is tokenized text (schema 10).
+    sa.Column("sequence_length", sa.Integer, nullable=True),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("message", sa.Text, nullable=True),
     sa.Column("framework_version", sa.String(255), nullable=True),

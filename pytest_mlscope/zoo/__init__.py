@@ -25,3 +25,10 @@ def digits_cnn(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
     from pytest_mlscope.zoo.builders import digits_cnn as build
 
     return build(out_dir, **kwargs)
+
+
+@revision(BUILD_REVISION)
+def minilm(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
+    from pytest_mlscope.zoo.builders import minilm as build
+
+    return build(out_dir, **kwargs)

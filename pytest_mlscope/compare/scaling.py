@@ -1,0 +1,189 @@
+"""The scaling rule: how an item's cost grows with the sequence length, against the baseline's.
+
+A sweep over lengths L is fitted as cost ∝ L^k. What the gate judges is the change of k: the
+slope, over log L, of the per-length log ratio of the current model's time to the baseline's.
+A refactor that turns attention quadratic may leave every single length within its threshold
+(the extra term is small at the lengths measured) and still change k, which is what it will cost
+at the lengths users send.
+
+Each length's log ratio comes from interleaved rounds (the baseline's model and the current one
+timed in turn in one worker), so the machine's drift cancels within a length, and a uniform
+change (everything 3 % slower, the machine or the model) cancels across lengths: it moves the
+intercept, not the slope. The slope is a weighted least-squares fit of the lengths' Hodges–Lehmann
+shifts, each weighted by its own precision (robust SD of its pairs over √pairs); with three or
+more lengths its variance is widened by the fit's reduced χ² when that exceeds 1, so points that
+scatter more than their intervals allow (a worker that ran slow throughout) widen the interval
+instead of deciding. The decision mirrors the item rule: ``regression`` when the interval lies
+wholly above +T/2, ``ok`` when it ends below +T, ``inconclusive`` otherwise, T in exponent units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pytest_mlscope.compare.verdicts import VerdictKind
+
+if TYPE_CHECKING:
+    from pytest_mlscope.compare.verdicts import Verdict
+
+# The default T: a sweep whose exponent grew by 0.05 must fail (over 16x the length, +15 %);
+# one that grew by less than 0.025 must not.
+SCALING_THRESHOLD = 0.05
+SCALING_ALPHA = 0.05  # two-sided: a 95 % interval for the change of exponent
+MIN_SE = 1e-4  # a length's log-ratio standard error is never taken as below 0.01 %
+
+
+@dataclass(frozen=True)
+class LengthPairs:
+    """One length of a sweep: the round medians (seconds) of the baseline's model (A) and of the
+    current one (B), timed in turn."""
+
+    length: int
+    baseline_rounds: Sequence[float]
+    current_rounds: Sequence[float]
+
+
+@dataclass(frozen=True)
+class Scaling:
+    kind: VerdictKind  # regression, improvement, ok or inconclusive
+    lengths: list[int]
+    baseline_medians: list[float]  # seconds, per length
+    current_medians: list[float]
+    baseline_exponent: float
+    current_exponent: float
+    change: float  # the fitted change of exponent
+    low: float
+    high: float
+    threshold: float
+    reduced_chi2: float | None = None  # the fit's; None with two lengths
+
+    def describe(self) -> str:
+        span = f"seq{self.lengths[0]}-seq{self.lengths[-1]}"
+        text = (
+            f"scaling over {span}: time grows as L^{self.baseline_exponent:.2f} (baseline) -> "
+            f"L^{self.current_exponent:.2f}, exponent {self.change:+.2f} "
+            f"[{self.low:+.2f}, {self.high:+.2f}] (threshold {self.threshold:g})"
+        )
+        if self.kind == "regression":
+            text += f"; each 4x of length now costs x{4**self.change:.2f} more than it did"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def exponent(lengths: Sequence[int], medians: Sequence[float]) -> float:
+    """The least-squares slope of log time over log length: cost ∝ L^exponent."""
+    x, y = np.log(np.asarray(lengths, float)), np.log(np.asarray(medians, float))
+    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else math.nan
+
+
+def _shift(differences: np.ndarray) -> tuple[float, float]:
+    """A length's log ratio (Hodges–Lehmann) and its standard error, read off its distribution-
+    free 95 % interval (Wilcoxon signed-rank), which stays honest with ten pairs."""
+    from pytest_mlscope.stats import paired_shift_interval
+
+    shift = paired_shift_interval(differences, 0.95)
+    se = (shift.high - shift.low) / (2 * 1.959964)
+    return shift.estimate, max(se, MIN_SE)
+
+
+def scaling_verdict(
+    points: Sequence[LengthPairs],
+    *,
+    threshold: float = SCALING_THRESHOLD,
+    alpha: float = SCALING_ALPHA,
+) -> Scaling | None:
+    """How the exponent moved over a sweep; None with fewer than two lengths of pairs."""
+    from scipy.stats import norm
+
+    usable = sorted(
+        (p for p in points if len(p.baseline_rounds) >= 2 and len(p.current_rounds) >= 2),
+        key=lambda p: p.length,
+    )
+    if len({p.length for p in usable}) < 2:
+        return None
+    lengths = [p.length for p in usable]
+    shifts, errors = [], []
+    for point in usable:
+        a = np.asarray(point.baseline_rounds, float)
+        b = np.asarray(point.current_rounds, float)
+        n = min(a.size, b.size)
+        estimate, se = _shift(np.log(b[:n]) - np.log(a[:n]))
+        shifts.append(estimate)
+        errors.append(se)
+    x = np.log(np.asarray(lengths, float))
+    y, w = np.asarray(shifts), 1 / np.asarray(errors) ** 2
+    x_bar = float(np.sum(w * x) / np.sum(w))
+    spread = float(np.sum(w * (x - x_bar) ** 2))
+    change = float(np.sum(w * (x - x_bar) * y) / spread)
+    reduced = None
+    if len(x) >= 3:
+        intercept = float(np.sum(w * y) / np.sum(w)) - change * x_bar
+        reduced = float(np.sum(w * (y - intercept - change * x) ** 2) / (len(x) - 2))
+    half = float(norm.ppf(1 - alpha / 2)) / math.sqrt(spread)
+    low, high = change - half, change + half
+    kind: VerdictKind
+    if low > threshold / 2:
+        kind = "regression"
+    elif high < -threshold / 2:
+        kind = "improvement"
+    elif high < threshold:
+        kind = "ok"
+    else:
+        kind = "inconclusive"
+    a_medians = [float(np.median(p.baseline_rounds)) for p in usable]
+    b_medians = [float(np.median(p.current_rounds)) for p in usable]
+    baseline_exponent = exponent(lengths, a_medians)
+    return Scaling(
+        kind=kind,
+        lengths=lengths,
+        baseline_medians=a_medians,
+        current_medians=b_medians,
+        baseline_exponent=baseline_exponent,
+        # The baseline's plus the fitted change, not a fit of the current medians alone: the
+        # pairs' ratios are what was measured well, and the two figures then read alike.
+        current_exponent=baseline_exponent + change,
+        change=change,
+        low=low,
+        high=high,
+        threshold=threshold,
+        reduced_chi2=reduced,
+    )
+
+
+def sweep_scaling(results: Mapping[int, Any], threshold: float) -> Scaling | None:
+    """A sweep's verdict from its results by length (each with ``samples_ns``, ``rounds`` and
+    the interleaved A side's ``paired_samples_ns``, ``paired_rounds``: an ``EvaluationResult``
+    or a stored record); None unless two or more lengths were timed beside their baseline."""
+    from pytest_mlscope.stats import round_medians
+
+    points = [
+        LengthPairs(
+            length,
+            round_medians(r.paired_samples_ns, r.paired_rounds).tolist(),
+            round_medians(r.samples_ns, r.rounds).tolist(),
+        )
+        for length, r in results.items()
+        if r.paired_samples_ns
+    ]
+    return scaling_verdict(points, threshold=threshold)
+
+
+def with_scaling(found: Verdict, scaling: Scaling) -> Verdict:
+    """The verdict of the item that completed a sweep, with the sweep's: a scaling regression
+    fails it whatever its own length said (unless that already failed or was incomparable)."""
+    found = replace(found, scaling=scaling.as_dict())
+    if scaling.kind != "regression" or found.kind in ("regression", "incomparable"):
+        return found
+    return replace(
+        found,
+        kind="regression",
+        decided_by="scaling",
+        reason=f"{scaling.describe()} (this length alone: {found.describe()})",
+    )
