@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             kinds: Counter[str] = Counter()
             items: Counter[str] = Counter()
             changes, ratios, seconds = [], [], []
+            memory_alarms = 0
             for index in range(1, args.repetitions + 1):
                 done = session(project, "--mlscope-baseline=main")
                 with Store.from_location(project / ".mlscope" / "results.db") as store:
@@ -114,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 if own.get("ratio"):
                     ratios.append(own["ratio"] - 1)
                 seconds.append(sum(r.duration_s or 0 for r in results.values()))
+                memory_alarms += sum(
+                    (r.verdict or {}).get("decided_by") == "memory" for r in results.values()
+                )
                 print(
                     f"K={k} [{index}/{args.repetitions}] rc={done.returncode} "
                     f"scaling={scaling.get('kind')} change={scaling.get('change')}",
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{statistics.median(changes) if changes else float('nan'):+.3f} | "
                 f"{kinds['regression']}/{args.repetitions} | {kinds['ok']} | "
                 f"{kinds['inconclusive']} | {items['regression']}/{args.repetitions} | "
+                f"{memory_alarms}/{args.repetitions * len(lengths)} | "
                 f"{statistics.median(seconds):.0f} s |"
             )
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         f"settings; {(time.perf_counter() - started) / 60:.0f} minutes; {machine()}):\n\n"
         "| K (extra L² products) | longest length, median change | change of exponent, median "
         "| scaling regression | ok | inconclusive | longest length's own rule: regression "
-        "| sweep time |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
+        "| memory regressions (items) | sweep time |\n" + "|---:" * 9 + "|\n" + "\n".join(rows)
     )
     print(text)
     if args.readme:
