@@ -11,7 +11,7 @@ wrote. K = 0 is the A/A: any scaling regression there is a false alarm.
 
 Run from the repository root (about 20 s per repetition on 2 cores, plus one build per K)::
 
-    .venv/bin/python benchmarks/scaling.py                          # K = 0, 4, 16; 10 each
+    .venv/bin/python benchmarks/scaling.py                          # K = 0, 16, 48; 10 each
     .venv/bin/python benchmarks/scaling.py --repetitions 20 --readme
 """
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=10)
-    parser.add_argument("--extra", default="0,4,16", help="values of K, comma-separated")
+    parser.add_argument("--extra", default="0,16,48", help="values of K, comma-separated")
     parser.add_argument("--lengths", default="16,64,256")
     parser.add_argument("--readme", action="store_true", help="rewrite docs/benchmarks.md's table")
     args = parser.parse_args(argv)

@@ -9,12 +9,11 @@ at the lengths users send.
 Each length's log ratio comes from interleaved rounds (the baseline's model and the current one
 timed in turn in one worker), so the machine's drift cancels within a length, and a uniform
 change (everything 3 % slower, the machine or the model) cancels across lengths: it moves the
-intercept, not the slope. The slope is a weighted least-squares fit of the lengths' Hodges–Lehmann
-shifts, each weighted by its own precision (robust SD of its pairs over √pairs); with three or
-more lengths its variance is widened by the fit's reduced χ² when that exceeds 1, so points that
-scatter more than their intervals allow (a worker that ran slow throughout) widen the interval
-instead of deciding. The decision mirrors the item rule: ``regression`` when the interval lies
-wholly above +T/2, ``ok`` when it ends below +T, ``inconclusive`` otherwise, T in exponent units.
+intercept, not the slope. The slope is the least-squares line through the lengths' Hodges–Lehmann
+shifts, every length counting alike (over three lengths evenly spaced in log L, the slope from
+the shortest to the longest), its interval propagated from each length's own (Wilcoxon) interval.
+The decision mirrors the item rule: ``regression`` when the interval lies wholly above +T/2,
+``ok`` when it ends below +T, ``inconclusive`` otherwise, T in exponent units.
 """
 
 from __future__ import annotations
@@ -60,7 +59,9 @@ class Scaling:
     low: float
     high: float
     threshold: float
-    reduced_chi2: float | None = None  # the fit's; None with two lengths
+    # How far the lengths' ratios stray from a straight line in log L (informational; a
+    # change that grows with L² bends it); None with two lengths.
+    reduced_chi2: float | None = None
 
     def describe(self) -> str:
         span = f"seq{self.lengths[0]}-seq{self.lengths[-1]}"
@@ -118,15 +119,18 @@ def scaling_verdict(
         shifts.append(estimate)
         errors.append(se)
     x = np.log(np.asarray(lengths, float))
-    y, w = np.asarray(shifts), 1 / np.asarray(errors) ** 2
-    x_bar = float(np.sum(w * x) / np.sum(w))
-    spread = float(np.sum(w * (x - x_bar) ** 2))
-    change = float(np.sum(w * (x - x_bar) * y) / spread)
+    y, se = np.asarray(shifts), np.asarray(errors)
+    # Every length counts alike (ordinary least squares), each with its own error propagated:
+    # weighting by precision would let the short, precise lengths set the slope, and a change
+    # that grows with L² shows mostly at the long ones.
+    centred = x - x.mean()
+    spread = float(np.sum(centred**2))
+    change = float(np.sum(centred * y) / spread)
     reduced = None
     if len(x) >= 3:
-        intercept = float(np.sum(w * y) / np.sum(w)) - change * x_bar
-        reduced = float(np.sum(w * (y - intercept - change * x) ** 2) / (len(x) - 2))
-    half = float(norm.ppf(1 - alpha / 2)) / math.sqrt(spread)
+        residuals = y - (y.mean() + change * centred)
+        reduced = float(np.sum((residuals / se) ** 2) / (len(x) - 2))
+    half = float(norm.ppf(1 - alpha / 2)) * math.sqrt(float(np.sum(centred**2 * se**2))) / spread
     low, high = change - half, change + half
     kind: VerdictKind
     if low > threshold / 2:
