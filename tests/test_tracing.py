@@ -375,20 +375,29 @@ def test_traces_are_stored_listed_and_shown(suite: pytest.Pytester) -> None:
     assert re.search(r"named layers cover [\d,.]+% of the measured median", shown.stdout)
 
 
-def test_a_wider_conv_is_named_first_by_the_trace_diff(suite: pytest.Pytester) -> None:
+def test_a_wider_conv_is_named_first_by_the_trace_diff(
+    suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One torch thread, for the reason given in the next test: a preempted helper thread
+    # inflates whichever layer it hits by a timeslice.
+    monkeypatch.setenv("MLSCOPE_THREADS", "1")
     _run(suite, *ONE_TORCH_ITEM, "--mlscope-trace", "framework").assert_outcomes(passed=1)
     before = _latest_run(suite)
     manifest = suite.path / "manifests" / "digits_cnn.yaml"
     text = manifest.read_text().replace(
-        "seed: 0}", "seed: 0, params: {conv2_kernel: 9}}"
-    )  # the variant: features.2 does 9x the work, same shapes everywhere else
+        "seed: 0}", "seed: 0, params: {conv2_kernel: 15}}"
+    )  # the variant: features.2 does ~25x the work, same shapes everywhere else
     manifest.write_text(text)
     _run(suite, *ONE_TORCH_ITEM, "--mlscope-trace", "framework").assert_outcomes(passed=1)
     after = _latest_run(suite)
     diff = _cli(suite, "trace", "diff", before, after, ITEM)
     assert diff.returncode == 0, diff.stderr
-    rows = [line for line in diff.stdout.splitlines()[3:] if line.strip()]
-    assert rows[0].split()[:3] == ["features.2", "Conv2d", "slower"], diff.stdout
+    rows = [line.split() for line in diff.stdout.splitlines()[3:] if line.strip()]
+    # "(other)" is the time between layers: interpreter overhead that a loaded machine inflates
+    # (CI once saw it go 18 -> 110 µs, ranked above the +65 µs conv); it names no layer, so the
+    # claim is about the first layer the diff names.
+    layers = [row for row in rows if row[0] != "(other)"]
+    assert layers[0][:3] == ["features.2", "Conv2d", "slower"], diff.stdout
 
 
 def test_a_regression_names_its_slowest_layer(
