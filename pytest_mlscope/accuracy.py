@@ -61,6 +61,62 @@ def _closeness(
     return ok, max_abs, detail
 
 
+def _departure(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per prompt, the index of the first new token that differs (the length when none)."""
+    differs = actual != expected
+    return np.where(differs.any(axis=1), differs.argmax(axis=1), actual.shape[1])
+
+
+def _token_golden(actual: np.ndarray, expected: np.ndarray) -> AccuracyCheck:
+    """Greedy decoding is deterministic: the same model gives the same tokens, so a golden of
+    token ids is matched exactly, prompt by prompt."""
+    if actual.shape != expected.shape:
+        return AccuracyCheck(
+            name="golden",
+            passed=False,
+            detail=f"golden: shape {actual.shape} != expected {expected.shape} "
+            "(prompts, new tokens)",
+        )
+    departs = _departure(actual, expected)
+    same = int(np.sum(departs == actual.shape[1]))
+    detail = f"{same}/{len(actual)} prompts token for token"
+    if same < len(actual):
+        prompt = int(np.argmin(departs))
+        at = int(departs[prompt])
+        detail += (
+            f"; prompt {prompt} departs at new token {at}: got {int(actual[prompt, at])}, "
+            f"expected {int(expected[prompt, at])}"
+        )
+    return AccuracyCheck(
+        name="golden", passed=same == len(actual), value=same / len(actual), detail=detail
+    )
+
+
+def _token_agreement(
+    actual: np.ndarray, reference: np.ndarray, min_first: float, reference_name: str
+) -> AccuracyCheck:
+    """Two frameworks' greedy tokens: the first new token is the prefill's decision and must
+    match on ``min_first`` of the prompts; after a first difference each model continues a
+    different text, so the continuation is reported (the tokens matched before departing), not
+    judged: a quantized model's legitimate near-ties would fail anything stricter."""
+    if actual.shape != reference.shape:
+        return AccuracyCheck(
+            name="agreement",
+            passed=False,
+            detail=f"vs {reference_name}: shape {actual.shape} != {reference.shape}",
+        )
+    departs = _departure(actual, reference)
+    first = float(np.mean(departs > 0))
+    return AccuracyCheck(
+        name="agreement",
+        passed=first >= min_first,
+        value=first,
+        detail=f"vs {reference_name}: first new token matches on {first:.3f} of the prompts "
+        f"(min {min_first:g}); {float(np.mean(departs)):.1f} of {actual.shape[1]} tokens "
+        "match before the continuations part, on average",
+    )
+
+
 def pair_similarities(embeddings: np.ndarray) -> np.ndarray:
     """Cosine similarity of samples 2i and 2i+1, for every pair i."""
     x = np.asarray(embeddings, dtype=np.float64).reshape(len(embeddings), -1)
@@ -139,12 +195,19 @@ def assess(
                     detail=f"top-{k} {value:.4f} (min {target.min:g}) on {len(labels)} samples",
                 )
             )
-    if spec.golden is not None and golden is not None:
+    tokens = np.issubdtype(outputs.dtype, np.integer)  # the generate scenario's new token ids
+    if spec.golden is not None and golden is not None and tokens:
+        checks.append(_token_golden(outputs, golden.astype(np.int64)))
+    elif spec.golden is not None and golden is not None:
         ok, max_abs, detail = _closeness(
             "golden", outputs, golden, spec.golden.atol, spec.golden.rtol
         )
         checks.append(AccuracyCheck(name="golden", passed=ok, value=max_abs, detail=detail))
-    if spec.agreement is not None and reference is not None:
+    if spec.agreement is not None and reference is not None and tokens:
+        name = reference_name or spec.agreement.reference
+        ref = reference.astype(np.int64)
+        checks.append(_token_agreement(outputs, ref, spec.agreement.top1_match, name))
+    elif spec.agreement is not None and reference is not None:
         agreement = spec.agreement
         match = top1_match(outputs, reference) if outputs.shape == reference.shape else 0.0
         ok, max_abs, detail = _closeness(

@@ -26,7 +26,7 @@ def expand(manifest: Manifest) -> list[Cell]:
             for scenario in performance.scenarios:
                 sizes = (
                     performance.batch_sizes
-                    if scenario == "single_stream"
+                    if scenario != "offline"
                     else [max(performance.batch_sizes)]
                 )
                 for batch_size in sizes:
@@ -80,8 +80,21 @@ def skip_reason(
     if unmet:
         return f"{manifest.name} {'; '.join(unmet)}"
     if not in_container:
-        return text_unavailable(manifest)
+        return text_unavailable(manifest) or packages_unavailable(manifest)
     return None
+
+
+def packages_unavailable(manifest: Manifest) -> str | None:
+    """Why this environment lacks a package the manifest's model needs (``requires.packages``:
+    the one holding its weights, say), looked up without importing it."""
+    import importlib.util
+
+    wanted = manifest.requires.packages
+    missing = [name for name in wanted if _absent(importlib.util, name)]
+    if not missing:
+        return None
+    how = "; ".join(wanted[name] or f"pip install {name.replace('_', '-')}" for name in missing)
+    return f"{manifest.name} needs {', '.join(missing)}, not installed here: {how}"
 
 
 def text_unavailable(manifest: Manifest) -> str | None:

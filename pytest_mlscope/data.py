@@ -35,9 +35,10 @@ class Dataset:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Preprocessed inputs, one row per sample, ready to batch."""
+    """Preprocessed inputs, one row per sample, ready to batch; or, for prompts a decoder
+    continues, one array per sample of its own length (``inputs`` is then a list)."""
 
-    inputs: np.ndarray
+    inputs: np.ndarray | list[np.ndarray]
     labels: np.ndarray | None
     pair_labels: np.ndarray | None = None
 
@@ -48,8 +49,15 @@ class PreparedData:
         """Consecutive batches covering every sample; the last is filled by wrapping around.
 
         Wrapping keeps every batch at the requested size (a model compiled for a fixed batch still
-        runs), and callers drop the extra rows by counting samples.
+        runs), and callers drop the extra rows by counting samples. Prompts of their own lengths
+        are batches of one.
         """
+        if isinstance(self.inputs, list):
+            if batch_size != 1:
+                raise MlscopeError(
+                    f"prompts of their own lengths: expected batch size 1, got {batch_size}"
+                )
+            return [np.ascontiguousarray(sample[None, :]) for sample in self.inputs]
         n = len(self.inputs)
         count = max(1, -(-n // batch_size))
         indices = np.arange(count * batch_size) % n
@@ -175,9 +183,13 @@ def tokenizer_path(spec: TokenizerSpec, base: Path) -> Path:
     return path
 
 
-def tokenize(texts: list[str], spec: InputSpec, base: Path, length: int) -> np.ndarray:
+def tokenize(
+    texts: list[str], spec: InputSpec, base: Path, length: int | None
+) -> np.ndarray | list[np.ndarray]:
     """Token ids [samples, length]: each text encoded alone (special tokens added), then padded
-    with the tokenizer's pad id or truncated to ``length``."""
+    with the tokenizer's pad id or truncated to ``length``; with no length (a prompt a decoder
+    continues: padding would sit between the prompt and its continuation), each text's ids as
+    they are, an array each."""
     assert spec.tokenizer is not None
     try:
         from tokenizers import Tokenizer
@@ -193,6 +205,8 @@ def tokenize(texts: list[str], spec: InputSpec, base: Path, length: int) -> np.n
         raise MlscopeError(
             f"tokenizer {path}: not a tokenizer.json this release reads: {exc}"
         ) from None
+    if length is None:
+        return [np.asarray(e.ids, dtype=spec.dtype) for e in tokenizer.encode_batch(texts)]
     padding = tokenizer.padding or {}
     tokenizer.enable_padding(
         length=length,
@@ -298,7 +312,7 @@ def prepare(manifest: Manifest, sequence_length: int | None = None) -> PreparedD
         raise MlscopeError(f"{manifest.where('dataset')}: dataset: no samples")
     spec = manifest.inputs[0]
     if spec.tokenizer is not None:
-        if sequence_length is None:
+        if sequence_length is None and manifest.performance.scenarios != ["generate"]:
             raise MlscopeError(f"input {spec.name!r} is tokenized: an item needs a sequence length")
         texts = [str(sample) for sample in dataset.samples]
         stacked = tokenize(texts, spec, manifest.directory, sequence_length)

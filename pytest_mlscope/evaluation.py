@@ -134,6 +134,7 @@ class Evaluation:
             predictors=self.settings.predictors,
             checks=checks,
             inject_slowdown=self.settings.inject_slowdown,
+            new_tokens=manifest.performance.new_tokens,
         )
 
     def evaluate(
@@ -395,6 +396,10 @@ class Evaluation:
             device="cpu",
             batch_size=1,
             sequence_length=max(lengths) if lengths else None,
+            # a decoder's golden is its greedy tokens; every other model's, its forward pass
+            scenario="generate"
+            if "generate" in manifest.performance.scenarios
+            else "single_stream",
         )
         # With the outputs, each layer's on the first sample, where the framework exposes them:
         # a later miss then says which layer changed since (none kept where it cannot).

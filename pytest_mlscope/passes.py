@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_mlscope.protocol import CountPass, EvaluationRequest
 
 if TYPE_CHECKING:
+    from pytest_mlscope.generation import Generations
     from pytest_mlscope.measure import Timing
     from pytest_mlscope.predictors.base import Predictor
 
@@ -30,11 +31,12 @@ class Measured:
     instructions: list[float] = field(default_factory=list)
     paired: Timing | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
+    generation: Any = None  # protocol.GenerationSummary, for a generate cell
 
 
 def _timed_inputs(request: EvaluationRequest, batches: list[Any]) -> list[Any]:
-    # single_stream times one query over and over; offline streams every batch.
-    return batches[:1] if request.cell.scenario == "single_stream" else batches
+    # single_stream and generate time one query over and over; offline streams every batch.
+    return batches if request.cell.scenario == "offline" else batches[:1]
 
 
 def _accuracy_pass(
@@ -101,6 +103,7 @@ def _timing_pass(
         else:
             paired, timing = _interleaved(request, predictor, raw, call, inputs)
     return Measured(
+        generation=_generation(request, predictor, raw, len(timing.samples_ns)),
         inputs=inputs,
         call=call,
         summary=summarize_scenario(timing.samples_ns, cell.batch_size, cell.scenario),
@@ -109,6 +112,16 @@ def _timing_pass(
         paired=paired,
         telemetry=window.values,
     )
+
+
+def _generation(request: EvaluationRequest, predictor: Any, raw: list[Any], count: int) -> Any:
+    from pytest_mlscope.generation import record_of, summarize_generations
+
+    record = record_of(predictor)
+    if record is None:
+        return None
+    prompt_tokens = int(raw[0].shape[-1])  # the timed prompt: a generate item times the first
+    return summarize_generations(record, count, request.new_tokens, prompt_tokens)
 
 
 PASSES: dict[str, Callable[..., Measured]] = {
@@ -134,6 +147,7 @@ def _interleaved(
     (:class:`_Instances`), or every few pairs when loading them would take more than a quarter
     of a pair.
     """
+    from pytest_mlscope.generation import record_of, unrecorded
     from pytest_mlscope.measure import pair_plan, time_interleaved
     from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.zoo.files import verify
@@ -151,12 +165,14 @@ def _interleaved(
             settled, threshold=spec.threshold, comparisons=spec.comparisons, looks=LOOKS
         )
     if spec.artifact.sha256 == request.artifact.sha256:
-        call_a = _side_a(predictor.predict, inputs_b[0], spec.inject_slowdown, request)
+        call_a = _side_a(unrecorded(predictor).predict, inputs_b[0], spec.inject_slowdown, request)
         return time_interleaved(
             call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
         )
     verify(spec.artifact)
-    instances = _Instances(request, raw_batches[: len(inputs_b)], random.Random(spec.seed))
+    instances = _Instances(
+        request, raw_batches[: len(inputs_b)], random.Random(spec.seed), record_of(predictor)
+    )
     try:
         fresh_a, fresh_b = instances.renew()
         call_a = _side_a(instances.call("a"), fresh_a[0], spec.inject_slowdown, request)
@@ -212,11 +228,15 @@ class _Instances:
 
     WARMUP = 3  # calls per fresh instance before it is timed: its first ones are slow
 
-    def __init__(self, request: EvaluationRequest, raw: list[Any], rng: random.Random) -> None:
-        from pytest_mlscope.predictors import predictor_class
-
+    def __init__(
+        self,
+        request: EvaluationRequest,
+        raw: list[Any],
+        rng: random.Random,
+        record: Generations | None = None,
+    ) -> None:
         self.request, self.raw, self.rng = request, raw, rng
-        self.cls = predictor_class(request.cell.framework, request.predictors)
+        self.record = record  # where B's generations go (a generate cell)
         self.live: dict[str, Predictor] = {}
         self.renew_s = 0.0  # the last renewal's loads and warm-up
         self.renewals = 0
@@ -237,14 +257,17 @@ class _Instances:
         started = time.perf_counter()
         order = ["a", "b"]
         self.rng.shuffle(order)
+        from pytest_mlscope.generation import new_predictor, unrecorded
+
         for side in order:
-            model = self.cls(device=self.request.cell.device)
+            model = new_predictor(self.request, self.record if side == "b" else None)
             model.load(self.request.interleave.artifact if side == "a" else self.request.artifact)
             self.live[side] = model
         inputs = {side: [self.live[side].prepare_input(b) for b in self.raw] for side in order}
+        warm = {side: unrecorded(self.live[side]) for side in order}
         for i in range(self.WARMUP):
             for side in order:
-                self.live[side].predict(inputs[side][i % len(inputs[side])])
+                warm[side].predict(inputs[side][i % len(inputs[side])])
         self.renew_s = time.perf_counter() - started
         self.renewals += 1
         return inputs["a"], inputs["b"]

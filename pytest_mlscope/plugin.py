@@ -181,8 +181,8 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
     ``mlscope_eval("alexnet", framework="onnxruntime", batch_size=1)`` returns the
     :class:`~pytest_mlscope.protocol.EvaluationResult` (accuracy, latency summary, raw samples,
     cold start), and stores it with the session's run. A text model takes ``sequence_length``
-    (default: the manifest's first). Measurement settings (``min_count``,
-    ``min_duration_s``, ``max_duration_s``, ``warmup``) may be passed as keywords.
+    and any model ``scenario`` (defaults: the manifest's first). Measurement settings
+    (``min_count``, ``min_duration_s``, ``max_duration_s``, ``warmup``) may be passed as keywords.
     """
     session = session_of(request.config)
     if session is None:
@@ -193,7 +193,7 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
         framework: str,
         batch_size: int = 1,
         device: str = "cpu",
-        scenario: str = "single_stream",
+        scenario: str | None = None,
         sequence_length: int | None = None,
         **measure: float,
     ) -> EvaluationResult:
@@ -204,6 +204,7 @@ def mlscope_eval(request: pytest.FixtureRequest) -> Callable[..., EvaluationResu
         lengths = manifest.performance.sequence_lengths
         if lengths and sequence_length is None:
             sequence_length = lengths[0]
+        scenario = scenario or manifest.performance.scenarios[0]
         cell = Cell(
             model=model,
             framework=framework,

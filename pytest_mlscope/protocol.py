@@ -19,7 +19,8 @@ from pytest_mlscope.vocabulary import Scenario
 # 5: RoundRequest.renew. 6: a hold from inputs_path with no checks skips the accuracy pass (the
 # extra workers of an interleave across stacks). 7: the pass is one typed field (``pass_``), not
 # four flags; results carry the model's memory. 8: a cell's sequence length (tokenized text).
-PROTOCOL_VERSION = 8
+# 9: the generate scenario; results carry its per-token figures.
+PROTOCOL_VERSION = 9
 
 
 class _Document(BaseModel):
@@ -181,6 +182,8 @@ class EvaluationRequest(_Document):
     # inputs the first one used.
     save_inputs: str | None = None
     inputs_path: str | None = None
+    # The generate scenario: new tokens per generation (performance.new_tokens).
+    new_tokens: int = 16
 
     @property
     def pass_kind(self) -> PassKind:
@@ -245,6 +248,29 @@ class Summary(_Document):
     median_ci_high: float
     throughput: float
     batch_size: int
+
+
+class GenerationSummary(_Document):
+    """A generate item's figures, token by token, over the timing pass's generations (the
+    item's own side: an interleaved baseline's generations are not in them).
+
+    Time to first token is the prompt's prefill and the first pick; the inter-token latencies
+    are every gap between consecutive new tokens of every generation; decode tokens/s is each
+    generation's new tokens after the first over the time they took, the median over
+    generations. Per-generation figures are kept for judging.
+    """
+
+    new_tokens: int
+    prompt_tokens: int
+    generations: int
+    ttft_ms: float
+    ttft_p90_ms: float
+    itl_p50_ms: float
+    itl_p90_ms: float
+    itl_p99_ms: float
+    tokens_per_s: float
+    ttft_ns: list[int] = Field(default_factory=list)  # per generation
+    decode_ns: list[int] = Field(default_factory=list)  # first to last new token, per generation
 
 
 class ColdStart(_Document):
@@ -363,6 +389,9 @@ class EvaluationResult(_Document):
     # The model's memory, measured in a worker that served nothing before (the session starts
     # one per timed item); None where not measurable (in-process, not Linux).
     memory: MemoryUse | None = None
+    # The generate scenario's per-token figures; None for the other scenarios, and for a generate
+    # item timed in rounds across two stacks' workers (the rounds carry whole generations only).
+    generation: GenerationSummary | None = None
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

@@ -26,8 +26,9 @@ RUNTIMES = ("subprocess", "inprocess", "docker")
 Device = Literal["cpu", "gpu"]
 DEVICES: tuple[Device, ...] = get_args(Device)
 
-# single_stream: one query at a time, latency; offline: every batch back to back, throughput.
-Scenario = Literal["single_stream", "offline"]
+# single_stream: one query at a time, latency; offline: every batch back to back, throughput;
+# generate: a prompt in, a fixed number of new tokens decoded greedily, timed token by token.
+Scenario = Literal["single_stream", "offline", "generate"]
 SCENARIOS: tuple[Scenario, ...] = get_args(Scenario)
 
 # Trace levels nest: each records what the one before it does, and more.

@@ -57,7 +57,7 @@ def _prepared(manifest_path: str, manifest: object, sequence_length: int | None)
 
 def _save_inputs(path: str, batches: list[np.ndarray], scenario: str) -> None:
     """The batches the timing pass uses (the first alone for single-stream), for a count pass."""
-    used = batches[:1] if scenario == "single_stream" else batches
+    used = batches if scenario == "offline" else batches[:1]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, *used)
 
@@ -92,9 +92,9 @@ def evaluate(request: EvaluationRequest) -> EvaluationResult:
 
 
 def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> EvaluationResult:
+    from pytest_mlscope.generation import new_predictor
     from pytest_mlscope.manifest import load_manifest
     from pytest_mlscope.memory import PeakWindow
-    from pytest_mlscope.predictors import predictor_class
     from pytest_mlscope.tracing.timeline import Timeline
     from pytest_mlscope.zoo.files import verify
 
@@ -116,7 +116,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 raw_batches = data.batches(cell.batch_size)  # type: ignore[attr-defined]
                 if request.save_inputs:
                     _save_inputs(request.save_inputs, raw_batches, cell.scenario)
-        predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
+        predictor = new_predictor(request)
         # The dataset's batches and the framework's code are in place before the window opens:
         # what it sees is the model's (its weights, its working memory, its inputs as tensors).
         window = PeakWindow()
@@ -200,6 +200,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             if window.why_not
             else measured.telemetry
         ),
+        generation=measured.generation,
         memory=(
             MemoryUse(before=window.before, load_peak=load_peak, run_peak=run_peak)
             if window.before is not None and load_peak is not None and run_peak is not None
@@ -236,14 +237,12 @@ class _Held:
 
     def renew(self) -> None:
         """Replace the held instance by a fresh one of the same file, warmed up."""
+        from pytest_mlscope.generation import new_predictor
         from pytest_mlscope.passes import held_call
-        from pytest_mlscope.predictors import predictor_class
 
         request = self.request
         self.predictor.close()
-        predictor = predictor_class(request.cell.framework, request.predictors)(
-            device=request.cell.device
-        )
+        predictor = new_predictor(request)
         predictor.load(request.artifact)
         inputs = [predictor.prepare_input(b) for b in self.raw]
         call = held_call(request, predictor, inputs[0])
@@ -304,7 +303,11 @@ def _accuracy(
 
     raw = np.concatenate([predictor.to_numpy(predictor.predict(b)) for b in batches])
     output_spec = manifest.outputs[0]
-    outputs = postprocess(raw[: len(data)], output_spec.postprocess)
+    outputs = (
+        raw[: len(data)]  # new token ids, compared as they are
+        if request.cell.scenario == "generate"
+        else postprocess(raw[: len(data)], output_spec.postprocess)
+    )
     if request.save_outputs:
         Path(request.save_outputs).parent.mkdir(parents=True, exist_ok=True)
         np.savez(request.save_outputs, **{output_spec.name: outputs})

@@ -225,6 +225,9 @@ def test_caffe_agrees_with_torch_and_names_every_layer(
         assert rows["features.0"].kernels[0] == "im2col + sgemm (OpenBLAS)"
         assert got.layers[-1].layer == OTHER
         total = sum(r.self_us for r in got.layers)
-        assert 0.5 < total / (got.summary.median * 1e6) < 2.0  # type: ignore[union-attr]
+        # Of the size of the profiling pass's own uninstrumented predictions, seconds apart (as
+        # test_tracing's): the timing pass's median, taken before, moves with the machine's load.
+        assert got.trace is not None and got.trace.step_us
+        assert 0.25 < total / got.trace.step_us < 2.5, (total, got.trace.step_us)
     digits = results["digits_cnn[caffe-cpu-bs1-single_stream]"].accuracy
     assert digits is not None and digits.top1 is not None and digits.top1 > 0.97

@@ -49,7 +49,9 @@ def test_the_example_project_trains_validates_and_gates_as_its_walkthrough_says(
     pytest_command = (sys.executable, "-m", "pytest", "--mlscope", "-p", "no:cacheprovider", *QUICK)
     saved = _run(project, *pytest_command, "--mlscope-save-baseline=main")
     assert "4 passed" in saved.stdout
-    compared = _run(project, *pytest_command, "--mlscope-baseline=main")
+    # The plumbing, not the statistics: an A/A item at the default 5 % is a false alarm ~1 % of
+    # the time by design (docs/verdicts.md), too often for a test CI runs on every change.
+    compared = _run(project, *pytest_command, "--mlscope-baseline=main", "--mlscope-threshold=3")
     assert "4 passed" in compared.stdout
     with Store.from_location(project / ".mlscope" / "results.db", create=False) as store:
         newest = store.runs()[0]

@@ -196,13 +196,18 @@ def test_a_timing_window_reads_the_machine_at_its_edges() -> None:
 
     from pytest_mlscope.telemetry import Window
 
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
     with Window() as window:
         deadline = time.perf_counter() + 0.3
         while time.perf_counter() < deadline:  # busy: this process's CPU share shows it
             pass
+    cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
     values = window.values
     assert 0.25 < values["wall_s"] < 5
-    assert values["process_cpu_percent"] > 30  # of one core, even on a loaded machine
+    # The share of one core this process had, as the test's own clocks saw it over (about) the
+    # same window: on a loaded machine both are low, never apart by much.
+    assert values["process_cpu_percent"] > 0
+    assert abs(values["process_cpu_percent"] - 100 * cpu / wall) < 15
     assert values["rss_peak_mb"] > 10
     assert 0 <= values["system_cpu_percent"] <= 100
     assert not any(key.startswith("gpu") for key in values)  # CPU item: NVML is not asked

@@ -103,7 +103,7 @@ def test_an_unknown_key_suggests_the_closest_known_one(tmp_path: Path) -> None:
         f"manifest bad.yaml:{line}: performance.warmpu: unknown key 'warmpu'; "
         "did you mean 'warmup'?"
     )
-    assert "expected one of: batch_sizes, sequence_lengths, scenarios, warmup," in problem
+    assert "one of: batch_sizes, sequence_lengths, scenarios, new_tokens, warmup," in problem
 
 
 def test_a_duplicate_key_names_both_lines(tmp_path: Path) -> None:

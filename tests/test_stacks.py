@@ -90,7 +90,10 @@ def test_mxnet_runs_in_its_venv_and_agrees_with_torch_on_the_host(
     assert by_name["classifier.1"].kernels == ["FullyConnected"]
     assert all(row.self_us > 0 for row in mxnet.layers[:-1])
     total = sum(row.self_us for row in mxnet.layers)
-    assert 0.5 < total / (mxnet.summary.median * 1e6) < 2.0  # type: ignore[union-attr]
+    # Of the size of the profiling pass's own uninstrumented predictions, seconds apart (as
+    # test_tracing's): the timing pass's median, taken before, moves with the machine's load.
+    assert mxnet.trace is not None and mxnet.trace.step_us
+    assert 0.25 < total / mxnet.trace.step_us < 2.5, (total, mxnet.trace.step_us)
     assert mxnet.trace is not None and "unbulked copy" in mxnet.trace.notes[0]
 
 

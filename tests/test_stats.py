@@ -178,15 +178,25 @@ def test_each_round_takes_at_least_three_samples() -> None:
     assert time_calls(lambda x: None, [0], options).rounds == [3] * 8
 
 
-def test_adaptive_precision_adds_rounds_to_a_noisy_call_only() -> None:
+def test_adaptive_precision_adds_rounds_to_a_noisy_call_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pytest_mlscope.measure as measure
+
+    # The calls' durations are the test's, not a loaded machine's (a real 2 ms sleep wakes up
+    # late under load and spreads past any precision).
+    clock = _FakeClock()
+    monkeypatch.setattr(measure, "time", clock)
     rng = np.random.default_rng(0)
 
+    def steady(_: object) -> None:
+        clock.now += 2_000_000
+
     def noisy(_: object) -> None:
-        time.sleep(float(rng.choice([0.0001, 0.002])))
+        clock.now += int(rng.choice([100_000, 2_000_000]))
 
     base = {"warmup": 0, "min_count": 12, "min_duration_s": 0.0, "max_duration_s": 3, "rounds": 4}
-    # A 2 ms sleep is steady to well within 50 %; a no-op is not (its 100-500 ns swing by 3x).
-    quiet = time_calls(lambda x: time.sleep(0.002), [0], MeasureOptions(**base, precision=0.5))
+    quiet = time_calls(steady, [0], MeasureOptions(**base, precision=0.5))
     assert len(quiet.rounds) == 4
     loud = time_calls(noisy, [0], MeasureOptions(**base, precision=0.01))
     assert len(loud.rounds) > 4

@@ -1302,7 +1302,7 @@ def test_a_version_6_database_is_migrated_and_gains_the_artifact_tables(
         assert store.fetch_artifact(sha256, tmp_path / "f").read_bytes() == path.read_bytes()
         with store._engine.connect() as connection:
             version = connection.execute(sa.text("SELECT version FROM schema_version")).all()
-    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 10
+    assert version == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 11
 
 
 def test_a_version_7_database_keeps_its_chunked_artifacts_and_gains_their_location(
@@ -1359,6 +1359,33 @@ def test_a_version_9_database_gains_the_sequence_length_and_keeps_its_results(
         (stored,) = store.results(new)
     assert stored.cell == text_cell
     assert stored.item_id == "minilm[torch-cpu-bs1-seq64-single_stream]"
+
+
+def test_a_version_10_database_gains_the_generation_column_and_keeps_its_results(
+    store_location: str,
+) -> None:
+    from pytest_mlscope.protocol import GenerationSummary
+
+    with Store.from_location(store_location) as store:
+        run_id = complete_run(store)
+        with store._engine.begin() as connection:  # what schema 10 had: no generation figures
+            connection.execute(sa.text("ALTER TABLE results DROP COLUMN generation"))
+            connection.execute(sa.text("UPDATE schema_version SET version = 10"))
+    cell = Cell(model="smollm2", framework="torch", scenario="generate")
+    figures = GenerationSummary(
+        new_tokens=16, prompt_tokens=6, generations=3, ttft_ms=9.5, ttft_p90_ms=10.0,
+        itl_p50_ms=4.0, itl_p90_ms=4.5, itl_p99_ms=6.0, tokens_per_s=240.0,
+        ttft_ns=[9_000_000, 9_500_000, 10_000_000], decode_ns=[60_000_000] * 3,
+    )  # fmt: skip
+    with Store.from_location(store_location) as store:
+        (old,) = store.results(run_id)
+        assert old.generation is None
+        new = store.start_run(host=HOST)
+        result = make_result().model_copy(update={"cell": cell, "generation": figures})
+        store.record_result(new, cell=cell, outcome="passed", result=result)
+        (stored,) = store.results(new)
+    assert stored.item_id == "smollm2[torch-cpu-bs1-generate]"
+    assert stored.generation == figures
 
 
 def test_copy_with_baselines_carries_the_artifacts_they_keep(

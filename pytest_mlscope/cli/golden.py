@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pytest_mlscope.cli.common import EXIT_OK, shown_path
@@ -27,6 +28,11 @@ def cmd_golden(args: argparse.Namespace) -> int:
     from pytest_mlscope.session import MlscopeSession, Settings
 
     manifest = load_manifest(args.manifest, require_files=False)
+    # The model runs in this process: the project's own classes and builders (``module:``,
+    # ``builder:``) import from the folder it runs in, as a session's workers import them from
+    # its rootdir. A console script's sys.path does not hold the current folder.
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     settings = Settings(
         rootdir=Path.cwd(),
         manifest_paths=[],

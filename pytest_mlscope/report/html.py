@@ -172,6 +172,7 @@ def render(data: ReportData, *, title: str | None = None) -> str:
         traced=[view for view in items if view["trace"] is not None],
         counts=data.counts(),
         plots=all_plots(data),
+        generation=_generation_table(data.items),
         sweeps=[
             (item.id, item.verdict["scaling"])
             for item in data.items
@@ -180,6 +181,13 @@ def render(data: ReportData, *, title: str | None = None) -> str:
         host=_host_rows(data.run.host),
         **_page(__version__),
     )
+
+
+def _generation_table(items: list[Any]) -> tuple[list[str], list[list[str]]] | None:
+    from pytest_mlscope.report.terminal import GENERATION_COLUMNS, generation_rows
+
+    rows = generation_rows(items)
+    return (GENERATION_COLUMNS, rows) if rows else None
 
 
 def _host_rows(host: dict[str, Any]) -> list[tuple[str, str]]:

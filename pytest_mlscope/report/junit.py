@@ -29,6 +29,17 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
             mlscope_throughput=round(result.summary.throughput, 2),
             mlscope_samples=result.summary.count,
         )
+    if result.generation is not None:
+        figures = result.generation
+        props.update(
+            mlscope_ttft_ms=round(figures.ttft_ms, 4),
+            mlscope_itl_p50_ms=round(figures.itl_p50_ms, 4),
+            mlscope_itl_p90_ms=round(figures.itl_p90_ms, 4),
+            mlscope_itl_p99_ms=round(figures.itl_p99_ms, 4),
+            mlscope_tokens_per_s=round(figures.tokens_per_s, 2),
+            mlscope_new_tokens=figures.new_tokens,
+            mlscope_prompt_tokens=figures.prompt_tokens,
+        )
     if result.memory is not None:
         props["mlscope_memory_mib"] = round(result.memory.model / 2**20, 2)
     if result.instructions:

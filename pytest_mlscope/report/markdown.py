@@ -107,12 +107,30 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
         )
     if len(rows) > MAX_ROWS:
         lines.append(f"\n{len(rows) - MAX_ROWS} more items in the HTML report")
+    lines += _generation(data.items)
     lines += _scaling(data.items)
     for group in data.layers_across:
         lines += ["", *_layers_across(group)]
     if html_path:
         lines += ["", f"Full report (plots, layer diffs, history): `{html_path}`"]
     return "\n".join(lines) + "\n"
+
+
+def _generation(items: list[Item]) -> list[str]:
+    """Each generate item's time to first token, inter-token latency and tokens/s."""
+    from pytest_mlscope.report.terminal import GENERATION_COLUMNS, generation_rows
+
+    rows = generation_rows(items)
+    if not rows:
+        return []
+    return [
+        "",
+        "### Generation",
+        "",
+        "| " + " | ".join(GENERATION_COLUMNS) + " |",
+        "|" + "---|" * len(GENERATION_COLUMNS),
+        *("| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows),
+    ]
 
 
 def _scaling(items: list[Item]) -> list[str]:

@@ -144,6 +144,46 @@ def scaling_lines(items: Sequence[Any]) -> Iterator[str]:
         yield from ("  " + line for line in table(columns, rows, ()).splitlines())
 
 
+GENERATION_COLUMNS = [
+    "item", "prompt", "new", "TTFT ms", "TTFT p90", "ITL p50 ms", "ITL p90", "ITL p99",
+    "tokens/s", "generation ms",
+]  # fmt: skip
+
+
+def generation_rows(items: Sequence[Any]) -> list[list[str]]:
+    """Each generate item's per-token figures: time to first token (the prompt's prefill and
+    the first pick), inter-token latency, decode tokens/s, and the whole generation's median
+    (the latency its verdict judges)."""
+    rows = []
+    for item in items:
+        figures = item.record.generation
+        if figures is None:
+            continue
+        summary = item.record.summary
+        rows.append(
+            [
+                item.id,
+                str(figures.prompt_tokens),
+                str(figures.new_tokens),
+                f"{figures.ttft_ms:.2f}",
+                f"{figures.ttft_p90_ms:.2f}",
+                f"{figures.itl_p50_ms:.2f}",
+                f"{figures.itl_p90_ms:.2f}",
+                f"{figures.itl_p99_ms:.2f}",
+                f"{figures.tokens_per_s:,.1f}",
+                ms(summary.median if summary else None),
+            ]
+        )
+    return rows
+
+
+def generation_lines(items: Sequence[Any]) -> Iterator[str]:
+    rows = generation_rows(items)
+    if rows:
+        yield "generation (greedy; prompt and new tokens; medians over the timed generations):"
+        yield from ("  " + line for line in table(GENERATION_COLUMNS, rows, ()).splitlines())
+
+
 def matrix_lines(data: ReportData) -> Iterator[str]:
     """The seed's "one model across frameworks" table: per model and framework (stack), the
     median latency of its single-stream item at its smallest batch (and sequence length), and
@@ -255,6 +295,7 @@ def summary_lines(data: ReportData, *, everything_in: str | None = None) -> Iter
             f"{m} item{'s' if m != 1 else ''}"
         )
         yield from data.notes
+    yield from generation_lines(data.items)
     yield from scaling_lines(data.items)
     traced = [item.record for item in data.items if item.record.trace and item.record.trace.path]
     if traced:

@@ -14,6 +14,7 @@ from pytest_mlscope.protocol import (
     AccuracyReport,
     Cell,
     ColdStart,
+    GenerationSummary,
     LayerRow,
     MemoryUse,
     PredictorInfo,
@@ -75,6 +76,7 @@ class ResultRecord:
     trace: TraceInfo | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
     memory: MemoryUse | None = None
+    generation: GenerationSummary | None = None
     duration_s: float | None = None
     instructions: list[float] = field(default_factory=list)
     # Interleaved: the A side timed beside this result (round i of each is pair i).
@@ -245,6 +247,9 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
         trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
         telemetry=dict(row.get("telemetry") or {}),
         memory=MemoryUse.model_validate(row["memory"]) if row.get("memory") else None,
+        generation=(
+            GenerationSummary.model_validate(row["generation"]) if row.get("generation") else None
+        ),
         duration_s=row.get("duration_s"),
         instructions=[float(x) for x in row.get("instructions") or []],
         paired_samples_ns=[int(sample) for sample in row.get("paired_samples_ns") or []],

@@ -101,6 +101,7 @@ class RunsMixin(_StoreBase):
             "trace": None,
             "telemetry": None,
             "memory": None,
+            "generation": None,
             "instructions": None,
             "paired_samples_ns": None,
             "paired": None,
@@ -121,6 +122,7 @@ class RunsMixin(_StoreBase):
                 trace=result.trace.model_dump() if result.trace else None,
                 telemetry=dict(result.telemetry) or None,
                 memory=result.memory.model_dump() if result.memory else None,
+                generation=result.generation.model_dump() if result.generation else None,
                 instructions=list(result.instructions) or None,
             )
             if result.paired_samples_ns:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 # Each step takes a database from version N to N + 1, in one transaction. A database written by
 # an older pytest-mlscope keeps every result it had. A step is SQL text ({json} is the backend's
 # JSON type) or a function of the connection (new tables, indexes, converted columns).
@@ -65,6 +65,10 @@ MIGRATIONS: dict[int, list[str | Callable[[sa.Connection], None]]] = {
     9: [
         # Tokens per sample of a text model's item (Cell.sequence_length); NULL for the others.
         lambda connection: _add_missing_column(connection, "results", "sequence_length", "INTEGER"),
+    ],
+    10: [
+        # A generate item's per-token figures (protocol.GenerationSummary); NULL for the others.
+        lambda connection: _add_missing_column(connection, "results", "generation", "{json}"),
     ],
 }
 
@@ -167,6 +171,7 @@ results_table = sa.Table(
     sa.Column("trace", _NullableJSON, nullable=True),
     sa.Column("telemetry", _NullableJSON, nullable=True),
     sa.Column("memory", _NullableJSON, nullable=True),
+    sa.Column("generation", _NullableJSON, nullable=True),
     # Instructions per call, one figure per round, from the count pass (schema 6).
     sa.Column("instructions", _NullableJSON, nullable=True),
     # Interleaved (schema 7): the A side's samples, and its rounds, artifact and predictor.

@@ -32,3 +32,10 @@ def minilm(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
     from pytest_mlscope.zoo.builders import minilm as build
 
     return build(out_dir, **kwargs)
+
+
+@revision(BUILD_REVISION)
+def smollm2(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
+    from pytest_mlscope.zoo.builders import smollm2 as build
+
+    return build(out_dir, **kwargs)

