@@ -13,7 +13,7 @@ import numpy as np
 from pytest_mlscope.protocol import AccuracyCheck, AccuracyReport
 
 if TYPE_CHECKING:
-    from pytest_mlscope.manifest import AccuracySpec
+    from pytest_mlscope.manifest import AccuracySpec, Agreement
 
 
 def postprocess(outputs: np.ndarray, steps: Sequence[str]) -> np.ndarray:
@@ -93,12 +93,23 @@ def _token_golden(actual: np.ndarray, expected: np.ndarray) -> AccuracyCheck:
 
 
 def _token_agreement(
-    actual: np.ndarray, reference: np.ndarray, min_first: float, reference_name: str
+    actual: np.ndarray,
+    reference: np.ndarray,
+    spec: Agreement,
+    reference_name: str,
+    prefill: np.ndarray | None = None,
+    reference_prefill: np.ndarray | None = None,
 ) -> AccuracyCheck:
-    """Two frameworks' greedy tokens: the first new token is the prefill's decision and must
-    match on ``min_first`` of the prompts; after a first difference each model continues a
-    different text, so the continuation is reported (the tokens matched before departing), not
-    judged: a quantized model's legitimate near-ties would fail anything stricter."""
+    """Two frameworks' greedy tokens after the same prompts.
+
+    The first new token is the prefill's decision. It agrees when it is the reference's, or,
+    where both sides' next-token logits are known, when the reference found it at least
+    ``near_tie`` times as likely as its own choice: a quantized model legitimately picks the
+    other side of a near-tie, a broken one picks what the reference finds unlikely. It must
+    agree on ``top1_match`` of the prompts. After a first difference each model continues a
+    different text, so the continuation is reported (tokens matched before the parting), with
+    the overlap of the two sides' top 5 after the prompt, not judged.
+    """
     if actual.shape != reference.shape:
         return AccuracyCheck(
             name="agreement",
@@ -106,14 +117,28 @@ def _token_agreement(
             detail=f"vs {reference_name}: shape {actual.shape} != {reference.shape}",
         )
     departs = _departure(actual, reference)
-    first = float(np.mean(departs > 0))
+    same = departs > 0
+    agrees, overlap = same, ""
+    if prefill is not None and reference_prefill is not None:
+        rows = np.arange(len(actual))
+        ref = reference_prefill - reference_prefill.max(axis=1, keepdims=True)
+        likelihood = np.exp(ref[rows, actual[:, 0]])  # of the item's token, the top's being 1
+        agrees = same | (likelihood >= spec.near_tie)
+        top_a = np.argsort(-prefill, axis=1)[:, :5]
+        top_r = np.argsort(-reference_prefill, axis=1)[:, :5]
+        shared = np.mean([len(set(a) & set(r)) / 5 for a, r in zip(top_a, top_r, strict=True)])
+        overlap = f"; top-5 overlap after the prompt {shared:.2f}"
+    fraction = float(np.mean(agrees))
+    ties = int(np.sum(agrees & ~same))
     return AccuracyCheck(
         name="agreement",
-        passed=first >= min_first,
-        value=first,
-        detail=f"vs {reference_name}: first new token matches on {first:.3f} of the prompts "
-        f"(min {min_first:g}); {float(np.mean(departs)):.1f} of {actual.shape[1]} tokens "
-        "match before the continuations part, on average",
+        passed=fraction >= spec.top1_match,
+        value=fraction,
+        detail=f"vs {reference_name}: first new token agrees on {fraction:.3f} of the prompts "
+        f"(min {spec.top1_match:g}; {ties} near-tie{'s' if ties != 1 else ''} within "
+        f"{spec.near_tie:g} of the reference's choice){overlap}; "
+        f"{float(np.mean(departs)):.1f} of {actual.shape[1]} tokens match before the "
+        "continuations part, on average",
     )
 
 
@@ -170,6 +195,8 @@ def assess(
     reference_name: str | None = None,
     golden: np.ndarray | None = None,
     pair_labels: np.ndarray | None = None,
+    prefill: np.ndarray | None = None,
+    reference_prefill: np.ndarray | None = None,
 ) -> AccuracyReport:
     """Every accuracy check the manifest asks for, each with its value and a readable detail."""
     checks: list[AccuracyCheck] = []
@@ -206,7 +233,9 @@ def assess(
     if spec.agreement is not None and reference is not None and tokens:
         name = reference_name or spec.agreement.reference
         ref = reference.astype(np.int64)
-        checks.append(_token_agreement(outputs, ref, spec.agreement.top1_match, name))
+        checks.append(
+            _token_agreement(outputs, ref, spec.agreement, name, prefill, reference_prefill)
+        )
     elif spec.agreement is not None and reference is not None:
         agreement = spec.agreement
         match = top1_match(outputs, reference) if outputs.shape == reference.shape else 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pytest_mlscope.protocol import Cell
+from pytest_mlscope.vocabulary import Scenario
 
 if TYPE_CHECKING:
     from pytest_mlscope.hardware import Host
@@ -82,6 +83,12 @@ def skip_reason(
     if not in_container:
         return text_unavailable(manifest) or packages_unavailable(manifest)
     return None
+
+
+def outputs_scenario(manifest: Manifest) -> Scenario:
+    """The scenario whose outputs a manifest's goldens and agreement references hold: a
+    decoder's greedy tokens, every other model's forward pass."""
+    return "generate" if "generate" in manifest.performance.scenarios else "single_stream"
 
 
 def packages_unavailable(manifest: Manifest) -> str | None:

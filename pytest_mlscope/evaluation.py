@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_mlscope.cells import outputs_scenario
 from pytest_mlscope.errors import EvaluationFailed, MlscopeError
 from pytest_mlscope.protocol import (
     AccuracyPass,
@@ -72,6 +73,7 @@ class Evaluation:
             device="cpu",
             batch_size=1,
             sequence_length=length,
+            scenario=outputs_scenario(manifest),
         )
         runtime, reason = self._reference_runtime(manifest, cell)
         if runtime is None:
@@ -396,10 +398,7 @@ class Evaluation:
             device="cpu",
             batch_size=1,
             sequence_length=max(lengths) if lengths else None,
-            # a decoder's golden is its greedy tokens; every other model's, its forward pass
-            scenario="generate"
-            if "generate" in manifest.performance.scenarios
-            else "single_stream",
+            scenario=outputs_scenario(manifest),
         )
         # With the outputs, each layer's on the first sample, where the framework exposes them:
         # a later miss then says which layer changed since (none kept where it cannot).

@@ -58,6 +58,12 @@ class Generating:
         record.stamps.append(stamps)
         return tokens
 
+    def prefill(self, prepared: Any) -> np.ndarray:
+        """The next-token logits after the prompt, [vocab]: the framework's forward pass, its
+        last position (a model that returns every position's, or the last one's)."""
+        output = self.inner.to_numpy(self.inner.predict(prepared))
+        return np.asarray(output, dtype=np.float32).reshape(-1, output.shape[-1])[-1]
+
     def to_numpy(self, output: Any) -> np.ndarray:
         """The new token ids as a batch of one: [1, new_tokens]."""
         return np.asarray(output, dtype=np.int64).reshape(1, -1)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pytest_mlscope.protocol import CountPass, EvaluationRequest
+from pytest_mlscope.protocol import AccuracyReport, CountPass, EvaluationRequest
 
 if TYPE_CHECKING:
     from pytest_mlscope.generation import Generations
@@ -122,6 +122,85 @@ def _generation(request: EvaluationRequest, predictor: Any, raw: list[Any], coun
         return None
     prompt_tokens = int(raw[0].shape[-1])  # the timed prompt: a generate item times the first
     return summarize_generations(record, count, request.new_tokens, prompt_tokens)
+
+
+def check_accuracy(
+    request: EvaluationRequest,
+    manifest: Any,
+    data: Any,
+    predictor: Predictor,
+    batches: list[Any],
+) -> AccuracyReport:
+    """The accuracy pass: every sample once (the rows added to fill the last batch dropped),
+    each check the manifest asks for; the outputs saved when the request says where."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from pytest_mlscope.accuracy import assess, postprocess
+
+    raw = np.concatenate([predictor.to_numpy(predictor.predict(b)) for b in batches])
+    output_spec = manifest.outputs[0]
+    generate = request.cell.scenario == "generate"
+    outputs = (
+        raw[: len(data)]  # new token ids, compared as they are
+        if generate
+        else postprocess(raw[: len(data)], output_spec.postprocess)
+    )
+    # A decoder's next-token logits after each prompt: what agreement judges its first new
+    # token by (a golden of greedy tokens needs none).
+    prefill = (
+        np.stack([predictor.prefill(b) for b in batches])[: len(data)]  # type: ignore[attr-defined]
+        if generate and request.checks != []
+        else None
+    )
+    if request.save_outputs:
+        Path(request.save_outputs).parent.mkdir(parents=True, exist_ok=True)
+        extra = {PREFILL: prefill} if prefill is not None else {}
+        np.savez(request.save_outputs, **{output_spec.name: outputs}, **extra)
+    reference = reference_prefill = None
+    if request.reference_outputs:
+        with np.load(request.reference_outputs, allow_pickle=False) as archive:
+            reference = np.asarray(archive[archive.files[0]], dtype=np.float64)
+            if PREFILL in archive.files:
+                reference_prefill = np.asarray(archive[PREFILL], dtype=np.float64)
+    spec = manifest.accuracy
+    frameworks = spec.golden.frameworks if spec.golden is not None else None
+    if frameworks is not None and request.cell.framework not in frameworks:
+        spec = spec.model_copy(update={"golden": None})
+    if request.checks is not None:
+        spec = spec.model_copy(
+            update={
+                k: None
+                for k in ("top1", "top5", "golden", "agreement", "paraphrase")
+                if k not in request.checks
+            }
+        )
+    return assess(
+        spec,
+        outputs,
+        data.labels,
+        reference=reference,
+        golden=_golden(spec, manifest, output_spec.name),
+        pair_labels=data.pair_labels,
+        prefill=prefill,
+        reference_prefill=reference_prefill,
+    )
+
+
+PREFILL = "prefill_logits"  # beside a decoder's saved outputs
+
+
+def _golden(spec: object, manifest: object, output_name: str) -> Any:
+    import numpy as np
+
+    golden = spec.golden  # type: ignore[attr-defined]
+    if golden is None:
+        return None
+    path = manifest.resolve(golden.path)  # type: ignore[attr-defined]
+    with np.load(path, allow_pickle=False) as archive:
+        key = output_name if output_name in archive else archive.files[0]
+        return np.asarray(archive[key], dtype=np.float64)
 
 
 PASSES: dict[str, Callable[..., Measured]] = {

@@ -17,6 +17,7 @@ BUILTIN_PREDICTORS = {
     "mxnet": "pytest_mlscope.predictors.mxnet:MXNetPredictor",
     "tensorrt": "pytest_mlscope.predictors.tensorrt:TensorRTPredictor",
     "caffe": "pytest_mlscope.predictors.caffe:CaffePredictor",
+    "llamacpp": "pytest_mlscope.predictors.llamacpp:LlamaCppPredictor",
 }
 FRAMEWORKS = tuple(BUILTIN_PREDICTORS)
 

@@ -68,16 +68,6 @@ def _load_inputs(path: str) -> list[np.ndarray]:
         return [archive[name] for name in names]
 
 
-def _golden(spec: object, manifest: object, output_name: str) -> np.ndarray | None:
-    golden = spec.golden  # type: ignore[attr-defined]
-    if golden is None:
-        return None
-    path = manifest.resolve(golden.path)  # type: ignore[attr-defined]
-    with np.load(path, allow_pickle=False) as archive:
-        key = output_name if output_name in archive else archive.files[0]
-        return np.asarray(archive[key], dtype=np.float64)
-
-
 def evaluate(request: EvaluationRequest) -> EvaluationResult:
     from pytest_mlscope.tracing.timeline import Spans
 
@@ -95,6 +85,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
     from pytest_mlscope.generation import new_predictor
     from pytest_mlscope.manifest import load_manifest
     from pytest_mlscope.memory import PeakWindow
+    from pytest_mlscope.passes import check_accuracy
     from pytest_mlscope.tracing.timeline import Timeline
     from pytest_mlscope.zoo.files import verify
 
@@ -154,7 +145,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 accuracy = AccuracyReport()
             else:
                 with spans.span("accuracy pass"):
-                    accuracy = _accuracy(request, manifest, data, predictor, batches)
+                    accuracy = check_accuracy(request, manifest, data, predictor, batches)
             run_peak = window.peak()
             if request.save_layer_outputs:
                 from pytest_mlscope.divergence import save_layers
@@ -289,48 +280,6 @@ def time_round(request: RoundRequest) -> EvaluationResult:
             "rounds": [len(timing.samples_ns)],
             "telemetry": telemetry,
         }
-    )
-
-
-def _accuracy(
-    request: EvaluationRequest,
-    manifest: Any,
-    data: Any,
-    predictor: Predictor,
-    batches: list[Any],
-) -> AccuracyReport:
-    from pytest_mlscope.accuracy import assess, postprocess
-
-    raw = np.concatenate([predictor.to_numpy(predictor.predict(b)) for b in batches])
-    output_spec = manifest.outputs[0]
-    outputs = (
-        raw[: len(data)]  # new token ids, compared as they are
-        if request.cell.scenario == "generate"
-        else postprocess(raw[: len(data)], output_spec.postprocess)
-    )
-    if request.save_outputs:
-        Path(request.save_outputs).parent.mkdir(parents=True, exist_ok=True)
-        np.savez(request.save_outputs, **{output_spec.name: outputs})
-    reference = None
-    if request.reference_outputs:
-        with np.load(request.reference_outputs, allow_pickle=False) as archive:
-            reference = np.asarray(archive[archive.files[0]], dtype=np.float64)
-    spec = manifest.accuracy
-    if request.checks is not None:
-        spec = spec.model_copy(
-            update={
-                k: None
-                for k in ("top1", "top5", "golden", "agreement", "paraphrase")
-                if k not in request.checks
-            }
-        )
-    return assess(
-        spec,
-        outputs,
-        data.labels,
-        reference=reference,
-        golden=_golden(spec, manifest, output_spec.name),
-        pair_labels=data.pair_labels,
     )
 
 

@@ -60,7 +60,16 @@ EXPECTED = {
     ),
     "unknown_key": (5, "flavour", "unknown key 'flavour'"),
     "unknown_preprocess_op": (21, "inputs[0].preprocess[0]", "one of decode, resize"),
-    "wrong_enum": (4, "task", "expected 'image_classification', 'text_embedding' or 'raw'"),
+    "wrong_enum": (
+        4,
+        "task",
+        "expected 'image_classification', 'text_embedding', 'text_generation' or 'raw'",
+    ),
+    "generate_with_lengths": (
+        22,
+        "performance.sequence_lengths",
+        "generate feeds each prompt as it tokenizes",
+    ),
     "wrong_type": (31, "performance.batch_sizes", "expected a list of positive integers"),
 }
 

