@@ -68,9 +68,9 @@ class Generating:
         """The new token ids as a batch of one: [1, new_tokens]."""
         return np.asarray(output, dtype=np.int64).reshape(1, -1)
 
-    def twin(self) -> Generating:
-        """The same loaded model, with generations recorded apart."""
-        return Generating(self.inner, self.new_tokens)
+    def twin(self, record: Generations | None = None) -> Generating:
+        """The same loaded model, with generations recorded apart (in ``record`` when given)."""
+        return Generating(self.inner, self.new_tokens, record)
 
     def close(self) -> None:
         self.inner.close()
@@ -81,10 +81,10 @@ def record_of(predictor: Any) -> Generations | None:
     return predictor.record if isinstance(predictor, Generating) else None
 
 
-def unrecorded(predictor: Any) -> Any:
-    """The predictor, with its generations kept out of the item's figures (warm-up calls, the
-    interleaved A side)."""
-    return predictor.twin() if isinstance(predictor, Generating) else predictor
+def recorded_apart(predictor: Any, record: Generations | None = None) -> Any:
+    """The predictor, with its generations kept out of the item's figures: dropped (warm-up
+    calls), or kept in ``record`` (the interleaved A side's, judged beside B's)."""
+    return predictor.twin(record) if isinstance(predictor, Generating) else predictor
 
 
 def new_predictor(request: EvaluationRequest, record: Generations | None = None) -> Any:
@@ -99,23 +99,48 @@ def new_predictor(request: EvaluationRequest, record: Generations | None = None)
     return Generating(predictor, request.new_tokens, record)
 
 
+def timed(record: Generations, window_ns: tuple[int, int]) -> list[tuple[int, list[int]]]:
+    """The generations the timing pass timed: those begun inside its window (its first timed
+    call to its last kept one), so warm-up calls, a calibration and a pair dropped at the
+    deadline are left out; one per timed call, in order."""
+    low, high = window_ns
+    return [(s, t) for s, t in zip(record.starts, record.stamps, strict=True) if low <= s <= high]
+
+
+def _phases(generations: list[tuple[int, list[int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each generation's time to first token and decode time (first to last new token), ns."""
+    ttft = np.asarray([t[0] - s for s, t in generations], dtype=np.int64)
+    decode = np.asarray([t[-1] - t[0] for _, t in generations], dtype=np.int64)
+    return ttft, decode
+
+
 def summarize_generations(
-    record: Generations, count: int, new_tokens: int, prompt_tokens: int
+    record: Generations,
+    window_ns: tuple[int, int],
+    new_tokens: int,
+    prompt_tokens: int,
+    paired: tuple[Generations, tuple[int, int]] | None = None,
 ) -> GenerationSummary | None:
-    """The figures of the last ``count`` generations (the timed ones; warm-up came before)."""
-    starts, stamps = record.starts[-count:], record.stamps[-count:]
-    whole = [(s, t) for s, t in zip(starts, stamps, strict=True) if len(t) == new_tokens]
-    if not whole or new_tokens < 2:
+    """The figures of the timed generations; ``paired`` is the interleaved A side's record and
+    window, whose per-generation phases are kept beside B's for the verdict."""
+    # A generation that stopped short has no comparable figures; the per-generation lists then
+    # no longer match the rounds, and the phases are not judged apart.
+    generations = [(s, t) for s, t in timed(record, window_ns) if len(t) == new_tokens]
+    if not generations or new_tokens < 2:
         return None
-    ttft = np.asarray([t[0] - s for s, t in whole], dtype=np.int64)
-    decode = np.asarray([t[-1] - t[0] for _, t in whole], dtype=np.int64)
-    gaps = np.concatenate([np.diff(np.asarray(t, dtype=np.int64)) for _, t in whole])
+    ttft, decode = _phases(generations)
+    gaps = np.concatenate([np.diff(np.asarray(t, dtype=np.int64)) for _, t in generations])
     rates = (new_tokens - 1) / np.maximum(decode, 1) * 1e9
     p50, p90, p99 = np.percentile(gaps, [50, 90, 99]) / 1e6
+    paired_ttft, paired_decode = [], []
+    if paired is not None:
+        beside = [(s, t) for s, t in timed(*paired) if len(t) == new_tokens]
+        if beside:
+            paired_ttft, paired_decode = (a.tolist() for a in _phases(beside))
     return GenerationSummary(
         new_tokens=new_tokens,
         prompt_tokens=prompt_tokens,
-        generations=len(whole),
+        generations=len(generations),
         ttft_ms=float(np.median(ttft)) / 1e6,
         ttft_p90_ms=float(np.percentile(ttft, 90)) / 1e6,
         itl_p50_ms=float(p50),
@@ -124,4 +149,6 @@ def summarize_generations(
         tokens_per_s=float(np.median(rates)),
         ttft_ns=ttft.tolist(),
         decode_ns=decode.tolist(),
+        paired_ttft_ns=paired_ttft,
+        paired_decode_ns=paired_decode,
     )

@@ -275,6 +275,7 @@ class Judging:
             paired_artifact_sha256=result.paired_artifact_sha256,
             paired_workers=result.paired_workers,
             memory=result.memory.model if result.memory is not None else None,
+            generation=result.generation,
         )
         item = item_id or result.cell.id
         baseline = self._baseline_sides().get(item) if self.settings.baseline else None

@@ -47,6 +47,9 @@ class Timing:
     total_s: float
     stopped_by: str  # "target" (count and duration met) or "max_duration"
     rounds: list[int] = field(default_factory=list)  # samples per round; samples_ns concatenates
+    # perf_counter_ns when the first timed call began and the last kept one ended: a call made
+    # in between (a generation's own stamps) was timed; warm-up and a dropped pair lie outside.
+    window_ns: tuple[int, int] = (0, 0)
 
 
 def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: MeasureOptions) -> Timing:
@@ -85,7 +88,8 @@ def time_calls(call: Callable[[T], object], inputs: Sequence[T], options: Measur
             break
         if len(sizes) == planned and options.precision and not _precise(samples, options):
             planned += 1  # adaptive: one more round of the same size, until precise or max
-    return Timing(samples, (time.perf_counter_ns() - start) / 1e9, stopped_by, sizes)
+    end = time.perf_counter_ns()
+    return Timing(samples, (end - start) / 1e9, stopped_by, sizes, (start, end))
 
 
 def pair_plan(options: MeasureOptions) -> tuple[int, MeasureOptions]:
@@ -178,6 +182,7 @@ def time_interleaved(
     stopped_by = "target"
     medians: dict[str, list[float]] = {"a": [], "b": []}
     done = 0
+    kept_until = start
     for _ in range(LOOKS if settled is not None else 1):
         block = Block()
         for _ in range(pairs):
@@ -207,11 +212,13 @@ def time_interleaved(
                 sides[key][2].extend(values)
                 sides[key][3].append(len(values))
                 medians[key].append(_median(values) / 1e9)
+            kept_until = time.perf_counter_ns()
         if stopped_by != "target" or settled is None or settled(medians["a"], medians["b"]):
             break
     total = (time.perf_counter_ns() - start) / 1e9
     return tuple(  # type: ignore[return-value]
-        Timing(sides[key][2], total, stopped_by, sides[key][3]) for key in ("a", "b")
+        Timing(sides[key][2], total, stopped_by, sides[key][3], (start, kept_until))
+        for key in ("a", "b")
     )
 
 

@@ -34,9 +34,14 @@ class Measured:
     generation: Any = None  # protocol.GenerationSummary, for a generate cell
 
 
+def timed_batches(scenario: str, batches: list[Any]) -> list[Any]:
+    """What the timing pass calls the model on (and a count pass counts): single_stream and
+    generate time one query over and over; offline streams every batch."""
+    return batches if scenario == "offline" else batches[:1]
+
+
 def _timed_inputs(request: EvaluationRequest, batches: list[Any]) -> list[Any]:
-    # single_stream and generate time one query over and over; offline streams every batch.
-    return batches if request.cell.scenario == "offline" else batches[:1]
+    return timed_batches(request.cell.scenario, batches)
 
 
 def _accuracy_pass(
@@ -88,40 +93,57 @@ def _timing_pass(
 ) -> Measured:
     """The predictor call alone, on inputs prepared beforehand; interleaved with the A side
     when the request names one."""
+    from pytest_mlscope.generation import Generations, record_of
     from pytest_mlscope.measure import time_calls
     from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.stats import summarize_scenario
-    from pytest_mlscope.telemetry import Window
+    from pytest_mlscope.telemetry import Window, energy_figures
 
     cell = request.cell
     inputs = _timed_inputs(request, batches)
     paired = None
+    beside = Generations() if record_of(predictor) is not None else None  # A's generations
     with spans.span("timing pass"), Window(gpu=cell.device == "gpu") as window:
         call = slowed(predictor.predict, inputs[0], request.inject_slowdown)
         if request.interleave is None:
             timing = time_calls(call, inputs, request.measure)
         else:
-            paired, timing = _interleaved(request, predictor, raw, call, inputs)
+            paired, timing = _interleaved(request, predictor, raw, call, inputs, beside)
+    summary = summarize_scenario(timing.samples_ns, cell.batch_size, cell.scenario)
+    tokens = request.new_tokens if cell.scenario == "generate" else None
+    energy = energy_figures(
+        window.values, summary.median, cell.batch_size, tokens, paired is not None
+    )
     return Measured(
-        generation=_generation(request, predictor, raw, len(timing.samples_ns)),
+        generation=_generation(request, predictor, raw, timing, paired, beside),
         inputs=inputs,
         call=call,
-        summary=summarize_scenario(timing.samples_ns, cell.batch_size, cell.scenario),
+        summary=summary,
         samples=timing.samples_ns,
         rounds=timing.rounds,
         paired=paired,
-        telemetry=window.values,
+        telemetry={**window.values, **energy},
     )
 
 
-def _generation(request: EvaluationRequest, predictor: Any, raw: list[Any], count: int) -> Any:
+def _generation(
+    request: EvaluationRequest,
+    predictor: Any,
+    raw: list[Any],
+    timing: Timing,
+    paired: Timing | None,
+    beside: Generations | None,
+) -> Any:
     from pytest_mlscope.generation import record_of, summarize_generations
 
     record = record_of(predictor)
     if record is None:
         return None
     prompt_tokens = int(raw[0].shape[-1])  # the timed prompt: a generate item times the first
-    return summarize_generations(record, count, request.new_tokens, prompt_tokens)
+    a_side = (beside, paired.window_ns) if paired is not None and beside is not None else None
+    return summarize_generations(
+        record, timing.window_ns, request.new_tokens, prompt_tokens, a_side
+    )
 
 
 def check_accuracy(
@@ -217,6 +239,7 @@ def _interleaved(
     raw_batches: list[object],
     call_b: Callable[[object], object],
     inputs_b: list[object],
+    beside: Generations | None = None,
 ) -> tuple[Timing, Timing]:
     """Time A (the baseline's artifact, unslowed) and B (this item) in alternating rounds.
 
@@ -224,9 +247,9 @@ def _interleaved(
     itself and nothing but the injected slowdown can tell the sides apart. A different file (a
     model edit) is verified, and each pair of rounds times a fresh instance of both files
     (:class:`_Instances`), or every few pairs when loading them would take more than a quarter
-    of a pair.
+    of a pair. A generate cell's A side records its generations in ``beside``.
     """
-    from pytest_mlscope.generation import record_of, unrecorded
+    from pytest_mlscope.generation import record_of, recorded_apart
     from pytest_mlscope.measure import pair_plan, time_interleaved
     from pytest_mlscope.slowdown import slowed
     from pytest_mlscope.zoo.files import verify
@@ -244,13 +267,17 @@ def _interleaved(
             settled, threshold=spec.threshold, comparisons=spec.comparisons, looks=LOOKS
         )
     if spec.artifact.sha256 == request.artifact.sha256:
-        call_a = _side_a(unrecorded(predictor).predict, inputs_b[0], spec.inject_slowdown, request)
+        side_a = recorded_apart(predictor, beside)
+        call_a = _side_a(side_a.predict, inputs_b[0], spec.inject_slowdown, request)
         return time_interleaved(
             call_a, inputs_b, call_b, inputs_b, request.measure, spec.seed, decided
         )
     verify(spec.artifact)
     instances = _Instances(
-        request, raw_batches[: len(inputs_b)], random.Random(spec.seed), record_of(predictor)
+        request,
+        raw_batches[: len(inputs_b)],
+        random.Random(spec.seed),
+        {"a": beside, "b": record_of(predictor)},
     )
     try:
         fresh_a, fresh_b = instances.renew()
@@ -312,10 +339,10 @@ class _Instances:
         request: EvaluationRequest,
         raw: list[Any],
         rng: random.Random,
-        record: Generations | None = None,
+        records: dict[str, Generations | None] | None = None,
     ) -> None:
         self.request, self.raw, self.rng = request, raw, rng
-        self.record = record  # where B's generations go (a generate cell)
+        self.records = records or {}  # where each side's generations go (a generate cell)
         self.live: dict[str, Predictor] = {}
         self.renew_s = 0.0  # the last renewal's loads and warm-up
         self.renewals = 0
@@ -336,14 +363,14 @@ class _Instances:
         started = time.perf_counter()
         order = ["a", "b"]
         self.rng.shuffle(order)
-        from pytest_mlscope.generation import new_predictor, unrecorded
+        from pytest_mlscope.generation import new_predictor, recorded_apart
 
         for side in order:
-            model = new_predictor(self.request, self.record if side == "b" else None)
+            model = new_predictor(self.request, self.records.get(side))
             model.load(self.request.interleave.artifact if side == "a" else self.request.artifact)
             self.live[side] = model
         inputs = {side: [self.live[side].prepare_input(b) for b in self.raw] for side in order}
-        warm = {side: unrecorded(self.live[side]) for side in order}
+        warm = {side: recorded_apart(self.live[side]) for side in order}
         for i in range(self.WARMUP):
             for side in order:
                 warm[side].predict(inputs[side][i % len(inputs[side])])

@@ -20,7 +20,7 @@ from pytest_mlscope.vocabulary import Scenario
 # extra workers of an interleave across stacks). 7: the pass is one typed field (``pass_``), not
 # four flags; results carry the model's memory. 8: a cell's sequence length (tokenized text).
 # 9: the generate scenario; results carry its per-token figures.
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 
 
 class _Document(BaseModel):
@@ -257,7 +257,10 @@ class GenerationSummary(_Document):
     Time to first token is the prompt's prefill and the first pick; the inter-token latencies
     are every gap between consecutive new tokens of every generation; decode tokens/s is each
     generation's new tokens after the first over the time they took, the median over
-    generations. Per-generation figures are kept for judging.
+    generations. Per-generation figures are kept for judging, one per timed call (in the order
+    of the result's samples and rounds), and the interleaved A side's beside them
+    (``paired_``, in the order of ``paired_samples_ns``): compare.generation judges each phase on
+    the pairs.
     """
 
     new_tokens: int
@@ -271,6 +274,8 @@ class GenerationSummary(_Document):
     tokens_per_s: float
     ttft_ns: list[int] = Field(default_factory=list)  # per generation
     decode_ns: list[int] = Field(default_factory=list)  # first to last new token, per generation
+    paired_ttft_ns: list[int] = Field(default_factory=list)
+    paired_decode_ns: list[int] = Field(default_factory=list)
 
 
 class ColdStart(_Document):

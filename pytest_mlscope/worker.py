@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_mlscope.errors import MlscopeError
-from pytest_mlscope.passes import PASSES
+from pytest_mlscope.passes import PASSES, timed_batches
 from pytest_mlscope.protocol import (
     AccuracyReport,
     ColdStart,
@@ -56,8 +56,8 @@ def _prepared(manifest_path: str, manifest: object, sequence_length: int | None)
 
 
 def _save_inputs(path: str, batches: list[np.ndarray], scenario: str) -> None:
-    """The batches the timing pass uses (the first alone for single-stream), for a count pass."""
-    used = batches if scenario == "offline" else batches[:1]
+    """The batches the timing pass uses, for a count pass."""
+    used = timed_batches(scenario, batches)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, *used)
 

@@ -15,6 +15,7 @@ import importlib.util
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,12 @@ import torch
 from _projects import team_project
 
 from pytest_mlscope.accuracy import assess
+from pytest_mlscope.compare import Side, verdict
 from pytest_mlscope.errors import ArtifactError, ManifestError, StackUnavailable
 from pytest_mlscope.generation import Generations, summarize_generations
 from pytest_mlscope.manifest import AccuracySpec, load_manifest
 from pytest_mlscope.manifest.schema import Agreement, Golden
+from pytest_mlscope.protocol import GenerationSummary
 from pytest_mlscope.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +41,7 @@ TIMING = ("--mlscope-min-count=10", "--mlscope-min-duration=0.05", "--mlscope-wa
 
 def test_time_to_first_token_gaps_and_rates_come_from_the_timed_generations() -> None:
     record = Generations()
-    # A warm-up generation (slow: left out by the count) and three timed ones of 4 tokens:
+    # A warm-up generation (before the timing window: left out) and three timed ones of 4 tokens:
     # prefill 10 ms, then gaps of 2 ms (and one of 5 ms in the third).
     record.starts.append(0)
     record.stamps.append([900_000_000, 901_000_000, 902_000_000, 903_000_000])
@@ -50,7 +53,10 @@ def test_time_to_first_token_gaps_and_rates_come_from_the_timed_generations() ->
             stamps.append(stamps[-1] + gap * 1_000_000)
         record.starts.append(start)
         record.stamps.append(stamps)
-    figures = summarize_generations(record, 3, new_tokens=4, prompt_tokens=6)
+    record.starts.append(5_000_000_000)  # after the window: a pair dropped at the deadline
+    record.stamps.append([5_100_000_000 + i for i in range(4)])
+    window = (1_000_000_000, 4_000_000_000)
+    figures = summarize_generations(record, window, new_tokens=4, prompt_tokens=6)
     assert figures is not None
     assert figures.generations == 3 and figures.prompt_tokens == 6
     assert figures.ttft_ms == pytest.approx(10.0)
@@ -64,9 +70,53 @@ def test_time_to_first_token_gaps_and_rates_come_from_the_timed_generations() ->
 
 def test_a_generation_cut_short_is_left_out_of_the_figures() -> None:
     record = Generations(starts=[0, 10], stamps=[[1, 2, 3], [12, 13]])
-    figures = summarize_generations(record, 2, new_tokens=3, prompt_tokens=2)
+    figures = summarize_generations(record, (0, 10), new_tokens=3, prompt_tokens=2)
     assert figures is not None and figures.generations == 1
-    assert summarize_generations(Generations(starts=[0], stamps=[[5]]), 1, 3, 2) is None
+    assert summarize_generations(Generations(starts=[0], stamps=[[5]]), (0, 1), 3, 2) is None
+
+
+def _sides(ttft_factor: float, seed: int = 0) -> Side:
+    """Twelve pairs of four generations each (1 % noise), B's time to first token
+    ``ttft_factor`` times A's, and its whole generations longer by as much."""
+    rng = np.random.default_rng(seed)
+    rounds, count = [4] * 12, 48
+
+    def noisy(value: float) -> list[int]:
+        return [int(v) for v in value * rng.lognormal(0, 0.01, count)]
+
+    figures = GenerationSummary(
+        new_tokens=16, prompt_tokens=6, generations=count, ttft_ms=1.0, ttft_p90_ms=1.0,
+        itl_p50_ms=1.0, itl_p90_ms=1.0, itl_p99_ms=1.0, tokens_per_s=1000.0,
+        ttft_ns=noisy(0.5e6 * ttft_factor), decode_ns=noisy(15.5e6),
+        paired_ttft_ns=noisy(0.5e6), paired_decode_ns=noisy(15.5e6),
+    )  # fmt: skip
+    return Side(
+        samples_ns=noisy(15.5e6 + 0.5e6 * ttft_factor), rounds=rounds,
+        paired_samples_ns=noisy(16e6),
+        paired_rounds=rounds, generation=figures,
+    )  # fmt: skip
+
+
+def test_a_slower_prefill_fails_the_item_though_the_whole_generation_is_within_threshold() -> None:
+    """The prefill is one part in thirty-two here: twice as slow, it moves the whole generation
+    by about 3 %, within a 10 % threshold; judged apart, it is a regression of its own."""
+    same = verdict(None, _sides(1.0), threshold=0.10)
+    assert same.kind == "ok" and same.decided_by is None, same.reason
+    assert same.generation is not None and same.generation["ttft"]["kind"] == "ok"
+    assert "time to first token ok" in same.reason and "time per output token ok" in same.reason
+    slower = verdict(None, _sides(2.0), threshold=0.10)
+    assert slower.kind == "regression" and slower.decided_by == "ttft", slower.reason
+    assert 1.9 < slower.generation["ttft"]["ratio"] < 2.1
+    assert slower.change_text.startswith("TTFT +")
+    assert slower.reason.startswith("time to first token regressed")
+    assert "(whole generation: ok" in slower.reason
+    # Without the A side's generations (rounds across two stacks' workers) the phases are not
+    # judged apart, and the reason says so.
+    alone = _sides(2.0)
+    alone = replace(alone, generation=alone.generation.model_copy(update={"paired_ttft_ns": []}))
+    found = verdict(None, alone, threshold=0.10)
+    assert found.kind == "ok" and found.generation is None
+    assert "not judged apart" in found.reason
 
 
 # -- accuracy on token ids -------------------------------------------------------------------------
@@ -218,21 +268,27 @@ class TinyLM(nn.Module):
         self.embed, self.position = nn.Embedding(vocab, width), nn.Embedding(positions, width)
         self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
         self.head = nn.Linear(width, vocab)
+        # How often the prompt is run through the blocks (the same result each time): an edit
+        # that makes the prefill slower and leaves the decode steps as they were.
+        self.register_buffer("prefill_passes", torch.tensor(1))
 
     def forward(self, input_ids, past_key_values=None):
         start = 0 if past_key_values is None else past_key_values[0][0].shape[2]
-        x = self.embed(input_ids) + self.position(torch.arange(start, start + input_ids.shape[1]))
-        cache = []
-        for i, block in enumerate(self.blocks):
-            x, kv = block(x, None if past_key_values is None else past_key_values[i])
-            cache.append(kv)
+        embedded = self.embed(input_ids)
+        embedded = embedded + self.position(torch.arange(start, start + input_ids.shape[1]))
+        passes = int(self.prefill_passes) if past_key_values is None else 1
+        for _ in range(passes):
+            x, cache = embedded, []
+            for i, block in enumerate(self.blocks):
+                x, kv = block(x, None if past_key_values is None else past_key_values[i])
+                cache.append(kv)
         return self.head(x), tuple(cache)
 '''
 
 PROMPTS = "the cat sat on the mat\na dog ran in the park\nthe sun is hot today\nwe read a book\n"
 
 
-def _lm(manifests: Path, seed: int) -> None:
+def _lm(manifests: Path, seed: int, prefill_passes: int = 1) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"lmdef_{seed}", manifests.parent / "lmdef.py")
@@ -240,7 +296,9 @@ def _lm(manifests: Path, seed: int) -> None:
     lmdef = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lmdef)
     torch.manual_seed(seed)
-    torch.save(lmdef.TinyLM(vocab=64).eval().state_dict(), manifests / "lm.pt")
+    model = lmdef.TinyLM(vocab=64).eval()
+    model.prefill_passes.fill_(prefill_passes)
+    torch.save(model.state_dict(), manifests / "lm.pt")
 
 
 def _team(root: Path) -> Path:
@@ -304,6 +362,14 @@ def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_to
     assert {"mlscope_ttft_ms", "mlscope_itl_p50_ms", "mlscope_itl_p99_ms",
             "mlscope_tokens_per_s"} <= set(props)  # fmt: skip
     assert props["mlscope_new_tokens"] == "6"
+    # Energy: per new token where this machine has a counter that reads, else said not to be.
+    from pytest_mlscope.telemetry import rapl_packages, read_rapl
+
+    if isinstance(read_rapl(rapl_packages()), list):
+        assert float(props["mlscope_energy_per_token_j"]) >= 0
+    else:
+        assert props["mlscope_energy"].startswith("not measurable here: ")
+        first.stdout.fnmatch_lines(["energy: not measurable here: *no estimate is offered*"])
     html = (project / ".mlscope" / "report.html").read_text()
     assert '<table class="generation">' in html and "TTFT ms" in html
 
@@ -312,14 +378,39 @@ def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_to
     # noise reaches).
     again = _run(
         pytester, project, f"--mlscope-db={db}", "--mlscope-baseline=main",
-        "--mlscope-threshold=5",
+        "--mlscope-threshold=5", f"--junitxml={junit}",
     )  # fmt: skip
     again.assert_outcomes(passed=1)
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).iter("property")}
+    assert props["mlscope_ttft_verdict"] == props["mlscope_tpot_verdict"] == "ok"
     with Store.from_location(db, create=False) as store:
         (second,) = store.latest_results(store.runs(limit=1)[0].id).values()
     assert second.verdict is not None and second.verdict["design"] == "interleaved"
     assert second.generation is not None and second.summary is not None
     assert second.generation.generations == second.summary.count
+    # The A side's generations are kept beside B's, one per timed call, and each phase is
+    # judged on the pairs: an unchanged model passes both.
+    assert len(second.generation.paired_ttft_ns) == len(second.paired_samples_ns)
+    phases = second.verdict["generation"]
+    assert set(phases) == {"ttft", "tpot"}
+    assert phases["ttft"]["kind"] == phases["tpot"]["kind"] == "ok", phases
+
+    # An edit that runs the prompt through the blocks twelve times: the same tokens, the decode
+    # steps as they were, the time to first token about twelvefold. Its own verdict names it
+    # (a threshold of 100 %: an effect far above any noise, none below it).
+    _lm(manifests, seed=0, prefill_passes=12)
+    slower = _run(
+        pytester, project, f"--mlscope-db={db}", "--mlscope-baseline=main",
+        "--mlscope-threshold=1.0",
+    )  # fmt: skip
+    slower.assert_outcomes(failed=1)
+    with Store.from_location(db, create=False) as store:
+        (third,) = store.latest_results(store.runs(limit=1)[0].id).values()
+    assert third.verdict is not None and third.verdict["kind"] == "regression"
+    phases = third.verdict["generation"]
+    assert phases["ttft"]["kind"] == "regression" and phases["ttft"]["ratio"] > 3, phases
+    assert phases["tpot"]["kind"] != "regression", phases
+    slower.stdout.fnmatch_lines(["*time to first token*regression*"])
 
     # Retrained: the same prompts now continue otherwise, and the golden says where.
     _lm(manifests, seed=1)

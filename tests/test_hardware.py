@@ -7,6 +7,7 @@ have (so they must not): the tests hold on any machine CI runs on.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -211,6 +212,71 @@ def test_a_timing_window_reads_the_machine_at_its_edges() -> None:
     assert values["rss_peak_mb"] > 10
     assert 0 <= values["system_cpu_percent"] <= 100
     assert not any(key.startswith("gpu") for key in values)  # CPU item: NVML is not asked
+
+
+def _powercap(root: Path, packages: dict[str, tuple[int, int]]) -> Path:
+    """A powercap tree as the kernel lays it out: package zones, one with a sub-zone."""
+    for name, (energy, wrap) in packages.items():
+        zone = root / name
+        zone.mkdir(parents=True)
+        (zone / "energy_uj").write_text(f"{energy}\n")
+        (zone / "max_energy_range_uj").write_text(f"{wrap}\n")
+        (zone / f"{name}:0").mkdir()  # cores: counted in the package's figure already
+        (zone / f"{name}:0" / "energy_uj").write_text("5\n")
+    (root / "intel-rapl").mkdir()  # the control type, not a zone
+    return root
+
+
+def test_rapl_counts_whole_packages_and_undoes_a_counter_wrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_mlscope.telemetry import rapl_joules, rapl_packages, read_rapl
+
+    root = _powercap(tmp_path, {"intel-rapl:0": (1_000, 2**32 - 1), "intel-rapl:1": (7, 99)})
+    monkeypatch.setenv("MLSCOPE_POWERCAP", str(root))
+    zones = rapl_packages()
+    assert [zone.name for zone in zones] == ["intel-rapl:0", "intel-rapl:1"]
+    start = read_rapl(zones)
+    assert start == [1_000, 7]
+    # Package 0 used 2.5 J; package 1's counter wrapped past 99 µJ: 6 + 1 + 5 µJ from 93.
+    assert rapl_joules(zones, [1_000, 93], [2_501_000, 5]) == pytest.approx(2.5 + 12e-6)
+    (zones[1] / "energy_uj").write_text("not a number")
+    assert "could not be read" in str(read_rapl(zones))
+    assert "no RAPL counter" in str(read_rapl(rapl_packages(str(tmp_path / "none"))))
+
+
+def test_energy_is_what_a_counter_measured_or_says_it_was_not_measurable() -> None:
+    """Per inference from the window's mean power and the median call; never a TDP estimate."""
+    from pytest_mlscope.telemetry import energy_figures
+
+    window = {"wall_s": 2.0, "cpu_energy_j": 30.0, "gpu0_energy_j": 50.0}
+    found = energy_figures(window, median_s=0.01, batch_size=4, tokens_per_call=None,
+                           both_sides=False)  # fmt: skip
+    assert found["energy_power_w"] == pytest.approx(40.0)
+    assert found["energy_per_inference_j"] == pytest.approx(40.0 * 0.01 / 4)
+    assert found["energy"] == "measured: cpu, gpu0"
+    assert "other processes included" in str(found["energy_scope"])
+    generate = energy_figures({"wall_s": 1.0, "gpu0_energy_j": 10.0}, 0.5, 1, 16, True)
+    assert generate["energy_per_token_j"] == pytest.approx(10.0 * 0.5 / 16)
+    assert generate["energy_scope"] == "A's calls and B's, interleaved"
+    none = energy_figures(
+        {"wall_s": 1.0, "cpu_energy_not_measured": "the RAPL counters are readable by root only"},
+        0.5, 1, None, False,
+    )  # fmt: skip
+    assert none == {"energy": "not measurable here: the RAPL counters are readable by root only"}
+
+
+def test_a_timing_window_measures_energy_where_this_machine_can_and_says_so_where_not() -> None:
+    from pytest_mlscope.telemetry import Window, rapl_packages, read_rapl
+
+    with Window() as window:
+        sum(range(100_000))
+    readable = isinstance(read_rapl(rapl_packages()), list)
+    if readable:  # a counter that reads: joules, never negative
+        assert window.values["cpu_energy_j"] >= 0
+    else:
+        assert "cpu_energy_j" not in window.values
+        assert window.values["cpu_energy_not_measured"]
 
 
 def test_throttling_and_busy_neighbours_make_a_slowdown_suspect() -> None:

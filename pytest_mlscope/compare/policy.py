@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pytest_mlscope.compare.generation import with_generation
 from pytest_mlscope.compare.memory import MEMORY_THRESHOLD, memory_change
 from pytest_mlscope.compare.rules import (
     DEFAULT_ALPHA,
@@ -77,6 +78,9 @@ def verdict(
         between_run_noise=between_run_noise,
         noise_runs=noise_runs,
         count_noise=count_noise,
+    )
+    found = with_generation(
+        found, current, threshold=threshold, comparisons=comparisons, alpha=alpha
     )
     found = replace(found, memory_threshold=memory_threshold)
     if found.kind == "new" or baseline is None:
@@ -268,6 +272,7 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         paired_artifact_sha256=getattr(record, "paired_artifact_sha256", None),
         paired_workers=list(getattr(record, "paired_workers", None) or []),
         memory=record.memory.model if getattr(record, "memory", None) is not None else None,
+        generation=getattr(record, "generation", None),
     )
 
 

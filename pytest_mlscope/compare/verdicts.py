@@ -45,6 +45,9 @@ class Side:
     paired_artifact_sha256: str | None = None
     paired_workers: Sequence[Sequence[int]] = ()  # per pair, (A's worker, B's worker)
     memory: int | None = None  # bytes: the model's peak above its worker's (MemoryUse.model)
+    # A generate item's per-generation figures (protocol.GenerationSummary), both sides'
+    # when interleaved: its time to first token and per output token are judged apart.
+    generation: Any = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class Verdict:
     # Over a sweep of sequence lengths, on the item that completed it: how the exponent of L
     # moved (compare.scaling.Scaling, as a dict); decided_by "scaling" when it made the kind.
     scaling: dict[str, Any] | None = None
+    # A generate item's phases (compare.generation.PHASES -> kind, ratio, interval, change),
+    # judged on the pairs as latency is; decided_by names the phase when one made the kind.
+    generation: dict[str, Any] | None = None
 
     @property
     def ratio_text(self) -> str:
@@ -108,6 +114,8 @@ class Verdict:
             return f"memory {self.current_memory / self.baseline_memory - 1:+.1%}"
         if self.decided_by == "scaling" and self.scaling:
             return f"exponent {self.scaling['change']:+.2f}"
+        if self.generation and self.decided_by in self.generation:
+            return f"{self.decided_by.upper()} {self.generation[self.decided_by]['change']}"
         return self.ratio_text
 
     def as_dict(self) -> dict[str, Any]:

@@ -173,6 +173,7 @@ def render(data: ReportData, *, title: str | None = None) -> str:
         counts=data.counts(),
         plots=all_plots(data),
         generation=_generation_table(data.items),
+        energy=_energy_table(data.items),
         sweeps=[
             (item.id, item.verdict["scaling"])
             for item in data.items
@@ -188,6 +189,13 @@ def _generation_table(items: list[Any]) -> tuple[list[str], list[list[str]]] | N
 
     rows = generation_rows(items)
     return (GENERATION_COLUMNS, rows) if rows else None
+
+
+def _energy_table(items: list[Any]) -> tuple[list[str], list[list[str]], str | None]:
+    from pytest_mlscope.report.terminal import ENERGY_COLUMNS, energy_rows
+
+    rows, why_not = energy_rows(items)
+    return ENERGY_COLUMNS, rows, why_not
 
 
 def _host_rows(host: dict[str, Any]) -> list[tuple[str, str]]:

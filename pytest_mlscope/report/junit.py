@@ -40,6 +40,13 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
             mlscope_new_tokens=figures.new_tokens,
             mlscope_prompt_tokens=figures.prompt_tokens,
         )
+    seen = result.telemetry
+    if "energy_per_inference_j" in seen:
+        props["mlscope_energy_per_inference_j"] = seen["energy_per_inference_j"]
+        if "energy_per_token_j" in seen:
+            props["mlscope_energy_per_token_j"] = seen["energy_per_token_j"]
+    elif seen.get("energy"):
+        props["mlscope_energy"] = seen["energy"]
     if result.memory is not None:
         props["mlscope_memory_mib"] = round(result.memory.model / 2**20, 2)
     if result.instructions:
@@ -81,4 +88,7 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
             props["mlscope_scaling_exponent"] = round(scaling["current_exponent"], 4)
             props["mlscope_baseline_scaling_exponent"] = round(scaling["baseline_exponent"], 4)
             props["mlscope_scaling_change"] = round(scaling["change"], 4)
+        for phase, judged in (verdict.generation or {}).items():  # a generate item's phases
+            props[f"mlscope_{phase}_verdict"] = judged["kind"]
+            props[f"mlscope_{phase}_ratio"] = round(judged["ratio"], 6)
     return props

@@ -108,6 +108,7 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
     if len(rows) > MAX_ROWS:
         lines.append(f"\n{len(rows) - MAX_ROWS} more items in the HTML report")
     lines += _generation(data.items)
+    lines += _energy(data.items)
     lines += _scaling(data.items)
     for group in data.layers_across:
         lines += ["", *_layers_across(group)]
@@ -129,6 +130,27 @@ def _generation(items: list[Item]) -> list[str]:
         "",
         "| " + " | ".join(GENERATION_COLUMNS) + " |",
         "|" + "---|" * len(GENERATION_COLUMNS),
+        *("| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows),
+    ]
+
+
+def _energy(items: list[Item]) -> list[str]:
+    """Joules per inference where a counter measured them, else why nothing was measured."""
+    from pytest_mlscope.report.terminal import ENERGY_COLUMNS, energy_rows
+
+    rows, why_not = energy_rows(items)
+    if not rows:
+        return (
+            ["", f"Energy: {escape(why_not)} (no estimate is offered in its place)"]
+            if why_not
+            else []
+        )
+    return [
+        "",
+        "### Energy",
+        "",
+        "| " + " | ".join(ENERGY_COLUMNS) + " |",
+        "|" + "---|" * len(ENERGY_COLUMNS),
         *("| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows),
     ]
 

@@ -146,14 +146,20 @@ def scaling_lines(items: Sequence[Any]) -> Iterator[str]:
 
 GENERATION_COLUMNS = [
     "item", "prompt", "new", "TTFT ms", "TTFT p90", "ITL p50 ms", "ITL p90", "ITL p99",
-    "tokens/s", "generation ms",
+    "tokens/s", "generation ms", "TTFT vs baseline", "TPOT vs baseline",
 ]  # fmt: skip
+
+
+def _phase(verdict: Any, phase: str) -> str:
+    """A phase's change against the baseline and its kind (compare.generation), when judged."""
+    judged = ((verdict or {}).get("generation") or {}).get(phase)
+    return f"{judged['change']} {judged['kind']}" if judged else ""
 
 
 def generation_rows(items: Sequence[Any]) -> list[list[str]]:
     """Each generate item's per-token figures: time to first token (the prompt's prefill and
-    the first pick), inter-token latency, decode tokens/s, and the whole generation's median
-    (the latency its verdict judges)."""
+    the first pick), inter-token latency, decode tokens/s, the whole generation's median (the
+    latency its verdict judges) and, against a baseline, each phase's own verdict."""
     rows = []
     for item in items:
         figures = item.record.generation
@@ -172,6 +178,8 @@ def generation_rows(items: Sequence[Any]) -> list[list[str]]:
                 f"{figures.itl_p99_ms:.2f}",
                 f"{figures.tokens_per_s:,.1f}",
                 ms(summary.median if summary else None),
+                _phase(item.verdict, "ttft"),
+                _phase(item.verdict, "tpot"),
             ]
         )
     return rows
@@ -182,6 +190,41 @@ def generation_lines(items: Sequence[Any]) -> Iterator[str]:
     if rows:
         yield "generation (greedy; prompt and new tokens; medians over the timed generations):"
         yield from ("  " + line for line in table(GENERATION_COLUMNS, rows, ()).splitlines())
+
+
+ENERGY_COLUMNS = ["item", "J/inference", "J/token", "mean W", "counters", "what they saw"]
+
+
+def energy_rows(items: Sequence[Any]) -> tuple[list[list[str]], str | None]:
+    """Each item's energy where a counter measured it (telemetry.energy_figures), and, when no
+    item's was measurable, why not: counters only, never an estimate."""
+    rows, why_not = [], None
+    for item in items:
+        seen = item.record.telemetry or {}
+        if "energy_per_inference_j" in seen:
+            per_token = seen.get("energy_per_token_j")
+            rows.append(
+                [
+                    item.id,
+                    f"{seen['energy_per_inference_j']:.4g}",
+                    f"{per_token:.4g}" if per_token is not None else "",
+                    f"{seen.get('energy_power_w', 0.0):.1f}",
+                    str(seen.get("energy", "")).removeprefix("measured: "),
+                    str(seen.get("energy_scope", "")),
+                ]
+            )
+        elif why_not is None and seen.get("energy"):
+            why_not = str(seen["energy"])
+    return rows, None if rows else why_not
+
+
+def energy_lines(items: Sequence[Any]) -> Iterator[str]:
+    rows, why_not = energy_rows(items)
+    if rows:
+        yield "energy (measured counters; the timing pass's mean power x the median call):"
+        yield from ("  " + line for line in table(ENERGY_COLUMNS, rows, ()).splitlines())
+    elif why_not:
+        yield f"energy: {why_not} (no estimate is offered in its place)"
 
 
 def matrix_lines(data: ReportData) -> Iterator[str]:
@@ -296,6 +339,7 @@ def summary_lines(data: ReportData, *, everything_in: str | None = None) -> Iter
         )
         yield from data.notes
     yield from generation_lines(data.items)
+    yield from energy_lines(data.items)
     yield from scaling_lines(data.items)
     traced = [item.record for item in data.items if item.record.trace and item.record.trace.path]
     if traced:
