@@ -337,6 +337,11 @@ class LayerRow(_Document):
     kernels: list[str] = Field(default_factory=list)  # what ran underneath, biggest first
 
 
+# What a profiling pass gives (Predictor.profile): layer rows per inference, the profiled
+# prediction times (µs), notes.
+LayerProfile = tuple[list[LayerRow], list[float], list[str]]
+
+
 class TraceInfo(_Document):
     """What the profiling pass recorded for one item."""
 

@@ -15,6 +15,7 @@ from pytest_mlscope.cli.common import (
     plural,
     print_run,
     size_text,
+    stored_run,
 )
 from pytest_mlscope.report.terminal import table
 
@@ -120,10 +121,8 @@ def cmd_baseline_list(args: argparse.Namespace) -> int:
 def cmd_baseline_show(args: argparse.Namespace) -> int:
     with open_store(args.db) as store:
         baseline = store.get_baseline(args.name)
-        run = store.get_run(baseline.run_id)
+        run, results, location = stored_run(store, baseline.run_id)
         artifacts = store.baseline_artifacts(baseline.name)
-        results = store.results(run.id)
-        location = store.url
     extra = f"set {local_time(baseline.updated_at)}"
     print(_baseline_line(baseline, run, extra))
     if baseline.note:

@@ -114,6 +114,12 @@ def _result_table(results: Sequence[ResultRecord]) -> str:
     return table([*RESULT_COLUMNS, "verdict"], rows, RESULT_NUMBERS)
 
 
+def stored_run(store: Store, run_id: str) -> tuple[RunRecord, list[ResultRecord], str]:
+    """A run, its results and the database's location: what ``print_run`` prints."""
+    run = store.get_run(run_id)
+    return run, store.results(run.id), store.url
+
+
 def print_run(run: RunRecord, results: Sequence[ResultRecord], location: str) -> None:
     """What `mlscope show` prints for a run: its header, results table and failure messages."""
     host = run.host

@@ -12,6 +12,7 @@ from pytest_mlscope.cli.common import (
     open_store,
     positive_int,
     print_run,
+    stored_run,
 )
 from pytest_mlscope.report.terminal import table
 
@@ -55,8 +56,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with open_store(args.db) as store:
-        run = store.get_run(args.run)
-        results = store.results(run.id)
-        location = store.url
-    print_run(run, results, location)
+        shown = stored_run(store, args.run)
+    print_run(*shown)
     return EXIT_OK

@@ -4,7 +4,7 @@ runs (``compare_runs``) with the sides and noise they are built from."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pytest_mlscope.compare.generation import with_generation
@@ -12,6 +12,7 @@ from pytest_mlscope.compare.memory import MEMORY_THRESHOLD, memory_change
 from pytest_mlscope.compare.rules import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
+    Gate,
     count_verdict,
     latency_verdict,
     paired_verdict,
@@ -70,13 +71,9 @@ def verdict(
     found = _time_or_work(
         baseline,
         current,
-        threshold=threshold,
-        comparisons=comparisons,
-        alpha=alpha,
+        Gate(threshold, comparisons, alpha, between_run_noise, noise_runs),
         accuracy_tolerance=accuracy_tolerance,
         framework=framework,
-        between_run_noise=between_run_noise,
-        noise_runs=noise_runs,
         count_noise=count_noise,
     )
     found = with_generation(
@@ -114,17 +111,15 @@ def verdict(
 def _time_or_work(
     baseline: Side | None,
     current: Side,
+    gate: Gate,
     *,
-    threshold: float,
-    comparisons: int,
-    alpha: float,
     accuracy_tolerance: float,
     framework: str,
-    between_run_noise: float | None,
-    noise_runs: int | None,
     count_noise: float | None,
 ) -> Verdict:
-    """Every decision but memory's, in the order ``verdict`` gives."""
+    """Every decision but memory's, in the order ``verdict`` gives; ``count_noise`` stands for
+    the gate's run-to-run noise when instructions decide."""
+    comparisons = gate.comparisons
     interleaved = bool(current.paired_samples_ns)
     if baseline is None and not interleaved:
         return Verdict("new", "no baseline result for this item", comparisons=comparisons)
@@ -145,9 +140,7 @@ def _time_or_work(
     )
     latency: Verdict | None = None
     if interleaved:
-        latency = _interleaved_latency(
-            baseline, current, threshold=threshold, comparisons=comparisons, alpha=alpha
-        )
+        latency = _interleaved_latency(baseline, current, gate)
     elif differences:
         return Verdict(
             "incomparable",
@@ -157,15 +150,7 @@ def _time_or_work(
             comparisons=comparisons,
         )
     elif baseline is not None and baseline.samples_ns and current.samples_ns:
-        latency = latency_verdict(
-            baseline,
-            current,
-            threshold=threshold,
-            comparisons=comparisons,
-            alpha=alpha,
-            between_run_noise=between_run_noise,
-            noise_runs=noise_runs,
-        )
+        latency = latency_verdict(baseline, current, **asdict(gate))
     if (
         baseline is not None
         and baseline.instructions
@@ -176,11 +161,7 @@ def _time_or_work(
         found = count_verdict(
             baseline.instructions,
             current.instructions,
-            threshold=threshold,
-            comparisons=comparisons,
-            alpha=alpha,
-            between_run_noise=count_noise,
-            noise_runs=noise_runs,
+            **asdict(replace(gate, between_run_noise=count_noise)),
             baseline_run=baseline.run_id,
         )
         reached = "" if found.confidence is None else f" (reached {found.confidence:.1%})"
@@ -201,15 +182,9 @@ def _time_or_work(
     return replace(latency, comparisons=comparisons)
 
 
-def _interleaved_latency(
-    baseline: Side | None,
-    current: Side,
-    *,
-    threshold: float,
-    comparisons: int,
-    alpha: float,
-) -> Verdict:
-    """Latency on the pairs of an item timed beside its A side (the baseline's model)."""
+def _interleaved_latency(baseline: Side | None, current: Side, gate: Gate) -> Verdict:
+    """Latency on the pairs of an item timed beside its A side (the baseline's model); pairing
+    needs no run-to-run noise, so the gate's is not used."""
     from pytest_mlscope.measure import LOOKS
 
     a = round_medians(current.paired_samples_ns, current.paired_rounds)
@@ -226,9 +201,9 @@ def _interleaved_latency(
     found = paired_verdict(
         a,
         b,
-        threshold=threshold,
-        comparisons=comparisons,
-        alpha=alpha,
+        threshold=gate.threshold,
+        comparisons=gate.comparisons,
+        alpha=gate.alpha,
         looks=LOOKS,
         baseline_run=baseline.run_id if baseline else None,
         workers=current.paired_workers,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,20 @@ DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
 # Per item: the chance to miss a slowdown of T, and the chance to flag one of T/2, each.
 DEFAULT_BETA = 0.025
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a stored or counted design judges an item by, besides its data: the threshold T,
+    how many items the session compares (the family-wise correction), alpha, and the item's
+    spread across ``noise_runs`` comparable stored runs (None when unknown). The fields are the
+    keyword options of ``latency_verdict`` and ``count_verdict``."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    comparisons: int = 1
+    alpha: float = DEFAULT_ALPHA
+    between_run_noise: float | None = None
+    noise_runs: int | None = None
 
 
 def decision_levels(
@@ -65,21 +80,15 @@ def latency_verdict(
     interval is widened by it. Without it a latency change cannot be told from a process's
     offset, so no regression is called: the verdict is inconclusive and says how to get one.
     """
-    a = round_medians(baseline.samples_ns, baseline.rounds)
-    b = round_medians(current.samples_ns, current.rounds)
     found = _unpaired(
-        a,
-        b,
-        threshold=threshold,
-        comparisons=comparisons,
-        alpha=alpha,
-        between_run_noise=between_run_noise,
+        round_medians(baseline.samples_ns, baseline.rounds),
+        round_medians(current.samples_ns, current.rounds),
+        Gate(threshold, comparisons, alpha, between_run_noise, noise_runs),
         baseline_median=float(np.median(np.asarray(baseline.samples_ns)) / 1e9),
         current_median=float(np.median(np.asarray(current.samples_ns)) / 1e9),
         p_value=slower_p_value(current.samples_ns, baseline.samples_ns),
         baseline_run=baseline.run_id,
         design="stored",
-        noise_runs=noise_runs,
     )
     if between_run_noise is not None:
         return found
@@ -135,47 +144,29 @@ def count_verdict(
     found = _unpaired(
         a,
         b,
-        threshold=threshold,
-        comparisons=comparisons,
-        alpha=alpha,
-        between_run_noise=between_run_noise,
-        baseline_median=math.nan,
-        current_median=math.nan,
+        Gate(threshold, comparisons, alpha, between_run_noise, noise_runs),
         p_value=slower_p_value(b, a),  # type: ignore[arg-type]
         baseline_run=baseline_run,
         design="instructions",
-        noise_runs=noise_runs,
     )
+    # The medians in seconds stay None: counts have fields of their own.
     return replace(
         found,
-        baseline_median=None,  # seconds, elsewhere: counts have fields of their own
-        current_median=None,
         baseline_instructions=float(np.median(a)),
         current_instructions=float(np.median(b)),
     )
 
 
-def _unpaired(
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    threshold: float,
-    comparisons: int,
-    alpha: float,
-    between_run_noise: float | None,
-    baseline_median: float,
-    current_median: float,
-    p_value: float,
-    baseline_run: str | None,
-    design: str,
-    noise_runs: int | None = None,
-) -> Verdict:
+def _unpaired(a: np.ndarray, b: np.ndarray, gate: Gate, **described: Any) -> Verdict:
     """Stored baseline against a fresh run, on per-round figures of each (round medians of
-    latency, or instructions per call)."""
+    latency, or instructions per call). ``described`` are the verdict's fields that say what was
+    compared (``_decide``)."""
     from scipy.stats import norm, t
 
     log_a, log_b = np.log(a), np.log(b)
     pooled = np.concatenate([log_a - np.median(log_a), log_b - np.median(log_b)])
+
+    noise_runs, between_run_noise = gate.noise_runs, gate.between_run_noise
 
     def interval(confidence: float) -> Shift:
         shift = shift_interval(log_a, log_b, confidence)
@@ -187,18 +178,14 @@ def _unpaired(
         q = float(t.ppf(tail, noise_runs - 1)) if noise_runs and noise_runs > 1 else norm.ppf(tail)
         return shift.widened(float(q) * math.sqrt(2) * math.log1p(between_run_noise))
 
-    item, family = decision_levels(comparisons, alpha=alpha)
+    item, family = decision_levels(gate.comparisons, alpha=gate.alpha)
     return _decide(
         interval(item),
         interval(family),
         noise=math.expm1(robust_sd(pooled)),
-        threshold=threshold,
-        baseline_median=baseline_median,
-        current_median=current_median,
-        p_value=p_value,
-        baseline_run=baseline_run,
+        threshold=gate.threshold,
         between_run_noise=between_run_noise,
-        design=design,
+        **described,
     )
 
 
@@ -293,20 +280,11 @@ def settled(
 
 
 def _decide(
-    shift: Shift,
-    family: Shift,
-    *,
-    noise: float,
-    threshold: float,
-    baseline_median: float,
-    current_median: float,
-    p_value: float,
-    baseline_run: str | None,
-    between_run_noise: float | None = None,
-    design: str | None = None,
-    pairs: int | None = None,
+    shift: Shift, family: Shift, *, noise: float, threshold: float, **described: Any
 ) -> Verdict:
     """The rule every design shares; T is the smallest slowdown the gate must catch.
+    ``described`` are the verdict's fields that say what was compared, passed through: the
+    medians, the p-value, the baseline run, the design and its details.
 
     ``shift`` is the item's interval (each tail at beta over the looks), ``family`` the
     family-wise one (alpha over the comparisons and the looks). In that order:
@@ -323,19 +301,13 @@ def _decide(
     ratio, low, high = (math.exp(x) for x in (shift.estimate, shift.low, shift.high))
     half = threshold / 2
     common = dict(
-        baseline_median=baseline_median,
-        current_median=current_median,
         ratio=ratio,
         ratio_low=low,
         ratio_high=high,
         confidence=shift.reached if not shift.exact_confidence_reached else shift.confidence,
         threshold=threshold,
         noise=noise,
-        p_value=p_value,
-        baseline_run=baseline_run,
-        between_run_noise=between_run_noise,
-        design=design,
-        pairs=pairs,
+        **described,
     )
     level = f"{common['confidence']:.1%}"
     if not shift.exact_confidence_reached:

@@ -5,6 +5,7 @@ Every model forbids unknown keys and is frozen; ``Manifest`` is the document as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
@@ -33,6 +34,20 @@ if TYPE_CHECKING:
     # Only named in ``Manifest._source``'s annotation, which pydantic never needs resolved.
     from pytest_mlscope.manifest.parsing import ManifestSource
 
+
+def _parsed(
+    value: str | None, parse: Callable[[str], object], error: type[Exception], expected: str
+) -> str | None:
+    """``value`` unchanged if ``parse`` takes it (None stays None); else the ValueError a
+    validator raises, naming what was ``expected``."""
+    if value is not None:
+        try:
+            parse(value)
+        except error:
+            raise ValueError(f"expected {expected}, got {value!r}") from None
+    return value
+
+
 # -- frameworks ----------------------------------------------------------------------------------
 
 
@@ -50,14 +65,9 @@ class FrameworkSpec(_Strict):
     @field_validator("version")
     @classmethod
     def _valid_specifier(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                SpecifierSet(value)
-            except InvalidSpecifier:
-                raise ValueError(
-                    f"expected a PEP 440 version specifier such as '>=1.17', got {value!r}"
-                ) from None
-        return value
+        return _parsed(
+            value, SpecifierSet, InvalidSpecifier, "a PEP 440 version specifier such as '>=1.17'"
+        )
 
     @property
     def specifier(self) -> SpecifierSet:
@@ -108,14 +118,7 @@ class ModelFiles(_Strict):
     def _a_version(cls, value: str | None) -> str | None:
         from packaging.version import InvalidVersion, Version
 
-        if value is not None:
-            try:
-                Version(value)
-            except InvalidVersion:
-                raise ValueError(
-                    f"expected a TensorRT version such as '10.3.0', got {value!r}"
-                ) from None
-        return value
+        return _parsed(value, Version, InvalidVersion, "a TensorRT version such as '10.3.0'")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelFiles:

@@ -23,7 +23,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from pytest_mlscope.errors import ArtifactError, StackUnavailable
-from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, PredictorInfo
 from pytest_mlscope.vocabulary import BUILTIN_PREDICTORS
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class Predictor(ABC):
         level: str,
         timeline: Timeline,
         trace_dir: Path,
-    ) -> tuple[list[LayerRow], list[float], list[str]]:
+    ) -> LayerProfile:
         """The profiling pass: layer rows per inference, profiled prediction times (µs), notes.
 
         Called after the timing pass, never during it. A framework without a profiler of ours
@@ -151,6 +151,13 @@ class Predictor(ABC):
 
     @abstractmethod
     def info(self) -> PredictorInfo: ...
+
+    def described(self, version: str, **details: object) -> PredictorInfo:
+        """What ``info`` returns: this predictor's framework and device, the framework's
+        ``version`` and the ``details`` worth recording beside a result."""
+        return PredictorInfo(
+            framework=self.name, version=version, device=self.device, details=details
+        )
 
     @classmethod
     def installed_version(cls) -> str | None:

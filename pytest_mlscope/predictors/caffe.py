@@ -25,7 +25,7 @@ import numpy as np
 
 from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.predictors.base import Predictor
-from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, LayerRow, PredictorInfo
 
 
 class CaffePredictor(Predictor):
@@ -87,7 +87,7 @@ class CaffePredictor(Predictor):
 
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
-    ) -> tuple[list[LayerRow], list[float], list[str]]:
+    ) -> LayerProfile:
         """Layer by layer, as ``caffe time`` does: ``Net.ForwardFromTo(i, i)`` for each layer.
 
         Caffe's CPU layers run synchronously one after another, so a layer's time is the time of
@@ -180,11 +180,10 @@ class CaffePredictor(Predictor):
     def info(self) -> PredictorInfo:
         import caffe
 
-        return PredictorInfo(
-            framework=self.name,
-            version=str(getattr(caffe, "__version__", "?")),
-            device=self.device,
-            details={"numpy": np.__version__, "blas": _blas()},
+        return self.described(
+            str(getattr(caffe, "__version__", "?")),
+            numpy=np.__version__,
+            blas=_blas(),
         )
 
 

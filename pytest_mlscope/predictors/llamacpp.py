@@ -105,14 +105,10 @@ class LlamaCppPredictor(Predictor):
         import llama_cpp
 
         metadata = dict(self.model.metadata) if self.model is not None else {}
-        return PredictorInfo(
-            framework=self.name,
-            version=getattr(llama_cpp, "__version__", None) or self.installed_version() or "",
-            device=self.device,
-            details={
-                "threads": self.threads,
-                "context": CONTEXT,
-                "file_type": metadata.get("general.file_type", ""),
-                "architecture": metadata.get("general.architecture", ""),
-            },
+        return self.described(
+            getattr(llama_cpp, "__version__", None) or self.installed_version() or "",
+            threads=self.threads,
+            context=CONTEXT,
+            file_type=metadata.get("general.file_type", ""),
+            architecture=metadata.get("general.architecture", ""),
         )

@@ -17,7 +17,7 @@ import numpy as np
 
 from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.predictors.base import Predictor
-from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, PredictorInfo
 
 
 class MXNetPredictor(Predictor):
@@ -64,7 +64,7 @@ class MXNetPredictor(Predictor):
 
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
-    ) -> tuple[list[Any], list[float], list[str]]:
+    ) -> LayerProfile:
         """Operators from mxnet.profiler, on an unbulked copy of the network (see
         :mod:`pytest_mlscope.tracing.mxnet_profile`); the timed network is never touched."""
         from pytest_mlscope.tracing.mxnet_profile import profile_mxnet
@@ -123,18 +123,14 @@ class MXNetPredictor(Predictor):
         import mxnet as mx
 
         features = mx.runtime.Features()
-        return PredictorInfo(
-            framework=self.name,
-            version=mx.__version__,
-            device=self.device,
-            details={
-                "numpy": np.__version__,
-                "mkldnn": features.is_enabled("MKLDNN"),
-                "blas": next(
-                    (f for f in ("BLAS_MKL", "BLAS_OPEN", "BLAS_ATLAS") if features.is_enabled(f)),
-                    "?",
-                ),
-            },
+        return self.described(
+            mx.__version__,
+            numpy=np.__version__,
+            mkldnn=features.is_enabled("MKLDNN"),
+            blas=next(
+                (f for f in ("BLAS_MKL", "BLAS_OPEN", "BLAS_ATLAS") if features.is_enabled(f)),
+                "?",
+            ),
         )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.predictors.base import Predictor, worker_threads
-from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, PredictorInfo
 
 
 class OnnxRuntimePredictor(Predictor):
@@ -57,7 +57,7 @@ class OnnxRuntimePredictor(Predictor):
 
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
-    ) -> tuple[list[Any], list[float], list[str]]:
+    ) -> LayerProfile:
         """A second session, profiled; the timed one is never touched."""
         import onnxruntime as ort
 
@@ -144,9 +144,8 @@ class OnnxRuntimePredictor(Predictor):
         import onnxruntime as ort
 
         providers = self.session.get_providers() if self.session is not None else []
-        return PredictorInfo(
-            framework=self.name,
-            version=ort.__version__,
-            device=self.device,
-            details={"providers": providers, "intra_op_threads": self._threads or "default"},
+        return self.described(
+            ort.__version__,
+            providers=providers,
+            intra_op_threads=self._threads or "default",
         )

@@ -19,7 +19,7 @@ import numpy as np
 
 from pytest_mlscope.errors import ArtifactError
 from pytest_mlscope.predictors.base import Predictor, worker_threads
-from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, PredictorInfo
 
 
 def import_tensorflow() -> Any:
@@ -129,7 +129,7 @@ class TensorFlowPredictor(Predictor):
 
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
-    ) -> tuple[list[Any], list[float], list[str]]:
+    ) -> LayerProfile:
         from pytest_mlscope.tracing.tf_profile import profile_tf
 
         if self.model is None:  # a SavedModel's signature: no Keras layers to name
@@ -226,16 +226,12 @@ class TensorFlowPredictor(Predictor):
         import keras
 
         threading = tf.config.threading
-        return PredictorInfo(
-            framework=self.name,
-            version=tf.__version__,
-            device=self.device,
-            details={
-                "keras": keras.__version__,
-                "intra_op_threads": threading.get_intra_op_parallelism_threads() or "default",
-                "inter_op_threads": threading.get_inter_op_parallelism_threads() or "default",
-                "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            },
+        return self.described(
+            tf.__version__,
+            keras=keras.__version__,
+            intra_op_threads=threading.get_intra_op_parallelism_threads() or "default",
+            inter_op_threads=threading.get_inter_op_parallelism_threads() or "default",
+            onednn=os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         )
 
 

@@ -29,7 +29,7 @@ from packaging.version import Version
 
 from pytest_mlscope.errors import ArtifactError, StackUnavailable
 from pytest_mlscope.predictors.base import Predictor
-from pytest_mlscope.protocol import ArtifactRef, LayerRow, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, LayerRow, PredictorInfo
 
 # The optimization profile: batch sizes 1..MAX_BATCH, tuned for OPT_BATCH.
 OPT_BATCH = 8
@@ -186,7 +186,7 @@ class TensorRTPredictor(Predictor):
 
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
-    ) -> tuple[list[LayerRow], list[float], list[str]]:
+    ) -> LayerProfile:
         import tensorrt as trt
 
         totals: dict[str, list[float]] = {}
@@ -222,15 +222,11 @@ class TensorRTPredictor(Predictor):
         import tensorrt as trt
         import torch
 
-        return PredictorInfo(
-            framework=self.name,
-            version=trt.__version__,
-            device=self.device,
-            details={
-                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                "engine": str(self.engine_path) if self.engine_path else None,
-                "engine_built_now": self.built,
-            },
+        return self.described(
+            trt.__version__,
+            gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            engine=str(self.engine_path) if self.engine_path else None,
+            engine_built_now=self.built,
         )
 
 

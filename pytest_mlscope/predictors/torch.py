@@ -14,7 +14,7 @@ import numpy as np
 
 from pytest_mlscope.errors import ArtifactError, StackUnavailable
 from pytest_mlscope.predictors.base import Predictor, worker_threads
-from pytest_mlscope.protocol import ArtifactRef, PredictorInfo
+from pytest_mlscope.protocol import ArtifactRef, LayerProfile, PredictorInfo
 
 
 class TorchPredictor(Predictor):
@@ -114,7 +114,7 @@ class TorchPredictor(Predictor):
 
     def profile(
         self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
-    ) -> tuple[list[Any], list[float], list[str]]:
+    ) -> LayerProfile:
         from pytest_mlscope.tracing.torch_profile import profile_torch
 
         device = "cuda" if self.device == "gpu" else self.device
@@ -187,16 +187,12 @@ class TorchPredictor(Predictor):
     def info(self) -> PredictorInfo:
         import torch
 
-        return PredictorInfo(
-            framework=self.name,
-            version=torch.__version__,
-            device=self.device,
-            details={
-                "intra_op_threads": torch.get_num_threads(),
-                "inter_op_threads": torch.get_num_interop_threads(),
-                "gpu": torch.cuda.get_device_name() if self.device == "gpu" else None,
-                "cuda": torch.version.cuda,
-            },
+        return self.described(
+            torch.__version__,
+            intra_op_threads=torch.get_num_threads(),
+            inter_op_threads=torch.get_num_interop_threads(),
+            gpu=torch.cuda.get_device_name() if self.device == "gpu" else None,
+            cuda=torch.version.cuda,
         )
 
 

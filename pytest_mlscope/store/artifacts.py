@@ -30,7 +30,7 @@ from pytest_mlscope.store.schema import (
     artifact_chunks_table,
     baseline_artifacts_table,
 )
-from pytest_mlscope.store.values import _aware, _now
+from pytest_mlscope.store.values import _now, _stamp
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -143,18 +143,8 @@ class ArtifactsMixin(_StoreBase):
             row = connection.execute(query).mappings().one_or_none()
         if row is None:
             return None
-        created_at = _aware(row["created_at"])
-        assert created_at is not None
-        return StoredArtifact(
-            sha256=row["sha256"],
-            format=row["format"],
-            filename=row["filename"],
-            size=row["size"],
-            stored_size=row["stored_size"],
-            chunks=row["chunks"],
-            created_at=created_at,
-            location=row["location"],
-        )
+        # The table's columns are the record's fields.
+        return StoredArtifact(**{**row, "created_at": _stamp(row["created_at"])})
 
     def fetch_artifact(self, sha256: str, directory: str | os.PathLike[str]) -> Path:
         """The stored file, written to ``directory/<sha256>/<its filename>``; its path.

@@ -20,7 +20,7 @@ from pytest_mlscope.store.records import (
     _cell,
 )
 from pytest_mlscope.store.schema import results_table, runs_table, shard_plans_table
-from pytest_mlscope.store.values import _aware, _now
+from pytest_mlscope.store.values import _now, _stamp
 
 
 class HistoryMixin(_StoreBase):
@@ -51,7 +51,7 @@ class HistoryMixin(_StoreBase):
         return [
             HistoryPoint(
                 run_id=row["run_id"],
-                started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
+                started_at=_stamp(row["started_at"]),
                 git_commit=row["git_commit"],
                 git_branch=row["git_branch"],
                 median=float(row["summary"]["median"]),
@@ -243,7 +243,7 @@ class HistoryMixin(_StoreBase):
             points.append(
                 SystemPoint(
                     run_id=row["run_id"],
-                    started_at=_aware(row["started_at"]),  # type: ignore[arg-type]
+                    started_at=_stamp(row["started_at"]),
                     hostname=row["hostname"],
                     host=dict(row["host"] or {}),
                     cell=_cell(row),

@@ -21,7 +21,7 @@ from pytest_mlscope.protocol import (
     Summary,
     TraceInfo,
 )
-from pytest_mlscope.store.values import _aware
+from pytest_mlscope.store.values import _aware, _stamp
 
 
 @dataclass(frozen=True)
@@ -186,11 +186,9 @@ class BaselineArtifact:
 
 
 def _run_record(row: sa.RowMapping, counts: dict[str, int]) -> RunRecord:
-    started_at = _aware(row["started_at"])
-    assert started_at is not None
     return RunRecord(
         id=row["id"],
-        started_at=started_at,
+        started_at=_stamp(row["started_at"]),
         finished_at=_aware(row["finished_at"]),
         status=row["status"],
         git_commit=row["git_commit"],
@@ -218,8 +216,6 @@ def _cell(row: sa.RowMapping) -> Cell:
 
 def _result_record(row: sa.RowMapping) -> ResultRecord:
     paired = dict(row.get("paired") or {})
-    recorded_at = _aware(row["recorded_at"])
-    assert recorded_at is not None
     return ResultRecord(
         id=row["id"],
         run_id=row["run_id"],
@@ -242,7 +238,7 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
             PredictorInfo.model_validate(row["predictor"]) if row["predictor"] is not None else None
         ),
         verdict=dict(row["verdict"]) if row["verdict"] is not None else None,
-        recorded_at=recorded_at,
+        recorded_at=_stamp(row["recorded_at"]),
         layers=[LayerRow.model_validate(r) for r in row.get("layers") or []],
         trace=TraceInfo.model_validate(row["trace"]) if row.get("trace") is not None else None,
         telemetry=dict(row.get("telemetry") or {}),
@@ -263,13 +259,10 @@ def _result_record(row: sa.RowMapping) -> ResultRecord:
 
 
 def _baseline_record(row: sa.RowMapping) -> BaselineRecord:
-    created_at = _aware(row["created_at"])
-    updated_at = _aware(row["updated_at"])
-    assert created_at is not None and updated_at is not None
     return BaselineRecord(
         name=row["name"],
         run_id=row["run_id"],
-        created_at=created_at,
-        updated_at=updated_at,
+        created_at=_stamp(row["created_at"]),
+        updated_at=_stamp(row["updated_at"]),
         note=row["note"],
     )

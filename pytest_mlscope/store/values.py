@@ -53,3 +53,10 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _stamp(value: datetime | None) -> datetime:
+    """A NOT NULL time column's value, made aware (``_aware``)."""
+    aware = _aware(value)
+    assert aware is not None
+    return aware

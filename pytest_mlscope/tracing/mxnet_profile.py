@@ -25,7 +25,7 @@ from typing import Any
 
 from scipy.stats import trim_mean
 
-from pytest_mlscope.protocol import LayerRow
+from pytest_mlscope.protocol import LayerProfile, LayerRow
 from pytest_mlscope.tracing import plain_times, timed_runs
 from pytest_mlscope.tracing.layers import other_row
 from pytest_mlscope.tracing.timeline import Timeline
@@ -53,7 +53,7 @@ def profile_mxnet(
     iterations: int,
     timeline: Timeline,
     layers: list[tuple[str, str]] | None = None,
-) -> tuple[list[LayerRow], list[float], list[str]]:
+) -> LayerProfile:
     """Layer rows (per inference), plain prediction times (µs) and notes.
 
     ``build()`` makes a fresh hybridized network from the artifact (read while bulking is off);

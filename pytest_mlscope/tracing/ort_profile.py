@@ -25,7 +25,7 @@ from typing import Any
 
 from scipy.stats import trim_mean
 
-from pytest_mlscope.protocol import LayerRow
+from pytest_mlscope.protocol import LayerProfile, LayerRow
 from pytest_mlscope.tracing import includes, plain_times, timed_runs
 from pytest_mlscope.tracing.layers import other_row
 from pytest_mlscope.tracing.timeline import Timeline
@@ -164,7 +164,7 @@ def profile_ort(
     level: str,
     timeline: Timeline,
     trace_dir: Path,
-) -> tuple[list[LayerRow], list[float], list[str]]:
+) -> LayerProfile:
     """Layer rows (per inference), profiled prediction times (µs) and notes.
 
     ``session_factory(options_update)`` builds an InferenceSession like the timed one, with

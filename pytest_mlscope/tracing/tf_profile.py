@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pytest_mlscope.protocol import LayerRow
+from pytest_mlscope.protocol import LayerProfile, LayerRow
 from pytest_mlscope.tracing import includes, plain_times
 from pytest_mlscope.tracing.layers import OTHER
 from pytest_mlscope.tracing.timeline import Timeline
@@ -97,7 +97,7 @@ def profile_tf(
     level: str,
     timeline: Timeline,
     trace_dir: Path,
-) -> tuple[list[LayerRow], list[float], list[str]]:
+) -> LayerProfile:
     """Layer rows (per inference), profiled prediction times (µs) and notes: ``call`` is timed
     uninstrumented (what the table adds up to), ``profiled`` is called under the profiler."""
     import tensorflow as tf  # already imported, quietly, by the predictor being profiled

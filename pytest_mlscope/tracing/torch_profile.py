@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from pytest_mlscope.protocol import LayerRow
+from pytest_mlscope.protocol import LayerProfile, LayerRow
 from pytest_mlscope.tracing import includes, plain_times, repetitions
 from pytest_mlscope.tracing.layers import other_row
 from pytest_mlscope.tracing.timeline import Timeline
@@ -62,7 +62,7 @@ def profile_torch(
     *,
     hooked_call: Callable[[Any], Any] | None = None,
     op_types: dict[str, str] | None = None,
-) -> tuple[list[LayerRow], list[float], list[str]]:
+) -> LayerProfile:
     """Layer rows (per inference), profiled prediction times (µs) and notes.
 
     ``call`` is what is timed plain; ``hooked_call`` (default: ``call``) runs ``module``, whose

@@ -3,6 +3,7 @@ artifact cache. Importing this package imports no framework."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,29 +14,23 @@ if TYPE_CHECKING:
 from pytest_mlscope.zoo.revision import BUILD_REVISION, revision
 
 
-@revision(BUILD_REVISION)
-def alexnet(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
-    from pytest_mlscope.zoo.builders import alexnet as build
+def _bundled(name: str) -> Callable[..., list[BuiltArtifact]]:
+    """The bundled builder ``name`` of ``zoo.builders``, imported (with its frameworks) only when
+    called."""
 
-    return build(out_dir, **kwargs)
+    @revision(BUILD_REVISION)
+    def build(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
+        from pytest_mlscope.zoo import builders
 
+        built: list[BuiltArtifact] = getattr(builders, name)(out_dir, **kwargs)
+        return built
 
-@revision(BUILD_REVISION)
-def digits_cnn(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
-    from pytest_mlscope.zoo.builders import digits_cnn as build
-
-    return build(out_dir, **kwargs)
-
-
-@revision(BUILD_REVISION)
-def minilm(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
-    from pytest_mlscope.zoo.builders import minilm as build
-
-    return build(out_dir, **kwargs)
+    build.__name__ = build.__qualname__ = name
+    bundled: Callable[..., list[BuiltArtifact]] = build
+    return bundled
 
 
-@revision(BUILD_REVISION)
-def smollm2(out_dir: Path, **kwargs: Any) -> list[BuiltArtifact]:
-    from pytest_mlscope.zoo.builders import smollm2 as build
-
-    return build(out_dir, **kwargs)
+alexnet = _bundled("alexnet")
+digits_cnn = _bundled("digits_cnn")
+minilm = _bundled("minilm")
+smollm2 = _bundled("smollm2")

@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-# One (key, value) pair per layer, each [batch, kv_heads, cached length, head_dim].
-Cache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+# One layer's (key, value), each [batch, kv_heads, cached length, head_dim]; one per layer.
+LayerCache = tuple[torch.Tensor, torch.Tensor]
+Cache = tuple[LayerCache, ...]
+# The rotary embedding's (cos, sin) of the positions, each [length, head_dim].
+Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
 class _RMSNorm(nn.Module):
@@ -50,12 +53,9 @@ class _Attention(nn.Module):
         self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        self, x: torch.Tensor, rotary: Rotary, past: LayerCache | None
+    ) -> tuple[torch.Tensor, LayerCache]:
+        cos, sin = rotary
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -101,13 +101,9 @@ class _Layer(nn.Module):
         self.mlp = _MLP(hidden, intermediate)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attended, present = self.self_attn(self.input_layernorm(x), cos, sin, past)
+        self, x: torch.Tensor, rotary: Rotary, past: LayerCache | None
+    ) -> tuple[torch.Tensor, LayerCache]:
+        attended, present = self.self_attn(self.input_layernorm(x), rotary, past)
         x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x)), present
 
@@ -177,9 +173,7 @@ class LlamaCausalLM(nn.Module):
         self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # derived, not a weight
 
-    def _rotary(
-        self, start: int, length: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary(self, start: int, length: int, device: torch.device) -> Rotary:
         positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
         angles = positions[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)  # [length, head_dim], broadcast over heads
@@ -194,12 +188,12 @@ class LlamaCausalLM(nn.Module):
             raise ValueError(
                 f"{start + length} positions, more than the model's {self.max_positions}"
             )
-        cos, sin = self._rotary(start, length, input_ids.device)
+        rotary = self._rotary(start, length, input_ids.device)
         x = self.model.embed_tokens(input_ids)
         cache = []
         for index, layer in enumerate(self.model.layers):
             past = None if past_key_values is None else past_key_values[index]
-            x, present = layer(x, cos, sin, past)
+            x, present = layer(x, rotary, past)
             cache.append(present)
         return self.lm_head(self.model.norm(x)), tuple(cache)
 
