@@ -63,7 +63,9 @@ def verdict(
     ``regression``; latency on the pairs when the item was interleaved (the environment is the
     same by construction), else ``incomparable`` on another environment, else the stored
     design; instructions decide instead when both sides were counted on one environment, with
-    latency's verdict kept beside them. Last, the model's memory against the baseline's
+    latency's verdict kept beside them. A generate item's time to first token and time per
+    output token are judged on the pairs as well (``compare.generation``): a phase's
+    regression makes the item's. Last, the model's memory against the baseline's
     (``compare.memory``): more than ``memory_threshold`` more makes any of those but
     ``incomparable`` a regression, and the change is named in every verdict that has both
     figures.

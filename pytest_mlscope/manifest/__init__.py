@@ -6,43 +6,19 @@ expected a list of positive integers, got "eight"``). YAML is parsed with the sa
 nothing in a manifest is executed except an explicitly named ``builder``.
 
 ``schema`` holds the pydantic models, ``parsing`` turns a file's YAML into data with each key's
-line, ``loading`` validates it and phrases the problems. Every name stays importable from here.
+line, ``loading`` validates it and phrases the problems. The public names are importable from
+here.
 """
 
 from __future__ import annotations
 
 from pytest_mlscope.errors import ManifestError
-from pytest_mlscope.manifest.base import (
-    NAME_PATTERN,
-    SHA256_PATTERN,
-    NonNegative,
-    PositiveInt,
-    Probability,
-    _Strict,
-)
-from pytest_mlscope.manifest.loading import (
-    _EXPECTED,
-    _data_key,
-    _describe,
-    _expected_phrase,
-    _line_number,
-    _model_fields_at,
-    _semantic_problems,
-    _unwrap,
-    _validation_problems,
-    load_manifest,
-    manifest_files,
-)
+from pytest_mlscope.manifest.loading import load_manifest, manifest_files
 from pytest_mlscope.manifest.parsing import (
-    _PLAIN_TAGS,
     MAX_DEPTH,
     MAX_MANIFEST_BYTES,
     MAX_VALUES,
     ManifestSource,
-    _Composer,
-    _format_key,
-    _parse,
-    _shown,
 )
 from pytest_mlscope.manifest.preprocess import (
     PREPROCESS_STEPS,
@@ -55,7 +31,6 @@ from pytest_mlscope.manifest.preprocess import (
     ResizeStep,
     ScaleStep,
     Size,
-    _step_kind,
 )
 from pytest_mlscope.manifest.schema import (
     AccuracySpec,
@@ -80,18 +55,13 @@ from pytest_mlscope.manifest.schema import (
     TokenizerSpec,
     TopK,
     UrlSource,
-    _source_kind,
 )
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_MANIFEST_BYTES",
     "MAX_VALUES",
-    "NAME_PATTERN",
     "PREPROCESS_STEPS",
-    "SHA256_PATTERN",
-    "_EXPECTED",
-    "_PLAIN_TAGS",
     "AccuracySpec",
     "Agreement",
     "BuilderSource",
@@ -110,16 +80,13 @@ __all__ = [
     "ModelFiles",
     "ModelSource",
     "ModelSpec",
-    "NonNegative",
     "Normalize",
     "NormalizeStep",
     "OutputSpec",
     "Paraphrase",
     "PathSource",
     "PerformanceSpec",
-    "PositiveInt",
     "PreprocessStep",
-    "Probability",
     "Requirements",
     "ResizeStep",
     "ScaleStep",
@@ -128,21 +95,6 @@ __all__ = [
     "TokenizerSpec",
     "TopK",
     "UrlSource",
-    "_Composer",
-    "_Strict",
-    "_data_key",
-    "_describe",
-    "_expected_phrase",
-    "_format_key",
-    "_line_number",
-    "_model_fields_at",
-    "_parse",
-    "_semantic_problems",
-    "_shown",
-    "_source_kind",
-    "_step_kind",
-    "_unwrap",
-    "_validation_problems",
     "load_manifest",
     "manifest_files",
 ]

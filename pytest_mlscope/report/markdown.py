@@ -117,21 +117,25 @@ def render(data: ReportData, *, html_path: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _generation(items: list[Item]) -> list[str]:
-    """Each generate item's time to first token, inter-token latency and tokens/s."""
-    from pytest_mlscope.report.terminal import GENERATION_COLUMNS, generation_rows
-
-    rows = generation_rows(items)
+def _section(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled table of escaped cells; nothing when there are no rows."""
     if not rows:
         return []
     return [
         "",
-        "### Generation",
+        f"### {title}",
         "",
-        "| " + " | ".join(GENERATION_COLUMNS) + " |",
-        "|" + "---|" * len(GENERATION_COLUMNS),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
         *("| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows),
     ]
+
+
+def _generation(items: list[Item]) -> list[str]:
+    """Each generate item's time to first token, inter-token latency and tokens/s."""
+    from pytest_mlscope.report.terminal import GENERATION_COLUMNS, generation_rows
+
+    return _section("Generation", GENERATION_COLUMNS, generation_rows(items))
 
 
 def _energy(items: list[Item]) -> list[str]:
@@ -139,20 +143,9 @@ def _energy(items: list[Item]) -> list[str]:
     from pytest_mlscope.report.terminal import ENERGY_COLUMNS, energy_rows
 
     rows, why_not = energy_rows(items)
-    if not rows:
-        return (
-            ["", f"Energy: {escape(why_not)} (no estimate is offered in its place)"]
-            if why_not
-            else []
-        )
-    return [
-        "",
-        "### Energy",
-        "",
-        "| " + " | ".join(ENERGY_COLUMNS) + " |",
-        "|" + "---|" * len(ENERGY_COLUMNS),
-        *("| " + " | ".join(escape(cell) for cell in row) + " |" for row in rows),
-    ]
+    if not rows and why_not:
+        return ["", f"Energy: {escape(why_not)} (no estimate is offered in its place)"]
+    return _section("Energy", ENERGY_COLUMNS, rows)
 
 
 def _scaling(items: list[Item]) -> list[str]:
