@@ -8,6 +8,7 @@ the noise and settings its session judged it with, and says what the session sai
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pytest_mlscope.errors import MlscopeError
@@ -95,11 +96,14 @@ def compare_stored_runs(
         noise=noise,
         settings=settings,
     )
-    return _stored_sweeps(records, verdicts, scaling_threshold)
+    return _stored_sweeps(records, verdicts, scaling_threshold, sides_a)
 
 
 def _stored_sweeps(
-    records: dict[str, Any], verdicts: dict[str, Verdict], threshold: float | None
+    records: dict[str, Any],
+    verdicts: dict[str, Verdict],
+    threshold: float | None,
+    baseline: Mapping[str, Side],
 ) -> dict[str, Verdict]:
     """Each complete sweep of a stored run judged as its session judged it: on the item with
     the longest length, with the scaling threshold the session used (its stored verdict's)
@@ -119,6 +123,10 @@ def _stored_sweeps(
         scaling = sweep_scaling(
             {length: records[item] for length, item in items.items()},
             threshold or stored.get("threshold") or SCALING_THRESHOLD,
+            {
+                length: baseline[item].memory if item in baseline else None
+                for length, item in items.items()
+            },
         )
         if scaling is not None:
             verdicts[last] = with_scaling(verdicts[last], scaling)
@@ -363,7 +371,12 @@ class Judging:
         seen[cell.sequence_length] = result
         if set(seen) != set(lengths) or any(not r.paired_samples_ns for r in seen.values()):
             return found
-        scaling = sweep_scaling(seen, self.scaling_threshold(manifest))
+        sides = self._baseline_sides() if self.settings.baseline else {}
+        memory = {
+            length: sides[r.cell.id].memory if r.cell.id in sides else None
+            for length, r in seen.items()
+        }
+        scaling = sweep_scaling(seen, self.scaling_threshold(manifest), memory)
         return found if scaling is None else with_scaling(found, scaling)
 
     def noise(self, result: EvaluationResult, item_id: str | None = None) -> Noise:

@@ -97,6 +97,40 @@ def test_a_sweep_needs_two_lengths_with_pairs() -> None:
     assert scaling_verdict([only, LengthPairs(256, [1.0], [1.0])]) is None
 
 
+def test_memory_that_starts_growing_with_the_square_of_the_length_fails_the_sweep() -> None:
+    """One figure per side and length, as the memory rule has it: 100 MiB of weights, and
+    activations that went from linear in L to quadratic. At seq64 that is +2.4 %, which no
+    per-item rule flags; the exponent says how it grows (at seq256 +37 %, which the per-item
+    rule flags too, at its own length)."""
+    from dataclasses import replace
+
+    from pytest_mlscope.compare import Verdict
+    from pytest_mlscope.compare.scaling import memory_scaling, with_scaling
+
+    mib = 2**20
+    before = {n: 100 * mib + 2048 * n for n in LENGTHS}
+    after = {n: 100 * mib + 2048 * n + 600 * n * n for n in LENGTHS}
+    assert after[64] / before[64] < 1.03
+    grown = memory_scaling(before, after, threshold=0.05)
+    assert grown is not None and grown.kind == "regression", grown
+    assert grown.change > 0.05 and grown.current_bytes[-1] - grown.baseline_bytes[-1] > 8 * mib
+    assert memory_scaling(before, dict(before), threshold=0.05).kind == "ok"  # type: ignore[union-attr]
+    # Allocator granularity on a small model: the exponent moves, nothing grew worth the name.
+    small = {16: 3 * mib, 64: 3 * mib, 256: 4 * mib}
+    assert memory_scaling({n: 3 * mib for n in LENGTHS}, small, 0.05).kind == "ok"  # type: ignore[union-attr]
+    assert memory_scaling({16: mib}, {16: mib, 64: mib}, 0.05) is None  # one length of both
+
+    rng = np.random.default_rng(4)
+    time = scaling_verdict(_sweep(rng, lambda _: 1.0))
+    assert time is not None and time.kind == "ok"
+    from dataclasses import asdict
+
+    found = with_scaling(Verdict("ok", "interleaved"), replace(time, memory=asdict(grown)))
+    assert found.kind == "regression" and found.decided_by == "scaling"
+    assert found.reason.startswith("memory grows as L^")
+    assert found.change_text.startswith("memory exponent +")
+
+
 # -- end to end: a team's encoder, edited --------------------------------------------------------
 
 
@@ -188,6 +222,10 @@ def test_an_edit_whose_cost_grows_with_the_square_of_the_length_fails_the_sweep(
     assert scaling["kind"] == "regression" and scaling["lengths"] == [16, 64, 256]
     assert scaling["low"] > scaling["threshold"] / 2
     assert scaling["current_exponent"] > scaling["baseline_exponent"]
+    # Memory's growth is fitted over the same lengths (each side's peak per length).
+    memory = scaling["memory"]
+    assert memory is not None and memory["lengths"] == [16, 64, 256], scaling
+    assert all(figure > 0 for figure in memory["current_bytes"] + memory["baseline_bytes"])
     for length in (16, 64):  # judged one by one, these pass; they carry no sweep verdict
         verdict = results[f"team_encoder[onnxruntime-cpu-bs1-seq{length}-single_stream]"].verdict
         assert verdict is not None and verdict["kind"] != "regression", verdict

@@ -14,6 +14,12 @@ shifts, every length counting alike (over three lengths evenly spaced in log L, 
 the shortest to the longest), its interval propagated from each length's own (Wilcoxon) interval.
 The decision mirrors the item rule: ``regression`` when the interval lies wholly above +T/2,
 ``ok`` when it ends below +T, ``inconclusive`` otherwise, T in exponent units.
+
+Memory is fitted the same way, memory ∝ L^k over the sweep, on one figure per side and length
+(the model's peak, ``protocol.MemoryUse.model``; the baseline's stored result at each length),
+without an interval, as the memory rule judges it: a change of exponent above T is a regression
+when the longest length also grew by more than ``compare.memory.MEMORY_FLOOR`` (allocator
+granularity moves a small model's exponent without any growth worth the name).
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class Scaling:
     # How far the lengths' ratios stray from a straight line in log L (informational; a
     # change that grows with L² bends it); None with two lengths.
     reduced_chi2: float | None = None
+    # How memory grows over the same lengths (MemoryScaling as a dict), when both sides
+    # measured it at two lengths or more.
+    memory: dict[str, Any] | None = None
 
     def describe(self) -> str:
         span = f"seq{self.lengths[0]}-seq{self.lengths[-1]}"
@@ -76,6 +85,56 @@ class Scaling:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryScaling:
+    kind: VerdictKind  # regression, improvement or ok
+    lengths: list[int]
+    baseline_bytes: list[int]
+    current_bytes: list[int]
+    baseline_exponent: float
+    current_exponent: float
+    change: float
+    threshold: float
+
+    def describe(self) -> str:
+        from pytest_mlscope.compare.memory import mib
+
+        text = (
+            f"memory grows as L^{self.baseline_exponent:.2f} (baseline) -> "
+            f"L^{self.current_exponent:.2f}, exponent {self.change:+.2f} (threshold "
+            f"{self.threshold:g}); at seq{self.lengths[-1]} {mib(self.baseline_bytes[-1])} -> "
+            f"{mib(self.current_bytes[-1])}"
+        )
+        return text
+
+
+def memory_scaling(
+    baseline: Mapping[int, int | None], current: Mapping[int, int | None], threshold: float
+) -> MemoryScaling | None:
+    """How memory's exponent of L moved (one figure per side and length: no interval); None
+    unless both sides measured it at two lengths or more."""
+    from pytest_mlscope.compare.memory import MEMORY_FLOOR
+
+    lengths = sorted(
+        length
+        for length in current
+        if (baseline.get(length) or 0) > 0 and (current.get(length) or 0) > 0
+    )
+    if len(lengths) < 2:
+        return None
+    a = [int(baseline[length] or 0) for length in lengths]
+    b = [int(current[length] or 0) for length in lengths]
+    before, after = exponent(lengths, a), exponent(lengths, b)
+    change = after - before
+    grew = b[-1] - a[-1]
+    kind: VerdictKind = "ok"
+    if change > threshold and grew > MEMORY_FLOOR:
+        kind = "regression"
+    elif change < -threshold and -grew > MEMORY_FLOOR:
+        kind = "improvement"
+    return MemoryScaling(kind, lengths, a, b, before, after, change, threshold)
 
 
 def exponent(lengths: Sequence[int], medians: Sequence[float]) -> float:
@@ -161,10 +220,15 @@ def scaling_verdict(
     )
 
 
-def sweep_scaling(results: Mapping[int, Any], threshold: float) -> Scaling | None:
+def sweep_scaling(
+    results: Mapping[int, Any],
+    threshold: float,
+    baseline_memory: Mapping[int, int | None] | None = None,
+) -> Scaling | None:
     """A sweep's verdict from its results by length (each with ``samples_ns``, ``rounds`` and
     the interleaved A side's ``paired_samples_ns``, ``paired_rounds``: an ``EvaluationResult``
-    or a stored record); None unless two or more lengths were timed beside their baseline."""
+    or a stored record); None unless two or more lengths were timed beside their baseline.
+    ``baseline_memory`` (bytes by length, the baseline's stored results) adds memory's fit."""
     from pytest_mlscope.stats import round_medians
 
     points = [
@@ -176,18 +240,31 @@ def sweep_scaling(results: Mapping[int, Any], threshold: float) -> Scaling | Non
         for length, r in results.items()
         if r.paired_samples_ns
     ]
-    return scaling_verdict(points, threshold=threshold)
+    found = scaling_verdict(points, threshold=threshold)
+    if found is None or not baseline_memory:
+        return found
+    current = {
+        length: r.memory.model if getattr(r, "memory", None) is not None else None
+        for length, r in results.items()
+    }
+    grown = memory_scaling(baseline_memory, current, threshold)
+    return replace(found, memory=asdict(grown)) if grown is not None else found
 
 
 def with_scaling(found: Verdict, scaling: Scaling) -> Verdict:
-    """The verdict of the item that completed a sweep, with the sweep's: a scaling regression
-    fails it whatever its own length said (unless that already failed or was incomparable)."""
+    """The verdict of the item that completed a sweep, with the sweep's: a scaling regression,
+    of time or of memory, fails it whatever its own length said (unless that already failed or
+    was incomparable)."""
     found = replace(found, scaling=scaling.as_dict())
-    if scaling.kind != "regression" or found.kind in ("regression", "incomparable"):
-        return found
+    memory = MemoryScaling(**scaling.memory) if scaling.memory else None
+    told = [scaling.describe()] + ([memory.describe()] if memory is not None else [])
+    failed = scaling.kind == "regression" or (memory is not None and memory.kind == "regression")
+    if not failed or found.kind in ("regression", "incomparable"):
+        return replace(found, reason=f"{found.reason}; {'; '.join(told)}") if memory else found
+    first = told if scaling.kind == "regression" else told[::-1]
     return replace(
         found,
         kind="regression",
         decided_by="scaling",
-        reason=f"{scaling.describe()} (this length alone: {found.describe()})",
+        reason=f"{'; '.join(first)} (this length alone: {found.describe()})",
     )

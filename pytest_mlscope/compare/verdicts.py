@@ -113,6 +113,9 @@ class Verdict:
         if self.decided_by == "memory" and self.baseline_memory and self.current_memory:
             return f"memory {self.current_memory / self.baseline_memory - 1:+.1%}"
         if self.decided_by == "scaling" and self.scaling:
+            memory = self.scaling.get("memory") or {}
+            if self.scaling["kind"] != "regression" and memory.get("kind") == "regression":
+                return f"memory exponent {memory['change']:+.2f}"
             return f"exponent {self.scaling['change']:+.2f}"
         if self.generation and self.decided_by in self.generation:
             return f"{self.decided_by.upper()} {self.generation[self.decided_by]['change']}"

@@ -88,6 +88,9 @@ def properties(result: EvaluationResult, verdict: Verdict | None = None) -> dict
             props["mlscope_scaling_exponent"] = round(scaling["current_exponent"], 4)
             props["mlscope_baseline_scaling_exponent"] = round(scaling["baseline_exponent"], 4)
             props["mlscope_scaling_change"] = round(scaling["change"], 4)
+            if scaling.get("memory"):
+                props["mlscope_memory_scaling"] = scaling["memory"]["kind"]
+                props["mlscope_memory_scaling_change"] = round(scaling["memory"]["change"], 4)
         for phase, judged in (verdict.generation or {}).items():  # a generate item's phases
             props[f"mlscope_{phase}_verdict"] = judged["kind"]
             props[f"mlscope_{phase}_ratio"] = round(judged["ratio"], 6)

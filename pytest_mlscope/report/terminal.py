@@ -122,6 +122,14 @@ def sweep_id(cell: Any) -> str:
     return cell.model_copy(update={"sequence_length": None}).id
 
 
+def _memory_growth(memory: dict[str, Any] | None) -> str:
+    """Memory's exponent of L, baseline -> now, and its kind (compare.scaling.MemoryScaling)."""
+    if not memory:
+        return ""
+    before, after = memory["baseline_exponent"], memory["current_exponent"]
+    return f"L^{before:.2f} -> L^{after:.2f} {memory['kind']}"
+
+
 def scaling_lines(items: Sequence[Any]) -> Iterator[str]:
     """Each sweep over sequence lengths judged against the baseline: how time grows with L."""
     rows = []
@@ -136,11 +144,12 @@ def scaling_lines(items: Sequence[Any]) -> Iterator[str]:
                 f"L^{scaling['baseline_exponent']:.2f} -> L^{scaling['current_exponent']:.2f}",
                 f"{scaling['change']:+.2f} [{scaling['low']:+.2f}, {scaling['high']:+.2f}]",
                 scaling["kind"],
+                _memory_growth(scaling.get("memory")),
             ]
         )
     if rows:
         yield "scaling over sequence length (time ∝ L^k, baseline -> now; change of k, 95 %):"
-        columns = ["sweep", "lengths", "time", "change of k", "verdict"]
+        columns = ["sweep", "lengths", "time", "change of k", "verdict", "memory"]
         yield from ("  " + line for line in table(columns, rows, ()).splitlines())
 
 
