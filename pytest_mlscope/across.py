@@ -78,8 +78,9 @@ class AcrossWorkers:
         cells = {"a": a_cell, "b": cell}
         timeout = self.settings.timeout
         pairs, per_round = pair_plan(request.measure)
-        # Per pair: A's samples, B's, and the workers that timed them.
-        timed: list[tuple[list[int], list[int], tuple[int, int]]] = []
+        # Per pair: A's samples, B's, the workers that timed them, and a generate cell's
+        # generations of each side's round.
+        timed: list[Pair] = []
         held: dict[tuple[int, str], tuple[Runtime, Cell]] = {}
         workers: dict[str, list[Runtime]] = {"b": [self.runtime(cell)]}
 
@@ -151,15 +152,17 @@ class AcrossWorkers:
                     renew = every is not None and done % every == 0
                     renew_s = 0.0
                     this: dict[str, list[int]] = {}
+                    generations: dict[str, Any] = {}
                     for key in ("a", "b") if rng.random() < 0.5 else ("b", "a"):
                         runtime = workers[key][pair[0] if key == "a" else pair[1]]
                         got = runtime.evaluate(
                             RoundRequest(cell=cells[key], measure=per_round, renew=renew), timeout
                         )
                         this[key] = list(got.samples_ns)
+                        generations[key] = got.generation_round
                         block.add(key, got.samples_ns)
                         renew_s += float(got.telemetry.get("renew_s", 0.0))
-                    timed.append((this["a"], this["b"], pair))
+                    timed.append((this["a"], this["b"], pair, generations))
                     if done == 0:
                         every = renew_every(
                             renew_s, 2 * per_round.min_duration_s, ACROSS_RENEW_SHARE
@@ -171,7 +174,7 @@ class AcrossWorkers:
                 apart = apart[: max(0, per_side - len(replaced))]
                 if apart:  # no decision on them: set aside, started afresh, timed again
                     gone = {(side, index) for side, index, _ in apart}
-                    kept: list[tuple[list[int], list[int], tuple[int, int]]] = []
+                    kept: list[Pair] = []
                     dropped: list[tuple[int, int]] = []
                     for t in timed:
                         (dropped if gone & {(0, t[2][0]), (1, t[2][1])} else kept).append(t)
@@ -222,6 +225,7 @@ class AcrossWorkers:
                 "paired_artifact_sha256": first_a.artifact_sha256,
                 "paired_predictor": first_a.predictor,
                 "paired_workers": [t[2] for t in timed],
+                "generation": _generation(timed),
             }
         )
         renewed = (
@@ -295,8 +299,19 @@ def _replaced(key: str, index: int, distance: float) -> str:
     )
 
 
+# One pair of rounds: A's samples, B's, the workers (A's index, B's), each side's generations.
+Pair = tuple[list[int], list[int], tuple[int, int], dict[str, Any]]
+
+
+def _generation(timed: list[Pair]) -> Any:
+    """A generate item's figures over B's rounds, A's phases beside them (None otherwise)."""
+    from pytest_mlscope.generation import combine_rounds
+
+    return combine_rounds([t[3].get("b") for t in timed], [t[3].get("a") for t in timed])
+
+
 def _rounds(
-    timed: list[tuple[list[int], list[int], tuple[int, int]]],
+    timed: list[Pair],
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """A's and B's round medians, pair by pair, and the workers of each pair."""
     from pytest_mlscope.stats import round_medians
@@ -305,9 +320,7 @@ def _rounds(
     return a, b, [t[2] for t in timed]
 
 
-def _side(
-    timed: list[tuple[list[int], list[int], tuple[int, int]]], k: int
-) -> tuple[list[int], list[int]]:
+def _side(timed: list[Pair], k: int) -> tuple[list[int], list[int]]:
     """One side's samples, pair after pair, and how many each pair's round had."""
     return [ns for t in timed for ns in t[k]], [len(t[k]) for t in timed]
 

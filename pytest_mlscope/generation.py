@@ -11,13 +11,14 @@ timed is what a team's minimal generate loop would run.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pytest_mlscope.protocol import EvaluationRequest, GenerationSummary
+from pytest_mlscope.protocol import EvaluationRequest, GenerationRound, GenerationSummary
 
 if TYPE_CHECKING:
     from pytest_mlscope.predictors.base import Predictor
@@ -107,11 +108,47 @@ def timed(record: Generations, window_ns: tuple[int, int]) -> list[tuple[int, li
     return [(s, t) for s, t in zip(record.starts, record.stamps, strict=True) if low <= s <= high]
 
 
-def _phases(generations: list[tuple[int, list[int]]]) -> tuple[np.ndarray, np.ndarray]:
-    """Each generation's time to first token and decode time (first to last new token), ns."""
-    ttft = np.asarray([t[0] - s for s, t in generations], dtype=np.int64)
-    decode = np.asarray([t[-1] - t[0] for _, t in generations], dtype=np.int64)
-    return ttft, decode
+def _phases(generations: list[tuple[int, list[int]]]) -> tuple[list[int], list[int], list[int]]:
+    """Each generation's time to first token and decode time (first to last new token), and
+    every gap between consecutive new tokens, ns."""
+    ttft = [t[0] - s for s, t in generations]
+    decode = [t[-1] - t[0] for _, t in generations]
+    gaps = [b - a for _, t in generations for a, b in itertools.pairwise(t)]
+    return ttft, decode, gaps
+
+
+def _figures(
+    phases: tuple[list[int], list[int], list[int]],
+    new_tokens: int,
+    prompt_tokens: int,
+    paired: tuple[list[int], list[int], list[int]] | None,
+) -> GenerationSummary:
+    ttft, decode = np.asarray(phases[0], np.int64), np.asarray(phases[1], np.int64)
+    rates = (new_tokens - 1) / np.maximum(decode, 1) * 1e9
+    p50, p90, p99 = np.percentile(np.asarray(phases[2], np.int64), [50, 90, 99]) / 1e6
+    return GenerationSummary(
+        new_tokens=new_tokens,
+        prompt_tokens=prompt_tokens,
+        generations=len(ttft),
+        ttft_ms=float(np.median(ttft)) / 1e6,
+        ttft_p90_ms=float(np.percentile(ttft, 90)) / 1e6,
+        itl_p50_ms=float(p50),
+        itl_p90_ms=float(p90),
+        itl_p99_ms=float(p99),
+        tokens_per_s=float(np.median(rates)),
+        ttft_ns=list(phases[0]),
+        decode_ns=list(phases[1]),
+        paired_ttft_ns=list(paired[0]) if paired else [],
+        paired_decode_ns=list(paired[1]) if paired else [],
+    )
+
+
+def _whole(
+    record: Generations, window_ns: tuple[int, int], new_tokens: int
+) -> list[tuple[int, list[int]]]:
+    # A generation that stopped short has no comparable figures; the per-generation lists then
+    # no longer match the rounds, and the phases are not judged apart.
+    return [(s, t) for s, t in timed(record, window_ns) if len(t) == new_tokens]
 
 
 def summarize_generations(
@@ -123,32 +160,48 @@ def summarize_generations(
 ) -> GenerationSummary | None:
     """The figures of the timed generations; ``paired`` is the interleaved A side's record and
     window, whose per-generation phases are kept beside B's for the verdict."""
-    # A generation that stopped short has no comparable figures; the per-generation lists then
-    # no longer match the rounds, and the phases are not judged apart.
-    generations = [(s, t) for s, t in timed(record, window_ns) if len(t) == new_tokens]
+    generations = _whole(record, window_ns, new_tokens)
     if not generations or new_tokens < 2:
         return None
-    ttft, decode = _phases(generations)
-    gaps = np.concatenate([np.diff(np.asarray(t, dtype=np.int64)) for _, t in generations])
-    rates = (new_tokens - 1) / np.maximum(decode, 1) * 1e9
-    p50, p90, p99 = np.percentile(gaps, [50, 90, 99]) / 1e6
-    paired_ttft, paired_decode = [], []
-    if paired is not None:
-        beside = [(s, t) for s, t in timed(*paired) if len(t) == new_tokens]
-        if beside:
-            paired_ttft, paired_decode = (a.tolist() for a in _phases(beside))
-    return GenerationSummary(
+    beside = _whole(*paired, new_tokens) if paired is not None else []
+    return _figures(
+        _phases(generations), new_tokens, prompt_tokens, _phases(beside) if beside else None
+    )
+
+
+def round_generations(
+    record: Generations, window_ns: tuple[int, int], new_tokens: int, prompt_tokens: int
+) -> GenerationRound | None:
+    """One host-driven round's generations (a held model's, across two stacks' workers), for
+    the host to put together with the other rounds (:func:`combine_rounds`)."""
+    generations = _whole(record, window_ns, new_tokens)
+    if not generations or new_tokens < 2:
+        return None
+    ttft, decode, gaps = _phases(generations)
+    return GenerationRound(
         new_tokens=new_tokens,
         prompt_tokens=prompt_tokens,
-        generations=len(generations),
-        ttft_ms=float(np.median(ttft)) / 1e6,
-        ttft_p90_ms=float(np.percentile(ttft, 90)) / 1e6,
-        itl_p50_ms=float(p50),
-        itl_p90_ms=float(p90),
-        itl_p99_ms=float(p99),
-        tokens_per_s=float(np.median(rates)),
-        ttft_ns=ttft.tolist(),
-        decode_ns=decode.tolist(),
-        paired_ttft_ns=paired_ttft,
-        paired_decode_ns=paired_decode,
+        ttft_ns=ttft,
+        decode_ns=decode,
+        gaps_ns=gaps,
     )
+
+
+def combine_rounds(
+    b: list[GenerationRound | None], a: list[GenerationRound | None]
+) -> GenerationSummary | None:
+    """B's figures over the rounds of both sides' workers, pair after pair, with A's phases
+    beside them; None when a round of B brought none (A's missing: B's figures alone)."""
+    if not b or any(r is None for r in b):
+        return None
+    first = b[0]
+    assert first is not None
+
+    def joined(rounds: list[GenerationRound | None]) -> tuple[list[int], list[int], list[int]]:
+        return tuple(  # type: ignore[return-value]
+            [v for r in rounds if r is not None for v in getattr(r, name)]
+            for name in ("ttft_ns", "decode_ns", "gaps_ns")
+        )
+
+    paired = joined(a) if a and all(r is not None for r in a) else None
+    return _figures(joined(b), first.new_tokens, first.prompt_tokens, paired)

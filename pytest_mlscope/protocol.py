@@ -278,6 +278,17 @@ class GenerationSummary(_Document):
     paired_decode_ns: list[int] = Field(default_factory=list)
 
 
+class GenerationRound(_Document):
+    """One host-driven round's generations on a held model (two stacks' workers timed in
+    turn): the host joins the rounds of both sides into the item's GenerationSummary."""
+
+    new_tokens: int
+    prompt_tokens: int
+    ttft_ns: list[int]
+    decode_ns: list[int]
+    gaps_ns: list[int]  # every gap between consecutive new tokens, for the percentiles
+
+
 class ColdStart(_Document):
     load_s: float
     first_inference_s: float
@@ -399,9 +410,11 @@ class EvaluationResult(_Document):
     # The model's memory, measured in a worker that served nothing before (the session starts
     # one per timed item); None where not measurable (in-process, not Linux).
     memory: MemoryUse | None = None
-    # The generate scenario's per-token figures; None for the other scenarios, and for a generate
-    # item timed in rounds across two stacks' workers (the rounds carry whole generations only).
+    # The generate scenario's per-token figures; None for the other scenarios. Across two
+    # stacks' workers each round's answer carries its generations (generation_round) and the
+    # host joins them into the item's figures.
     generation: GenerationSummary | None = None
+    generation_round: GenerationRound | None = None
     outputs_path: str | None = None
     worker_pid: int = 0
     wall_s: float = 0.0

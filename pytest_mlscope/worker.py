@@ -255,6 +255,7 @@ def _release(cell: Any) -> None:
 def time_round(request: RoundRequest) -> EvaluationResult:
     """One round on a held model (samples only), or its release."""
     from pytest_mlscope.errors import EvaluationFailed
+    from pytest_mlscope.generation import record_of, round_generations
     from pytest_mlscope.measure import time_calls
 
     if request.release:
@@ -274,11 +275,22 @@ def time_round(request: RoundRequest) -> EvaluationResult:
         held.renew()
         telemetry["renew_s"] = time.perf_counter() - before  # the host's cost-of-renewal check
     timing = time_calls(held.call, held.inputs, request.measure.model_copy(update={"warmup": 0}))
+    record = record_of(held.predictor)
     return held.result.model_copy(
         update={
             "samples_ns": timing.samples_ns,
             "rounds": [len(timing.samples_ns)],
             "telemetry": telemetry,
+            "generation_round": (
+                round_generations(
+                    record,
+                    timing.window_ns,
+                    held.request.new_tokens,
+                    int(held.raw[0].shape[-1]),  # the timed prompt's tokens
+                )
+                if record is not None
+                else None
+            ),
         }
     )
 

@@ -8,8 +8,9 @@ stamps the predictor took, :mod:`pytest_mlscope.generation`), and the A side's g
 recorded as B's are, so round i of each phase pairs as the latency's round i does. A phase
 that regresses fails the item even when the whole generation stays within the threshold.
 
-Only the interleaved design has both sides' generations; rounds across two stacks' workers and
-stored results without them are left to the whole generation's verdict, and the reason says so.
+Only the interleaved design has both sides' generations (in one worker, or joined by the host
+from two stacks' workers, whose own speeds widen the interval as they do the latency's); stored
+results without them are left to the whole generation's verdict, and the reason says so.
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ def generation_verdicts(
         if a is None or b is None:
             return None
         found[phase] = paired_verdict(
-            a, b, threshold=threshold, comparisons=comparisons, alpha=alpha, looks=LOOKS
+            a,
+            b,
+            threshold=threshold,
+            comparisons=comparisons,
+            alpha=alpha,
+            looks=LOOKS,
+            workers=current.paired_workers,  # across stacks: each process's own speed
         )
     return found
 
