@@ -136,8 +136,9 @@ def _stored_sweeps(
 def failure_message(verdict: Verdict) -> str:
     """What a failed item says: the verdict, then the numbers it rests on, by design."""
     lines = [verdict.describe()]
-    if verdict.memory is not None and verdict.memory not in verdict.reason:
-        lines.append(verdict.memory)
+    for said in (verdict.memory, verdict.device_memory):
+        if said is not None and said not in verdict.reason:
+            lines.append(said)
     if verdict.baseline_instructions is not None and verdict.current_instructions is not None:
         lines.append(
             f"instructions per call {verdict.baseline_instructions:,.0f} (baseline run "
@@ -174,7 +175,7 @@ def _with_suspicions(found: Verdict, result: EvaluationResult) -> Verdict:
     seen = suspicions(result.telemetry)
     if not seen or found.kind not in ("regression", "inconclusive"):
         return found
-    if found.design == "instructions" or found.decided_by == "memory":
+    if found.design == "instructions" or found.decided_by in ("memory", "device_memory"):
         return found  # counts, and memory, are what a busy machine cannot move
     return replace(found, reason=f"{found.reason}; suspect: {'; '.join(seen)} during timing")
 
@@ -283,6 +284,7 @@ class Judging:
             paired_artifact_sha256=result.paired_artifact_sha256,
             paired_workers=result.paired_workers,
             memory=result.memory.model if result.memory is not None else None,
+            device_memory=result.memory.device_peak if result.memory is not None else None,
             generation=result.generation,
         )
         item = item_id or result.cell.id
@@ -324,7 +326,7 @@ class Judging:
             )
         if (
             found.kind == "regression"
-            and found.decided_by != "memory"
+            and found.decided_by not in ("memory", "device_memory")
             and baseline is not None
             and baseline.layers
             and result.layers

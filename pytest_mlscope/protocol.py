@@ -374,6 +374,9 @@ class MemoryUse(_Document):
     before: int
     load_peak: int
     run_peak: int
+    # On a GPU, the framework allocator's high-water mark on the device over the same window
+    # (Predictor.device_memory_peak), bytes; None on CPU and where a framework keeps none.
+    device_peak: int | None = None
 
     @property
     def model(self) -> int:

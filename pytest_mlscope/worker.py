@@ -115,6 +115,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
             predictor.import_framework()
             verify(request.artifact)
             window.start()
+            predictor.reset_device_memory_peak()
             before = time.perf_counter()
             predictor.load(request.artifact)
             load_s = time.perf_counter() - before
@@ -147,6 +148,7 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
                 with spans.span("accuracy pass"):
                     accuracy = check_accuracy(request, manifest, data, predictor, batches)
             run_peak = window.peak()
+            device_peak = predictor.device_memory_peak()
             if request.save_layer_outputs:
                 from pytest_mlscope.divergence import save_layers
 
@@ -193,7 +195,12 @@ def _evaluate(request: EvaluationRequest, spans: Any, started: float) -> Evaluat
         ),
         generation=measured.generation,
         memory=(
-            MemoryUse(before=window.before, load_peak=load_peak, run_peak=run_peak)
+            MemoryUse(
+                before=window.before,
+                load_peak=load_peak,
+                run_peak=run_peak,
+                device_peak=device_peak,
+            )
             if window.before is not None and load_peak is not None and run_peak is not None
             else None
         ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,26 @@ def test_more_memory_fails_an_item_whose_latency_is_fine_and_says_both() -> None
     assert verdict(None, Side(samples_ns=samples, rounds=rounds, memory=MIB)).kind == "new"
 
 
+def test_a_gpu_item_s_device_memory_is_judged_by_the_same_rule() -> None:
+    """The framework allocator's device peak (torch's max_memory_allocated, TensorFlow's
+    memory info) beside the resident one: doubled on the GPU with the host's unchanged, a
+    regression of its own; not a figure NVML's device-wide use could give."""
+    rounds, samples = [20] * 5, [1_000_000] * 100
+    base = Side(samples_ns=samples, rounds=rounds, memory=300 * MIB, device_memory=500 * MIB)
+    same = verdict(base, replace(base, device_memory=510 * MIB))
+    assert same.kind != "regression", same.reason
+    assert same.device_memory == "device memory 500.0 MiB -> 510.0 MiB (+2.0%)"
+    doubled = verdict(base, replace(base, device_memory=1000 * MIB))
+    assert doubled.kind == "regression" and doubled.decided_by == "device_memory"
+    assert doubled.reason.startswith("device memory 500.0 MiB -> 1000.0 MiB (+100.0%), more")
+    assert doubled.change_text == "device memory +100.0%"
+    assert doubled.memory == "memory 300.0 MiB -> 300.0 MiB (+0.0%)"
+    cpu = verdict(replace(base, device_memory=None), replace(base, device_memory=None))
+    assert cpu.device_memory is None and cpu.kind != "regression"  # a CPU item: no such figure
+    older = verdict(replace(base, device_memory=None), base)
+    assert older.device_memory == "device memory not compared: the baseline's result has no figure"
+
+
 def test_memory_on_another_machine_is_named_not_judged() -> None:
     rounds, samples = [20] * 5, [1_000_000] * 100
     base = Side(samples, rounds, host={"cpu_model": "A"}, memory=40 * MIB)
@@ -168,6 +189,7 @@ def test_a_model_that_doubles_its_working_memory_is_a_regression(
     saved.stdout.fnmatch_lines(["*cold start ms*memory MiB*"])
     baseline = _latest(db).memory  # type: ignore[attr-defined]
     assert baseline is not None and baseline.model >= 32 * MIB, baseline
+    assert baseline.device_peak is None  # a CPU item: no device allocator to ask
 
     # Unchanged: the memory is compared and passes.
     again = _run(pytester, project, *shared, "--mlscope-baseline=main")

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pytest_mlscope.compare.generation import with_generation
-from pytest_mlscope.compare.memory import MEMORY_THRESHOLD, memory_change
+from pytest_mlscope.compare.memory import MEMORY_THRESHOLD, with_memory
 from pytest_mlscope.compare.rules import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
@@ -84,30 +84,7 @@ def verdict(
     found = replace(found, memory_threshold=memory_threshold)
     if found.kind == "new" or baseline is None:
         return found
-    change = memory_change(baseline.memory, current.memory, memory_threshold)
-    if change is None:
-        if (baseline.memory is None) != (current.memory is None):
-            which = "the baseline's result" if baseline.memory is None else "this result"
-            return replace(found, memory=f"memory not compared: {which} has no figure")
-        return found
-    found = replace(
-        found,
-        baseline_memory=change.baseline,
-        current_memory=change.current,
-        memory=change.describe(),
-    )
-    # Another environment (CPU, framework release, image) moves memory as it moves time: named,
-    # never judged, as latency is not.
-    if change.kind != "regression" or found.kind == "incomparable":
-        return found
-    if found.kind == "regression":
-        return replace(found, reason=f"{found.reason}; {change.describe()}")
-    return replace(
-        found,
-        kind="regression",
-        reason=f"{change.describe()} (latency: {found.describe()})",
-        decided_by="memory",
-    )
+    return with_memory(found, baseline, current, memory_threshold)
 
 
 def _time_or_work(
@@ -249,6 +226,9 @@ def side_of(record: Any, host: Mapping[str, Any], run_id: str | None = None) -> 
         paired_artifact_sha256=getattr(record, "paired_artifact_sha256", None),
         paired_workers=list(getattr(record, "paired_workers", None) or []),
         memory=record.memory.model if getattr(record, "memory", None) is not None else None,
+        device_memory=(
+            record.memory.device_peak if getattr(record, "memory", None) is not None else None
+        ),
         generation=getattr(record, "generation", None),
     )
 

@@ -45,6 +45,7 @@ class Side:
     paired_artifact_sha256: str | None = None
     paired_workers: Sequence[Sequence[int]] = ()  # per pair, (A's worker, B's worker)
     memory: int | None = None  # bytes: the model's peak above its worker's (MemoryUse.model)
+    device_memory: int | None = None  # bytes: the framework allocator's peak on the GPU
     # A generate item's per-generation figures (protocol.GenerationSummary), both sides'
     # when interleaved: its time to first token and per output token are judged apart.
     generation: Any = None
@@ -83,6 +84,10 @@ class Verdict:
     current_memory: int | None = None
     memory_threshold: float | None = None
     memory: str | None = None
+    # The same for the framework allocator's peak on the GPU (MemoryUse.device_peak).
+    baseline_device_memory: int | None = None
+    current_device_memory: int | None = None
+    device_memory: str | None = None
     # "memory" when the memory rule made the kind (latency alone did not): the change column
     # shows memory's, and latency's per-layer movers and load suspicions are not added.
     decided_by: str | None = None
@@ -112,6 +117,9 @@ class Verdict:
         """The change that decided: latency's interval, or memory's when memory decided."""
         if self.decided_by == "memory" and self.baseline_memory and self.current_memory:
             return f"memory {self.current_memory / self.baseline_memory - 1:+.1%}"
+        if self.decided_by == "device_memory" and self.baseline_device_memory:
+            change = (self.current_device_memory or 0) / self.baseline_device_memory - 1
+            return f"device memory {change:+.1%}"
         if self.decided_by == "scaling" and self.scaling:
             memory = self.scaling.get("memory") or {}
             if self.scaling["kind"] != "regression" and memory.get("kind") == "regression":

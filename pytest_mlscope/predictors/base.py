@@ -110,6 +110,16 @@ class Predictor(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model; the default keeps nothing to release."""
 
+    def reset_device_memory_peak(self) -> None:  # noqa: B027 - optional hook
+        """Start the framework allocator's device high-water mark afresh (before ``load``)."""
+
+    def device_memory_peak(self) -> int | None:
+        """The framework allocator's high-water mark on the GPU since the reset, bytes: what
+        the memory rule judges for a GPU item beside the process's resident peak. None on CPU
+        and for a framework that keeps no such counter (it is never estimated from NVML's
+        device-wide figure, which every process on the GPU moves)."""
+        return None
+
     def layer_outputs(self, prepared: Any) -> list[tuple[str, np.ndarray]] | None:
         """Each layer's output for one prediction, named by its module path, in the order the
         layers finish; None when the framework cannot expose them. Only a failed agreement asks

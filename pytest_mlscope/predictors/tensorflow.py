@@ -221,6 +221,22 @@ class TensorFlowPredictor(Predictor):
         self._call = None
         self._saved = None
 
+    def reset_device_memory_peak(self) -> None:
+        if self.device == "gpu":
+            import contextlib
+
+            with contextlib.suppress(ValueError):  # no GPU:0 here: the item fails at load
+                import_tensorflow().config.experimental.reset_memory_stats("GPU:0")
+
+    def device_memory_peak(self) -> int | None:
+        if self.device != "gpu":
+            return None
+        try:
+            info = import_tensorflow().config.experimental.get_memory_info("GPU:0")
+        except ValueError:
+            return None
+        return int(info["peak"])
+
     def info(self) -> PredictorInfo:
         tf = import_tensorflow()
         import keras

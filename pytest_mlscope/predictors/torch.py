@@ -107,6 +107,20 @@ class TorchPredictor(Predictor):
                 return tokens
             logits, cache = _logits_and_cache(self.module(chosen, past_key_values=cache))
 
+    def reset_device_memory_peak(self) -> None:
+        if self.device == "gpu":
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+
+    def device_memory_peak(self) -> int | None:
+        if self.device != "gpu":
+            return None
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
     def to_numpy(self, output: Any) -> np.ndarray:
         if isinstance(output, (tuple, list)):
             output = output[0]
