@@ -65,6 +65,25 @@ class Generating:
         output = self.inner.to_numpy(self.inner.predict(prepared))
         return np.asarray(output, dtype=np.float32).reshape(-1, output.shape[-1])[-1]
 
+    def profile(
+        self, prepared: Any, iterations: int, level: str, timeline: Any, trace_dir: Any
+    ) -> Any:
+        """The framework's profiler over whole generations, as the timing pass timed them: the
+        layer table says where a generation's time goes (the prefill and every decode step;
+        ``calls`` counts them), not the prefill's alone. The framework's ``profile`` times and
+        hooks its ``predict``, which decodes for the length of the pass."""
+        inner, new_tokens = self.inner, self.new_tokens
+        if getattr(inner, "_program", None) is not None:  # an exported graph: hooked apart
+            rows, steps, notes = inner.profile(prepared, iterations, level, timeline, trace_dir)
+            return rows, steps, [*notes, "an exported program: the prefill's forward alone"]
+        inner.predict = lambda batch: inner.generate(batch, new_tokens, [])
+        try:
+            rows, steps, notes = inner.profile(prepared, iterations, level, timeline, trace_dir)
+        finally:
+            del inner.predict
+        said = f"each profiled prediction is a whole generation: the prefill and {new_tokens - 1}"
+        return rows, steps, [*notes, f"{said} decode steps"]
+
     def to_numpy(self, output: Any) -> np.ndarray:
         """The new token ids as a batch of one: [1, new_tokens]."""
         return np.asarray(output, dtype=np.int64).reshape(1, -1)

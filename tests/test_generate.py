@@ -419,6 +419,27 @@ def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_to
     retrained.stdout.fnmatch_lines(["*golden*departs at new token*"])
 
 
+def test_a_generate_item_s_layer_table_covers_whole_generations(pytester: pytest.Pytester) -> None:
+    """Traced, a profiled prediction is a whole generation, as the timing pass timed it: each
+    layer ran once for the prefill and once per decode step, and the table says so."""
+    project = _team(pytester.path / "team")
+    golden = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert golden.returncode == 0, golden.stderr
+    db = pytester.path / "results.db"
+    traced = _run(pytester, project, f"--mlscope-db={db}", "--mlscope-trace=framework")
+    traced.assert_outcomes(passed=1)
+    with Store.from_location(db, create=False) as store:
+        (record,) = store.latest_results(store.runs(limit=1)[0].id).values()
+    rows = {row.layer: row for row in record.layers}
+    assert "head" in rows and "blocks.0.qkv" in rows, sorted(rows)
+    assert rows["head"].calls == 6 and rows["blocks.1.mlp.0"].calls == 6  # 1 prefill + 5 steps
+    assert record.trace is not None
+    assert any("a whole generation" in note for note in record.trace.notes), record.trace.notes
+
+
 # -- the zoo's decoder -----------------------------------------------------------------------------
 
 
