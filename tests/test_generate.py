@@ -14,6 +14,7 @@ import importlib.metadata
 import importlib.util
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 from pathlib import Path
@@ -225,11 +226,25 @@ def test_a_generate_manifest_that_cannot_work_names_the_line_and_key(
     assert "team_lm.yaml:" in text
 
 
-def test_a_framework_without_a_decoding_loop_says_so() -> None:
+def test_a_framework_without_a_decoding_loop_says_so(tmp_path: Path) -> None:
+    from pytest_mlscope.predictors.mxnet import MXNetPredictor
     from pytest_mlscope.predictors.onnxruntime import OnnxRuntimePredictor
+    from pytest_mlscope.protocol import ArtifactRef
 
-    with pytest.raises(StackUnavailable, match="onnxruntime predictor cannot generate"):
-        OnnxRuntimePredictor().generate(np.zeros((1, 3), dtype=np.int64), 4, [])
+    with pytest.raises(StackUnavailable, match="mxnet predictor cannot generate"):
+        MXNetPredictor().generate(np.zeros((1, 3), dtype=np.int64), 4, [])
+    # ONNX Runtime decodes on a graph exported with its cache; a graph without one says so.
+    path = tmp_path / "plain.onnx"
+    example = (torch.ones(1, 3, dtype=torch.int64),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Embedding(8, 4), example, str(path), dynamo=False,
+                          input_names=["input_ids"], opset_version=17)  # fmt: skip
+    plain = OnnxRuntimePredictor()
+    plain.load(ArtifactRef(format="onnx", path=str(path), sha256="0" * 64))
+    prompt = plain.prepare_input(np.ones((1, 3), dtype=np.int64))
+    with pytest.raises(StackUnavailable, match=r"past_key_values\.N\.key and \.value, .*has none"):
+        plain.generate(prompt, 4, [])
 
 
 # -- a team's own decoder, end to end ------------------------------------------------------------
@@ -255,7 +270,10 @@ class Block(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=past is None and t > 1)
+        # Causal over the new positions, each seeing every cached one (an empty cache too).
+        total = k.shape[2]
+        mask = torch.ones(t, total, dtype=torch.bool).tril(total - t)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, w))
         return x + self.mlp(self.norm2(x)), (k, v)
 
@@ -438,6 +456,81 @@ def test_a_generate_item_s_layer_table_covers_whole_generations(pytester: pytest
     assert rows["head"].calls == 6 and rows["blocks.1.mlp.0"].calls == 6  # 1 prefill + 5 steps
     assert record.trace is not None
     assert any("a whole generation" in note for note in record.trace.notes), record.trace.notes
+
+
+def _lm_onnx(manifests: Path, seed: int = 0) -> None:
+    """The team's decoder exported with its cache, in the names Hugging Face Optimum uses
+    (past_key_values.N.key/.value in, present.N.key/.value out), as a team exports one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lmdef_onnx", manifests.parent / "lmdef.py")
+    assert spec is not None and spec.loader is not None
+    lmdef = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lmdef)
+    torch.manual_seed(seed)
+    lm = lmdef.TinyLM(vocab=64).eval()
+
+    class WithCache(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            pairs = tuple((past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2))
+            logits, cache = self.lm(input_ids, pairs)
+            return (logits, *[tensor for pair in cache for tensor in pair])
+
+    names = [f"past_key_values.{i}.{kind}" for i in range(2) for kind in ("key", "value")]
+    presents = [name.replace("past_key_values", "present") for name in names]
+    axes = {"input_ids": {1: "new"}, "logits": {1: "new"}}
+    axes |= {name: {2: "past"} for name in names} | {name: {2: "total"} for name in presents}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            WithCache(), (torch.ones(1, 3, dtype=torch.int64), *[torch.zeros(1, 4, 2, 8)] * 4),
+            str(manifests / "lm.onnx"), dynamo=False, input_names=["input_ids", *names],
+            output_names=["logits", *presents], dynamic_axes=axes, opset_version=17,
+        )  # fmt: skip
+
+
+def test_onnx_runtime_generates_on_the_exported_cache_and_agrees_with_torch(
+    pytester: pytest.Pytester,
+) -> None:
+    """The same decoder on torch and, exported with its cache, on ONNX Runtime: both match the
+    golden token for token, ONNX Runtime's first tokens agree with torch's, and both items
+    report their per-token figures."""
+    project = _team(pytester.path / "team")
+    manifests = project / "manifests"
+    _lm_onnx(manifests)
+    manifest = manifests / "team_lm.yaml"
+    text = manifest.read_text().replace(
+        "framework:\n  - name: torch\n",
+        "framework:\n  - name: torch\n  - name: onnxruntime\n",
+    ).replace(
+        'kwargs: {vocab: 64}}\n',
+        'kwargs: {vocab: 64}}\n      onnxruntime: lm.onnx\n',
+    ).replace(
+        "  golden: {path: golden.npz}\n",
+        "  golden: {path: golden.npz}\n  agreement: {reference: torch, top1_match: 1.0}\n",
+    )  # fmt: skip
+    manifest.write_text(text)
+    golden = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert golden.returncode == 0, golden.stderr
+    db = pytester.path / "results.db"
+    both = _run(pytester, project, f"--mlscope-db={db}")
+    both.assert_outcomes(passed=2)
+    both.stdout.fnmatch_lines(["*team_lm?onnxruntime-cpu-bs1-generate?*passed*golden,agreement*"])
+    with Store.from_location(db, create=False) as store:
+        results = store.latest_results(store.runs(limit=1)[0].id)
+    ort = results["team_lm[onnxruntime-cpu-bs1-generate]"]
+    assert ort.generation is not None and ort.generation.new_tokens == 6
+    assert ort.accuracy is not None
+    agreement = ort.accuracy.check("agreement")
+    assert agreement is not None and agreement.passed
+    assert "first new token agrees on 1.000" in agreement.detail, agreement.detail
 
 
 # -- the zoo's decoder -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class OnnxRuntimePredictor(Predictor):
         self.session: Any = None
         self.input_name = ""
         self._path = ""
+        self._cache: dict[str, Any] = {"past": [], "mask": False, "positions": False}
 
     def import_framework(self) -> None:
         import onnxruntime  # noqa: F401
@@ -41,6 +42,7 @@ class OnnxRuntimePredictor(Predictor):
         )
         self.input_name = self.session.get_inputs()[0].name
         self._threads = options.intra_op_num_threads
+        self._cache = self._cache_layout()
 
     def _options(self) -> Any:
         import onnxruntime as ort
@@ -86,7 +88,88 @@ class OnnxRuntimePredictor(Predictor):
         )
 
     def prepare_input(self, batch: np.ndarray) -> Any:
-        return {self.input_name: np.ascontiguousarray(batch)}
+        prepared = {self.input_name: np.ascontiguousarray(batch)}
+        if self._cache_inputs():  # a decoder exported with its cache: the prompt, none cached
+            prepared.update(self._step_inputs(batch.shape[-1], {}))
+        return prepared
+
+    # A decoder exported with its key/value cache, in the names Hugging Face Optimum gives it:
+    # ``past_key_values.N.key`` / ``.value`` in, ``present.N.key`` / ``.value`` out, the logits
+    # first; ``attention_mask`` and ``position_ids`` when the graph takes them.
+    PAST, PRESENT = "past_key_values.", "present."
+
+    def _cache_layout(self) -> dict[str, Any]:
+        """What the graph's cache looks like, read once at load (a step is timed): each past
+        input's name, empty value and the index of the present output that feeds it next."""
+        inputs = self.session.get_inputs()
+        outputs = [o.name for o in self.session.get_outputs()]
+        past = []
+        for entry in inputs:
+            if not entry.name.startswith(self.PAST):
+                continue
+            shape = [d if isinstance(d, int) else 0 for d in entry.shape]
+            shape[0] = 1  # a batch of one, no past positions
+            dtype = np.float16 if "float16" in entry.type else np.float32
+            present = self.PRESENT + entry.name[len(self.PAST) :]
+            index = outputs.index(present) if present in outputs else -1
+            past.append((entry.name, np.zeros(shape, dtype=dtype), index))
+        names = {entry.name for entry in inputs}
+        return {
+            "past": past,
+            "mask": "attention_mask" in names,
+            "positions": "position_ids" in names,
+        }
+
+    def _cache_inputs(self) -> list[Any]:
+        return list(self._cache["past"]) if self.session is not None else []
+
+    def _step_inputs(self, new: int, cache: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Everything but the ids for a step of ``new`` tokens after ``cache`` (empty: the
+        prompt): the cache, the mask over every position, the new positions."""
+        layout = self._cache
+        steps = cache or {name: empty for name, empty, _ in layout["past"]}
+        past = next(iter(steps.values())).shape[2] if steps else 0
+        if layout["mask"]:
+            steps["attention_mask"] = np.ones((1, past + new), dtype=np.int64)
+        if layout["positions"]:
+            steps["position_ids"] = np.arange(past, past + new, dtype=np.int64)[None, :]
+        return steps
+
+    def generate(self, prepared: Any, new_tokens: int, stamps: list[int]) -> list[int]:
+        """Greedy decoding on the graph's own key/value cache (an Optimum-style export, above):
+        the prompt's step, then one step per token fed the ``present`` outputs as the next
+        ``past`` inputs."""
+        import time
+
+        from pytest_mlscope.errors import StackUnavailable
+
+        if not self._cache_inputs():
+            raise StackUnavailable(
+                f"{self._path}: the onnxruntime predictor generates with a graph exported with "
+                f"its key/value cache (inputs {self.PAST}N.key and .value, outputs "
+                f"{self.PRESENT}N.key and .value, as Hugging Face Optimum exports decoders); "
+                "this graph has none"
+            )
+        clock, session = time.perf_counter_ns, self.session
+        cached = [(name, index) for name, _, index in self._cache["past"]]
+        if any(index < 0 for _, index in cached):
+            raise StackUnavailable(
+                f"{self._path}: a {self.PAST}N input has no {self.PRESENT}N output to feed it"
+            )
+        feed = prepared
+        tokens: list[int] = []
+        while True:
+            produced = session.run(None, feed)
+            token = int(np.argmax(produced[0][0, -1]))
+            tokens.append(token)
+            stamps.append(clock())
+            if len(tokens) == new_tokens:
+                return tokens
+            cache = {name: produced[index] for name, index in cached}
+            feed = {
+                self.input_name: np.array([[token]], dtype=np.int64),
+                **self._step_inputs(1, cache),
+            }
 
     def predict(self, prepared: Any) -> Any:
         return self.session.run(None, prepared)
