@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +135,9 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
         self._runtimes: dict[str, Runtime] = {}
         self._store: Store | None = None
         self._run_id: str | None = None
+        # The run is recorded with its first result (a session that runs nothing stores none),
+        # but it began here: its start time says so.
+        self._began = datetime.now(UTC)
         self._cache: Any = None
         self._scanned = False
         self._baseline: dict[str, Side] | None = None
@@ -271,6 +275,7 @@ class MlscopeSession(RuntimePool, Availability, Evaluation, Interleaving, Judgin
                 git=git_info(self.settings.rootdir),
                 tags=tags,
                 pytest_args=self.settings.pytest_args,
+                started_at=self._began,
             )
         return self._run_id
 

@@ -164,6 +164,34 @@ def test_another_cpu_or_framework_version_is_incomparable_and_named() -> None:
     assert upgraded.differences == ["onnxruntime version: 1.0 (baseline) vs 1.1 (now)"]
 
 
+def test_pairs_timed_beside_another_model_do_not_judge_against_this_baseline() -> None:
+    """``mlscope compare A B`` with B's pairs from its session against run M: they say how B
+    compared with M's model, not with A's. Judged on the pairs only when A's model is the one
+    B was timed beside; otherwise on the stored design, and the reason says why."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(7)
+    ran = run(rng)
+    beside = run(rng, median_s=0.005)  # the A side B was paired with: twice as fast
+    current = replace(
+        ran,
+        artifact_sha256="b" * 64,
+        paired_samples_ns=beside.samples_ns,
+        paired_rounds=beside.rounds,
+        paired_artifact_sha256="m" * 64,
+    )
+    session = verdict(run(rng, artifact_sha256="m" * 64), current, threshold=0.05)
+    assert session.design == "interleaved" and session.kind == "regression"
+    other = verdict(run(rng, artifact_sha256="a" * 64), current, threshold=0.05)
+    assert other.design != "interleaved" and other.kind != "regression", other.reason
+    assert "timed it beside another model (sha256 mmmmmmmmmmmm)" in other.reason
+    # A result stored before the pairs' model was kept is taken at its word.
+    unknown = verdict(
+        run(rng, artifact_sha256="a" * 64), replace(current, paired_artifact_sha256=None)
+    )
+    assert unknown.design == "interleaved"
+
+
 def test_host_differences_name_gpus_and_ignore_unmaterial_facts() -> None:
     gpu = {**HOST, "gpus": [{"name": "H200"}], "hostname": "other", "memory_gb": 64}
     assert host_differences(HOST, gpu) == ["GPUs: none (baseline) vs ['H200'] (now)"]

@@ -390,6 +390,11 @@ def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_to
         first.stdout.fnmatch_lines(["energy: not measurable here: *no estimate is offered*"])
     html = (project / ".mlscope" / "report.html").read_text()
     assert '<table class="generation">' in html and "TTFT ms" in html
+    shown = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "show", record.run_id, f"--db={db}"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "TTFT ms" in shown.stdout, shown.stdout + shown.stderr
 
     # Against the baseline: the interleaved design times both sides' generations; the
     # per-token figures are the item's own (the plumbing, not the statistics: a threshold no

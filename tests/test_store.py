@@ -167,6 +167,19 @@ def test_finish_run_sets_status_and_time(store: Store) -> None:
     assert run.finished_at >= run.started_at
 
 
+def test_a_run_recorded_with_its_first_result_starts_when_its_session_began(store: Store) -> None:
+    """The session records its run when the first result arrives (a session that runs nothing
+    stores none); a one-item session's run still says when it began, not when it ended."""
+    from datetime import UTC, datetime, timedelta
+
+    began = datetime.now(UTC) - timedelta(seconds=56)
+    run_id = store.start_run(host=HOST, started_at=began)
+    store.finish_run(run_id, "complete")
+    run = store.get_run(run_id)
+    assert abs((run.started_at - began).total_seconds()) < 1
+    assert (run.finished_at - run.started_at).total_seconds() >= 55  # type: ignore[operator]
+
+
 def test_finishing_an_unknown_run_is_refused(store: Store) -> None:
     with pytest.raises(StoreError, match="no run deadbeef"):
         store.finish_run("deadbeef")

@@ -150,6 +150,11 @@ def print_run(run: RunRecord, results: Sequence[ResultRecord], location: str) ->
         return
     print()
     print(_result_table(results))
+    from pytest_mlscope.report.data import Item
+    from pytest_mlscope.report.terminal import generation_lines
+
+    for line in generation_lines([Item(record=r, verdict=r.verdict) for r in results]):
+        print(line)
     failures = [r for r in results if r.outcome in ("failed", "error") and r.message]
     if failures:
         print()

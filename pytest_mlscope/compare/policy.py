@@ -70,6 +70,9 @@ def verdict(
     ``incomparable`` a regression, and the change is named in every verdict that has both
     figures.
     """
+    unpaired = _pairs_of_another_model(baseline, current)
+    if unpaired:
+        current = replace(current, paired_samples_ns=(), paired_rounds=(), paired_workers=())
     found = _time_or_work(
         baseline,
         current,
@@ -78,6 +81,8 @@ def verdict(
         framework=framework,
         count_noise=count_noise,
     )
+    if unpaired:
+        found = replace(found, reason=f"{found.reason} ({unpaired})")
     found = with_generation(
         found, current, threshold=threshold, comparisons=comparisons, alpha=alpha
     )
@@ -85,6 +90,23 @@ def verdict(
     if found.kind == "new" or baseline is None:
         return found
     return with_memory(found, baseline, current, memory_threshold)
+
+
+def _pairs_of_another_model(baseline: Side | None, current: Side) -> str:
+    """Why ``current``'s interleaved pairs cannot judge it against ``baseline`` (empty when
+    they can): they timed it beside another model than the baseline's, as when ``mlscope
+    compare`` is given another run than the one the session compared with. A result or a
+    baseline that does not say which file it was (stored before that was kept) is taken at
+    its word."""
+    if baseline is None or not current.paired_samples_ns:
+        return ""
+    theirs, paired = baseline.artifact_sha256, current.paired_artifact_sha256
+    if not theirs or not paired or theirs == paired:
+        return ""
+    return (
+        f"not on the pairs stored with this result: they timed it beside another model "
+        f"(sha256 {paired[:12]}) than this baseline's ({theirs[:12]})"
+    )
 
 
 def _time_or_work(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import uuid
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,8 +32,11 @@ class RunsMixin(_StoreBase):
         git: GitInfo | None = None,
         tags: dict[str, str] | None = None,
         pytest_args: list[str] | None = None,
+        started_at: datetime | None = None,
     ) -> str:
-        """Record a session as 'running' before any item runs, so a crash still leaves a trace."""
+        """Record a session as 'running' before any item runs, so a crash still leaves a trace.
+        ``started_at``: when the session began, if the run is recorded later (with its first
+        result); default now."""
         run_id = uuid.uuid4().hex
         with self._engine.begin() as connection:
             connection.execute(
@@ -40,7 +44,7 @@ class RunsMixin(_StoreBase):
                     id=run_id,
                     owner=session_owner(),
                     cpu_model=str(host.get("cpu_model") or "")[:255] or None,
-                    started_at=_now(),
+                    started_at=started_at or _now(),
                     finished_at=None,
                     status="running",
                     git_commit=git.commit if git else None,
