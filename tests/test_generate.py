@@ -334,6 +334,15 @@ def _team(root: Path) -> Path:
     return root
 
 
+def _golden_of(project: Path) -> None:
+    """``mlscope golden`` in the project, as the team writes its golden."""
+    golden = subprocess.run(
+        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
+        cwd=project, capture_output=True, text=True,
+    )  # fmt: skip
+    assert golden.returncode == 0, golden.stderr
+
+
 def _run(pytester: pytest.Pytester, project: Path, *args: str) -> pytest.RunResult:
     with contextlib.chdir(project):
         return pytester.runpytest_subprocess("--mlscope", "-p", "no:cacheprovider", *TIMING, *args)
@@ -344,11 +353,7 @@ def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_to
 ) -> None:
     project = _team(pytester.path / "team")
     manifests = project / "manifests"
-    golden = subprocess.run(
-        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
-        cwd=project, capture_output=True, text=True,
-    )  # fmt: skip
-    assert golden.returncode == 0, golden.stderr
+    _golden_of(project)
     with np.load(manifests / "golden.npz") as archive:
         tokens = archive["tokens"]
     assert tokens.shape == (4, 6) and tokens.dtype == np.int64  # 4 prompts, 6 new tokens
@@ -446,11 +451,7 @@ def test_a_generate_item_s_layer_table_covers_whole_generations(pytester: pytest
     """Traced, a profiled prediction is a whole generation, as the timing pass timed it: each
     layer ran once for the prefill and once per decode step, and the table says so."""
     project = _team(pytester.path / "team")
-    golden = subprocess.run(
-        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
-        cwd=project, capture_output=True, text=True,
-    )  # fmt: skip
-    assert golden.returncode == 0, golden.stderr
+    _golden_of(project)
     db = pytester.path / "results.db"
     traced = _run(pytester, project, f"--mlscope-db={db}", "--mlscope-trace=framework")
     traced.assert_outcomes(passed=1)
@@ -519,11 +520,7 @@ def test_onnx_runtime_generates_on_the_exported_cache_and_agrees_with_torch(
         "  golden: {path: golden.npz}\n  agreement: {reference: torch, top1_match: 1.0}\n",
     )  # fmt: skip
     manifest.write_text(text)
-    golden = subprocess.run(
-        [sys.executable, "-m", "pytest_mlscope.cli", "golden", "manifests/team_lm.yaml"],
-        cwd=project, capture_output=True, text=True,
-    )  # fmt: skip
-    assert golden.returncode == 0, golden.stderr
+    _golden_of(project)
     db = pytester.path / "results.db"
     both = _run(pytester, project, f"--mlscope-db={db}")
     both.assert_outcomes(passed=2)
