@@ -73,9 +73,11 @@ class Generating:
         ``calls`` counts them), not the prefill's alone. The framework's ``profile`` times and
         hooks its ``predict``, which decodes for the length of the pass."""
         inner, new_tokens = self.inner, self.new_tokens
-        if getattr(inner, "_program", None) is not None:  # an exported graph: hooked apart
+        if getattr(inner, "_program", None) is not None or not inner.profiles_by_predict:
+            # An exported program hooked apart, or a profiler with a session of its own.
             rows, steps, notes = inner.profile(prepared, iterations, level, timeline, trace_dir)
-            return rows, steps, [*notes, "an exported program: the prefill's forward alone"]
+            said = f"{inner.name} profiles its own call: the prefill's forward alone"
+            return rows, steps, [*notes, said]
         inner.predict = lambda batch: inner.generate(batch, new_tokens, [])
         try:
             rows, steps, notes = inner.profile(prepared, iterations, level, timeline, trace_dir)

@@ -447,23 +447,6 @@ def test_a_teams_decoder_generates_is_checked_token_for_token_and_reports_per_to
     retrained.stdout.fnmatch_lines(["*golden*departs at new token*"])
 
 
-def test_a_generate_item_s_layer_table_covers_whole_generations(pytester: pytest.Pytester) -> None:
-    """Traced, a profiled prediction is a whole generation, as the timing pass timed it: each
-    layer ran once for the prefill and once per decode step, and the table says so."""
-    project = _team(pytester.path / "team")
-    _golden_of(project)
-    db = pytester.path / "results.db"
-    traced = _run(pytester, project, f"--mlscope-db={db}", "--mlscope-trace=framework")
-    traced.assert_outcomes(passed=1)
-    with Store.from_location(db, create=False) as store:
-        (record,) = store.latest_results(store.runs(limit=1)[0].id).values()
-    rows = {row.layer: row for row in record.layers}
-    assert "head" in rows and "blocks.0.qkv" in rows, sorted(rows)
-    assert rows["head"].calls == 6 and rows["blocks.1.mlp.0"].calls == 6  # 1 prefill + 5 steps
-    assert record.trace is not None
-    assert any("a whole generation" in note for note in record.trace.notes), record.trace.notes
-
-
 def _lm_onnx(manifests: Path, seed: int = 0) -> None:
     """The team's decoder exported with its cache, in the names Hugging Face Optimum uses
     (past_key_values.N.key/.value in, present.N.key/.value out), as a team exports one."""
@@ -504,7 +487,9 @@ def test_onnx_runtime_generates_on_the_exported_cache_and_agrees_with_torch(
 ) -> None:
     """The same decoder on torch and, exported with its cache, on ONNX Runtime: both match the
     golden token for token, ONNX Runtime's first tokens agree with torch's, and both items
-    report their per-token figures."""
+    report their per-token figures. Traced, torch's profiled prediction is a whole generation
+    (each layer ran for the prefill and each decode step); ONNX Runtime's profiler runs a
+    session of its own, and its trace says it saw the prefill alone."""
     project = _team(pytester.path / "team")
     manifests = project / "manifests"
     _lm_onnx(manifests)
@@ -522,7 +507,7 @@ def test_onnx_runtime_generates_on_the_exported_cache_and_agrees_with_torch(
     manifest.write_text(text)
     _golden_of(project)
     db = pytester.path / "results.db"
-    both = _run(pytester, project, f"--mlscope-db={db}")
+    both = _run(pytester, project, f"--mlscope-db={db}", "--mlscope-trace=framework")
     both.assert_outcomes(passed=2)
     both.stdout.fnmatch_lines(["*team_lm?onnxruntime-cpu-bs1-generate?*passed*golden,agreement*"])
     with Store.from_location(db, create=False) as store:
@@ -533,6 +518,14 @@ def test_onnx_runtime_generates_on_the_exported_cache_and_agrees_with_torch(
     agreement = ort.accuracy.check("agreement")
     assert agreement is not None and agreement.passed
     assert "first new token agrees on 1.000" in agreement.detail, agreement.detail
+    traced = results["team_lm[torch-cpu-bs1-generate]"]
+    rows = {row.layer: row for row in traced.layers}
+    assert "head" in rows and "blocks.0.qkv" in rows, sorted(rows)
+    assert rows["head"].calls == 6 and rows["blocks.1.mlp.0"].calls == 6  # 1 prefill + 5 steps
+    assert traced.trace is not None
+    assert any("a whole generation" in note for note in traced.trace.notes), traced.trace.notes
+    assert ort.trace is not None
+    assert any("the prefill's forward alone" in note for note in ort.trace.notes), ort.trace.notes
 
 
 # -- the zoo's decoder -----------------------------------------------------------------------------

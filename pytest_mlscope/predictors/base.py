@@ -55,6 +55,9 @@ class Predictor(ABC):
     # A framework with no build for the host's OS or Python (Caffe: Debian bullseye's package)
     # runs in its container image whatever the session's runtime (``containers.SYSTEM_STACKS``).
     container_only: ClassVar[bool] = False
+    # Whether ``profile`` profiles the model through ``predict`` (so a generate item's profiling
+    # pass can hand it whole generations) rather than through a session of its own.
+    profiles_by_predict: ClassVar[bool] = True
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device

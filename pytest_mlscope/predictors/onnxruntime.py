@@ -17,6 +17,7 @@ class OnnxRuntimePredictor(Predictor):
     formats = ("onnx",)
     distributions = ("onnxruntime", "onnxruntime-gpu")
     extra = "onnxruntime"
+    profiles_by_predict = False  # a second, profiled session runs the graph's nodes
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
